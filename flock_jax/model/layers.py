@@ -1,0 +1,89 @@
+"""Pure building blocks of a Llama decoder layer: RMSNorm, RoPE, GQA attention, SwiGLU.
+
+Shape letters: B batch, T query length, S key length, D hidden, H query heads,
+K kv heads, G = H/K query heads per kv head, Dh head dim, F mlp hidden.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from flock_jax.model.config import LlamaConfig, RopeScaling
+
+
+def rms_norm(x, weight, eps: float):
+  """x [..., D] normalised in float32 by its root mean square, times weight [D]."""
+  dtype = x.dtype
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  return (weight.astype(jnp.float32) * x32).astype(dtype)
+
+
+def rope_inv_freq(dim_head: int, theta: float, scaling: RopeScaling) -> jax.Array:
+  """Inverse frequencies [Dh/2], with Llama-3 (3.1) or linear scaling applied."""
+  inv = 1.0 / (theta ** (jnp.arange(0, dim_head, 2, dtype=jnp.float32) / dim_head))
+  if scaling.kind == "linear":
+    return inv / scaling.factor
+  if scaling.kind == "llama3":
+    # Meta's Llama 3.1 formula (also transformers' _compute_llama3_parameters).
+    low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > low_wavelen, inv / scaling.factor, inv)
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+  return inv
+
+
+def rope_tables(positions, cfg: LlamaConfig):
+  """cos, sin [B, T, Dh] for integer positions [B, T] (HF's rotate-half layout)."""
+  inv = rope_inv_freq(cfg.dim_head, cfg.rope_theta, cfg.rope_scaling)
+  angles = positions.astype(jnp.float32)[..., None] * inv  # [B, T, Dh/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+  """x [B, T, N, Dh] rotated by cos/sin [B, T, Dh]."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  x32 = x.astype(jnp.float32)
+  out = x32 * cos[:, :, None, :] + rotated.astype(jnp.float32) * sin[:, :, None, :]
+  return out.astype(x.dtype)
+
+
+def attention(q, k, v, mask):
+  """Grouped-query attention.
+
+  q [B, T, H, Dh], k/v [B, S, K, Dh], mask bool [B, T, S] (True = attend).
+  Returns [B, T, H, Dh]. Scores and softmax in float32.
+  """
+  b, t, h, dh = q.shape
+  kh = k.shape[2]
+  q = q.reshape(b, t, kh, h // kh, dh)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(dh))
+  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h, dh)
+
+
+def swiglu(gate, up):
+  return jax.nn.silu(gate) * up
+
+
+def causal_segment_mask(segment_ids):
+  """[B, T] segment ids (0 = padding) -> bool [B, T, T]: causal, same segment, not padding."""
+  t = segment_ids.shape[-1]
+  causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  valid = (segment_ids != 0)[:, None, :]
+  # Padding queries attend to themselves only, so softmax never sees an empty row.
+  eye = jnp.eye(t, dtype=bool)[None]
+  return (causal[None] & same & valid) | eye

@@ -1,0 +1,261 @@
+"""Llama decoder: parameters as a flax.nnx module, the forward pass as pure functions.
+
+The nnx module declares every parameter with its logical axis names (see
+flock_jax/sharding.py); training and serving use the pure pytree form
+`params = nnx.to_pure_dict(nnx.state(model))`:
+
+  params = {
+    'embed':      [V, D]            ('vocab', 'embed')
+    'layers': {                     stacked on a leading layer axis L, scanned
+      'attn_norm': [L, D], 'mlp_norm': [L, D]
+      'q': [L, D, H*Dh], 'k'/'v': [L, D, K*Dh], 'o': [L, H*Dh, D]
+      'gate'/'up': [L, D, F], 'down': [L, F, D]
+    },
+    'final_norm': [D],
+    'lm_head':    [D, V]            (absent when embeddings are tied)
+  }
+
+Projections are stored (in, out), the transpose of torch's nn.Linear. LoRA
+adapters are a separate tree passed to `forward` (flock_jax/model/lora.py);
+the merged weight is never materialised in the forward pass.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flock_jax.model import layers as L
+from flock_jax.model.config import LlamaConfig
+
+Params = dict[str, Any]
+
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def projection_dims(cfg: LlamaConfig) -> dict[str, tuple[int, int, str, str]]:
+  """name -> (in_dim, out_dim, in_logical_axis, out_logical_axis) of each projection."""
+  d, f = cfg.hidden_size, cfg.intermediate_size
+  return {
+      "q": (d, cfg.q_dim, "embed", "q_heads"),
+      "k": (d, cfg.kv_dim, "embed", "kv_heads"),
+      "v": (d, cfg.kv_dim, "embed", "kv_heads"),
+      "o": (cfg.q_dim, d, "q_heads", "embed"),
+      "gate": (d, f, "embed", "mlp"),
+      "up": (d, f, "embed", "mlp"),
+      "down": (f, d, "mlp", "embed"),
+  }
+
+
+class DecoderLayers(nnx.Module):
+  """All decoder layers' weights, stacked on a leading 'layers' axis for lax.scan."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    n, d, dt = cfg.num_layers, cfg.hidden_size, cfg.storage_dtype
+    init = jax.nn.initializers.normal(cfg.initializer_range)
+    self.attn_norm = nnx.Param(jnp.ones((n, d), dt), out_sharding=("layers", "norm"))
+    self.mlp_norm = nnx.Param(jnp.ones((n, d), dt), out_sharding=("layers", "norm"))
+    for name, (din, dout, ain, aout) in projection_dims(cfg).items():
+      setattr(self, name, nnx.Param(init(rngs.params(), (n, din, dout), dt),
+                                    out_sharding=("layers", ain, aout)))
+
+
+class Llama(nnx.Module):
+  """LlamaForCausalLM. `model(tokens, lora=...)` runs `forward` on the module's own state."""
+
+  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    dt = cfg.storage_dtype
+    init = jax.nn.initializers.normal(cfg.initializer_range)
+    self.embed = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.hidden_size), dt),
+                           out_sharding=("vocab", "embed"))
+    self.layers = DecoderLayers(cfg, rngs=rngs)
+    self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), dt), out_sharding=("norm",))
+    if not cfg.tie_word_embeddings:
+      self.lm_head = nnx.Param(init(rngs.params(), (cfg.hidden_size, cfg.vocab_size), dt),
+                               out_sharding=("embed", "vocab"))
+
+  def params(self) -> Params:
+    return nnx.to_pure_dict(nnx.state(self, nnx.Param))
+
+  def __call__(self, tokens, **kw):
+    return forward(self.params(), tokens, self.cfg, **kw)
+
+
+# ------------------------------------------------------------------ init & metadata
+def _abstract_state(cfg: LlamaConfig):
+  with nnx.use_eager_sharding(False):
+    return nnx.state(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+
+
+def abstract_params(cfg: LlamaConfig) -> Params:
+  """ShapeDtypeStructs of every parameter (no allocation)."""
+  return nnx.to_pure_dict(_abstract_state(cfg))
+
+
+def param_axes(cfg: LlamaConfig) -> Params:
+  """The logical axis names of every parameter, as tuples, in the params layout."""
+  specs = nnx.to_pure_dict(nnx.get_partition_spec(_abstract_state(cfg)))
+  return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def init_params(cfg: LlamaConfig, key: jax.Array, shardings=None) -> Params:
+  """Random parameters, created directly in their shardings when given (pytree of NamedSharding)."""
+  def make(k):
+    with nnx.use_eager_sharding(False):
+      return Llama(cfg, rngs=nnx.Rngs(params=k)).params()
+  return jax.jit(make, out_shardings=shardings)(key)
+
+
+# ------------------------------------------------------------------ forward
+def _remat(fn, cfg: LlamaConfig):
+  if cfg.remat == "none":
+    return fn
+  policy = (jax.checkpoint_policies.nothing_saveable if cfg.remat == "full"
+            else jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+  return jax.checkpoint(fn, policy=policy, prevent_cse=False)
+
+
+def _project(x, w, lora_ab, scale, drop_key, dropout, dtype):
+  """x [B, T, in] @ w [in, out] + scale * dropout(x) @ a [in, r] @ b [r, out]."""
+  y = jnp.einsum("bti,io->bto", x, w.astype(dtype))
+  if lora_ab is not None:
+    xl = x
+    if drop_key is not None and dropout > 0.0:
+      keep = jax.random.bernoulli(drop_key, 1.0 - dropout, x.shape)
+      xl = jnp.where(keep, x / (1.0 - dropout), 0).astype(dtype)
+    low = jnp.einsum("bti,ir->btr", xl, lora_ab["a"].astype(dtype))
+    y = y + scale * jnp.einsum("btr,ro->bto", low, lora_ab["b"].astype(dtype))
+  return y
+
+
+def _layer(cfg: LlamaConfig, lora_scale, lora_dropout, x, layer, mask, cos, sin, kv_index):
+  """One decoder layer. x [B, T, D]; layer = (weights, lora|None, cache_kv|None, key|None)."""
+  p, lp, cache_kv, key = layer
+  dtype = cfg.compute_dtype
+  b, t, _ = x.shape
+
+  def proj(h, name):
+    k = None if key is None else jax.random.fold_in(key, PROJECTIONS.index(name))
+    ab = None if lp is None else lp.get(name)
+    return _project(h, p[name], ab, lora_scale, k, lora_dropout, dtype)
+
+  h = L.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+  q = proj(h, "q").reshape(b, t, cfg.num_heads, cfg.dim_head)
+  k = proj(h, "k").reshape(b, t, cfg.num_kv_heads, cfg.dim_head)
+  v = proj(h, "v").reshape(b, t, cfg.num_kv_heads, cfg.dim_head)
+  q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
+  new_kv = None
+  if cache_kv is not None:
+    ck, cv = cache_kv
+    ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, kv_index, 0, 0))
+    cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, kv_index, 0, 0))
+    new_kv = (ck, cv)
+    k, v = ck.astype(dtype), cv.astype(dtype)
+  attn = L.attention(q, k, v, mask).reshape(b, t, cfg.q_dim)
+  x = x + proj(attn, "o")
+  h = L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+  x = x + proj(L.swiglu(proj(h, "gate"), proj(h, "up")), "down")
+  return x, new_kv
+
+
+def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, cache_kv,
+             kv_index):
+  """Embeds tokens [B, T], scans the layers, returns normed hidden [B, T, D] and new cache."""
+  dtype = cfg.compute_dtype
+  x = jnp.take(params["embed"], tokens, axis=0).astype(dtype)
+  cos, sin = L.rope_tables(positions, cfg)
+  scale = 0.0 if lora_cfg is None else lora_cfg.scale
+  dropout = 0.0 if lora_cfg is None else lora_cfg.dropout
+  keys = None
+  if dropout_key is not None and lora is not None and dropout > 0.0:
+    keys = jax.random.split(dropout_key, cfg.num_layers)
+
+  def body(x, layer):
+    return _layer(cfg, scale, dropout, x, layer, mask, cos, sin, kv_index)
+
+  x, new_kv = jax.lax.scan(_remat(body, cfg), x, (params["layers"], lora, cache_kv, keys))
+  return L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_kv
+
+
+def lm_head(params: Params, cfg: LlamaConfig):
+  """The output projection [D, V] (the transposed embedding when tied)."""
+  return params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+
+
+def logits_from_hidden(params, hidden, cfg: LlamaConfig):
+  """hidden [B, T, D] -> float32 logits [B, T, V]."""
+  w = lm_head(params, cfg).astype(cfg.compute_dtype)
+  return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+
+
+def default_positions(segment_ids):
+  """Positions restarting at 0 in each packed segment: [B, T] -> [B, T] int32."""
+  t = segment_ids.shape[-1]
+  idx = jnp.arange(t, dtype=jnp.int32)[None, :]
+  starts = jnp.concatenate(
+      [jnp.ones_like(segment_ids[:, :1], dtype=bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+      axis=1)
+  start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+  return (idx - start_idx).astype(jnp.int32)
+
+
+def hidden_states(params: Params, tokens, cfg: LlamaConfig, *, lora=None, lora_cfg=None,
+                  segment_ids=None, positions=None, dropout_key=None):
+  """Final normed hidden states [B, T, D] for tokens [B, T] (training / scoring path).
+
+  segment_ids [B, T]: 0 marks padding, equal ids form one packed sequence
+  (default: one sequence per row). positions default to restarting per segment.
+  """
+  if segment_ids is None:
+    segment_ids = jnp.ones(tokens.shape, jnp.int32)
+  if positions is None:
+    positions = default_positions(segment_ids)
+  mask = L.causal_segment_mask(segment_ids)
+  hidden, _ = _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key,
+                       None, None)
+  return hidden
+
+
+def forward(params: Params, tokens, cfg: LlamaConfig, **kw):
+  """float32 logits [B, T, V]; keyword arguments as in `hidden_states`."""
+  return logits_from_hidden(params, hidden_states(params, tokens, cfg, **kw), cfg)
+
+
+# ------------------------------------------------------------------ KV cache
+def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
+  """Empty KV cache: k/v [L, B, S, K, Dh], valid [B, S] bool, index () int32 (next slot)."""
+  dtype = dtype or cfg.compute_dtype
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_head)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "valid": jnp.zeros((batch, max_len), bool), "index": jnp.zeros((), jnp.int32)}
+
+
+def cache_axes() -> dict:
+  return {"k": ("layers", "batch", "length", "act_kv_heads", "head_dim"),
+          "v": ("layers", "batch", "length", "act_kv_heads", "head_dim"),
+          "valid": ("batch", "length"), "index": ()}
+
+
+def forward_with_cache(params: Params, tokens, cfg: LlamaConfig, cache: dict, *, positions,
+                       token_valid=None, lora=None, lora_cfg=None):
+  """Runs tokens [B, T] at cache slots [index, index+T); returns (logits [B, T, V], cache).
+
+  positions [B, T] are the rope positions; token_valid [B, T] marks real tokens
+  (False for left padding), which later tokens never attend to.
+  """
+  b, t = tokens.shape
+  s = cache["valid"].shape[1]
+  idx = cache["index"]
+  if token_valid is None:
+    token_valid = jnp.ones((b, t), bool)
+  valid = jax.lax.dynamic_update_slice(cache["valid"], token_valid, (0, idx))
+  slots = jnp.arange(s)[None, None, :]
+  qslot = (idx + jnp.arange(t))[None, :, None]
+  mask = (valid[:, None, :] & (slots <= qslot)) | (slots == qslot)
+  hidden, (k, v) = _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, None,
+                            (cache["k"], cache["v"]), idx)
+  logits = logits_from_hidden(params, hidden, cfg)
+  return logits, {"k": k, "v": v, "valid": valid, "index": idx + t}
