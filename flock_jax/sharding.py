@@ -142,8 +142,21 @@ def per_device_bytes(abstract_tree, shardings) -> int:
 
 
 def with_logical_constraint(x, names: Sequence[str | None], rules=LOGICAL_AXIS_RULES):
-  """Sharding constraint by logical names; a no-op outside a mesh context."""
+  """Sharding constraint by logical names; a no-op outside a mesh context (`jax.set_mesh`).
+
+  Mesh axes that do not divide a dimension are dropped (e.g. batch 1 per client
+  on an fsdp axis of 8 stays replicated rather than failing).
+  """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
+  spec = []
+  for dim, axes in zip(x.shape, logical_to_spec(names, rules, mesh)):
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    kept, size = [], 1
+    for a in axes:
+      if dim % (size * mesh.shape[a]) == 0:
+        kept.append(a)
+        size *= mesh.shape[a]
+    spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+  return jax.lax.with_sharding_constraint(x, P(*spec))

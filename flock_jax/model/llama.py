@@ -29,10 +29,12 @@ from flax import nnx
 
 from flock_jax.model import layers as L
 from flock_jax.model.config import LlamaConfig
+from flock_jax.sharding import with_logical_constraint
 
 Params = dict[str, Any]
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+_RESIDUAL = ("batch", "length", "act_embed")
 
 
 def projection_dims(cfg: LlamaConfig) -> dict[str, tuple[int, int, str, str]]:
@@ -158,14 +160,15 @@ def _layer(cfg: LlamaConfig, lora_scale, lora_dropout, x, layer, mask, cos, sin,
   x = x + proj(attn, "o")
   h = L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
   x = x + proj(L.swiglu(proj(h, "gate"), proj(h, "up")), "down")
-  return x, new_kv
+  return with_logical_constraint(x, _RESIDUAL), new_kv
 
 
 def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, cache_kv,
              kv_index):
   """Embeds tokens [B, T], scans the layers, returns normed hidden [B, T, D] and new cache."""
   dtype = cfg.compute_dtype
-  x = jnp.take(params["embed"], tokens, axis=0).astype(dtype)
+  # The lookup would inherit the table's fsdp split of D; shard the batch instead.
+  x = with_logical_constraint(jnp.take(params["embed"], tokens, axis=0).astype(dtype), _RESIDUAL)
   cos, sin = L.rope_tables(positions, cfg)
   scale = 0.0 if lora_cfg is None else lora_cfg.scale
   dropout = 0.0 if lora_cfg is None else lora_cfg.dropout
@@ -188,7 +191,8 @@ def lm_head(params: Params, cfg: LlamaConfig):
 def logits_from_hidden(params, hidden, cfg: LlamaConfig):
   """hidden [B, T, D] -> float32 logits [B, T, V]."""
   w = lm_head(params, cfg).astype(cfg.compute_dtype)
-  return jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+  logits = jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+  return with_logical_constraint(logits, ("batch", "length", "act_vocab"))
 
 
 def default_positions(segment_ids):
