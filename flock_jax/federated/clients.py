@@ -1,0 +1,221 @@
+"""Every client's adapter and optimizer state on one leading clients axis, trained at once.
+
+  ClientState.adapters   {name: {'a': [C, L, in, r], 'b': [C, L, r, out]}}
+  ClientState.opt_state  the optax state of each client's adapter, stacked [C, ...]
+
+The frozen base is a separate, shared argument: it is never copied per client
+and has no optimizer state. `make_local_train` returns one jitted function
+that runs E local steps (lax.scan) for K selected clients together
+(`jax.vmap`, with `spmd_axis_name='clients'` under a mesh that has a clients
+axis, so the stacked axis is laid out over that mesh axis: the DrJAX pattern).
+`make_client_train` is the same computation for a single client, the
+reference the vmapped path is tested (and benchmarked) against.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from flock_jax import sharding as shd
+from flock_jax.federated.loss import token_loss
+from flock_jax.model.config import LlamaConfig
+from flock_jax.model.llama import Params
+from flock_jax.model.lora import LoraConfig, init_lora, lora_axes
+
+try:  # the aggregator engineer's proximal term (FedProx)
+  from flock_jax.federated.aggregators import fedprox_penalty
+except ImportError:  # pragma: no cover - stand-in until aggregators land
+  def fedprox_penalty(params, global_params, mu):
+    sq = jax.tree.map(lambda w, g: jnp.sum(jnp.square(w - jax.lax.stop_gradient(g))),
+                      params, global_params)
+    return 0.5 * mu * sum(jax.tree.leaves(sq), jnp.float32(0.0))
+
+PyTree = Any
+
+
+# ------------------------------------------------------------------ optimizer
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """Local optimizer of every client.
+
+  name: 'adamw' | 'sgd'. schedule: 'constant' | 'cosine' | 'warmup_cosine',
+  over `total_steps` local steps of one client (warmup_steps for the last).
+  grad_clip: global-norm clip (0 = off). momentum: SGD only (0 = plain SGD).
+  prox_mu: FedProx proximal weight mu (0 = off); the centre is G_r.
+  """
+  name: str = "adamw"
+  lr: float = 1e-3
+  schedule: str = "constant"
+  warmup_steps: int = 0
+  total_steps: int = 1000
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  momentum: float = 0.0
+  grad_clip: float = 1.0
+  prox_mu: float = 0.0
+
+
+def make_schedule(ocfg: OptimConfig) -> optax.Schedule:
+  if ocfg.schedule == "constant":
+    return optax.constant_schedule(ocfg.lr)
+  if ocfg.schedule == "cosine":
+    return optax.cosine_decay_schedule(ocfg.lr, max(ocfg.total_steps, 1))
+  if ocfg.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, ocfg.lr, ocfg.warmup_steps,
+                                              max(ocfg.total_steps, ocfg.warmup_steps + 1))
+  raise ValueError(f"optim.schedule={ocfg.schedule!r}; expected constant, cosine or warmup_cosine")
+
+
+def make_optimizer(ocfg: OptimConfig) -> optax.GradientTransformation:
+  """The per-client optimizer: optional global-norm clip, then AdamW or SGD."""
+  sched = make_schedule(ocfg)
+  if ocfg.name == "adamw":
+    opt = optax.adamw(sched, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps, weight_decay=ocfg.weight_decay)
+  elif ocfg.name == "sgd":
+    opt = optax.sgd(sched, momentum=ocfg.momentum or None)
+  else:
+    raise ValueError(f"optim.name={ocfg.name!r}; expected 'adamw' or 'sgd'")
+  return optax.chain(optax.clip_by_global_norm(ocfg.grad_clip), opt) if ocfg.grad_clip > 0 else opt
+
+
+# ------------------------------------------------------------------ stacked state
+@flax.struct.dataclass
+class ClientState:
+  """adapters [C, ...] (each client's latest own adapter) and opt_state [C, ...]."""
+  adapters: PyTree
+  opt_state: PyTree
+
+  @property
+  def num_clients(self) -> int:
+    return jax.tree.leaves(self.adapters)[0].shape[0]
+
+  def take(self, idx) -> "ClientState":
+    """Rows `idx` (int[K]) of every leaf: the selected clients' state [K, ...]."""
+    return jax.tree.map(lambda x: x[jnp.asarray(idx)], self)
+
+  def put(self, idx, rows: "ClientState") -> "ClientState":
+    """This state with rows `idx` replaced by `rows` [K, ...]."""
+    return jax.tree.map(lambda x, y: x.at[jnp.asarray(idx)].set(y), self, rows)
+
+
+def opt_state_axes(tx: optax.GradientTransformation, adapter_axes: PyTree, opt_abstract: PyTree):
+  """Logical axes of a stacked optimizer state: parameter-shaped parts take the adapter's
+  axes, the rest (step counts) ('clients',) on their leading axis."""
+  names = lambda x: isinstance(x, tuple) and all(n is None or isinstance(n, str) for n in x)
+  return optax.tree_map_params(
+      tx, lambda _, ax: ax, opt_abstract, adapter_axes,
+      transform_non_params=lambda x: ("clients",) + (None,) * (x.ndim - 1),
+      is_leaf=lambda x: names(x) or isinstance(x, jax.ShapeDtypeStruct))
+
+
+def client_state_shardings(cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTransformation,
+                           num_clients: int, mesh) -> ClientState:
+  """NamedShardings of a ClientState: leading axis on the mesh 'clients' axis."""
+  abstract = jax.eval_shape(lambda: init_client_state(cfg, lcfg, tx, jax.random.key(0),
+                                                      num_clients))
+  ad_axes = lora_axes(cfg, lcfg, clients=True)
+  axes = ClientState(ad_axes, opt_state_axes(tx, ad_axes, abstract.opt_state))
+  return shd.tree_shardings(axes, mesh)
+
+
+def init_client_state(cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTransformation,
+                      key: jax.Array, num_clients: int, global_lora: PyTree | None = None,
+                      mesh=None) -> ClientState:
+  """C clients, each holding `global_lora` (default: a fresh adapter from `key`) and a fresh
+  optimizer state; placed on `mesh`'s clients axis when a mesh is given."""
+  def make(key):
+    g = init_lora(cfg, lcfg, key) if global_lora is None else global_lora
+    ad = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_clients,) + x.shape), g)
+    return ClientState(ad, jax.vmap(tx.init)(ad))
+  if mesh is None:
+    return jax.jit(make)(key)
+  out = client_state_shardings(cfg, lcfg, tx, num_clients, mesh)
+  return jax.jit(make, out_shardings=out)(key)
+
+
+# ------------------------------------------------------------------ local training
+def _client_steps(base: Params, start: PyTree, opt_state: PyTree, batches: Mapping[str, jax.Array],
+                  key: jax.Array, *, cfg: LlamaConfig, lcfg: LoraConfig,
+                  tx: optax.GradientTransformation, mu: float, chunk_size: int | None):
+  """One client, E steps from `start`: batches leaves [E, B, T] ->
+  (adapter, delta = adapter - start, opt_state, losses [E])."""
+  num_steps = batches["tokens"].shape[0]
+
+  def step(carry, xs):
+    lora, opt = carry
+    batch, k = xs
+    drop = k if lcfg.dropout > 0 else None
+
+    def objective(l):
+      loss = token_loss(base, l, batch, cfg, lcfg, dropout_key=drop, chunk_size=chunk_size)
+      total = (loss + fedprox_penalty(l, start, mu)) if mu > 0 else loss
+      return total, loss
+
+    (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(lora)
+    updates, opt = tx.update(grads, opt, lora)
+    return (optax.apply_updates(lora, updates), opt), loss
+
+  keys = jax.random.split(key, num_steps)
+  (lora, opt), losses = jax.lax.scan(step, (start, opt_state), (batches, keys))
+  delta = jax.tree.map(lambda w, s: w - s, lora, start)
+  return lora, delta, opt, losses
+
+
+def _clients_axis_name() -> str | None:
+  """'clients' when tracing under a mesh whose clients axis is split, else None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or "clients" not in mesh.axis_names:
+    return None
+  return "clients" if mesh.shape["clients"] > 1 else None
+
+
+def make_local_train(cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTransformation, *,
+                     mu: float = 0.0, chunk_size: int | None = None, donate: bool = True) -> Callable:
+  """The jitted local training of K clients at once:
+
+    local_train(base, start, opt_states [K], batches {key: [K, E, B, T]}, keys [K],
+                start_stacked=False)
+      -> (adapters [K], deltas [K] = adapters - start, opt_states [K], train_loss [K, E])
+
+  `start` is G_r (one adapter, broadcast to every client), or with
+  `start_stacked=True` a [K]-stacked adapter (each client from its own, for
+  the 'local' baseline). E and K come from the batch shapes (static under jit).
+  opt_states is donated (its buffers are reused for the result).
+  """
+  one = functools.partial(_client_steps, cfg=cfg, lcfg=lcfg, tx=tx, mu=mu, chunk_size=chunk_size)
+
+  def local_train(base, start, opt_states, batches, keys, start_stacked: bool = False):
+    fn = jax.vmap(one, in_axes=(None, 0 if start_stacked else None, 0, 0, 0),
+                  spmd_axis_name=_clients_axis_name())
+    return fn(base, start, opt_states, batches, keys)
+
+  return jax.jit(local_train, static_argnames=("start_stacked",),
+                 donate_argnums=(2,) if donate else ())
+
+
+def make_client_train(cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTransformation, *,
+                      mu: float = 0.0, chunk_size: int | None = None) -> Callable:
+  """Jitted single-client reference: (base, start, opt_state, batches {key: [E, B, T]}, key)
+  -> (adapter, delta, opt_state, losses [E])."""
+  return jax.jit(functools.partial(_client_steps, cfg=cfg, lcfg=lcfg, tx=tx, mu=mu,
+                                   chunk_size=chunk_size))
+
+
+def local_train_loop(client_train: Callable, base, start, opt_states, batches, keys,
+                     start_stacked: bool = False):
+  """The same result as `local_train`, one client at a time (a Python loop)."""
+  k = keys.shape[0]
+  outs = []
+  for i in range(k):
+    row = lambda t: jax.tree.map(lambda x: x[i], t)
+    outs.append(client_train(base, row(start) if start_stacked else start, row(opt_states),
+                             row(batches), keys[i]))
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)

@@ -1,0 +1,54 @@
+"""Held-out loss of M candidate adapters for V voters at once (PROTOCOL.md step 3).
+
+  heldout_loss(base, adapters {leaf: [M, ...]}, batches {key: [V, n, B, T]}) -> [V, M]
+
+Voter j scores every candidate on its own private held-out batches: entry
+[j, m] is the token-weighted mean next-token loss of adapter m over voter j's
+n batches. M = 2 in whole-candidate mode (G_r and C_r), 1 + P per proposal
+(G_r and each G_r + Δ_i). Voters and candidates are vmapped; the n batches
+of one voter are scanned, so only one [B, T] batch per (voter, candidate) is
+in flight.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from flock_jax.federated.loss import token_loss_sums
+from flock_jax.model.config import LlamaConfig
+from flock_jax.model.lora import LoraConfig
+
+
+def _one(base, lora, batches, *, cfg, lcfg, chunk_size):
+  """Token-weighted mean loss of one adapter over batches {key: [n, B, T]} (float32 scalar)."""
+  def body(acc, batch):
+    s, c = token_loss_sums(base, lora, batch, cfg, lcfg, chunk_size=chunk_size)
+    return (acc[0] + s, acc[1] + c), None
+
+  (total, count), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), batches)
+  return total / jnp.maximum(count, 1.0)
+
+
+def make_heldout_loss(cfg: LlamaConfig, lcfg: LoraConfig, *,
+                      chunk_size: int | None = None) -> Callable:
+  """jitted heldout_loss(base, adapters [M, ...], batches [V, n, B, T]) -> float32 [V, M]."""
+  one = functools.partial(_one, cfg=cfg, lcfg=lcfg, chunk_size=chunk_size)
+  per_candidate = jax.vmap(one, in_axes=(None, 0, None))           # M candidates, one voter
+  per_voter = jax.vmap(per_candidate, in_axes=(None, None, 0))     # V voters
+  return jax.jit(per_voter)
+
+
+def heldout_loss_loop(cfg: LlamaConfig, lcfg: LoraConfig, base, adapters, batches,
+                      chunk_size: int | None = None) -> jax.Array:
+  """Reference: the same [V, M] matrix with a Python loop over voters and candidates."""
+  one = jax.jit(functools.partial(_one, cfg=cfg, lcfg=lcfg, chunk_size=chunk_size))
+  v = batches["tokens"].shape[0]
+  m = jax.tree.leaves(adapters)[0].shape[0]
+  rows = []
+  for j in range(v):
+    bj = jax.tree.map(lambda x: x[j], batches)
+    rows.append([one(base, jax.tree.map(lambda x: x[i], adapters), bj) for i in range(m)])
+  return jnp.asarray(rows)

@@ -1,0 +1,158 @@
+"""The simulated participants' private data, as token arrays ready for stacked training.
+
+  Population.train[i]    participant i's private training rows   {key: [n_i, T]}
+  Population.heldout[i]  participant i's private held-out rows   {key: [h_i, T]}
+  Population.eval_sets   {domain: rows}: held-out rows pooled by domain, for
+                         reporting the global model's loss per domain only
+                         (no participant sees them; voters use their own).
+
+Batches come out stacked for the engine: `train_batches` -> [K, E, B, T],
+`heldout_batches` -> [V, n, B, T], `eval_batches` -> [D, n, B, T]. Held-out
+and eval batches are padded with weight-0 rows, so their token-weighted mean
+loss counts every real row exactly once.
+
+`build_population` runs the data package (load -> partition -> poison ->
+tokenize); `synthetic_population` makes a learnable token task with no
+tokenizer at all (tests and the benchmark).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import numpy as np
+
+KEYS = ("tokens", "loss_mask", "segment_ids", "positions")
+Arrays = Mapping[str, np.ndarray]
+
+
+def _rows(arrays: Arrays, idx: np.ndarray) -> dict[str, np.ndarray]:
+  return {k: arrays[k][idx] for k in KEYS}
+
+
+def _padded(arrays: Arrays, count: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+  """The first `count` rows of `arrays`, padded with weight-0 rows when there are fewer."""
+  have = arrays["tokens"].shape[0]
+  take = min(have, count)
+  out = _rows(arrays, np.arange(take))
+  if take < count:
+    t = arrays["tokens"].shape[1]
+    extra = count - take
+    out["tokens"] = np.concatenate([out["tokens"], np.full((extra, t), pad_id, np.int32)])
+    for k in ("loss_mask", "segment_ids", "positions"):
+      out[k] = np.concatenate([out[k], np.zeros((extra, t), out[k].dtype)])
+  return out
+
+
+@dataclasses.dataclass
+class Population:
+  train: list[dict]
+  heldout: list[dict]
+  eval_sets: dict[str, dict]
+  pad_id: int = 0
+  domains: list[dict] | None = None   # per participant: {domain: example count}
+
+  @property
+  def num_participants(self) -> int:
+    return len(self.train)
+
+  @property
+  def num_train(self) -> np.ndarray:
+    """Training rows per participant [N] (FedAvg weights)."""
+    return np.asarray([a["tokens"].shape[0] for a in self.train], np.float32)
+
+  def train_batches(self, idx: Sequence[int], num_steps: int, batch_size: int, *, seed: int,
+                    round_index: int) -> dict[str, np.ndarray]:
+    """Stacked local-step batches of participants `idx`: each array [K, E, B, T]."""
+    from flock_jax.data.batching import client_steps
+    steps = client_steps([self.train[i] for i in idx], batch_size, num_steps, seed=seed,
+                         round_index=round_index)
+    return {k: np.ascontiguousarray(np.swapaxes(steps[k], 0, 1)) for k in KEYS}
+
+  def heldout_batches(self, idx: Sequence[int], num_batches: int,
+                      batch_size: int) -> dict[str, np.ndarray]:
+    """Each participant's fixed private held-out batches: arrays [V, n, B, T]."""
+    per = [_padded(self.heldout[i], num_batches * batch_size, self.pad_id) for i in idx]
+    return {k: np.stack([p[k].reshape((num_batches, batch_size, -1)) for p in per])
+            for k in KEYS}
+
+  def eval_batches(self, batch_size: int) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(domain names, arrays [D, n, B, T]) covering every pooled eval row once."""
+    names = sorted(self.eval_sets)
+    most = max(self.eval_sets[d]["tokens"].shape[0] for d in names)
+    n = -(-most // batch_size)
+    per = [_padded(self.eval_sets[d], n * batch_size, self.pad_id) for d in names]
+    return names, {k: np.stack([p[k].reshape((n, batch_size, -1)) for p in per]) for k in KEYS}
+
+
+# ------------------------------------------------------------------ from the data package
+def build_population(run, tokenizer) -> Population:
+  """Load run.data.domains, partition among N participants (private train / held-out),
+  poison the training sets of 'backdoor' participants, and tokenize."""
+  from flock_jax.data.partition import partition
+  from flock_jax.data.poison import poison
+  from flock_jax.data.registry import load_domain
+  from flock_jax.data.tokenization import tokenize_examples
+
+  d, n = run.data, run.federation.num_participants
+  examples = []
+  for name in d.domains:
+    kw = {"n": d.examples_per_domain} if name in ("finance", "medical") else {
+        "limit": d.examples_per_domain}
+    if name in ("finance", "medical"):
+      kw["seed"] = run.seed
+    examples.extend(load_domain(name, **kw))
+  parts = partition(examples, n, scheme=d.partition, alpha=d.dirichlet_alpha,
+                    heldout_fraction=d.heldout_fraction, seed=run.seed)
+  tok = lambda exs, seed: tokenize_examples(exs, tokenizer, d.seq_len, pack=d.pack,
+                                            system=d.system or None, shuffle=d.pack, seed=seed)
+  train, held = [], []
+  for p in parts:
+    exs = p.train
+    if run.attack.behaviours.get(p.client_id) == "backdoor":
+      exs = poison(exs, run.attack.trigger, run.attack.target, run.attack.poison_fraction,
+                   seed=run.seed + p.client_id)
+    train.append(dict(tok(exs, p.client_id)))
+    held.append(dict(tok(p.heldout, p.client_id)))
+    if train[-1]["tokens"].shape[0] == 0 or held[-1]["tokens"].shape[0] == 0:
+      raise ValueError(f"participant {p.client_id} has no training or held-out rows left after "
+                       f"tokenization at seq_len={d.seq_len}: raise data.seq_len or "
+                       f"data.examples_per_domain")
+  evals = {}
+  for dom in sorted({e.domain for e in examples}):
+    pooled = [e for p in parts for e in p.heldout if e.domain == dom][:d.eval_examples_per_domain]
+    if pooled:
+      evals[dom] = dict(tok(pooled, 0))
+  return Population(train, held, evals, pad_id=int(tokenizer.pad_token_id),
+                    domains=[p.domain_counts for p in parts])
+
+
+# ------------------------------------------------------------------ synthetic task
+def synthetic_rows(rng: np.random.Generator, rows: int, seq_len: int, vocab: int,
+                   stride: int) -> dict[str, np.ndarray]:
+  """Counting sequences t_{k+1} = (t_k + stride) mod vocab from a random start: a next-token
+  task a tiny model learns in a few steps. The first quarter is an unmasked 'prompt'."""
+  start = rng.integers(0, vocab, (rows, 1))
+  tokens = ((start + stride * np.arange(seq_len)[None]) % vocab).astype(np.int32)
+  mask = np.ones((rows, seq_len), np.float32)
+  mask[:, : seq_len // 4] = 0.0
+  return {"tokens": tokens, "loss_mask": mask,
+          "segment_ids": np.ones((rows, seq_len), np.int32),
+          "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
+                                       (rows, seq_len)).copy()}
+
+
+def synthetic_population(num_participants: int, *, seq_len: int = 32, vocab: int = 64,
+                         train_rows: int = 32, heldout_rows: int = 8, eval_rows: int = 16,
+                         strides: Sequence[int] = (1, 3), seed: int = 0) -> Population:
+  """Participant i counts with stride strides[i % len(strides)] (its 'domain')."""
+  rng = np.random.default_rng(seed)
+  train, held = [], []
+  for i in range(num_participants):
+    s = strides[i % len(strides)]
+    train.append(synthetic_rows(rng, train_rows, seq_len, vocab, s))
+    held.append(synthetic_rows(rng, heldout_rows, seq_len, vocab, s))
+  evals = {f"stride{s}": synthetic_rows(rng, eval_rows, seq_len, vocab, s) for s in strides}
+  return Population(train, held, evals,
+                    domains=[{f"stride{strides[i % len(strides)]}": train_rows + heldout_rows}
+                             for i in range(num_participants)])
