@@ -1,0 +1,157 @@
+"""Plain data exchanged with the chain: task parameters, roles, outcomes, balances.
+
+Hashes are 32-byte `bytes`. Participants are named by their index
+``0..N-1`` (see `FlockChain.addresses` for the index -> account mapping) and
+by address where both are useful.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+# Vote modes, selection modes, outcomes, roles and slash reasons: the
+# contract's constants (contracts/FlockTask.vy).
+VOTE_WHOLE = 0
+VOTE_PER_PROPOSAL = 1
+SELECT_UNIFORM = 0
+SELECT_STAKE = 1
+
+OUTCOME_ACCEPTED = 1
+OUTCOME_REJECTED = 2
+OUTCOME_VOID = 3
+OUTCOME_NAMES = {OUTCOME_ACCEPTED: "accepted", OUTCOME_REJECTED: "rejected", OUTCOME_VOID: "void"}
+
+ROLE_PROPOSER = 1
+ROLE_VOTER = 2
+
+SLASH_NO_PROPOSAL = 1
+SLASH_REJECTED_PROPOSAL = 2
+SLASH_NO_VOTE = 3
+SLASH_WRONG_VOTE = 4
+SLASH_WRONG_CANDIDATE = 5
+SLASH_NAMES = {
+    SLASH_NO_PROPOSAL: "no proposal",
+    SLASH_REJECTED_PROPOSAL: "rejected proposal",
+    SLASH_NO_VOTE: "no vote",
+    SLASH_WRONG_VOTE: "wrong vote",
+    SLASH_WRONG_CANDIDATE: "wrong candidate hash",
+}
+
+BPS = 10_000
+ZERO_HASH = b"\x00" * 32
+WEI = 10**18
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskParams:
+    """Parameters of one task contract (PROTOCOL.md "Task").
+
+    Token amounts are in the token's smallest unit (18 decimals).
+    `slash_bps` is lambda and `proposer_share_bps` is rho, in basis points.
+    `vote_window` is counted in blocks from `start_round`; proposals and
+    votes are accepted up to and including block `start + vote_window`.
+    """
+
+    total_rounds: int = 10
+    num_proposers: int = 4
+    num_voters: int = 4
+    min_stake: int = 10 * WEI
+    slash_bps: int = 1_000
+    proposer_share_bps: int = 5_000
+    reward_pool: int = 1_000 * WEI
+    vote_window: int = 1_000
+    vote_mode: int = VOTE_WHOLE
+    selection_mode: int = SELECT_UNIFORM
+    genesis_hash: bytes = ZERO_HASH
+    genesis_seed: bytes = b"flock_jax genesis seed".ljust(32, b"\x00")
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> "TaskParams":
+        """Build from a dict or ConfigDict; unknown keys are ignored, hashes may be hex."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: cfg[k] for k in fields if k in cfg and cfg[k] is not None}
+        for k in ("genesis_hash", "genesis_seed"):
+            if isinstance(kw.get(k), str):
+                kw[k] = bytes.fromhex(kw[k].removeprefix("0x"))
+        if isinstance(kw.get("vote_mode"), str):
+            kw["vote_mode"] = {"whole": VOTE_WHOLE, "per_proposal": VOTE_PER_PROPOSAL}[kw["vote_mode"]]
+        if isinstance(kw.get("selection_mode"), str):
+            kw["selection_mode"] = {"uniform": SELECT_UNIFORM, "stake": SELECT_STAKE}[kw["selection_mode"]]
+        return cls(**kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Roles:
+    """The roles drawn on chain for one round.
+
+    `proposers` are listed in ascending address order (bit i of a
+    per-proposal vote names proposers[i]; candidates aggregate in this
+    order); `voters` in draw order.
+    """
+
+    round: int
+    seed: bytes
+    global_hash: bytes
+    reward: int
+    deadline: int
+    proposers: tuple[int, ...]
+    voters: tuple[int, ...]
+    proposer_addresses: tuple[str, ...]
+    voter_addresses: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What `finalize` decided for one round, and what it paid and slashed.
+
+    `proposal_hashes[i]` is the hash proposers[i] committed (None if it did
+    not propose); `proposal_accepted[i]` whether it entered the new global
+    model. `rewards`/`slashes` map participant index -> amount.
+    """
+
+    round: int
+    outcome: int
+    candidate_hash: bytes
+    global_hash: bytes
+    tally: int
+    approve_stake: int
+    reject_stake: int
+    num_proposals: int
+    num_votes: int
+    proposers: tuple[int, ...]
+    proposal_hashes: tuple[bytes | None, ...]
+    proposal_accepted: tuple[bool, ...]
+    proposal_tallies: tuple[int, ...]
+    rewards: dict[int, int]
+    slashes: dict[int, int]
+    ejected: tuple[int, ...]
+    block_number: int
+    block_hash: bytes
+
+    @property
+    def accepted(self) -> bool:
+        """True when the candidate (or, per proposal, any proposal) was accepted."""
+        return self.outcome == OUTCOME_ACCEPTED
+
+    @property
+    def void(self) -> bool:
+        """True when there was nothing to judge (no proposal or no vote)."""
+        return self.outcome == OUTCOME_VOID
+
+
+@dataclasses.dataclass(frozen=True)
+class Balances:
+    """Token accounting of a task: per participant (by index) and in total."""
+
+    stakes: tuple[int, ...]
+    claimable: tuple[int, ...]
+    ejected: tuple[bool, ...]
+    pool: int
+    total_staked: int
+    total_claimable: int
+    token_balance: int
+
+    @property
+    def conserved(self) -> bool:
+        """Token conservation: balance == pool + sum(stakes) + sum(claimable)."""
+        return self.token_balance == self.pool + self.total_staked + self.total_claimable
