@@ -65,7 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
       aggregator_hparams="",      # 'f=1,beta=0.1' or a dict
   )
   c.ledger = dict(
-      backend="local",            # 'local' (in-process LocalLedger) | 'chain' (wired by the lead)
+      backend="eth_tester",       # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
+      rpc_url="",                 # 'jsonrpc': the node, e.g. http://127.0.0.1:8545
+      vote_window=64,             # blocks a round stays open for votes
       stake=100, min_stake=10, reward_pool=1000,  # whole tokens
       slash_fraction=0.1,         # lambda
       proposer_share=0.5,         # rho

@@ -70,6 +70,8 @@ class FederationSpec:
 class LedgerSpec:
   """Token amounts in whole tokens (the ledger works in base units, 18 decimals)."""
   backend: str
+  rpc_url: str
+  vote_window: int
   stake: int
   min_stake: int
   reward_pool: int
@@ -305,16 +307,23 @@ def _federation(config) -> FederationSpec:
 
 
 def _ledger(config) -> LedgerSpec:
-  sec = _section(config, "ledger", ("backend", "stake", "min_stake", "reward_pool",
+  sec = _section(config, "ledger", ("backend", "rpc_url", "vote_window", "stake", "min_stake",
+                                    "reward_pool",
                                     "slash_fraction", "proposer_share", "stake_weighted_draw"))
   spec = LedgerSpec(
-      backend=_get(sec, "ledger", "backend", str, "local", choices=("local", "chain")),
+      backend=_get(sec, "ledger", "backend", str, "eth_tester",
+                   choices=("local", "eth_tester", "jsonrpc")),
+      rpc_url=_get(sec, "ledger", "rpc_url", str, ""),
+      vote_window=_get(sec, "ledger", "vote_window", int, 64, lo=1),
       stake=_get(sec, "ledger", "stake", int, 100, lo=0),
       min_stake=_get(sec, "ledger", "min_stake", int, 10, lo=0),
       reward_pool=_get(sec, "ledger", "reward_pool", int, 1000, lo=0),
       slash_fraction=_get(sec, "ledger", "slash_fraction", float, 0.1, lo=0, hi=1),
       proposer_share=_get(sec, "ledger", "proposer_share", float, 0.5, lo=0, hi=1),
       stake_weighted_draw=_get(sec, "ledger", "stake_weighted_draw", bool, False))
+  if spec.backend == "jsonrpc" and not spec.rpc_url:
+    raise RunConfigError("config.ledger.rpc_url is empty; the 'jsonrpc' backend needs the node's "
+                         "URL, e.g. http://127.0.0.1:8545")
   if spec.stake < spec.min_stake:
     raise RunConfigError(f"config.ledger.stake={spec.stake} < min_stake={spec.min_stake}: "
                          "nobody could be drawn")

@@ -5,9 +5,12 @@
   python launch/train.py --config=configs/flock.py:tiny --config.federation.mode=baseline \
       --config.federation.aggregator=krum --config.federation.aggregator_hparams=f=1
 
-Writes to --workdir: config.json, metrics.jsonl (one JSON object per round)
-and checkpoints/ (the run state each config.checkpoint.every rounds, with the
-ledger's round number and block hash beside it).
+Writes to --workdir: config.json, metrics.jsonl (one JSON object per round),
+checkpoints/ (the run state each config.checkpoint.every rounds, with the
+ledger's round number and block hash beside it), store/ (every adapter blob
+whose hash went on chain) and chain_logs.json (the task's events). With a
+chain backend the run ends with an audit of the whole run from the logs and
+the store (launch/audit.py does the same later).
 """
 import os
 import sys
@@ -27,6 +30,7 @@ def main(argv):
   import jax
   from flock_jax.checkpoint import RunCheckpointer
   from flock_jax.federated import rounds
+  from flock_jax.federated.ledger import ChainLedger
   from flock_jax.federated.metrics import JsonlWriter
   from flock_jax.run_config import from_config
 
@@ -34,7 +38,7 @@ def main(argv):
   config = _CONFIG.value
   run = from_config(config)  # fails here, naming the field, on a malformed config
   workdir = _WORKDIR.value
-  writer = ckpt = None
+  writer = ckpt = store = None
   if workdir:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -43,6 +47,8 @@ def main(argv):
     if os.path.exists(path):
       os.remove(path)
     writer = JsonlWriter(path)
+    from flock_jax.chain import AdapterStore
+    store = AdapterStore(os.path.join(workdir, "store"))
     if run.checkpoint_every:
       ckpt = RunCheckpointer(os.path.join(workdir, "checkpoints"),
                              max_to_keep=run.checkpoint_keep)
@@ -51,7 +57,10 @@ def main(argv):
         f"P={run.federation.num_proposers} V={run.federation.num_voters} "
         f"rounds={run.federation.rounds} | devices={jax.devices()}", flush=True)
 
+  seen = {}
+
   def on_round(state, m, ledger):
+    seen["ledger"] = ledger
     print(m.summary(), flush=True)
     if writer:
       writer.write(m)
@@ -59,9 +68,19 @@ def main(argv):
       ckpt.save(m.round + 1, rounds.checkpoint_tree(state),
                 rounds.checkpoint_meta(state, m, config))
 
-  metrics = rounds.run_rounds(run, on_round=on_round)
+  metrics = rounds.run_rounds(run, store=store, on_round=on_round)
   if ckpt:
     ckpt.close()
+  ledger = seen.get("ledger")
+  if isinstance(ledger, ChainLedger):
+    from flock_jax.chain.audit import audit_chain
+    if workdir:
+      ledger.chain.export_logs(os.path.join(workdir, "chain_logs.json"))
+    report = audit_chain(ledger.chain, store, aggregate=rounds.candidate_bytes,
+                         require_blobs=store is not None)
+    print(f"audit: {report.summary()}", flush=True)
+    if not report.ok:
+      raise SystemExit(1)
   first, last = metrics[0], metrics[-1]
   done = f"done: held-out loss {first.mean_heldout_loss:.4f} -> {last.mean_heldout_loss:.4f}"
   if run.federation.mode == "flock":

@@ -23,9 +23,7 @@ from . import logs as logs_mod
 from .backend import Backend, connect
 from .compile import load_contract
 from .errors import ChainConfigError, ChainError
-from .types import (
-    OUTCOME_ACCEPTED, VOTE_PER_PROPOSAL, Balances, Outcome, Roles, TaskParams,
-)
+from .types import VOTE_WHOLE, Balances, Outcome, Roles, TaskParams, outcome_from_events
 
 # Explicit gas limits for the frequent calls (an estimate would run each call
 # twice); start_round and finalize loop over participants and get the block's.
@@ -235,32 +233,9 @@ class FlockChain:
         proposers = list(self._call(f.get_proposers()))
         hashes = tuple(bytes(h) if any(h) else None for h in (self._call(f.current_proposal(p)) for p in proposers))
         r = self._send("finalize", f.finalize(), sender or self.deployer)
-        evs = self._events(r)
-        fin = next(e["args"] for e in evs if e["event"] == "Finalized")
-        if self.params is not None and self.params.vote_mode == VOTE_PER_PROPOSAL:
-            acc = tuple(bool((fin["accepted_bits"] >> k) & 1) for k in range(len(proposers)))
-            tallies = tuple(fin["tallies"])
-        else:
-            ok = fin["outcome"] == OUTCOME_ACCEPTED
-            acc = tuple(ok and h is not None for h in hashes)
-            tallies = tuple(fin["tally"] if h is not None else 0 for h in hashes)
-        idx = self._index.get
-        rewards: dict[int, int] = {}
-        slashes: dict[int, int] = {}
-        for e in evs:
-            a = e["args"]
-            if e["event"] == "Rewarded":
-                rewards[idx(a["participant"], -1)] = rewards.get(idx(a["participant"], -1), 0) + a["amount"]
-            elif e["event"] == "Slashed":
-                slashes[idx(a["participant"], -1)] = slashes.get(idx(a["participant"], -1), 0) + a["amount"]
-        return Outcome(
-            round=fin["round"], outcome=fin["outcome"], candidate_hash=as_hash(fin["candidate"]),
-            global_hash=as_hash(fin["global_hash"]), tally=fin["tally"], approve_stake=fin["approve_stake"],
-            reject_stake=fin["reject_stake"], num_proposals=fin["num_proposals"], num_votes=fin["num_votes"],
-            proposers=tuple(idx(p, -1) for p in proposers), proposal_hashes=hashes, proposal_accepted=acc,
-            proposal_tallies=tallies, rewards=rewards, slashes=slashes,
-            ejected=tuple(idx(e["args"]["participant"], -1) for e in evs if e["event"] == "Ejected"),
-            block_number=int(r["blockNumber"]), block_hash=bytes(r["blockHash"]))
+        vote_mode = self.params.vote_mode if self.params is not None else VOTE_WHOLE
+        return outcome_from_events(self._events(r), proposers, hashes, self._index.get, vote_mode,
+                                   int(r["blockNumber"]), bytes(r["blockHash"]))
 
     def mine(self, n: int = 1) -> None:
         """Mine `n` empty blocks, e.g. to pass a vote window."""

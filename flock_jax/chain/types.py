@@ -7,7 +7,7 @@ by address where both are useful.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 # Vote modes, selection modes, outcomes, roles and slash reasons: the
 # contract's constants (contracts/FlockTask.vy).
@@ -155,3 +155,43 @@ class Balances:
     def conserved(self) -> bool:
         """Token conservation: balance == pool + sum(stakes) + sum(claimable)."""
         return self.token_balance == self.pool + self.total_staked + self.total_claimable
+
+
+def outcome_from_events(events: Sequence[dict], proposers: Sequence[str],
+                        proposal_hashes: Sequence[bytes | None],
+                        index_of: Callable[[str, int], int], vote_mode: int,
+                        block_number: int, block_hash: bytes) -> Outcome:
+    """The `Outcome` of a round from its finalize events (normalised, see logs.py).
+
+    Shared by the contract client and the in-process model, so both report a
+    round identically. `proposers` in ascending address order; `proposal_hashes[i]`
+    is None where proposers[i] did not propose.
+    """
+    def h(x):
+        return x if isinstance(x, bytes) else bytes.fromhex(str(x).removeprefix("0x"))
+
+    fin = next(e["args"] for e in events if e["event"] == "Finalized")
+    if vote_mode == VOTE_PER_PROPOSAL:
+        acc = tuple(bool((fin["accepted_bits"] >> k) & 1) for k in range(len(proposers)))
+        tallies = tuple(fin["tallies"])
+    else:
+        ok = fin["outcome"] == OUTCOME_ACCEPTED
+        acc = tuple(ok and ph is not None for ph in proposal_hashes)
+        tallies = tuple(fin["tally"] if ph is not None else 0 for ph in proposal_hashes)
+    rewards: dict[int, int] = {}
+    slashes: dict[int, int] = {}
+    for e in events:
+        if e["event"] in ("Rewarded", "Slashed"):
+            book = rewards if e["event"] == "Rewarded" else slashes
+            i = index_of(e["args"]["participant"], -1)
+            book[i] = book.get(i, 0) + e["args"]["amount"]
+    return Outcome(
+        round=fin["round"], outcome=fin["outcome"], candidate_hash=h(fin["candidate"]),
+        global_hash=h(fin["global_hash"]), tally=fin["tally"], approve_stake=fin["approve_stake"],
+        reject_stake=fin["reject_stake"], num_proposals=fin["num_proposals"],
+        num_votes=fin["num_votes"], proposers=tuple(index_of(p, -1) for p in proposers),
+        proposal_hashes=tuple(proposal_hashes), proposal_accepted=acc, proposal_tallies=tallies,
+        rewards=rewards, slashes=slashes,
+        ejected=tuple(index_of(e["args"]["participant"], -1) for e in events
+                      if e["event"] == "Ejected"),
+        block_number=block_number, block_hash=block_hash)

@@ -1,67 +1,36 @@
-"""The chain as the simulator sees it: a small `Ledger` protocol, and `LocalLedger`.
+"""The chain as the simulator sees it: the `Ledger` protocol and its two implementations.
 
 The round function (flock_jax/federated/rounds.py) talks to the chain only
 through `Ledger`: it reads the roles the chain drew, commits hashes, casts
 votes and reads the outcome. It never decides roles or outcomes itself.
 
-`LocalLedger` is a pure-Python stand-in, a line-by-line port of the rules of
-contracts/FlockTask.vy (PROTOCOL.md steps 1, 5, 6 and per-proposal voting):
+- `ChainLedger` drives the FlockTask contract through `flock_jax.chain.FlockChain`
+  (in-process eth-tester, or any JSON-RPC node).
+- `LocalLedger` runs the same rules without an EVM, through the chain
+  package's `TaskModel` (the Python model of contracts/FlockTask.vy that the
+  contract is tested against event by event), for fast tests and sweeps.
 
-- rounds are numbered 0..T-1; `seed_r = keccak256(seed_{r-1} || uint256(r) || globalHash_r)`;
-- pick k of the P + V roles: `x = keccak256(seed_r || uint256(k))`, index
-  `x % m` into the active participants (stake >= s_min, not ejected, in
-  index order), removed by swapping in the last; the first P are the
-  proposers (listed in ascending address order), the next V the voters;
-- whole-candidate tally over the votes naming the round's candidate (the
-  hash named by the most voting stake, earliest first on a tie); votes
-  naming another hash are wrong votes; accept iff S >= 0; void (no outcome,
-  nothing paid) when no proposal or no vote came;
-- settlement in integer token units, lambda and rho in basis points; the
-  per-proposal global hash is the chain `g = keccak256(g || h_i)` over the
-  accepted proposals' hashes, as on chain.
+Both return the chain's `Roles` and `Outcome` (flock_jax/chain/types.py).
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
-BPS = 10_000
-WEI = 10**18
-ZERO_HASH = b"\x00" * 32
+from flock_jax.chain import model as task_model
+from flock_jax.chain.types import (SELECT_STAKE, SELECT_UNIFORM, VOTE_PER_PROPOSAL, VOTE_WHOLE,
+                                   WEI, ZERO_HASH, Outcome, Roles, TaskParams,
+                                   outcome_from_events)
 
-
-@dataclasses.dataclass(frozen=True)
-class Roles:
-  """Round `round`'s roles: participant indices; proposers in ascending address order."""
-  round: int
-  proposers: tuple[int, ...]
-  voters: tuple[int, ...]
-  seed: bytes
-  global_hash: bytes = ZERO_HASH
-  reward: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-  """What finalize decided. `proposal_accepted[i]` refers to roles.proposers[i]."""
-  round: int
-  accepted: bool
-  tally: int
-  global_hash: bytes | None
-  proposal_accepted: tuple[bool, ...] | None = None
-  void: bool = False
-  proposal_tallies: tuple[int, ...] = ()
-  rewards: dict = dataclasses.field(default_factory=dict)
-  slashes: dict = dataclasses.field(default_factory=dict)
-  ejected: tuple[int, ...] = ()
+__all__ = ["WEI", "ZERO_HASH", "Ledger", "LedgerError", "LocalLedger", "ChainLedger", "Roles",
+           "Outcome", "default_addresses"]
 
 
 @runtime_checkable
 class Ledger(Protocol):
-  """What the off-chain engine needs from the chain (flock_jax/chain implements it too)."""
+  """What the off-chain engine needs from the chain."""
 
   @property
   def num_participants(self) -> int: ...
@@ -86,21 +55,29 @@ class LedgerError(RuntimeError):
   """A call the contract would revert: says which call, who, and why."""
 
 
-def _u256(x: int) -> bytes:
-  return int(x).to_bytes(32, "big")
-
-
 def default_addresses(n: int, salt: bytes = b"flock_jax participant") -> list[str]:
-  """n distinct deterministic 20-byte addresses (checksum-free lowercase hex)."""
-  return ["0x" + keccak(salt + _u256(i))[-20:].hex() for i in range(n)]
+  """n distinct deterministic 20-byte addresses."""
+  return [to_checksum_address(keccak(salt + i.to_bytes(32, "big"))[-20:]) for i in range(n)]
+
+
+def _ballot_args(per_proposal: bool, j: int, candidate_hash, approve, bits, n_props: int):
+  """Validates a vote's arguments for the task's mode; returns the contract call's argument."""
+  if per_proposal:
+    if bits is None or len(bits) != n_props:
+      raise LedgerError(f"vote: per-proposal mode needs {n_props} bits from participant {j}, "
+                        f"got {bits}")
+    return sum(1 << i for i, b in enumerate(bits) if b)
+  if approve is None or candidate_hash in (None, ZERO_HASH):
+    raise LedgerError(f"vote: whole-candidate mode needs a candidate hash and approve from "
+                      f"participant {j}")
+  return bool(approve)
 
 
 class LocalLedger:
-  """In-process FlockTask: stakes, role draw, commits, votes, tally and settlement.
+  """The FlockTask rules in process (no EVM): stakes, draw, commits, votes, settlement.
 
-  Amounts are integer token base units (18 decimals by default). Token
-  conservation holds after every call: `token_balance() == pool + sum(stakes)
-  + sum(claimable)`.
+  Amounts are integer token base units. Token conservation holds after every
+  call: `token_balance() == pool + sum(stakes) + sum(claimable)`.
   """
 
   def __init__(self, num_participants: int, *, num_proposers: int, num_voters: int,
@@ -109,34 +86,46 @@ class LocalLedger:
                proposer_share_bps: int = 5_000, reward_pool: int = 1_000 * WEI,
                per_proposal: bool = False, stake_weighted_draw: bool = False,
                genesis_hash: bytes = ZERO_HASH,
-               genesis_seed: bytes = b"flock_jax genesis seed".ljust(32, b"\x00"),
+               genesis_seed: bytes = TaskParams.genesis_seed,
                addresses: Sequence[str] | None = None):
     n = num_participants
     if num_proposers < 1 or num_voters < 1 or num_proposers + num_voters > n:
       raise LedgerError(f"need 1 <= P, 1 <= V and P + V <= N; got P={num_proposers}, "
                         f"V={num_voters}, N={n}")
-    self._addresses = list(addresses) if addresses is not None else default_addresses(n)
-    if len(self._addresses) != n or len(set(a.lower() for a in self._addresses)) != n:
-      raise LedgerError(f"need {n} distinct addresses, got {self._addresses}")
+    addrs = list(addresses) if addresses is not None else default_addresses(n)
+    if len(addrs) != n or len({a.lower() for a in addrs}) != n:
+      raise LedgerError(f"need {n} distinct addresses, got {addrs}")
+    self._addresses = [to_checksum_address(a) for a in addrs]
+    self._index = {a.lower(): i for i, a in enumerate(self._addresses)}
     st = [int(stakes)] * n if isinstance(stakes, (int, np.integer)) else [int(s) for s in stakes]
     if len(st) != n or any(s < 0 for s in st):
       raise LedgerError(f"stakes must be {n} non-negative integers, got {st}")
-    self.P, self.V, self.T = num_proposers, num_voters, total_rounds
-    self.min_stake, self.slash_bps, self.rho_bps = min_stake, slash_bps, proposer_share_bps
-    self.per_proposal, self.stake_weighted = per_proposal, stake_weighted_draw
-    self.stake_of = st
-    self.claimable = [0] * n
-    self.ejected = [s < min_stake for s in st]
-    self.pool = int(reward_pool)
-    self.seed = bytes(genesis_seed)
-    self.global_hash = bytes(genesis_hash)
-    self.next_round = 0
-    self.round_open = False
+    self.per_proposal = per_proposal
+    self.model = task_model.TaskModel(
+        token="0x" + "00" * 20, owner="0x" + "00" * 19 + "01", total_rounds=total_rounds,
+        num_proposers=num_proposers, num_voters=num_voters, min_stake=min_stake,
+        slash_bps=slash_bps, proposer_share_bps=proposer_share_bps, vote_window=2**62,
+        vote_mode=VOTE_PER_PROPOSAL if per_proposal else VOTE_WHOLE,
+        selection_mode=SELECT_STAKE if stake_weighted_draw else SELECT_UNIFORM,
+        genesis_hash=bytes(genesis_hash), genesis_seed=bytes(genesis_seed))
     self.block_number = 0
-    self.events: list[tuple] = []
-    self._roles: Roles | None = None
-    self._proposals: dict[int, bytes] = {}
-    self._ballots: dict[int, tuple[bytes, bool, int]] = {}
+    self.events: list[dict] = []
+    self._do(self.model.fund, self.model.owner, int(reward_pool)) if reward_pool else None
+    for a, s in zip(self._addresses, st):
+      if s > 0:  # participants below the minimum are never registered, so never drawn
+        self._do(self.model.stake_tokens, a, s) if s >= min_stake else None
+
+  def _do(self, action, *args, block: bool = False) -> list[dict]:
+    self.block_number += 1
+    try:
+      evs = action(*args, self.block_number) if block else action(*args)
+    except task_model.ModelRevert as e:
+      raise LedgerError(str(e)) from None
+    self.events.extend(evs)
+    return evs
+
+  def _idx(self, address: str, default: int = -1) -> int:
+    return self._index.get(address.lower(), default)
 
   # ---------------------------------------------------------------- views
   @property
@@ -148,230 +137,123 @@ class LocalLedger:
 
   def stakes(self) -> np.ndarray:
     """Current stakes [N] as Python ints (object array: token units exceed int64)."""
-    return np.array(self.stake_of, dtype=object)
+    return np.array([self.model.stake.get(a, 0) for a in self._addresses], dtype=object)
+
+  @property
+  def pool(self) -> int:
+    return self.model.pool
+
+  @property
+  def claimable(self) -> list[int]:
+    return [self.model.claimable.get(a, 0) for a in self._addresses]
+
+  @property
+  def ejected(self) -> list[bool]:
+    return [a in self.model.ejected for a in self._addresses]
 
   def token_balance(self) -> int:
-    return self.pool + sum(self.stake_of) + sum(self.claimable)
+    """Tokens the task holds: what was funded and staked, less withdrawals (none here)."""
+    return sum(e["args"]["amount"] for e in self.events if e["event"] in ("Funded", "Staked"))
 
   def block_hash(self) -> bytes:
     """A deterministic stand-in for the latest block hash."""
-    return keccak(b"block" + _u256(self.block_number) + self.seed + self.global_hash)
-
-  def _tx(self, *event):
-    self.block_number += 1
-    self.events.append(event)
+    return keccak(b"block" + self.block_number.to_bytes(32, "big") + self.model.seed
+                  + self.model.global_hash)
 
   # ---------------------------------------------------------------- round
-  def _draw(self, seed: bytes) -> list[int]:
-    cands = [i for i in range(self.num_participants)
-             if self.stake_of[i] >= self.min_stake and not self.ejected[i]]
-    weights = [self.stake_of[i] for i in cands]
-    need = self.P + self.V
-    if len(cands) < need:
-      raise LedgerError(f"start_round: {len(cands)} active participants, need P + V = {need}")
-    total = sum(weights)
-    picked = []
-    for k in range(need):
-      x = int.from_bytes(keccak(seed + _u256(k)), "big")
-      m = len(cands)
-      j = x % m
-      if self.stake_weighted:
-        target, acc = x % total, 0
-        for i in range(m):
-          acc += weights[i]
-          if acc > target:
-            j = i
-            break
-        total -= weights[j]
-      picked.append(cands[j])
-      cands[j], weights[j] = cands[m - 1], weights[m - 1]
-      cands.pop()
-      weights.pop()
-    return picked
-
   def start_round(self) -> Roles:
-    r = self.next_round
-    if self.round_open:
-      raise LedgerError(f"start_round: round {r - 1} is still open; finalize it first")
-    if r >= self.T:
-      raise LedgerError(f"start_round: all {self.T} rounds are done")
-    seed = keccak(self.seed + _u256(r) + self.global_hash)
-    picked = self._draw(seed)
-    addr = lambda i: int(self._addresses[i], 16)
-    proposers = tuple(sorted(picked[:self.P], key=addr))
-    voters = tuple(picked[self.P:])
-    self.seed, self.next_round, self.round_open = seed, r + 1, True
-    reward = self.pool // (self.T - r)
-    self._roles = Roles(r, proposers, voters, seed, self.global_hash, reward)
-    self._proposals, self._ballots = {}, {}
-    self._tx("RoundStarted", r, seed, proposers, voters)
-    return self._roles
-
-  def _open(self, what: str) -> Roles:
-    if not self.round_open or self._roles is None:
-      raise LedgerError(f"{what}: no round is open")
-    return self._roles
+    started, drawn = (e["args"] for e in self._do(self.model.start_round, block=True))
+    h = lambda x: bytes.fromhex(x[2:])
+    return Roles(round=started["round"], seed=h(started["seed"]),
+                 global_hash=h(started["global_hash"]), reward=started["reward"],
+                 deadline=started["deadline"],
+                 proposers=tuple(self._idx(a) for a in drawn["proposers"]),
+                 voters=tuple(self._idx(a) for a in drawn["voters"]),
+                 proposer_addresses=tuple(drawn["proposers"]),
+                 voter_addresses=tuple(drawn["voters"]))
 
   def propose(self, i: int, h: bytes) -> None:
-    roles = self._open("propose")
-    if i not in roles.proposers:
-      raise LedgerError(f"propose: participant {i} is not a drawn proposer of round {roles.round}")
-    if i in self._proposals:
-      raise LedgerError(f"propose: participant {i} already proposed in round {roles.round}")
-    if len(h) != 32 or h == ZERO_HASH:
-      raise LedgerError(f"propose: participant {i} sent a bad hash {h!r}")
-    self._proposals[i] = bytes(h)
-    self._tx("Proposed", roles.round, i, h)
+    self._do(self.model.propose, self._addresses[i], bytes(h), block=True)
 
   def vote(self, j: int, candidate_hash: bytes = ZERO_HASH, approve: bool | None = None,
            bits: tuple[bool, ...] | None = None) -> None:
-    roles = self._open("vote")
-    if j not in roles.voters:
-      raise LedgerError(f"vote: participant {j} is not a drawn voter of round {roles.round}")
-    if j in self._ballots:
-      raise LedgerError(f"vote: participant {j} already voted in round {roles.round}")
+    arg = _ballot_args(self.per_proposal, j, candidate_hash, approve, bits,
+                       len(self.model.proposers))
     if self.per_proposal:
-      if bits is None or len(bits) != len(roles.proposers):
-        raise LedgerError(f"vote: per-proposal mode needs {len(roles.proposers)} bits from "
-                          f"participant {j}, got {bits}")
-      mask = sum(1 << i for i, b in enumerate(bits) if b)
-      self._ballots[j] = (ZERO_HASH, False, mask)
+      self._do(self.model.vote_bits, self._addresses[j], arg, block=True)
     else:
-      if approve is None or candidate_hash in (None, ZERO_HASH):
-        raise LedgerError(f"vote: whole-candidate mode needs a candidate hash and approve from "
-                          f"participant {j}")
-      self._ballots[j] = (bytes(candidate_hash), bool(approve), 0)
-    self._tx("Voted", roles.round, j, candidate_hash, approve, bits)
-
-  # ---------------------------------------------------------------- settle
-  def _slash(self, who: int, amount: int, slashes: dict, ejected: list):
-    self.stake_of[who] -= amount
-    self.pool += amount
-    slashes[who] = slashes.get(who, 0) + amount
-    if self.stake_of[who] < self.min_stake and not self.ejected[who]:
-      self.ejected[who] = True
-      ejected.append(who)
-
-  def _reward(self, who: int, amount: int, rewards: dict):
-    if amount:
-      self.claimable[who] += amount
-      self.pool -= amount
-      rewards[who] = rewards.get(who, 0) + amount
+      self._do(self.model.vote, self._addresses[j], bytes(candidate_hash), arg, block=True)
 
   def finalize(self) -> Outcome:
-    roles = self._open("finalize")
-    self.round_open = False
-    out = self._settle_per_proposal(roles) if self.per_proposal else self._settle_whole(roles)
-    self._tx("Finalized", out)
-    return out
+    proposers = list(self.model.proposers)
+    hashes = [self.model.proposals.get(p) for p in proposers]
+    if len(self.model.ballots) < len(self.model.voters):  # wait out the vote window
+      self.block_number = max(self.block_number, self.model.deadline)
+    evs = self._do(self.model.finalize, block=True)
+    return outcome_from_events(evs, proposers, hashes, self._idx, self.model.vote_mode,
+                               self.block_number, self.block_hash())
 
-  def _settle_whole(self, roles: Roles) -> Outcome:
-    lam, reward = self.slash_bps, roles.reward
-    rewards, slashes, ejected = {}, {}, []
-    weight: dict[bytes, int] = {}
-    leader, lead_w = ZERO_HASH, 0
-    for v in roles.voters:  # the candidate: most voting stake, earliest on a tie
-      if v in self._ballots:
-        h = self._ballots[v][0]
-        weight[h] = weight.get(h, 0) + self.stake_of[v]
-        if weight[h] > lead_w:
-          leader, lead_w = h, weight[h]
-    void = not self._proposals or not self._ballots
-    kinds, stakes, yes, no = [], [], 0, 0
-    for v in roles.voters:
-      s = self.stake_of[v]
-      stakes.append(s)
-      b = self._ballots.get(v)
-      if b is None:
-        kinds.append(0)
-      elif b[0] != leader:
-        kinds.append(3)
-      elif b[1]:
-        kinds.append(1)
-        yes += s
-      else:
-        kinds.append(2)
-        no += s
-    tally = yes - no
-    accepted = not void and tally >= 0
-    p_stakes = [self.stake_of[p] if p in self._proposals else 0 for p in roles.proposers]
-    p_total = sum(p_stakes)
-    p_pot = reward * self.rho_bps // BPS
-    for p, ps in zip(roles.proposers, p_stakes):
-      if ps == 0:
-        self._slash(p, self.stake_of[p] * lam // BPS, slashes, ejected)
-      elif accepted:
-        self._reward(p, p_pot * ps // p_total, rewards)
-      elif not void:
-        self._slash(p, ps * lam // BPS, slashes, ejected)
-    v_pot, win_total, win_kind = (reward - p_pot, yes, 1) if accepted else (reward, no, 2)
-    for v, k, s in zip(roles.voters, kinds, stakes):
-      if k == 0:
-        if self._proposals:
-          self._slash(v, s * lam // BPS, slashes, ejected)
-      elif k == 3:
-        self._slash(v, s * lam // BPS, slashes, ejected)
-      elif void:
-        pass
-      elif k == win_kind:
-        self._reward(v, v_pot * s // win_total, rewards)
-      else:
-        self._slash(v, s * lam // BPS, slashes, ejected)
-    if accepted:
-      self.global_hash = leader
-    return Outcome(roles.round, accepted, tally, self.global_hash, None, void, (),
-                   rewards, slashes, tuple(ejected))
 
-  def _settle_per_proposal(self, roles: Roles) -> Outcome:
-    lam = self.slash_bps
-    n = len(self._proposals)
-    void = n == 0 or not self._ballots
-    share = roles.reward // n if n else 0
-    p_pot = share * self.rho_bps // BPS
-    rewards, slashes, ejected = {}, {}, []
-    stakes = [self.stake_of[v] for v in roles.voters]
-    voted = [v in self._ballots for v in roles.voters]
-    bitss = [self._ballots[v][2] if v in self._ballots else 0 for v in roles.voters]
-    earn, wrong = [0] * len(roles.voters), [0] * len(roles.voters)
-    tallies, accepted_bits, g = [], [], self.global_hash
-    for i, p in enumerate(roles.proposers):
-      if p not in self._proposals:
-        tallies.append(0)
-        accepted_bits.append(False)
-        self._slash(p, self.stake_of[p] * lam // BPS, slashes, ejected)
-        continue
-      yes = sum(s for s, ok, b in zip(stakes, voted, bitss) if ok and (b >> i) & 1)
-      no = sum(s for s, ok, b in zip(stakes, voted, bitss) if ok and not (b >> i) & 1)
-      t = yes - no
-      tallies.append(t)
-      if void:
-        accepted_bits.append(False)
-        continue
-      ok_i = t >= 0
-      accepted_bits.append(ok_i)
-      pot, win_total = share - p_pot, yes
-      if ok_i:
-        g = keccak(g + self._proposals[p])
-        self._reward(p, p_pot, rewards)
-      else:
-        pot, win_total = share, no
-        self._slash(p, self.stake_of[p] * lam // BPS, slashes, ejected)
-      for j in range(len(roles.voters)):
-        if voted[j]:
-          if bool((bitss[j] >> i) & 1) == ok_i:
-            earn[j] += pot * stakes[j] // win_total
-          else:
-            wrong[j] += 1
-    for j, v in enumerate(roles.voters):
-      if not voted[j]:
-        if n > 0:
-          self._slash(v, stakes[j] * lam // BPS, slashes, ejected)
-        continue
-      self._reward(v, earn[j], rewards)
-      if wrong[j]:
-        self._slash(v, stakes[j] * lam * wrong[j] // (BPS * n), slashes, ejected)
-    any_ok = any(accepted_bits)
-    if not void and any_ok:
-      self.global_hash = g
-    return Outcome(roles.round, (not void) and any_ok, sum(tallies), self.global_hash,
-                   tuple(accepted_bits), void, tuple(tallies), rewards, slashes, tuple(ejected))
+class ChainLedger:
+  """`Ledger` over a deployed FlockTask (`flock_jax.chain.FlockChain`)."""
+
+  def __init__(self, chain):
+    self.chain = chain
+    self.per_proposal = chain.params.vote_mode == VOTE_PER_PROPOSAL
+    self._num_proposers = chain.params.num_proposers
+
+  @classmethod
+  def deploy(cls, backend_config: dict, num_participants: int, params: TaskParams,
+             stakes: int | Sequence[int]) -> "ChainLedger":
+    from flock_jax.chain import FlockChain
+    chain = FlockChain.from_config(backend_config, num_participants)
+    chain.deploy(params, stakes=stakes)
+    return cls(chain)
+
+  @property
+  def num_participants(self) -> int:
+    return self.chain.num_participants
+
+  def addresses(self) -> list[str]:
+    return list(self.chain.addresses)
+
+  def stakes(self) -> np.ndarray:
+    return np.array(self.chain.stakes(), dtype=object)
+
+  @property
+  def pool(self) -> int:
+    return self.chain.pool
+
+  @property
+  def claimable(self) -> list[int]:
+    return list(self.chain.balances().claimable)
+
+  def token_balance(self) -> int:
+    """The task contract's balance of the stake token."""
+    return self.chain.balances().token_balance
+
+  def start_round(self) -> Roles:
+    self._roles = self.chain.start_round()
+    self._votes = 0
+    return self._roles
+
+  def propose(self, i: int, h: bytes) -> None:
+    self.chain.propose(i, h)
+
+  def vote(self, j: int, candidate_hash: bytes = ZERO_HASH, approve: bool | None = None,
+           bits: tuple[bool, ...] | None = None) -> None:
+    arg = _ballot_args(self.per_proposal, j, candidate_hash, approve, bits,
+                       len(self._roles.proposers))
+    if self.per_proposal:
+      self.chain.vote_bits(j, arg)
+    else:
+      self.chain.vote(j, candidate_hash, arg)
+    self._votes += 1
+
+  def finalize(self) -> Outcome:
+    if self._votes < len(self._roles.voters):  # a drawn voter stayed silent: wait out the window
+      self.chain.mine(max(0, self._roles.deadline - self.chain.latest_block()[0] + 1))
+    return self.chain.finalize()
+
+  def block_hash(self) -> bytes:
+    return self.chain.latest_block()[1]

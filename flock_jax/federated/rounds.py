@@ -27,7 +27,7 @@ from flock_jax.federated.aggregators import Aggregator, apply_delta, get_aggrega
 from flock_jax.federated.clients import (ClientState, init_client_state, make_local_train,
                                          make_optimizer)
 from flock_jax.federated.evaluation import make_heldout_loss
-from flock_jax.federated.ledger import WEI, Ledger, LocalLedger, Outcome, Roles
+from flock_jax.federated.ledger import WEI, ChainLedger, Ledger, LocalLedger, Outcome, Roles
 from flock_jax.federated.metrics import RoundMetrics
 from flock_jax.federated.population import Population
 from flock_jax.federated.validate import check_update
@@ -147,8 +147,14 @@ def _heldout_by_domain(engine: Engine, lora: PyTree) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ FLock round
-def flock_round(engine: Engine, state: RunState, ledger: Ledger) -> tuple[RunState, RoundMetrics]:
-  """One FLock round, PROTOCOL.md steps 1-6 (settlement is the ledger's)."""
+def flock_round(engine: Engine, state: RunState, ledger: Ledger,
+                store=None) -> tuple[RunState, RoundMetrics]:
+  """One FLock round, PROTOCOL.md steps 1-6 (settlement is the ledger's).
+
+  `store` (a flock_jax.chain.AdapterStore) receives the canonical bytes of the
+  global adapter, every proposal and the candidate, named by the hashes that
+  go on chain, so that the run can be audited from the logs alone.
+  """
   fed, att = engine.run.federation, engine.run.attack
   per_proposal = fed.vote_mode == "per_proposal"
   t_round = time.perf_counter()
@@ -168,6 +174,10 @@ def flock_round(engine: Engine, state: RunState, ledger: Ledger) -> tuple[RunSta
   t = time.perf_counter()
   valid_ids, valid, errors = _screen(engine, proposers, deltas, G)
   hashes = [hashing.tree_hash(d) for d in valid]
+  if store is not None:
+    store.put(hashing.canonical_bytes(G))
+    for d in valid:
+      store.put(hashing.canonical_bytes(d))
   t_hash = time.perf_counter() - t
   t = time.perf_counter()
   for i, h in zip(valid_ids, hashes):
@@ -190,6 +200,8 @@ def flock_round(engine: Engine, state: RunState, ledger: Ledger) -> tuple[RunSta
     else:
       candidate = voting.build_candidate(G, stacked, order)
       cand_hash = hashing.tree_hash(candidate)
+      if store is not None:
+        store.put(hashing.canonical_bytes(candidate))
       losses = np.asarray(engine.heldout_loss(engine.base, _stack([G, candidate]), held))  # [V, 2]
       g = voting.gains(losses[:, 0], losses[:, 1])
       gains = g.tolist()
@@ -223,6 +235,8 @@ def flock_round(engine: Engine, state: RunState, ledger: Ledger) -> tuple[RunSta
     if any(mask):
       candidate = voting.build_candidate(G, _stack(valid), order, mask)
       cand_hash = hashing.tree_hash(candidate)
+      if store is not None:
+        store.put(hashing.canonical_bytes(candidate))
   elif valid and outcome.accepted:
     prop_acc = [i in valid_ids for i in proposers]
     if outcome.global_hash is not None and outcome.global_hash != cand_hash:
@@ -339,20 +353,35 @@ def load_model(run, mesh=None):
   return cfg, base, tok
 
 
-def make_ledger(run, genesis_hash: bytes) -> LocalLedger:
-  """The in-process ledger for run.ledger / run.federation (token amounts in base units)."""
+def make_ledger(run, genesis_hash: bytes) -> Ledger:
+  """The ledger run.ledger names: the FlockTask contract on eth-tester or a JSON-RPC node,
+  or the same rules without an EVM ('local'). Token amounts in base units."""
   fed, lg = run.federation, run.ledger
-  if lg.backend != "local":
-    raise ValueError(f"config.ledger.backend={lg.backend!r}: pass a chain-backed Ledger to "
-                     f"run_rounds(ledger=...); only 'local' is built here")
-  return LocalLedger(fed.num_participants, num_proposers=fed.num_proposers,
-                     num_voters=fed.num_voters, total_rounds=fed.rounds,
-                     stakes=lg.stake * WEI, min_stake=lg.min_stake * WEI,
-                     slash_bps=round(lg.slash_fraction * 10_000),
-                     proposer_share_bps=round(lg.proposer_share * 10_000),
-                     reward_pool=lg.reward_pool * WEI,
-                     per_proposal=fed.vote_mode == "per_proposal",
-                     stake_weighted_draw=lg.stake_weighted_draw, genesis_hash=genesis_hash)
+  kw = dict(num_proposers=fed.num_proposers, num_voters=fed.num_voters, total_rounds=fed.rounds,
+            min_stake=lg.min_stake * WEI, slash_bps=round(lg.slash_fraction * 10_000),
+            proposer_share_bps=round(lg.proposer_share * 10_000),
+            reward_pool=lg.reward_pool * WEI, genesis_hash=genesis_hash)
+  if lg.backend == "local":
+    return LocalLedger(fed.num_participants, stakes=lg.stake * WEI,
+                       per_proposal=fed.vote_mode == "per_proposal",
+                       stake_weighted_draw=lg.stake_weighted_draw, **kw)
+  from flock_jax.chain.types import TaskParams
+  params = TaskParams(vote_window=lg.vote_window,
+                      vote_mode=1 if fed.vote_mode == "per_proposal" else 0,
+                      selection_mode=1 if lg.stake_weighted_draw else 0, **kw)
+  backend = {"backend": lg.backend, "rpc_url": lg.rpc_url}
+  return ChainLedger.deploy(backend, fed.num_participants, params, stakes=lg.stake * WEI)
+
+
+def candidate_bytes(global_bytes: bytes, delta_bytes: Sequence[bytes]) -> bytes:
+  """Canonical bytes of G + mean(Δ) from canonical bytes, deltas in canonical order.
+
+  The audit (flock_jax.chain.audit) uses it to check a stored candidate
+  against the stored proposals, without trusting anything the run computed.
+  """
+  G = hashing.tree_from_canonical_bytes(global_bytes)
+  deltas = _stack([hashing.tree_from_canonical_bytes(b) for b in delta_bytes])
+  return hashing.canonical_bytes(voting.build_candidate(G, deltas, np.arange(len(delta_bytes))))
 
 
 @functools.lru_cache(maxsize=8)
@@ -400,13 +429,14 @@ def build_population_from(run, tokenizer) -> Population:
 
 
 def run_rounds(config, *, population: Population | None = None, base: Params | None = None,
-               ledger: Ledger | None = None,
+               ledger: Ledger | None = None, store=None,
                on_round: Callable[[RunState, RoundMetrics, Ledger | None], None] | None = None,
                ) -> list[RoundMetrics]:
   """Run config.federation.rounds rounds; returns every round's metrics.
 
   config: a ConfigDict (configs/flock.py) or a RunConfig. FLock mode reads roles
-  from `ledger` (default: a LocalLedger built from the config); baseline mode
+  from `ledger` (default: the one config.ledger names, see `make_ledger`) and
+  writes every blob it hashes to `store` (an AdapterStore) when given; baseline mode
   needs none. `on_round(state, metrics, ledger)` runs after each round
   (printing, JSONL, checkpoints).
   """
@@ -420,7 +450,8 @@ def run_rounds(config, *, population: Population | None = None, base: Params | N
   out = []
   with ctx:
     for _ in range(run.federation.rounds):
-      state, m = flock_round(engine, state, ledger) if flock else baseline_round(engine, state)
+      state, m = (flock_round(engine, state, ledger, store) if flock
+                  else baseline_round(engine, state))
       out.append(m)
       if on_round is not None:
         on_round(state, m, ledger)
