@@ -48,26 +48,6 @@ class GenerateOutput(NamedTuple):
 
 
 # ------------------------------------------------------------------ the jitted core
-def _hidden_with_cache(params, tokens, cfg, cache, positions, token_valid, lora, lora_cfg):
-  """`llama.forward_with_cache` minus the lm-head: (normed hidden [B, T, D], cache).
-
-  The prefill needs logits at the last position only; XLA does not slice
-  through the [B, P, V] head matmul by itself, and on SmolLM2 that matmul
-  would cost as much as the whole decoder. Kept equal to forward_with_cache
-  by tests/model/test_generate.py::test_prefill_hidden_matches_forward_with_cache.
-  """
-  b, t = tokens.shape
-  s = cache["valid"].shape[1]
-  idx = cache["index"]
-  valid = jax.lax.dynamic_update_slice(cache["valid"], token_valid, (0, idx))
-  slots = jnp.arange(s)[None, None, :]
-  qslot = (idx + jnp.arange(t))[None, :, None]
-  mask = (valid[:, None, :] & (slots <= qslot)) | (slots == qslot)
-  hidden, (k, v) = llama._decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, None,
-                                  (cache["k"], cache["v"]), idx)
-  return hidden, {"k": k, "v": v, "valid": valid, "index": idx + t}
-
-
 def _choose(logits, key, step, mode: SamplingMode, temperature, top_p):
   """Next tokens [B] and their untempered log-probs [B] from logits [B, V]."""
   tok = sample_with(logits, jax.random.fold_in(key, step), mode, temperature, top_p)
@@ -90,8 +70,8 @@ def _generate_core(params, lora, tokens, valid, key, eos, pad_id, temperature, t
   b, p = tokens.shape
   cache = llama.init_cache(cfg, b, p + n - 1)
   positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
-  hidden, cache = _hidden_with_cache(params, tokens, cfg, cache, positions, valid, lora,
-                                     lora_cfg)
+  hidden, cache = llama.hidden_with_cache(params, tokens, cfg, cache, positions=positions,
+                                         token_valid=valid, lora=lora, lora_cfg=lora_cfg)
   logits = llama.logits_from_hidden(params, hidden[:, -1:], cfg)[:, 0]
   tok, logp = _choose(logits, key, 0, mode, temperature, top_p)
   first_pos = jnp.sum(valid, axis=1, dtype=jnp.int32)  # position of generated token 0

@@ -243,12 +243,13 @@ def cache_axes() -> dict:
           "valid": ("batch", "length"), "index": ()}
 
 
-def forward_with_cache(params: Params, tokens, cfg: LlamaConfig, cache: dict, *, positions,
-                       token_valid=None, lora=None, lora_cfg=None):
-  """Runs tokens [B, T] at cache slots [index, index+T); returns (logits [B, T, V], cache).
+def hidden_with_cache(params: Params, tokens, cfg: LlamaConfig, cache: dict, *, positions,
+                      token_valid=None, lora=None, lora_cfg=None):
+  """Runs tokens [B, T] at cache slots [index, index+T); returns (hidden [B, T, D], cache).
 
   positions [B, T] are the rope positions; token_valid [B, T] marks real tokens
-  (False for left padding), which later tokens never attend to.
+  (False for left padding), which later tokens never attend to. A prefill
+  needs logits at its last position only: apply `logits_from_hidden` to that.
   """
   b, t = tokens.shape
   s = cache["valid"].shape[1]
@@ -261,5 +262,10 @@ def forward_with_cache(params: Params, tokens, cfg: LlamaConfig, cache: dict, *,
   mask = (valid[:, None, :] & (slots <= qslot)) | (slots == qslot)
   hidden, (k, v) = _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, None,
                             (cache["k"], cache["v"]), idx)
-  logits = logits_from_hidden(params, hidden, cfg)
-  return logits, {"k": k, "v": v, "valid": valid, "index": idx + t}
+  return hidden, {"k": k, "v": v, "valid": valid, "index": idx + t}
+
+
+def forward_with_cache(params: Params, tokens, cfg: LlamaConfig, cache: dict, **kw):
+  """`hidden_with_cache` followed by the lm head: (logits [B, T, V] float32, cache)."""
+  hidden, cache = hidden_with_cache(params, tokens, cfg, cache, **kw)
+  return logits_from_hidden(params, hidden, cfg), cache

@@ -66,20 +66,6 @@ def naive_greedy(params, cfg, tokens, valid, n, lora=None, lora_cfg=None):
 
 
 # ------------------------------------------------------------------ exactness
-def test_prefill_hidden_matches_forward_with_cache(params, prompts):
-  """generate's last-position-only prefill is forward_with_cache without the head matmul."""
-  tokens, valid = map(jnp.asarray, prompts)
-  pos = jnp.maximum(jnp.cumsum(valid, 1) - 1, 0)
-  cache = init_cache(CFG, tokens.shape[0], 24)
-  ref_logits, ref_cache = forward_with_cache(params, tokens, CFG, cache, positions=pos,
-                                             token_valid=valid)
-  hidden, ours = G._hidden_with_cache(params, tokens, CFG, cache, pos, valid, None, None)
-  from flock_jax.model.llama import logits_from_hidden
-  np.testing.assert_array_equal(logits_from_hidden(params, hidden, CFG), ref_logits)
-  for k in ("k", "v", "valid", "index"):
-    np.testing.assert_array_equal(ours[k], ref_cache[k])
-
-
 @pytest.mark.parametrize("cfg", [CFG, tiny(num_kv_heads=1, tie_word_embeddings=True,
                                            head_dim=24, num_layers=3)],
                          ids=["untied_kv2", "tied_kv1_headdim24"])
