@@ -50,6 +50,21 @@ class Ledger(Protocol):
 
   def block_hash(self) -> bytes: ...
 
+  def boundary_mismatches(self, chain_round: int, global_hash: bytes,
+                          block_hash: bytes) -> list[str]: ...
+
+
+def _boundary(what: str, current_round: int, round_open: bool, global_hash: bytes,
+              chain_round: int, want_global: bytes) -> list[str]:
+  out = []
+  if round_open or current_round != chain_round:
+    out.append(f"{what} is at round {current_round}{' (open)' if round_open else ''}, the "
+               f"checkpoint was taken after round {chain_round} was finalized")
+  if global_hash != want_global:
+    out.append(f"{what} global hash is 0x{global_hash.hex()}, the checkpoint names "
+               f"0x{want_global.hex()}")
+  return out
+
 
 class LedgerError(RuntimeError):
   """A call the contract would revert: says which call, who, and why."""
@@ -160,6 +175,17 @@ class LocalLedger:
     return keccak(b"block" + self.block_number.to_bytes(32, "big") + self.model.seed
                   + self.model.global_hash)
 
+  def boundary_mismatches(self, chain_round: int, global_hash: bytes,
+                          block_hash: bytes) -> list[str]:
+    """Why a checkpoint taken at this round boundary does not match this ledger ([] if it does)."""
+    m = self.model
+    out = _boundary("the ledger", m.current_round, m.round_open, m.global_hash, chain_round,
+                    global_hash)
+    if self.block_hash() != block_hash:
+      out.append(f"the ledger's latest block is 0x{self.block_hash().hex()}, the checkpoint "
+                 f"names 0x{block_hash.hex()}")
+    return out
+
   # ---------------------------------------------------------------- round
   def start_round(self) -> Roles:
     started, drawn = (e["args"] for e in self._do(self.model.start_round, block=True))
@@ -257,3 +283,15 @@ class ChainLedger:
 
   def block_hash(self) -> bytes:
     return self.chain.latest_block()[1]
+
+  def boundary_mismatches(self, chain_round: int, global_hash: bytes,
+                          block_hash: bytes) -> list[str]:
+    """Why a checkpoint taken at this round boundary does not match the chain ([] if it does)."""
+    c = self.chain
+    out = _boundary("the chain", c.current_round, c.round_open, c.global_hash, chain_round,
+                    global_hash)
+    try:
+      c.w3.eth.get_block(block_hash)
+    except Exception:  # noqa: BLE001 (web3 raises BlockNotFound or a provider error)
+      out.append(f"the chain has no block 0x{block_hash.hex()} that the checkpoint names")
+    return out

@@ -428,8 +428,36 @@ def build_population_from(run, tokenizer) -> Population:
   return build_population(run, tokenizer)
 
 
+class ResumeError(RuntimeError):
+  """A checkpoint that does not agree with the chain it claims to continue."""
+
+
+def restore_state(fresh: RunState, tree: dict, meta: dict, ledger: Ledger | None) -> RunState:
+  """The RunState a checkpoint holds, after proving it agrees with the ledger (PROTOCOL.md 7).
+
+  fresh: a RunState of the same run (from `build`), giving structure and shardings.
+  """
+  unhex = lambda h: bytes.fromhex(h.removeprefix("0x")) if h else b"\x00" * 32
+  if ledger is not None:
+    bad = ledger.boundary_mismatches(int(meta["chain_round"]), unhex(meta["chain_global_hash"]),
+                                     unhex(meta["block_hash"]))
+    if bad:
+      raise ResumeError("checkpoint of round {} disagrees with the chain: {}".format(
+          meta["chain_round"], "; ".join(bad)))
+  state = dataclasses.replace(
+      fresh, round=int(meta["next_round"]), global_lora=tree["global_lora"],
+      clients=dataclasses.replace(fresh.clients, adapters=tree["clients"]["adapters"],
+                                  opt_state=tree["clients"]["opt_state"]),
+      agg_state=tree.get("agg_state", fresh.agg_state),
+      key=jax.random.wrap_key_data(tree["key"]), global_hash=unhex(meta["global_hash"]))
+  if hashing.tree_hash(state.global_lora) != state.global_hash:
+    raise ResumeError(f"checkpoint global adapter does not hash to {meta['global_hash']}: "
+                      "the stored arrays were altered")
+  return state
+
+
 def run_rounds(config, *, population: Population | None = None, base: Params | None = None,
-               ledger: Ledger | None = None, store=None,
+               ledger: Ledger | None = None, store=None, resume: tuple[dict, dict] | None = None,
                on_round: Callable[[RunState, RoundMetrics, Ledger | None], None] | None = None,
                ) -> list[RoundMetrics]:
   """Run config.federation.rounds rounds; returns every round's metrics.
@@ -438,18 +466,24 @@ def run_rounds(config, *, population: Population | None = None, base: Params | N
   from `ledger` (default: the one config.ledger names, see `make_ledger`) and
   writes every blob it hashes to `store` (an AdapterStore) when given; baseline mode
   needs none. `on_round(state, metrics, ledger)` runs after each round
-  (printing, JSONL, checkpoints).
+  (printing, JSONL, checkpoints). `resume=(tree, meta)` (from RunCheckpointer.restore
+  with `checkpoint_tree(state)` as target) continues a run after checking it
+  agrees with `ledger`; returns the metrics of the remaining rounds.
   """
   from flock_jax.run_config import RunConfig, from_config
   run = config if isinstance(config, RunConfig) else from_config(config)
   engine, state = build(run, population=population, base=base)
   flock = run.federation.mode == "flock"
+  if resume is not None and flock and ledger is None:
+    raise ResumeError("resuming a FLock run needs the ledger it ran on (e.g. a JSON-RPC task)")
   if flock and ledger is None:
     ledger = make_ledger(run, state.global_hash)
+  if resume is not None:
+    state = restore_state(state, *resume, ledger if flock else None)
   ctx = jax.set_mesh(engine.mesh) if engine.mesh is not None else contextlib.nullcontext()
   out = []
   with ctx:
-    for _ in range(run.federation.rounds):
+    for _ in range(state.round, run.federation.rounds):
       state, m = (flock_round(engine, state, ledger, store) if flock
                   else baseline_round(engine, state))
       out.append(m)

@@ -191,3 +191,44 @@ def test_rounds_on_chain_agree_with_run_state_and_audit(world, tmp_path, vote_mo
   bad = audit_export(logs, store, aggregate=candidate_bytes)
   assert not bad.ok
   assert any(victim.hex() in m for m in bad.mismatches), bad.mismatches
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_resume_continues_on_the_same_chain_and_refuses_a_mismatch(world, tmp_path):
+  """PROTOCOL.md step 7: a run checkpointed at a round boundary resumes on the chain
+  it ran on and ends exactly where an uninterrupted run ends; a checkpoint that
+  disagrees with the chain is refused with the reason."""
+  from flock_jax.checkpoint import RunCheckpointer
+  from flock_jax.federated.rounds import ResumeError, checkpoint_meta, checkpoint_tree
+
+  base, pop = world
+  full = run_rounds(_config(), population=pop, base=base)
+  ck = RunCheckpointer(tmp_path / "ck")
+  seen = {}
+
+  def stop_after_round_1(state, m, ledger):
+    seen["ledger"] = ledger
+    if m.round == 1:
+      ck.save(2, checkpoint_tree(state), checkpoint_meta(state, m))
+      raise _Stop  # the process dies at the boundary
+
+  with pytest.raises(_Stop):
+    run_rounds(_config(), population=pop, base=base, on_round=stop_after_round_1)
+  ledger = seen["ledger"]
+  _, fresh = build(from_config(_config()), population=pop, base=base)
+  tree, meta = ck.restore(2, checkpoint_tree(fresh))
+  assert meta["chain_round"] == 1 and meta["next_round"] == 2
+
+  bad = dict(meta, chain_global_hash="0x" + "11" * 32)
+  with pytest.raises(ResumeError, match="global hash"):
+    run_rounds(_config(), population=pop, base=base, ledger=ledger, resume=(tree, bad))
+
+  rest = run_rounds(_config(), population=pop, base=base, ledger=ledger, resume=(tree, meta))
+  assert [m.round for m in rest] == [2]
+  assert rest[0].global_hash == full[-1].global_hash
+  assert rest[0].mean_heldout_loss == pytest.approx(full[-1].mean_heldout_loss, abs=1e-6)
+  with pytest.raises(ResumeError, match="is at round 2"):  # the chain has moved on
+    run_rounds(_config(), population=pop, base=base, ledger=ledger, resume=(tree, meta))
