@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
       backend="eth_tester",       # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
       rpc_url="",                 # 'jsonrpc': the node, e.g. http://127.0.0.1:8545
       vote_window=64,             # blocks a round stays open for votes
+      task="",                    # 'jsonrpc': attach to this deployed FlockTask (resume) instead of deploying
       stake=100, min_stake=10, reward_pool=1000,  # whole tokens
       slash_fraction=0.1,         # lambda
       proposer_share=0.5,         # rho

@@ -72,6 +72,7 @@ class LedgerSpec:
   backend: str
   rpc_url: str
   vote_window: int
+  task: str
   stake: int
   min_stake: int
   reward_pool: int
@@ -307,7 +308,8 @@ def _federation(config) -> FederationSpec:
 
 
 def _ledger(config) -> LedgerSpec:
-  sec = _section(config, "ledger", ("backend", "rpc_url", "vote_window", "stake", "min_stake",
+  sec = _section(config, "ledger", ("backend", "rpc_url", "vote_window", "task", "stake",
+                                    "min_stake",
                                     "reward_pool",
                                     "slash_fraction", "proposer_share", "stake_weighted_draw"))
   spec = LedgerSpec(
@@ -315,6 +317,7 @@ def _ledger(config) -> LedgerSpec:
                    choices=("local", "eth_tester", "jsonrpc")),
       rpc_url=_get(sec, "ledger", "rpc_url", str, ""),
       vote_window=_get(sec, "ledger", "vote_window", int, 64, lo=1),
+      task=_get(sec, "ledger", "task", str, ""),
       stake=_get(sec, "ledger", "stake", int, 100, lo=0),
       min_stake=_get(sec, "ledger", "min_stake", int, 10, lo=0),
       reward_pool=_get(sec, "ledger", "reward_pool", int, 1000, lo=0),
@@ -324,6 +327,9 @@ def _ledger(config) -> LedgerSpec:
   if spec.backend == "jsonrpc" and not spec.rpc_url:
     raise RunConfigError("config.ledger.rpc_url is empty; the 'jsonrpc' backend needs the node's "
                          "URL, e.g. http://127.0.0.1:8545")
+  if spec.task and spec.backend != "jsonrpc":
+    raise RunConfigError(f"config.ledger.task={spec.task!r} needs backend 'jsonrpc': only a "
+                         "node outlives the process that deployed the task")
   if spec.stake < spec.min_stake:
     raise RunConfigError(f"config.ledger.stake={spec.stake} < min_stake={spec.min_stake}: "
                          "nobody could be drawn")

@@ -12,6 +12,7 @@ whose hash went on chain) and chain_logs.json (the task's events). With a
 chain backend the run ends with an audit of the whole run from the logs and
 the store (launch/audit.py does the same later).
 """
+import json
 import os
 import sys
 
@@ -23,6 +24,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/flock.py:tiny",
                                           "Run config (configs/flock.py:<variant>).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints go.")
+_RESUME = flags.DEFINE_boolean(
+    "resume", False, "Continue from the latest checkpoint in --workdir, after proving it agrees "
+    "with the chain (needs config.ledger.backend=jsonrpc; the task address is read from "
+    "--workdir/chain.json unless config.ledger.task names it).")
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after", None, "Stop after this many rounds of this invocation (preemptible jobs; "
+    "continue with --resume).")
+
+
+class _Stop(Exception):
+  pass
 
 
 def main(argv):
@@ -44,7 +56,7 @@ def main(argv):
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(path):
+    if os.path.exists(path) and not _RESUME.value:
       os.remove(path)
     writer = JsonlWriter(path)
     from flock_jax.chain import AdapterStore
@@ -57,18 +69,44 @@ def main(argv):
         f"P={run.federation.num_proposers} V={run.federation.num_voters} "
         f"rounds={run.federation.rounds} | devices={jax.devices()}", flush=True)
 
-  seen = {}
+  if _RESUME.value and workdir and not config.ledger.task:
+    with open(os.path.join(workdir, "chain.json")) as f:
+      config.ledger.task = json.load(f)["task"]
+    run = from_config(config)
+  seen = {"rounds": 0}
 
   def on_round(state, m, ledger):
+    if "ledger" not in seen and isinstance(ledger, ChainLedger) and workdir:
+      with open(os.path.join(workdir, "chain.json"), "w") as f:
+        json.dump({"task": ledger.chain.task.address, "rpc_url": run.ledger.rpc_url}, f)
     seen["ledger"] = ledger
+    seen["rounds"] += 1
     print(m.summary(), flush=True)
     if writer:
       writer.write(m)
     if ckpt and (m.round + 1) % run.checkpoint_every == 0:
       ckpt.save(m.round + 1, rounds.checkpoint_tree(state),
                 rounds.checkpoint_meta(state, m, config))
+    if _STOP_AFTER.value is not None and seen["rounds"] >= _STOP_AFTER.value:
+      raise _Stop
 
-  metrics = rounds.run_rounds(run, store=store, on_round=on_round)
+  resume = None
+  if _RESUME.value:
+    if not (ckpt and ckpt.latest_step() is not None):
+      raise app.UsageError(f"--resume: no checkpoint under {workdir}/checkpoints")
+
+    def resume(fresh):
+      tree, meta = ckpt.restore(None, rounds.checkpoint_tree(fresh))
+      print(f"resuming at round {meta['next_round']} (checkpoint of chain round "
+            f"{meta['chain_round']}, block {meta['block_hash']})", flush=True)
+      return tree, meta
+  try:
+    metrics = rounds.run_rounds(run, store=store, on_round=on_round, resume=resume)
+  except _Stop:
+    print(f"stopped after {seen['rounds']} rounds; continue with --resume", flush=True)
+    if ckpt:
+      ckpt.close()
+    return
   if ckpt:
     ckpt.close()
   ledger = seen.get("ledger")
@@ -81,6 +119,9 @@ def main(argv):
     print(f"audit: {report.summary()}", flush=True)
     if not report.ok:
       raise SystemExit(1)
+  if not metrics:
+    print(f"done: all {run.federation.rounds} rounds were already run; nothing left to run")
+    return
   first, last = metrics[0], metrics[-1]
   done = f"done: held-out loss {first.mean_heldout_loss:.4f} -> {last.mean_heldout_loss:.4f}"
   if run.federation.mode == "flock":

@@ -236,6 +236,14 @@ class ChainLedger:
     chain.deploy(params, stakes=stakes)
     return cls(chain)
 
+  @classmethod
+  def attach(cls, backend_config: dict, num_participants: int, task: str) -> "ChainLedger":
+    """A ledger over a FlockTask deployed earlier (a resumed run)."""
+    from flock_jax.chain import FlockChain
+    chain = FlockChain.from_config(backend_config, num_participants)
+    chain.attach(task)
+    return cls(chain)
+
   @property
   def num_participants(self) -> int:
     return self.chain.num_participants

@@ -370,6 +370,8 @@ def make_ledger(run, genesis_hash: bytes) -> Ledger:
                       vote_mode=1 if fed.vote_mode == "per_proposal" else 0,
                       selection_mode=1 if lg.stake_weighted_draw else 0, **kw)
   backend = {"backend": lg.backend, "rpc_url": lg.rpc_url}
+  if lg.task:
+    return ChainLedger.attach(backend, fed.num_participants, lg.task)
   return ChainLedger.deploy(backend, fed.num_participants, params, stakes=lg.stake * WEI)
 
 
@@ -457,7 +459,8 @@ def restore_state(fresh: RunState, tree: dict, meta: dict, ledger: Ledger | None
 
 
 def run_rounds(config, *, population: Population | None = None, base: Params | None = None,
-               ledger: Ledger | None = None, store=None, resume: tuple[dict, dict] | None = None,
+               ledger: Ledger | None = None, store=None,
+               resume: Callable[[RunState], tuple[dict, dict]] | None = None,
                on_round: Callable[[RunState, RoundMetrics, Ledger | None], None] | None = None,
                ) -> list[RoundMetrics]:
   """Run config.federation.rounds rounds; returns every round's metrics.
@@ -466,20 +469,19 @@ def run_rounds(config, *, population: Population | None = None, base: Params | N
   from `ledger` (default: the one config.ledger names, see `make_ledger`) and
   writes every blob it hashes to `store` (an AdapterStore) when given; baseline mode
   needs none. `on_round(state, metrics, ledger)` runs after each round
-  (printing, JSONL, checkpoints). `resume=(tree, meta)` (from RunCheckpointer.restore
-  with `checkpoint_tree(state)` as target) continues a run after checking it
-  agrees with `ledger`; returns the metrics of the remaining rounds.
+  (printing, JSONL, checkpoints). `resume(fresh_state) -> (tree, meta)` (e.g.
+  RunCheckpointer.restore with `checkpoint_tree(fresh_state)` as target)
+  continues a run after checking it agrees with `ledger`; returns the metrics
+  of the remaining rounds.
   """
   from flock_jax.run_config import RunConfig, from_config
   run = config if isinstance(config, RunConfig) else from_config(config)
   engine, state = build(run, population=population, base=base)
   flock = run.federation.mode == "flock"
-  if resume is not None and flock and ledger is None:
-    raise ResumeError("resuming a FLock run needs the ledger it ran on (e.g. a JSON-RPC task)")
   if flock and ledger is None:
     ledger = make_ledger(run, state.global_hash)
   if resume is not None:
-    state = restore_state(state, *resume, ledger if flock else None)
+    state = restore_state(state, *resume(state), ledger if flock else None)
   ctx = jax.set_mesh(engine.mesh) if engine.mesh is not None else contextlib.nullcontext()
   out = []
   with ctx:

@@ -224,11 +224,13 @@ def test_resume_continues_on_the_same_chain_and_refuses_a_mismatch(world, tmp_pa
 
   bad = dict(meta, chain_global_hash="0x" + "11" * 32)
   with pytest.raises(ResumeError, match="global hash"):
-    run_rounds(_config(), population=pop, base=base, ledger=ledger, resume=(tree, bad))
+    run_rounds(_config(), population=pop, base=base, ledger=ledger, resume=lambda _: (tree, bad))
 
-  rest = run_rounds(_config(), population=pop, base=base, ledger=ledger, resume=(tree, meta))
+  rest = run_rounds(_config(), population=pop, base=base, ledger=ledger,
+                    resume=lambda _: (tree, meta))
   assert [m.round for m in rest] == [2]
   assert rest[0].global_hash == full[-1].global_hash
   assert rest[0].mean_heldout_loss == pytest.approx(full[-1].mean_heldout_loss, abs=1e-6)
   with pytest.raises(ResumeError, match="is at round 2"):  # the chain has moved on
-    run_rounds(_config(), population=pop, base=base, ledger=ledger, resume=(tree, meta))
+    run_rounds(_config(), population=pop, base=base, ledger=ledger,
+               resume=lambda _: (tree, meta))
