@@ -39,8 +39,8 @@ def main(argv):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from flock_jax.model import forward, init_params, preset
-  from flock_jax.model.generate import generate
+  from flock_jax.model import init_params, preset
+  from flock_jax.model.generate import generate, naive_greedy
 
   if _MODEL.value == "smollm2":
     from flock_jax.checkpoint.smollm2 import load_smollm2
@@ -59,16 +59,8 @@ def main(argv):
     out = generate(params, cfg, tokens, valid, max_new_tokens=n, eos_ids=())
     return np.asarray(out.tokens)
 
-  fwd = jax.jit(lambda prm, t, s: forward(prm, t, cfg, segment_ids=s))
-
   def naive():
-    buf = np.concatenate([tokens, np.zeros((b, n), np.int32)], axis=1)
-    seg = np.concatenate([valid, np.zeros((b, n), bool)], axis=1).astype(np.int32)
-    for i in range(n):
-      logits = fwd(params, buf, seg)[:, p + i - 1]
-      buf[:, p + i] = np.asarray(jnp.argmax(logits, axis=-1))
-      seg[:, p + i] = 1
-    return buf[:, p:]
+    return naive_greedy(params, cfg, tokens, valid, n)
 
   t0 = time.perf_counter()
   ours = cached()

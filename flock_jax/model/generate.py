@@ -19,6 +19,7 @@ evaluation needs.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -373,3 +374,28 @@ def chat_generate_clients(params, cfg: LlamaConfig, tokenizer, prompts: Sequence
     for ci in range(c):
       answers[ci] += _decode(tokenizer, out[ci], count, stops)
   return answers
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg"))
+def _full_logits(params, tokens, segment_ids, lora, *, cfg, lora_cfg):
+  return llama.forward(params, tokens, cfg, segment_ids=segment_ids, lora=lora, lora_cfg=lora_cfg)
+
+
+def naive_greedy(params, cfg, tokens, valid, n, lora=None, lora_cfg=None):
+  """Greedy decoding by a Python loop of full forward passes (no cache): [B, n].
+
+  The baseline `generate` is tested and benchmarked against.
+
+  The sequence lives in a fixed [B, P + n] buffer whose not-yet-generated tail
+  is right padding (segment 0), which causal attention never lets earlier
+  positions see: one compile instead of one per length.
+  """
+  fwd = lambda p, t, s: _full_logits(p, t, s, lora, cfg=cfg, lora_cfg=lora_cfg)
+  b, plen = tokens.shape
+  toks = np.concatenate([tokens, np.zeros((b, n), np.int32)], axis=1)
+  seg = np.concatenate([valid, np.zeros((b, n), bool)], axis=1).astype(np.int32)
+  for i in range(n):
+    logits = fwd(params, toks, seg)[:, plen + i - 1]
+    toks[:, plen + i] = np.asarray(jnp.argmax(logits, axis=-1))
+    seg[:, plen + i] = 1
+  return toks[:, plen:]

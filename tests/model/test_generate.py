@@ -47,22 +47,6 @@ def naive_logits(params, cfg, tokens, valid, new_tokens, lora=None, lora_cfg=Non
   return np.asarray(lg[:, p - 1:-1])
 
 
-def naive_greedy(params, cfg, tokens, valid, n, lora=None, lora_cfg=None):
-  """Greedy decoding by a Python loop of full forward passes (no cache): [B, n].
-
-  The sequence lives in a fixed [B, P + n] buffer whose not-yet-generated tail
-  is right padding (segment 0), which causal attention never lets earlier
-  positions see: one compile instead of one per length.
-  """
-  fwd = jax.jit(lambda p, t, s: forward(p, t, cfg, segment_ids=s, lora=lora, lora_cfg=lora_cfg))
-  b, plen = tokens.shape
-  toks = np.concatenate([tokens, np.zeros((b, n), np.int32)], axis=1)
-  seg = np.concatenate([valid, np.zeros((b, n), bool)], axis=1).astype(np.int32)
-  for i in range(n):
-    logits = fwd(params, toks, seg)[:, plen + i - 1]
-    toks[:, plen + i] = np.asarray(jnp.argmax(logits, axis=-1))
-    seg[:, plen + i] = 1
-  return toks[:, plen:]
 
 
 # ------------------------------------------------------------------ exactness
@@ -73,7 +57,7 @@ def test_greedy_equals_naive_full_forward_loop(cfg, prompts):
   params = init_params(cfg, jax.random.key(1))
   tokens, valid = prompts
   out = G.generate(params, cfg, tokens, valid, max_new_tokens=8)
-  ref = naive_greedy(params, cfg, tokens, valid, 8)
+  ref = G.naive_greedy(params, cfg, tokens, valid, 8)
   np.testing.assert_array_equal(np.asarray(out.tokens), ref)
   np.testing.assert_array_equal(out.lengths, 8)
   assert not np.asarray(out.finished).any() and int(out.steps) == 8
