@@ -8,9 +8,10 @@ Two views of the same question, "does this configuration fit?":
    flock_jax/sharding.py's rules give on an `AbstractMesh` (no devices, no
    allocation). Activations are an *estimate* from the formulas in
    `activation_bytes` (documented there and in docs/sharding.md).
-2. `aot_memory_analysis`: XLA's own numbers. A minimal vmapped LoRA step
-   (`make_train_step`: cross-entropy, grad w.r.t. the adapters only, Adam)
-   is lowered and compiled ahead of time on a real (here: fake CPU) mesh
+2. `aot_memory_analysis`: XLA's own numbers. The engine's own local step
+   (flock_jax.federated.clients.make_local_train: K vmapped clients, loss,
+   grad w.r.t. the adapters only, Adam) is lowered and compiled ahead of
+   time on a real (here: fake CPU) mesh
    from ShapeDtypeStructs and `compiled.memory_analysis()` is read. Nothing
    is allocated, so a 70B step compiles on a laptop.
 
@@ -360,72 +361,53 @@ def format_plan(plan: MemoryPlan) -> str:
 
 
 # ------------------------------------------------------------------ AOT: XLA's own numbers
-def lora_loss(lora, params, tokens, targets, loss_mask, cfg: LlamaConfig, lcfg: LoraConfig):
-  """Mean next-token cross-entropy over loss_mask [B, T] of tokens [B, T] -> targets [B, T]."""
-  logits = forward(params, tokens, cfg, lora=lora, lora_cfg=lcfg)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  return jnp.sum(nll * loss_mask) / jnp.maximum(jnp.sum(loss_mask), 1.0)
+def train_step_args(cfg: LlamaConfig, lcfg: LoraConfig, mesh, tx: optax.GradientTransformation,
+                    *, clients: int, batch: int, seq_len: int):
+  """Abstract, sharded arguments of the engine's `local_train` for one local step (E = 1):
 
-
-def make_train_step(cfg: LlamaConfig, lcfg: LoraConfig, optimizer: optax.GradientTransformation):
-  """Minimal K-client step: vmap over stacked (lora, opt_state, batch); base unbatched, frozen.
-
-  step(lora [K, ...], opt_state [K, ...], params, tokens/targets/mask [K, B, T])
-    -> (lora, opt_state, loss [K]).  The federated training step lives elsewhere.
+    (base, start = G_r, opt_states [K], batches {key: [K, 1, B, T]}, keys [K])
   """
-  def one(lora, opt_state, params, tokens, targets, mask):
-    loss, grads = jax.value_and_grad(lora_loss)(lora, params, tokens, targets, mask, cfg, lcfg)
-    updates, opt_state = optimizer.update(grads, opt_state, lora)
-    return optax.apply_updates(lora, updates), opt_state, loss
-
-  return jax.vmap(one, in_axes=(0, 0, None, 0, 0, 0), spmd_axis_name="clients")
-
-
-def train_step_shardings(cfg, lcfg, mesh, optimizer, *, clients: int, batch: int, seq_len: int):
-  """Abstract args (ShapeDtypeStruct with .sharding) of `make_train_step`, and their shardings."""
+  from flock_jax.federated.clients import client_state_shardings, init_client_state
+  from flock_jax.federated.loss import BATCH_KEYS
   mesh_shape = dict(mesh.shape)
-  lora = client_lora_shapes(cfg, lcfg, clients)
-  lora_sh = S.tree_shardings(lora_axes(cfg, lcfg, clients=True), mesh)
-  opt = jax.eval_shape(jax.vmap(optimizer.init), lora)
-  cspec = _spec_for(mesh_shape, ("clients",), (clients,))
-  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt, lora_sh,
-                                 transform_non_params=lambda x: NamedSharding(
-                                     mesh, P(*cspec[:1], *([None] * (len(x.shape) - 1)))
-                                     if x.shape else P()),
-                                 is_leaf=lambda x: isinstance(x, NamedSharding))
-  base = abstract_params(cfg)
-  base_sh = S.tree_shardings(param_axes(cfg), mesh)
+  def attach(tree, sh):  # sh may be a prefix (one sharding for an empty optax state)
+    return jax.tree.map(
+        lambda h, a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=h)
+        if isinstance(a, jax.ShapeDtypeStruct) else a,
+        sh, tree, is_leaf=lambda x: isinstance(x, NamedSharding))
+  base, base_sh = abstract_params(cfg), S.tree_shardings(param_axes(cfg), mesh)
   S.check_divisible(base, base_sh)
-  S.check_divisible(lora, lora_sh)
-  dims = (clients, batch, seq_len)
-  tok_sh = NamedSharding(mesh, _spec_for(mesh_shape, ("clients", "batch", "length"), dims))
-  tok = jax.ShapeDtypeStruct(dims, jnp.int32, sharding=tok_sh)
-  mask = jax.ShapeDtypeStruct(dims, jnp.float32, sharding=tok_sh)
-
-  def attach(tree, sh):
-    return jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h), tree, sh)
-
-  args = (attach(lora, lora_sh), attach(opt, opt_sh), attach(base, base_sh), tok, tok, mask)
-  shardings = (lora_sh, opt_sh, base_sh, tok_sh, tok_sh, tok_sh)
-  return args, shardings
+  start_sh = S.tree_shardings(lora_axes(cfg, lcfg), mesh)
+  state = jax.eval_shape(lambda: init_client_state(cfg, lcfg, tx, jax.random.key(0), clients))
+  state_sh = client_state_shardings(cfg, lcfg, tx, clients, mesh)
+  S.check_divisible(state.adapters, state_sh.adapters)
+  dims = (clients, 1, batch, seq_len)
+  tok_sh = NamedSharding(mesh, _spec_for(mesh_shape, ("clients", None, "batch", "length"), dims))
+  batches = {k: jax.ShapeDtypeStruct(dims, jnp.float32 if k == "loss_mask" else jnp.int32,
+                                     sharding=tok_sh) for k in BATCH_KEYS}
+  keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), clients))
+  keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=NamedSharding(mesh, P()))
+  return (attach(base, base_sh), attach(lora_shapes(cfg, lcfg), start_sh),
+          attach(state.opt_state, state_sh.opt_state), batches, keys)
 
 
 def aot_memory_analysis(cfg: LlamaConfig, lcfg: LoraConfig, mesh, *, clients: int, batch: int,
-                        seq_len: int, learning_rate: float = 1e-4) -> dict[str, Any]:
-  """Lowers and compiles the K-client LoRA step for `mesh` from abstract args; XLA's per-device sizes.
+                        seq_len: int, learning_rate: float = 1e-4,
+                        chunk_size: int | None = None) -> dict[str, Any]:
+  """Compiles the engine's K-client local step (flock_jax.federated.clients.make_local_train,
+  E = 1) for `mesh` from abstract args, and returns XLA's per-device sizes.
 
   `mesh` is a jax.sharding.Mesh of real devices (fake CPU devices work, as
-  does a TPU topology from jax.experimental.topologies). Adapters and Adam
-  state are donated, so their outputs alias their inputs.
+  does a TPU topology from jax.experimental.topologies). The Adam state is
+  donated, so its output aliases its input.
   """
-  opt = optax.adam(learning_rate)
-  args, shardings = train_step_shardings(cfg, lcfg, mesh, opt, clients=clients, batch=batch,
-                                         seq_len=seq_len)
-  step = jax.jit(make_train_step(cfg, lcfg, opt), in_shardings=shardings,
-                 out_shardings=(shardings[0], shardings[1], None), donate_argnums=(0, 1))
+  from flock_jax.federated.clients import make_local_train
+  tx = optax.adam(learning_rate)
+  args = train_step_args(cfg, lcfg, mesh, tx, clients=clients, batch=batch, seq_len=seq_len)
+  step = make_local_train(cfg, lcfg, tx, chunk_size=chunk_size)
   t0 = time.perf_counter()
-  compiled = step.lower(*args).compile()
+  with jax.set_mesh(mesh):  # the step's activation constraints and clients vmap read it
+    compiled = step.lower(*args).compile()
   seconds = time.perf_counter() - t0
   ma = compiled.memory_analysis()
   out = {"compile_seconds": seconds, "platform": mesh.devices.flat[0].platform}
@@ -441,7 +423,7 @@ def aot_memory_analysis(cfg: LlamaConfig, lcfg: LoraConfig, mesh, *, clients: in
       # XLA:CPU has no bf16 dots: it converts the stacked bf16 weight shards to f32 once,
       # outside the layer scan (seen in the optimized HLO: f32[80, 1024, 28672] for 70B on
       # fsdp 8). GPUs and TPUs multiply bf16 directly and never hold that copy.
-      base_b = S.per_device_bytes(abstract_params(cfg), shardings[2])
+      base_b = S.per_device_bytes(abstract_params(cfg), jax.tree.map(lambda a: a.sharding, args[0]))
       out["cpu_f32_weight_copy_bytes"] = base_b * 4 // jnp.dtype(cfg.storage_dtype).itemsize
     out["peak_without_cpu_copy_bytes"] = (out["peak_estimate_bytes"]
                                           - out["cpu_f32_weight_copy_bytes"])
