@@ -35,7 +35,7 @@ from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec as
 
 from flock_jax import sharding as S
 from flock_jax.model.config import LlamaConfig
-from flock_jax.model.llama import abstract_params, forward, param_axes
+from flock_jax.model.llama import abstract_params, param_axes
 from flock_jax.model.lora import LoraConfig, lora_axes, lora_shapes
 
 GiB = 2**30

@@ -37,7 +37,6 @@ def _best(fn, repeats):
 def main(argv):
   del argv
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from flock_jax.model import init_params, preset
   from flock_jax.model.generate import generate, naive_greedy

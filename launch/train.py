@@ -41,7 +41,8 @@ def main(argv):
   del argv
   import jax
   from flock_jax.checkpoint import RunCheckpointer
-  from flock_jax.federated import rounds
+  from flock_jax.federated import rounds, run_state
+  from flock_jax.federated.voting import candidate_bytes
   from flock_jax.federated.ledger import ChainLedger
   from flock_jax.federated.metrics import JsonlWriter
   from flock_jax.run_config import from_config
@@ -85,23 +86,22 @@ def main(argv):
     if writer:
       writer.write(m)
     if ckpt and (m.round + 1) % run.checkpoint_every == 0:
-      ckpt.save(m.round + 1, rounds.checkpoint_tree(state),
-                rounds.checkpoint_meta(state, m, config))
+      ckpt.save(m.round + 1, run_state.checkpoint_tree(state),
+                run_state.checkpoint_meta(state, m, config))
     if _STOP_AFTER.value is not None and seen["rounds"] >= _STOP_AFTER.value:
       raise _Stop
 
-  resume = None
-  if _RESUME.value:
-    if not (ckpt and ckpt.latest_step() is not None):
-      raise app.UsageError(f"--resume: no checkpoint under {workdir}/checkpoints")
+  def resume(fresh):
+    tree, meta = ckpt.restore(None, run_state.checkpoint_tree(fresh))
+    print(f"resuming at round {meta['next_round']} (checkpoint of chain round "
+          f"{meta['chain_round']}, block {meta['block_hash']})", flush=True)
+    return tree, meta
 
-    def resume(fresh):
-      tree, meta = ckpt.restore(None, rounds.checkpoint_tree(fresh))
-      print(f"resuming at round {meta['next_round']} (checkpoint of chain round "
-            f"{meta['chain_round']}, block {meta['block_hash']})", flush=True)
-      return tree, meta
+  if _RESUME.value and not (ckpt and ckpt.latest_step() is not None):
+    raise app.UsageError(f"--resume: no checkpoint under {workdir}/checkpoints")
   try:
-    metrics = rounds.run_rounds(run, store=store, on_round=on_round, resume=resume)
+    metrics = rounds.run_rounds(run, store=store, on_round=on_round,
+                                resume=resume if _RESUME.value else None)
   except _Stop:
     print(f"stopped after {seen['rounds']} rounds; continue with --resume", flush=True)
     if ckpt:
@@ -114,7 +114,7 @@ def main(argv):
     from flock_jax.chain.audit import audit_chain
     if workdir:
       ledger.chain.export_logs(os.path.join(workdir, "chain_logs.json"))
-    report = audit_chain(ledger.chain, store, aggregate=rounds.candidate_bytes,
+    report = audit_chain(ledger.chain, store, aggregate=candidate_bytes,
                          require_blobs=store is not None)
     print(f"audit: {report.summary()}", flush=True)
     if not report.ok:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import time
 from typing import Any, Callable, Sequence
 
@@ -23,42 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from flock_jax.federated import hashing, voting
-from flock_jax.federated.aggregators import Aggregator, apply_delta, get_aggregator
-from flock_jax.federated.clients import (ClientState, init_client_state, make_local_train,
-                                         make_optimizer)
-from flock_jax.federated.evaluation import make_heldout_loss
-from flock_jax.federated.ledger import WEI, ChainLedger, Ledger, LocalLedger, Outcome, Roles
+from flock_jax.federated.aggregators import apply_delta
+from flock_jax.federated.clients import ClientState
+from flock_jax.federated.engine import Engine, RunState, build, make_ledger
+from flock_jax.federated.ledger import Ledger, Outcome, Roles
 from flock_jax.federated.metrics import RoundMetrics
 from flock_jax.federated.population import Population
+from flock_jax.federated.run_state import restore_state
 from flock_jax.federated.validate import check_update
 from flock_jax.model.llama import Params
-from flock_jax.model.lora import init_lora
 
 PyTree = Any
-
-
-# ------------------------------------------------------------------ run pieces
-@dataclasses.dataclass
-class Engine:
-  """What stays fixed during a run: the config, the frozen base, compiled functions, data."""
-  run: Any                       # flock_jax.run_config.RunConfig
-  base: Params
-  population: Population
-  local_train: Callable
-  heldout_loss: Callable
-  tx: Any
-  aggregator: Aggregator | None
-  mesh: Any = None
-
-
-@dataclasses.dataclass
-class RunState:
-  round: int
-  global_lora: PyTree
-  clients: ClientState
-  agg_state: PyTree
-  key: jax.Array
-  global_hash: bytes
 
 
 def _hex(b: bytes | None) -> str:
@@ -322,142 +296,6 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
   return dataclasses.replace(state, round=state.round + 1), metrics
 
 
-# ------------------------------------------------------------------ set-up
-def load_model(run, mesh=None):
-  """(LlamaConfig, base params, tokenizer or None) for run.model."""
-  from flock_jax import sharding as shd
-  from flock_jax.model.llama import init_params, param_axes
-  m = run.model
-  cfg, tok = m.cfg, None
-  if not m.weights:
-    shardings = None if mesh is None else shd.tree_shardings(param_axes(cfg), mesh)
-    base = init_params(cfg, jax.random.key(run.seed), shardings)
-  elif m.weights == "smollm2":
-    from flock_jax.checkpoint.smollm2 import load_smollm2
-    cfg, base, tok = load_smollm2(mesh=mesh, tokenizer=not m.tokenizer)
-  elif m.weights.startswith("gguf:"):
-    from flock_jax.checkpoint.gguf_load import load_gguf
-    cfg, base, tok = load_gguf(m.weights[5:], mesh=mesh, tokenizer=not m.tokenizer)
-  else:
-    from flock_jax.checkpoint.hf_load import load_hf_checkpoint
-    cfg, base = load_hf_checkpoint(m.weights[3:], mesh=mesh)
-    if not m.tokenizer:
-      from flock_jax.data.tokenizer import load_tokenizer
-      tok = load_tokenizer(m.weights[3:])
-  if m.tokenizer:
-    from flock_jax.data.tokenizer import load_tokenizer
-    tok = load_tokenizer(m.tokenizer)
-  if tok is not None and len(tok) > cfg.vocab_size:
-    raise ValueError(f"the tokenizer has {len(tok)} tokens but the model's vocab_size is "
-                     f"{cfg.vocab_size}; set config.model.overrides.vocab_size >= {len(tok)}")
-  return cfg, base, tok
-
-
-def make_ledger(run, genesis_hash: bytes) -> Ledger:
-  """The ledger run.ledger names: the FlockTask contract on eth-tester or a JSON-RPC node,
-  or the same rules without an EVM ('local'). Token amounts in base units."""
-  fed, lg = run.federation, run.ledger
-  kw = dict(num_proposers=fed.num_proposers, num_voters=fed.num_voters, total_rounds=fed.rounds,
-            min_stake=lg.min_stake * WEI, slash_bps=round(lg.slash_fraction * 10_000),
-            proposer_share_bps=round(lg.proposer_share * 10_000),
-            reward_pool=lg.reward_pool * WEI, genesis_hash=genesis_hash)
-  if lg.backend == "local":
-    return LocalLedger(fed.num_participants, stakes=lg.stake * WEI,
-                       per_proposal=fed.vote_mode == "per_proposal",
-                       stake_weighted_draw=lg.stake_weighted_draw, **kw)
-  from flock_jax.chain.types import TaskParams
-  params = TaskParams(vote_window=lg.vote_window,
-                      vote_mode=1 if fed.vote_mode == "per_proposal" else 0,
-                      selection_mode=1 if lg.stake_weighted_draw else 0, **kw)
-  backend = {"backend": lg.backend, "rpc_url": lg.rpc_url}
-  if lg.task:
-    return ChainLedger.attach(backend, fed.num_participants, lg.task)
-  return ChainLedger.deploy(backend, fed.num_participants, params, stakes=lg.stake * WEI)
-
-
-def candidate_bytes(global_bytes: bytes, delta_bytes: Sequence[bytes]) -> bytes:
-  """Canonical bytes of G + mean(Δ) from canonical bytes, deltas in canonical order.
-
-  The audit (flock_jax.chain.audit) uses it to check a stored candidate
-  against the stored proposals, without trusting anything the run computed.
-  """
-  G = hashing.tree_from_canonical_bytes(global_bytes)
-  deltas = _stack([hashing.tree_from_canonical_bytes(b) for b in delta_bytes])
-  return hashing.canonical_bytes(voting.build_candidate(G, deltas, np.arange(len(delta_bytes))))
-
-
-@functools.lru_cache(maxsize=8)
-def compiled_functions(cfg, lcfg, optim, mu: float, chunk: int | None):
-  """(optimizer, jitted local_train, jitted heldout_loss), shared by runs with equal configs
-  so that a second run (a test, a sweep) reuses the compilation cache."""
-  tx = make_optimizer(optim)
-  return (tx, make_local_train(cfg, lcfg, tx, mu=mu, chunk_size=chunk),
-          make_heldout_loss(cfg, lcfg, chunk_size=chunk))
-
-
-def build(run, *, population: Population | None = None, base: Params | None = None):
-  """(Engine, initial RunState) for a RunConfig. `population`/`base` override the config's."""
-  from flock_jax import sharding as shd
-  mesh = shd.make_mesh(run.mesh) if run.mesh else None
-  cfg = run.model.cfg
-  if base is None:
-    cfg, base, tok = load_model(run, mesh)
-    if population is None:
-      if tok is None:
-        raise ValueError("config.model.tokenizer is empty and the weights carry no tokenizer")
-      population = build_population_from(run, tok)
-  elif population is None:
-    raise ValueError("build(base=...) needs population=... too")
-  fed = run.federation
-  agg = get_aggregator(fed.aggregator, fed.aggregator_hparams)  # flock mode: only fedprox's mu
-  mu = run.optim.prox_mu or float(agg.hparams.get("mu", 0.0) if agg.name == "fedprox" else 0.0)
-  lcfg = run.lora
-  tx, local_train, heldout_loss = compiled_functions(cfg, lcfg, run.optim, mu,
-                                                     run.model.loss_chunk or None)
-  engine = Engine(run=run, base=base, population=population, local_train=local_train,
-                  heldout_loss=heldout_loss, tx=tx, aggregator=agg, mesh=mesh)
-  key = jax.random.key(run.seed)
-  g0 = init_lora(cfg, lcfg, jax.random.fold_in(key, 1))
-  clients = init_client_state(cfg, lcfg, tx, key, population.num_participants, global_lora=g0,
-                              mesh=mesh)
-  state = RunState(round=0, global_lora=g0, clients=clients, agg_state=agg.init(g0),
-                   key=jax.random.fold_in(key, 2), global_hash=hashing.tree_hash(g0))
-  return engine, state
-
-
-def build_population_from(run, tokenizer) -> Population:
-  from flock_jax.federated.population import build_population
-  return build_population(run, tokenizer)
-
-
-class ResumeError(RuntimeError):
-  """A checkpoint that does not agree with the chain it claims to continue."""
-
-
-def restore_state(fresh: RunState, tree: dict, meta: dict, ledger: Ledger | None) -> RunState:
-  """The RunState a checkpoint holds, after proving it agrees with the ledger (PROTOCOL.md 7).
-
-  fresh: a RunState of the same run (from `build`), giving structure and shardings.
-  """
-  unhex = lambda h: bytes.fromhex(h.removeprefix("0x")) if h else b"\x00" * 32
-  if ledger is not None:
-    bad = ledger.boundary_mismatches(int(meta["chain_round"]), unhex(meta["chain_global_hash"]),
-                                     unhex(meta["block_hash"]))
-    if bad:
-      raise ResumeError("checkpoint of round {} disagrees with the chain: {}".format(
-          meta["chain_round"], "; ".join(bad)))
-  state = dataclasses.replace(
-      fresh, round=int(meta["next_round"]), global_lora=tree["global_lora"],
-      clients=dataclasses.replace(fresh.clients, adapters=tree["clients"]["adapters"],
-                                  opt_state=tree["clients"]["opt_state"]),
-      agg_state=tree.get("agg_state", fresh.agg_state),
-      key=jax.random.wrap_key_data(tree["key"]), global_hash=unhex(meta["global_hash"]))
-  if hashing.tree_hash(state.global_lora) != state.global_hash:
-    raise ResumeError(f"checkpoint global adapter does not hash to {meta['global_hash']}: "
-                      "the stored arrays were altered")
-  return state
-
-
 def run_rounds(config, *, population: Population | None = None, base: Params | None = None,
                ledger: Ledger | None = None, store=None,
                resume: Callable[[RunState], tuple[dict, dict]] | None = None,
@@ -494,21 +332,3 @@ def run_rounds(config, *, population: Population | None = None, base: Params | N
   return out
 
 
-# ------------------------------------------------------------------ checkpoints
-def checkpoint_tree(state: RunState) -> dict:
-  """The arrays of a RunState, as a plain pytree for flock_jax.checkpoint.RunCheckpointer."""
-  tree = {"global_lora": state.global_lora,
-          "clients": {"adapters": state.clients.adapters, "opt_state": state.clients.opt_state},
-          "key": jax.random.key_data(state.key)}
-  if jax.tree.leaves(state.agg_state):
-    tree["agg_state"] = state.agg_state
-  return tree
-
-
-def checkpoint_meta(state: RunState, m: RoundMetrics, config: Any = None) -> dict:
-  """JSON beside the arrays: the round the state is ready for, and the chain it agrees with."""
-  meta = {"next_round": state.round, "chain_round": m.round, "block_hash": m.block_hash,
-          "global_hash": _hex(state.global_hash), "chain_global_hash": m.chain_global_hash}
-  if config is not None and hasattr(config, "to_json_best_effort"):
-    meta["config"] = config.to_json_best_effort()
-  return meta

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flock_jax.federated import hashing
+
 PyTree = Any
 Address = Union[str, bytes, int]
 
@@ -157,3 +159,15 @@ def int_to_bits(mask: int, num_proposals: int) -> np.ndarray:
     if mask < 0 or mask >> num_proposals:
         raise ValueError(f"vote bitmask {mask:#x} does not fit {num_proposals} proposals")
     return np.asarray([(mask >> i) & 1 == 1 for i in range(num_proposals)], bool)
+
+
+def candidate_bytes(global_bytes: bytes, delta_bytes: Sequence[bytes]) -> bytes:
+  """Canonical bytes of G + mean(Δ) from canonical bytes, deltas in canonical order.
+
+  The audit (flock_jax.chain.audit) uses it to check a stored candidate
+  against the stored proposals, without trusting anything the run computed.
+  """
+  G = hashing.tree_from_canonical_bytes(global_bytes)
+  deltas = jax.tree.map(lambda *xs: np.stack(xs),
+                        *[hashing.tree_from_canonical_bytes(b) for b in delta_bytes])
+  return hashing.canonical_bytes(build_candidate(G, deltas, np.arange(len(delta_bytes))))

@@ -9,7 +9,8 @@ import pytest
 
 from flock_jax.federated.ledger import WEI, LocalLedger
 from flock_jax.federated.population import synthetic_population
-from flock_jax.federated.rounds import build, make_ledger, run_rounds
+from flock_jax.federated.engine import build, make_ledger
+from flock_jax.federated.rounds import run_rounds
 from flock_jax.model.llama import init_params
 from flock_jax.run_config import from_config
 
@@ -160,7 +161,7 @@ def test_rounds_on_chain_agree_with_run_state_and_audit(world, tmp_path, vote_mo
   from flock_jax.chain import AdapterStore
   from flock_jax.chain.audit import audit_chain, audit_export
   from flock_jax.federated.ledger import ChainLedger
-  from flock_jax.federated.rounds import candidate_bytes
+  from flock_jax.federated.voting import candidate_bytes
 
   base, pop = world
   store = AdapterStore(tmp_path / "store")
@@ -202,7 +203,7 @@ def test_resume_continues_on_the_same_chain_and_refuses_a_mismatch(world, tmp_pa
   it ran on and ends exactly where an uninterrupted run ends; a checkpoint that
   disagrees with the chain is refused with the reason."""
   from flock_jax.checkpoint import RunCheckpointer
-  from flock_jax.federated.rounds import ResumeError, checkpoint_meta, checkpoint_tree
+  from flock_jax.federated.run_state import ResumeError, checkpoint_meta, checkpoint_tree
 
   base, pop = world
   full = run_rounds(_config(), population=pop, base=base)
