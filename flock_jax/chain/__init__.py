@@ -5,6 +5,7 @@ JSON-RPC node); `AdapterStore` holds the blobs whose hashes go on chain;
 `audit` rebuilds a run from its logs and checks it. See docs/chain.md.
 """
 from .client import FlockChain, as_hash, bits_of, hash_bytes
+from .factory import FlockFactory
 from .errors import ChainConfigError, ChainConnectionError, ChainError, RevertError
 from .store import AdapterStore, StoreError
 from .types import (
@@ -14,7 +15,7 @@ from .types import (
 
 __all__ = [
     "AdapterStore", "Balances", "ChainConfigError", "ChainConnectionError", "ChainError",
-    "FlockChain", "OUTCOME_ACCEPTED", "OUTCOME_REJECTED", "OUTCOME_VOID", "Outcome",
+    "FlockChain", "FlockFactory", "OUTCOME_ACCEPTED", "OUTCOME_REJECTED", "OUTCOME_VOID", "Outcome",
     "RevertError", "Roles", "SELECT_STAKE", "SELECT_UNIFORM", "StoreError", "TaskParams",
     "VOTE_PER_PROPOSAL", "VOTE_WHOLE", "WEI", "as_hash", "bits_of", "hash_bytes",
 ]

@@ -161,6 +161,25 @@ class FlockChain:
             genesis_hash=as_hash(g.get("genesis_hash", "0x" + "00" * 32)),
             genesis_seed=as_hash(g.get("genesis_seed", "0x" + "00" * 32)))
 
+    def enroll(self, stakes: int | Sequence[int], mint: int | Sequence[int] | None = None) -> None:
+        """Set the participants up on an attached task (e.g. one a `FlockFactory`
+        created), as `deploy` does: participant i is minted ``mint[i]``
+        (default: its stake; the deployer must be the token's minter),
+        approves the task, and stakes ``stakes[i]`` if positive."""
+        if self.task is None:
+            raise ChainError("enroll: no task; call attach() first")
+        n = len(self.addresses)
+        stakes = [stakes] * n if isinstance(stakes, int) else list(stakes)
+        mint = stakes if mint is None else ([mint] * n if isinstance(mint, int) else list(mint))
+        if len(stakes) != n or len(mint) != n:
+            raise ChainError(f"enroll: {n} participants, got {len(stakes)} stakes and {len(mint)} mint amounts")
+        for i, addr in enumerate(self.addresses):
+            if mint[i]:
+                self.mint_tokens(addr, mint[i])
+            self._send("approve", self.token.functions.approve(self.task.address, MAX_UINT), addr, GAS["approve"])
+            if stakes[i]:
+                self.stake(i, stakes[i])
+
     def mint_tokens(self, address: str, amount: int) -> None:
         """Mint stake tokens to `address` (the deployer is the minter)."""
         self._send("mint", self.token.functions.mint(address, amount), self.deployer, GAS["mint"])
