@@ -67,6 +67,29 @@ def test_greedy_equals_naive_full_forward_loop(cfg, prompts):
                              atol=1e-4)
 
 
+def test_chunked_cache_calls_equal_one_full_forward(params):
+  """Prefill in two chunks (slots 0..4 with left padding, then 5..7), then one step at slot 8:
+  every chunk's logits equal the full forward's, and k/v [L, B, S, K, Dh] fill slots 0..8 only."""
+  rng = np.random.default_rng(2)
+  tokens = jnp.asarray(rng.integers(0, CFG.vocab_size, (2, 9)), jnp.int32)
+  valid = jnp.asarray(np.arange(9)[None, :] >= np.array([[0], [2]]))  # row 1: 2 pad slots
+  positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+  full = np.asarray(forward(params, tokens, CFG, segment_ids=valid.astype(jnp.int32),
+                            positions=positions))
+  cache = init_cache(CFG, 2, 12)
+  assert cache["k"].shape == (CFG.num_layers, 2, 12, CFG.num_kv_heads, CFG.dim_head)
+  got = []
+  for lo, hi in ((0, 5), (5, 8), (8, 9)):
+    logits, cache = forward_with_cache(params, tokens[:, lo:hi], CFG, cache,
+                                       positions=positions[:, lo:hi], token_valid=valid[:, lo:hi])
+    got.append(np.asarray(logits))
+  assert int(cache["index"]) == 9
+  real = np.asarray(valid)
+  np.testing.assert_allclose(np.concatenate(got, axis=1)[real], full[real], atol=1e-4)
+  k = np.asarray(cache["k"])
+  assert (k[:, :, 9:] == 0).all() and (np.abs(k[:, :, :9]).sum(-1) > 0).all()
+
+
 def test_matches_hugging_face_generate():
   from tests.model.hf_reference import random_hf_model, state_dict_numpy
   import torch
