@@ -33,6 +33,8 @@ _B = flags.DEFINE_integer("batch", 4, "Batch size B.")
 _T = flags.DEFINE_integer("seq", 128, "Sequence length T.")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch intra-op threads.")
 _REPS = flags.DEFINE_integer("reps", 1, "Timed repetitions after a warm-up.")
+_CHUNK = flags.DEFINE_integer("chunk", 0, "flock_jax loss sequence chunk (0 = whole sequence).")
+_SKIP_PEFT = flags.DEFINE_boolean("skip_peft", False, "Time flock_jax only (to compare settings).")
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -104,7 +106,7 @@ def main(argv):
              "segment_ids": jnp.asarray(ones),
              "positions": jnp.asarray(np.broadcast_to(np.arange(t, dtype=np.int32), tokens.shape))}
   keys = jax.random.split(jax.random.key(3), k)
-  local_train = cl.make_local_train(cfg, lcfg, tx, donate=False)
+  local_train = cl.make_local_train(cfg, lcfg, tx, donate=False, chunk_size=_CHUNK.value or None)
 
   def run_jax():
     jax.block_until_ready(local_train(base, g, state.opt_state, batches, keys))
@@ -112,10 +114,13 @@ def main(argv):
   print(f"{_PRESET.value}: K={k} clients x E={e} steps x [{b}, {t}] tokens, LoRA r=8 on "
         f"{len(TARGETS)} projections, AdamW; torch threads={_THREADS.value}, "
         f"jax devices={jax.devices()}", flush=True)
+  t_jax = _best(run_jax, _REPS.value)
+  print(f"flock_jax vmap : {n_tok / t_jax:8.1f} training tokens/s ({t_jax:.2f} s; loss chunk "
+        f"{_CHUNK.value or 'none'})", flush=True)
+  if _SKIP_PEFT.value:
+    return
   t_peft = _best(run_peft, _REPS.value)
   print(f"HF + PEFT loop : {n_tok / t_peft:8.1f} training tokens/s ({t_peft:.2f} s)", flush=True)
-  t_jax = _best(run_jax, _REPS.value)
-  print(f"flock_jax vmap : {n_tok / t_jax:8.1f} training tokens/s ({t_jax:.2f} s)", flush=True)
   print(f"ratio flock_jax / peft: {t_peft / t_jax:.2f}x")
 
 

@@ -120,6 +120,34 @@ def _remat(fn, cfg: LlamaConfig):
   return jax.checkpoint(fn, policy=policy, prevent_cse=False)
 
 
+@jax.custom_vjp
+def _lora_branch(x, a, b):
+  """(x [B, T, in] @ a [in, r]) @ b [r, out], with a hand-written backward.
+
+  Autodiff would form dA as a contraction over B*T with a skinny [in, r]
+  output, a layout XLA:CPU runs ~4x slower than the [r, in] one; the
+  backward below computes the same values in the fast layout.
+  """
+  return jnp.einsum("btr,ro->bto", jnp.einsum("bti,ir->btr", x, a), b)
+
+
+def _lora_branch_fwd(x, a, b):
+  low = jnp.einsum("bti,ir->btr", x, a)
+  return jnp.einsum("btr,ro->bto", low, b), (x, a, b, low)
+
+
+def _lora_branch_bwd(res, dy):
+  x, a, b, low = res
+  dlow = jnp.einsum("bto,ro->btr", dy, b)
+  da = jnp.einsum("btr,bti->ri", dlow, x).T
+  db = jnp.einsum("btr,bto->ro", low, dy)
+  dx = jnp.einsum("btr,ir->bti", dlow, a)
+  return dx, da.astype(a.dtype), db.astype(b.dtype)
+
+
+_lora_branch.defvjp(_lora_branch_fwd, _lora_branch_bwd)
+
+
 def _project(x, w, lora_ab, scale, drop_key, dropout, dtype):
   """x [B, T, in] @ w [in, out] + scale * dropout(x) @ a [in, r] @ b [r, out]."""
   y = jnp.einsum("bti,io->bto", x, w.astype(dtype))
@@ -128,8 +156,7 @@ def _project(x, w, lora_ab, scale, drop_key, dropout, dtype):
     if drop_key is not None and dropout > 0.0:
       keep = jax.random.bernoulli(drop_key, 1.0 - dropout, x.shape)
       xl = jnp.where(keep, x / (1.0 - dropout), 0).astype(dtype)
-    low = jnp.einsum("bti,ir->btr", xl, lora_ab["a"].astype(dtype))
-    y = y + scale * jnp.einsum("btr,ro->bto", low, lora_ab["b"].astype(dtype))
+    y = y + scale * _lora_branch(xl, lora_ab["a"].astype(dtype), lora_ab["b"].astype(dtype))
   return y
 
 
