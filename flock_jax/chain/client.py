@@ -118,9 +118,6 @@ class FlockChain:
         Each participant i is minted ``mint[i]`` tokens (default: its stake),
         approves the task, and stakes ``stakes[i]`` if positive.
         """
-        n = len(self.addresses)
-        stakes = [stakes] * n if isinstance(stakes, int) else list(stakes)
-        mint = stakes if mint is None else ([mint] * n if isinstance(mint, int) else list(mint))
         self.token = self._deploy("StakeToken", ["FLock Stake", "FLS"])
         self.task = self._deploy("FlockTask", [
             self.token.address, params.total_rounds, params.num_proposers, params.num_voters,
@@ -132,12 +129,7 @@ class FlockChain:
             self.mint_tokens(self.deployer, params.reward_pool)
             self._send("approve", self.token.functions.approve(self.task.address, MAX_UINT), self.deployer, GAS["approve"])
             self.fund(params.reward_pool)
-        for i, addr in enumerate(self.addresses):
-            if mint[i]:
-                self.mint_tokens(addr, mint[i])
-            self._send("approve", self.token.functions.approve(self.task.address, MAX_UINT), addr, GAS["approve"])
-            if stakes[i]:
-                self.stake(i, stakes[i])
+        self.enroll(stakes, mint)
 
     def _deploy(self, name: str, args: list) -> Any:
         art = load_contract(name)
@@ -162,8 +154,8 @@ class FlockChain:
             genesis_seed=as_hash(g.get("genesis_seed", "0x" + "00" * 32)))
 
     def enroll(self, stakes: int | Sequence[int], mint: int | Sequence[int] | None = None) -> None:
-        """Set the participants up on an attached task (e.g. one a `FlockFactory`
-        created), as `deploy` does: participant i is minted ``mint[i]``
+        """Set the participants up on the task (deployed here, or attached, e.g.
+        one a `FlockFactory` created): participant i is minted ``mint[i]``
         (default: its stake; the deployer must be the token's minter),
         approves the task, and stakes ``stakes[i]`` if positive."""
         if self.task is None:
