@@ -11,14 +11,11 @@ CPU devices share the same cores, see the project's STACK notes).
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = " ".join(
-    [f for f in os.environ.get("XLA_FLAGS", "").split()
-     if not f.startswith("--xla_force_host_platform_device_count")]
-    + ["--xla_force_host_platform_device_count=1"])
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from flock_jax.timing import best_time, use_one_cpu_device  # noqa: E402
 
-import time  # noqa: E402
+use_one_cpu_device()
+
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -38,16 +35,6 @@ _SEQ = flags.DEFINE_integer("seq", 64, "Sequence length T.")
 _REPS = flags.DEFINE_integer("reps", 3, "Timed repetitions (after one warm-up).")
 _PRESET = flags.DEFINE_string("preset", "tiny", "Model preset.")
 _CHUNK = flags.DEFINE_integer("chunk", 0, "Loss sequence chunk (0 = whole sequence).")
-
-
-def _time(fn, reps):
-  fn()  # warm-up: compile
-  best = float("inf")
-  for _ in range(reps):
-    t = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t)
-  return best
 
 
 def main(argv):
@@ -81,7 +68,7 @@ def main(argv):
       jax.block_until_ready([one(base, g, o, bt, kk) for o, bt, kk in per_client])
 
     tokens = k * e * b * t
-    tv, tl = _time(run_vmapped, _REPS.value), _time(run_loop, _REPS.value)
+    tv, tl = best_time(run_vmapped, _REPS.value), best_time(run_loop, _REPS.value)
     print(f"{k:>4} {tokens / tv:>14,.0f} {tokens / tl:>12,.0f} {tl / tv:>6.2f}x", flush=True)
 
 

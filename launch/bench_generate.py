@@ -17,21 +17,13 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from flock_jax.timing import best_time  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", "tiny", "tiny | small | smollm2")
 _BATCH = flags.DEFINE_integer("batch", 8, "Rows generated together.")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "Prompt length (rows left-padded 0..7).")
 _NEW = flags.DEFINE_integer("new_tokens", 32, "Tokens generated per row.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs of each (best is reported).")
-
-
-def _best(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return min(times)
 
 
 def main(argv):
@@ -66,8 +58,8 @@ def main(argv):
   compile_s = time.perf_counter() - t0
   ref = naive()
   agree = float((ours == ref).mean())
-  t_cached = _best(cached, _REPEATS.value)
-  t_naive = _best(naive, _REPEATS.value)
+  t_cached = best_time(cached, _REPEATS.value, warmup=False)
+  t_naive = best_time(naive, _REPEATS.value, warmup=False)
   tps_c, tps_n = b * n / t_cached, b * n / t_naive
   print(f"model={_MODEL.value} ({cfg.num_params() / 1e6:.1f}M) batch={b} prompt={p} new={n} "
         f"device={jax.devices()[0]} (x{jax.device_count()})")

@@ -15,14 +15,11 @@ Prints training tokens/s of both and the ratio, in one process, on the CPU
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = " ".join(
-    [f for f in os.environ.get("XLA_FLAGS", "").split()
-     if not f.startswith("--xla_force_host_platform_device_count")]
-    + ["--xla_force_host_platform_device_count=1"])
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from flock_jax.timing import best_time, use_one_cpu_device  # noqa: E402
 
-import time  # noqa: E402
+use_one_cpu_device()
+
 
 from absl import app, flags  # noqa: E402
 
@@ -37,16 +34,6 @@ _CHUNK = flags.DEFINE_integer("chunk", 0, "flock_jax loss sequence chunk (0 = wh
 _SKIP_PEFT = flags.DEFINE_boolean("skip_peft", False, "Time flock_jax only (to compare settings).")
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def _best(fn, reps):
-  fn()
-  out = float("inf")
-  for _ in range(reps):
-    t = time.perf_counter()
-    fn()
-    out = min(out, time.perf_counter() - t)
-  return out
 
 
 def main(argv):
@@ -114,12 +101,12 @@ def main(argv):
   print(f"{_PRESET.value}: K={k} clients x E={e} steps x [{b}, {t}] tokens, LoRA r=8 on "
         f"{len(TARGETS)} projections, AdamW; torch threads={_THREADS.value}, "
         f"jax devices={jax.devices()}", flush=True)
-  t_jax = _best(run_jax, _REPS.value)
+  t_jax = best_time(run_jax, _REPS.value)
   print(f"flock_jax vmap : {n_tok / t_jax:8.1f} training tokens/s ({t_jax:.2f} s; loss chunk "
         f"{_CHUNK.value or 'none'})", flush=True)
   if _SKIP_PEFT.value:
     return
-  t_peft = _best(run_peft, _REPS.value)
+  t_peft = best_time(run_peft, _REPS.value)
   print(f"HF + PEFT loop : {n_tok / t_peft:8.1f} training tokens/s ({t_peft:.2f} s)", flush=True)
   print(f"ratio flock_jax / peft: {t_peft / t_jax:.2f}x")
 
