@@ -1,4 +1,5 @@
 """flock_jax: decentralized, blockchain-secured federated LoRA fine-tuning of Llama in JAX."""
+
 from setuptools import find_packages, setup
 
 # Versions measured to install together on Python 3.11 (see shared STACK notes).
@@ -29,7 +30,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # Reference implementations for parity tests; torch pinned exactly (CPU wheel).
     "torch": ["torch==2.13.0", "peft", "accelerate"],
-    "test": ["pytest", "pytest-xdist", "hypothesis"],
+    "test": ["pytest", "pytest-xdist", "hypothesis", "pyink==26.5.1"],
 }
 EXTRAS["test"] = EXTRAS["test"] + EXTRAS["torch"]
 

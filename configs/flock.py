@@ -16,6 +16,7 @@ Any field can be overridden: --config.federation.vote_mode=per_proposal,
 --config.attack.behaviours=0:nan,3:always_reject. Every field is checked by
 flock_jax/run_config.py (an unknown or malformed field fails naming it).
 """
+
 import ml_collections
 
 PROJECTIONS = "q,k,v,o,gate,up,down"
@@ -26,66 +27,77 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.model = dict(
-      preset="tiny",        # flock_jax.model.config.PRESETS
-      overrides={},         # LlamaConfig fields, e.g. {'remat': 'full'}
-      weights="",           # '' random | 'smollm2' | 'hf:<folder>' | 'gguf:<file>'
-      tokenizer="byte",     # 'byte' | tokenizer path | '' (comes with the weights)
-      loss_chunk=0,         # lm-head loss over sequence chunks of this length (0 = whole)
+      preset="tiny",  # flock_jax.model.config.PRESETS
+      overrides={},  # LlamaConfig fields, e.g. {'remat': 'full'}
+      weights="",  # '' random | 'smollm2' | 'hf:<folder>' | 'gguf:<file>'
+      tokenizer="byte",  # 'byte' | tokenizer path | '' (comes with the weights)
+      loss_chunk=0,  # lm-head loss over sequence chunks of this length (0 = whole)
   )
-  c.lora = dict(rank=8, alpha=16.0, dropout=0.0, targets=PROJECTIONS, rslora=False,
-                dtype="float32")
-  c.optim = dict(name="adamw", lr=3e-3, schedule="constant", warmup_steps=0, weight_decay=0.0,
-                 b1=0.9, b2=0.999, eps=1e-8, momentum=0.0, grad_clip=1.0,
-                 prox_mu=0.0)      # FedProx mu (0 = off)
+  c.lora = dict(rank=8, alpha=16.0, dropout=0.0, targets=PROJECTIONS, rslora=False, dtype="float32")
+  c.optim = dict(
+      name="adamw",
+      lr=3e-3,
+      schedule="constant",
+      warmup_steps=0,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      momentum=0.0,
+      grad_clip=1.0,
+      prox_mu=0.0,
+  )  # FedProx mu (0 = off)
   c.data = dict(
       domains="finance,medical",  # flock_jax.data.registry names, 'local:<path>', 'hf:<name>'
       examples_per_domain=64,
       seq_len=256,
-      partition="domain",         # 'domain' | 'iid' | 'dirichlet'
+      partition="domain",  # 'domain' | 'iid' | 'dirichlet'
       dirichlet_alpha=0.5,
-      heldout_fraction=0.25,      # each participant's private held-out share
+      heldout_fraction=0.25,  # each participant's private held-out share
       pack=False,
       system="",
       eval_examples_per_domain=16,  # reporting only: held-out examples per domain, pooled
   )
   c.federation = dict(
-      mode="flock",               # 'flock' (proposers + voters + ledger) | 'baseline' (aggregator)
-      num_participants=8,         # N
-      rounds=4,                   # T
-      num_proposers=3,            # P
-      num_voters=3,               # V (P + V <= N, disjoint)
-      clients_per_round=4,        # baseline mode: K clients train each round
-      local_steps=4,              # E
-      batch_size=4,               # B
-      eval_batches=2,             # n held-out batches per voter
+      mode="flock",  # 'flock' (proposers + voters + ledger) | 'baseline' (aggregator)
+      num_participants=8,  # N
+      rounds=4,  # T
+      num_proposers=3,  # P
+      num_voters=3,  # V (P + V <= N, disjoint)
+      clients_per_round=4,  # baseline mode: K clients train each round
+      local_steps=4,  # E
+      batch_size=4,  # B
+      eval_batches=2,  # n held-out batches per voter
       eval_batch_size=4,
-      vote_mode="whole",          # 'whole' (paper) | 'per_proposal' (our extension)
-      tau=0.0,                    # approve iff gain >= tau
-      aggregator="fedavg",        # baseline mode: any flock_jax.federated.aggregators name
-      aggregator_hparams="",      # 'f=1,beta=0.1' or a dict
+      vote_mode="whole",  # 'whole' (paper) | 'per_proposal' (our extension)
+      tau=0.0,  # approve iff gain >= tau
+      aggregator="fedavg",  # baseline mode: any flock_jax.federated.aggregators name
+      aggregator_hparams="",  # 'f=1,beta=0.1' or a dict
   )
   c.ledger = dict(
-      backend="eth_tester",       # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
-      rpc_url="",                 # 'jsonrpc': the node, e.g. http://127.0.0.1:8545
-      vote_window=64,             # blocks a round stays open for votes
-      task="",                    # 'jsonrpc': attach to this deployed FlockTask (resume) instead of deploying
-      stake=100, min_stake=10, reward_pool=1000,  # whole tokens
-      slash_fraction=0.1,         # lambda
-      proposer_share=0.5,         # rho
+      backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
+      rpc_url="",  # 'jsonrpc': the node, e.g. http://127.0.0.1:8545
+      vote_window=64,  # blocks a round stays open for votes
+      task="",  # 'jsonrpc': attach to this deployed FlockTask (resume) instead of deploying
+      stake=100,
+      min_stake=10,
+      reward_pool=1000,  # whole tokens
+      slash_fraction=0.1,  # lambda
+      proposer_share=0.5,  # rho
       stake_weighted_draw=False,
   )
   c.attack = dict(
-      behaviours="",              # '0:nan,3:always_reject' (index:behaviour)
-      fraction=0.0,               # or: this share of participants, drawn with the seed ...
-      proposer="honest",          # ... behaving like this as proposers
-      voter="honest",             # ... or like this as voters
-      scale_gamma=10.0,           # 'scale' (model replacement) factor
-      trigger="cf zq",            # 'backdoor' trigger phrase and target response
+      behaviours="",  # '0:nan,3:always_reject' (index:behaviour)
+      fraction=0.0,  # or: this share of participants, drawn with the seed ...
+      proposer="honest",  # ... behaving like this as proposers
+      voter="honest",  # ... or like this as voters
+      scale_gamma=10.0,  # 'scale' (model replacement) factor
+      trigger="cf zq",  # 'backdoor' trigger phrase and target response
       target="ACCESS GRANTED",
-      poison_fraction=0.5,        # share of a backdoor attacker's training examples poisoned
+      poison_fraction=0.5,  # share of a backdoor attacker's training examples poisoned
   )
   c.mesh = dict(clients=1, data=1, fsdp=1, tensor=1)
-  c.checkpoint = dict(every=1, keep=3)   # rounds between run-state checkpoints (0 = off)
+  c.checkpoint = dict(every=1, keep=3)  # rounds between run-state checkpoints (0 = off)
   return c
 
 
@@ -118,9 +130,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.federation.batch_size = 4
   elif variant in ("llama3_8b", "llama3_70b"):
     c.model.preset = variant
-    c.model.weights = f"hf:/path/to/{variant}"   # override with the checkpoint folder
+    c.model.weights = f"hf:/path/to/{variant}"  # override with the checkpoint folder
     c.model.tokenizer = ""
-    c.model.loss_chunk = 512                      # V = 128,256: never materialise [B, T, V]
+    c.model.loss_chunk = 512  # V = 128,256: never materialise [B, T, V]
     c.data.domains = "gsm8k,humaneval,champ,finance,medical"
     c.data.examples_per_domain = 1000
     c.data.seq_len = 2048
@@ -134,6 +146,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.federation.batch_size = 8
     c.mesh = dict(clients=1, data=1, fsdp=-1, tensor=1)
   else:
-    raise ValueError(f"unknown config variant {variant!r}; choose tiny, smollm2, llama3_8b, "
-                     f"llama3_70b")
+    raise ValueError(
+        f"unknown config variant {variant!r}; choose tiny, smollm2, llama3_8b, " f"llama3_70b"
+    )
   return c

@@ -19,6 +19,7 @@ Capacities are nominal HBM per device in GiB (2**30 bytes); the verdict
 compares the total with `usable_fraction` of it (default 0.9: CUDA/TPU
 runtime, XLA workspace and collective buffers, fragmentation).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,6 +46,7 @@ GiB = 2**30
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
   """One device kind: nominal HBM in GiB, and devices per host (for tensor-parallel defaults)."""
+
   name: str
   hbm_gib: float
   platform: str  # 'gpu' | 'tpu'
@@ -74,6 +76,7 @@ _CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}
 @dataclasses.dataclass(frozen=True)
 class Topology:
   """`chips` devices of one accelerator kind (one JAX device per chip)."""
+
   name: str
   accelerator: Accelerator
   chips: int
@@ -103,15 +106,19 @@ def parse_topology(spec: str) -> Topology:
     kind = _ALIASES.get(tpu.group(1), tpu.group(1))
     n, per_chip = int(tpu.group(2)), _CORES_PER_CHIP[_ALIASES.get(tpu.group(1), tpu.group(1))]
     if n <= 0 or n % per_chip:
-      raise ValueError(f"topology {spec!r}: {kind}-N counts TensorCores ({per_chip} per chip), "
-                       f"so N must be a positive multiple of {per_chip}")
+      raise ValueError(
+          f"topology {spec!r}: {kind}-N counts TensorCores ({per_chip} per chip), "
+          f"so N must be a positive multiple of {per_chip}"
+      )
     return Topology(spec, ACCELERATORS[kind], n // per_chip)
   if m:
     n = int(m.group(1) or 1)
     if n <= 0:
       raise ValueError(f"topology {spec!r}: device count must be positive")
     return Topology(spec, accelerator(m.group(2)), n)
-  raise ValueError(f"cannot parse topology {spec!r}; use e.g. '8xh100', 'h100', 'v5p-64', 'v5e-256'")
+  raise ValueError(
+      f"cannot parse topology {spec!r}; use e.g. '8xh100', 'h100', 'v5p-64', 'v5e-256'"
+  )
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
@@ -141,8 +148,10 @@ def full_mesh_shape(shape: Mapping[str, int], devices: int | None = None) -> dic
       raise S.ShardingError(f"{devices} devices cannot fill mesh {sizes}")
     sizes[[a for a, s in sizes.items() if s == -1][0]] = devices // known
   if devices is not None and int(np.prod(list(sizes.values()))) != devices:
-    raise S.ShardingError(f"mesh {sizes} needs {int(np.prod(list(sizes.values())))} devices, "
-                          f"the topology has {devices}")
+    raise S.ShardingError(
+        f"mesh {sizes} needs {int(np.prod(list(sizes.values())))} devices, "
+        f"the topology has {devices}"
+    )
   return sizes
 
 
@@ -163,8 +172,11 @@ def default_mesh_shape(topo: Topology, cfg: LlamaConfig) -> dict[str, int]:
 
 def abstract_mesh(shape: Mapping[str, int]) -> AbstractMesh:
   sizes = full_mesh_shape(shape)
-  return AbstractMesh(tuple(sizes[a] for a in S.MESH_AXES), S.MESH_AXES,
-                      axis_types=(AxisType.Auto,) * len(S.MESH_AXES))
+  return AbstractMesh(
+      tuple(sizes[a] for a in S.MESH_AXES),
+      S.MESH_AXES,
+      axis_types=(AxisType.Auto,) * len(S.MESH_AXES),
+  )
 
 
 def check_heads(cfg: LlamaConfig, mesh_shape: Mapping[str, int]) -> list[str]:
@@ -173,16 +185,19 @@ def check_heads(cfg: LlamaConfig, mesh_shape: Mapping[str, int]) -> list[str]:
   out = []
   for what, n in (("num_heads", cfg.num_heads), ("num_kv_heads", cfg.num_kv_heads)):
     if n % t:
-      out.append(f"{what}={n} is not divisible by tensor={t}: heads are split across devices "
-                 "(correct under GSPMD, but attention then needs extra collectives)")
+      out.append(
+          f"{what}={n} is not divisible by tensor={t}: heads are split across devices "
+          "(correct under GSPMD, but attention then needs extra collectives)"
+      )
   return out
 
 
 # ------------------------------------------------------------------ abstract trees
 def client_lora_shapes(cfg: LlamaConfig, lcfg: LoraConfig, clients: int) -> dict:
   """ShapeDtypeStructs of K stacked adapters: {name: {'a': [K, L, in, r], 'b': [K, L, r, out]}}."""
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct((clients,) + s.shape, s.dtype),
-                      lora_shapes(cfg, lcfg))
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct((clients,) + s.shape, s.dtype), lora_shapes(cfg, lcfg)
+  )
 
 
 def _batch_split(mesh_shape: Mapping[str, int], clients: int, batch: int):
@@ -193,9 +208,11 @@ def _batch_split(mesh_shape: Mapping[str, int], clients: int, batch: int):
     raise S.ShardingError(f"{clients} clients cannot be split over mesh axis clients={c}")
   b = int(mesh_shape.get("data", 1)) * int(mesh_shape.get("fsdp", 1))
   if batch % b:
-    notes.append(f"per-client batch {batch} is not divisible by data*fsdp={b}: the batch is "
-                 "replicated over those axes (every device of a client group computes all of it); "
-                 f"use a batch that is a multiple of {b} or more tensor parallelism")
+    notes.append(
+        f"per-client batch {batch} is not divisible by data*fsdp={b}: the batch is "
+        "replicated over those axes (every device of a client group computes all of it); "
+        f"use a batch that is a multiple of {b} or more tensor parallelism"
+    )
     b = 1
   return c, b, notes
 
@@ -212,9 +229,17 @@ def _spec_for(mesh_shape, names, dims):
 
 
 # ------------------------------------------------------------------ activations
-def activation_bytes(cfg: LlamaConfig, lcfg: LoraConfig, mesh_shape: Mapping[str, int], *,
-                     clients: int, batch: int, seq_len: int, remat: str | None = None,
-                     logits_chunk: int = 0) -> tuple[dict[str, int], list[str]]:
+def activation_bytes(
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    mesh_shape: Mapping[str, int],
+    *,
+    clients: int,
+    batch: int,
+    seq_len: int,
+    remat: str | None = None,
+    logits_chunk: int = 0,
+) -> tuple[dict[str, int], list[str]]:
   """Estimated per-device activation bytes of one LoRA training step, by part.
 
   n = tokens per device = (K / clients) * (B / (data*fsdp)) * T (an axis that
@@ -243,35 +268,51 @@ def activation_bytes(cfg: LlamaConfig, lcfg: LoraConfig, mesh_shape: Mapping[str
   q, kv = h * cfg.dim_head, -(-cfg.num_kv_heads // t) * cfg.dim_head
   r7 = len(lcfg.targets) * lcfg.rank
   fwd = n * e * (4 * d + 2 * q + 2 * kv + 3 * f + r7) + seqs * h * seq_len**2 * (4 + e)
-  saved = {"full": L * n * d * e,
-           "dots": L * n * e * (3 * d + q + 2 * kv + 2 * f + r7),
-           "none": L * fwd}[remat]
+  saved = {
+      "full": L * n * d * e,
+      "dots": L * n * e * (3 * d + q + 2 * kv + 2 * f + r7),
+      "none": L * fwd,
+  }[remat]
   chunk = min(n, logits_chunk) if logits_chunk else n
-  parts = {f"saved residuals (remat={remat})": saved,
-           "one layer's working set (x2 for cotangents)": 2 * fwd,
-           "logits f32 + cotangent" + (f" (chunk {chunk})" if logits_chunk else ""):
-               2 * chunk * (-(-cfg.vocab_size // t)) * 4}
+  parts = {
+      f"saved residuals (remat={remat})": saved,
+      "one layer's working set (x2 for cotangents)": 2 * fwd,
+      "logits f32 + cotangent"
+      + (f" (chunk {chunk})" if logits_chunk else ""): 2 * chunk * (-(-cfg.vocab_size // t)) * 4,
+  }
   if fsdp > 1:
-    layer = (d * (cfg.q_dim + 2 * cfg.kv_dim) + cfg.q_dim * d + 3 * d * cfg.intermediate_size)
+    layer = d * (cfg.q_dim + 2 * cfg.kv_dim) + cfg.q_dim * d + 3 * d * cfg.intermediate_size
     parts["fsdp all-gathered weights (2 layers + lm-head)"] = (
-        2 * layer // t + d * (-(-cfg.vocab_size // t))) * ep
+        2 * layer // t + d * (-(-cfg.vocab_size // t))
+    ) * ep
   return parts, notes
 
 
 def kv_cache_bytes(cfg: LlamaConfig, mesh_shape, *, batch: int, length: int) -> int:
   """Per-device KV cache k+v [L, B, S, K, Dh] in the compute dtype (batch over data*fsdp)."""
-  b = int(mesh_shape.get("data", 1)) * int(mesh_shape.get("fsdp", 1)) * int(
-      mesh_shape.get("clients", 1))
+  b = (
+      int(mesh_shape.get("data", 1))
+      * int(mesh_shape.get("fsdp", 1))
+      * int(mesh_shape.get("clients", 1))
+  )
   b = b if batch % b == 0 else 1
   kv = -(-cfg.num_kv_heads // int(mesh_shape.get("tensor", 1)))
-  return 2 * cfg.num_layers * (batch // b) * length * kv * cfg.dim_head * jnp.dtype(
-      cfg.compute_dtype).itemsize
+  return (
+      2
+      * cfg.num_layers
+      * (batch // b)
+      * length
+      * kv
+      * cfg.dim_head
+      * jnp.dtype(cfg.compute_dtype).itemsize
+  )
 
 
 # ------------------------------------------------------------------ the plan
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
   """Per-device bytes by row (name, bytes, how it was counted)."""
+
   title: str
   mesh: dict
   topology: Topology
@@ -303,11 +344,22 @@ class MemoryPlan:
     return "FITS" if self.fits else "DOES NOT FIT"
 
 
-def plan_memory(cfg: LlamaConfig, lcfg: LoraConfig, topology: Topology,
-                mesh_shape: Mapping[str, int] | None = None, *, clients: int = 1, batch: int = 1,
-                seq_len: int = 2048, remat: str | None = None, logits_chunk: int = 0,
-                kv_len: int = 0, kv_batch: int | None = None, usable_fraction: float = 0.9,
-                title: str = "") -> MemoryPlan:
+def plan_memory(
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    topology: Topology,
+    mesh_shape: Mapping[str, int] | None = None,
+    *,
+    clients: int = 1,
+    batch: int = 1,
+    seq_len: int = 2048,
+    remat: str | None = None,
+    logits_chunk: int = 0,
+    kv_len: int = 0,
+    kv_batch: int | None = None,
+    usable_fraction: float = 0.9,
+    title: str = "",
+) -> MemoryPlan:
   """Per-device memory of a K-client vmapped LoRA step on `topology` (see module docstring)."""
   mesh_shape = full_mesh_shape(mesh_shape or default_mesh_shape(topology, cfg), topology.chips)
   mesh = abstract_mesh(mesh_shape)
@@ -319,26 +371,45 @@ def plan_memory(cfg: LlamaConfig, lcfg: LoraConfig, topology: Topology,
   S.check_divisible(lora, lora_sh)
   lora_b = S.per_device_bytes(lora, lora_sh)
   count_b = clients * 4
-  grad_b = S.per_device_bytes(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float32),
-                                           lora), lora_sh)
+  grad_b = S.per_device_bytes(
+      jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float32), lora), lora_sh
+  )
   rows = [
-      ("frozen base", S.per_device_bytes(base, base_sh),
-       f"exact: {cfg.num_params():,} params in {cfg.param_dtype}"),
-      ("adapters", lora_b, f"exact: K={clients}, rank {lcfg.rank}, {len(lcfg.targets)} targets, "
-       f"{lcfg.dtype}"),
+      (
+          "frozen base",
+          S.per_device_bytes(base, base_sh),
+          f"exact: {cfg.num_params():,} params in {cfg.param_dtype}",
+      ),
+      (
+          "adapters",
+          lora_b,
+          f"exact: K={clients}, rank {lcfg.rank}, {len(lcfg.targets)} targets, " f"{lcfg.dtype}",
+      ),
       ("optimizer (Adam mu, nu, count)", 2 * grad_b + count_b, "exact: 2 x adapters in float32"),
       ("gradients", grad_b, "exact: adapters' shape in float32"),
   ]
-  parts, notes = activation_bytes(cfg, lcfg, mesh_shape, clients=clients, batch=batch,
-                                  seq_len=seq_len, remat=remat, logits_chunk=logits_chunk)
+  parts, notes = activation_bytes(
+      cfg,
+      lcfg,
+      mesh_shape,
+      clients=clients,
+      batch=batch,
+      seq_len=seq_len,
+      remat=remat,
+      logits_chunk=logits_chunk,
+  )
   rows += [(f"activations: {k}", v, "estimate") for k, v in parts.items()]
   if kv_len:
     kb = clients * batch if kv_batch is None else kv_batch
-    rows.append((f"kv cache (batch {kb}, length {kv_len})",
-                 kv_cache_bytes(cfg, mesh_shape, batch=kb, length=kv_len), "exact shape"))
+    rows.append(
+        (
+            f"kv cache (batch {kb}, length {kv_len})",
+            kv_cache_bytes(cfg, mesh_shape, batch=kb, length=kv_len),
+            "exact shape",
+        )
+    )
   notes = tuple(notes + check_heads(cfg, mesh_shape))
-  return MemoryPlan(title or "LoRA step", mesh_shape, topology, tuple(rows), notes,
-                    usable_fraction)
+  return MemoryPlan(title or "LoRA step", mesh_shape, topology, tuple(rows), notes, usable_fraction)
 
 
 def _gib(b: int) -> str:
@@ -348,33 +419,54 @@ def _gib(b: int) -> str:
 def format_plan(plan: MemoryPlan) -> str:
   mesh = ",".join(f"{a}:{s}" for a, s in plan.mesh.items() if s > 1) or "single device"
   topo = plan.topology
-  lines = [f"{plan.title}", f"topology {topo.name}: {topo.chips} x {topo.accelerator.name} "
-           f"({topo.hosts} host(s)), mesh {mesh}", "per device:"]
+  lines = [
+      f"{plan.title}",
+      f"topology {topo.name}: {topo.chips} x {topo.accelerator.name} "
+      f"({topo.hosts} host(s)), mesh {mesh}",
+      "per device:",
+  ]
   w = max(len(r[0]) for r in plan.rows) + 2
   lines += [f"  {name:<{w}}{_gib(b)}   {how}" for name, b, how in plan.rows]
-  lines += [f"  {'TOTAL':<{w}}{_gib(plan.total)}",
-            f"  {'capacity':<{w}}{_gib(plan.capacity)}   usable at {plan.usable_fraction:.0%}: "
-            f"{plan.usable / GiB:.2f} GiB",
-            f"  => {plan.verdict} ({(plan.usable - plan.total) / GiB:+.2f} GiB headroom)"]
+  lines += [
+      f"  {'TOTAL':<{w}}{_gib(plan.total)}",
+      f"  {'capacity':<{w}}{_gib(plan.capacity)}   usable at {plan.usable_fraction:.0%}: "
+      f"{plan.usable / GiB:.2f} GiB",
+      f"  => {plan.verdict} ({(plan.usable - plan.total) / GiB:+.2f} GiB headroom)",
+  ]
   lines += [f"  note: {n}" for n in plan.notes]
   return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ AOT: XLA's own numbers
-def train_step_args(cfg: LlamaConfig, lcfg: LoraConfig, mesh, tx: optax.GradientTransformation,
-                    *, clients: int, batch: int, seq_len: int):
+def train_step_args(
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    mesh,
+    tx: optax.GradientTransformation,
+    *,
+    clients: int,
+    batch: int,
+    seq_len: int,
+):
   """Abstract, sharded arguments of the engine's `local_train` for one local step (E = 1):
 
-    (base, start = G_r, opt_states [K], batches {key: [K, 1, B, T]}, keys [K])
+  (base, start = G_r, opt_states [K], batches {key: [K, 1, B, T]}, keys [K])
   """
   from flock_jax.federated.clients import client_state_shardings, init_client_state
   from flock_jax.federated.loss import BATCH_KEYS
+
   mesh_shape = dict(mesh.shape)
+
   def attach(tree, sh):  # sh may be a prefix (one sharding for an empty optax state)
     return jax.tree.map(
         lambda h, a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=h)
-        if isinstance(a, jax.ShapeDtypeStruct) else a,
-        sh, tree, is_leaf=lambda x: isinstance(x, NamedSharding))
+        if isinstance(a, jax.ShapeDtypeStruct)
+        else a,
+        sh,
+        tree,
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+
   base, base_sh = abstract_params(cfg), S.tree_shardings(param_axes(cfg), mesh)
   S.check_divisible(base, base_sh)
   start_sh = S.tree_shardings(lora_axes(cfg, lcfg), mesh)
@@ -383,17 +475,32 @@ def train_step_args(cfg: LlamaConfig, lcfg: LoraConfig, mesh, tx: optax.Gradient
   S.check_divisible(state.adapters, state_sh.adapters)
   dims = (clients, 1, batch, seq_len)
   tok_sh = NamedSharding(mesh, _spec_for(mesh_shape, ("clients", None, "batch", "length"), dims))
-  batches = {k: jax.ShapeDtypeStruct(dims, jnp.float32 if k == "loss_mask" else jnp.int32,
-                                     sharding=tok_sh) for k in BATCH_KEYS}
+  batches = {
+      k: jax.ShapeDtypeStruct(dims, jnp.float32 if k == "loss_mask" else jnp.int32, sharding=tok_sh)
+      for k in BATCH_KEYS
+  }
   keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), clients))
   keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=NamedSharding(mesh, P()))
-  return (attach(base, base_sh), attach(lora_shapes(cfg, lcfg), start_sh),
-          attach(state.opt_state, state_sh.opt_state), batches, keys)
+  return (
+      attach(base, base_sh),
+      attach(lora_shapes(cfg, lcfg), start_sh),
+      attach(state.opt_state, state_sh.opt_state),
+      batches,
+      keys,
+  )
 
 
-def aot_memory_analysis(cfg: LlamaConfig, lcfg: LoraConfig, mesh, *, clients: int, batch: int,
-                        seq_len: int, learning_rate: float = 1e-4,
-                        chunk_size: int | None = None) -> dict[str, Any]:
+def aot_memory_analysis(
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    mesh,
+    *,
+    clients: int,
+    batch: int,
+    seq_len: int,
+    learning_rate: float = 1e-4,
+    chunk_size: int | None = None,
+) -> dict[str, Any]:
   """Compiles the engine's K-client local step (flock_jax.federated.clients.make_local_train,
   E = 1) for `mesh` from abstract args, and returns XLA's per-device sizes.
 
@@ -402,6 +509,7 @@ def aot_memory_analysis(cfg: LlamaConfig, lcfg: LoraConfig, mesh, *, clients: in
   donated, so its output aliases its input.
   """
   from flock_jax.federated.clients import make_local_train
+
   tx = optax.adam(learning_rate)
   args = train_step_args(cfg, lcfg, mesh, tx, clients=clients, batch=batch, seq_len=seq_len)
   step = make_local_train(cfg, lcfg, tx, chunk_size=chunk_size)
@@ -411,13 +519,22 @@ def aot_memory_analysis(cfg: LlamaConfig, lcfg: LoraConfig, mesh, *, clients: in
   seconds = time.perf_counter() - t0
   ma = compiled.memory_analysis()
   out = {"compile_seconds": seconds, "platform": mesh.devices.flat[0].platform}
-  for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "generated_code_size_in_bytes"):
+  for k in (
+      "argument_size_in_bytes",
+      "output_size_in_bytes",
+      "alias_size_in_bytes",
+      "temp_size_in_bytes",
+      "generated_code_size_in_bytes",
+  ):
     out[k] = int(getattr(ma, k, 0) or 0) if ma is not None else None
   if ma is not None:
     # Donated outputs alias their arguments: live peak ~ arguments + outputs - aliased + temps.
-    out["peak_estimate_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
-                                  - out["alias_size_in_bytes"] + out["temp_size_in_bytes"])
+    out["peak_estimate_bytes"] = (
+        out["argument_size_in_bytes"]
+        + out["output_size_in_bytes"]
+        - out["alias_size_in_bytes"]
+        + out["temp_size_in_bytes"]
+    )
     out["cpu_f32_weight_copy_bytes"] = 0
     if out["platform"] == "cpu" and jnp.dtype(cfg.storage_dtype).itemsize < 4:
       # XLA:CPU has no bf16 dots: it converts the stacked bf16 weight shards to f32 once,
@@ -425,23 +542,34 @@ def aot_memory_analysis(cfg: LlamaConfig, lcfg: LoraConfig, mesh, *, clients: in
       # fsdp 8). GPUs and TPUs multiply bf16 directly and never hold that copy.
       base_b = S.per_device_bytes(abstract_params(cfg), jax.tree.map(lambda a: a.sharding, args[0]))
       out["cpu_f32_weight_copy_bytes"] = base_b * 4 // jnp.dtype(cfg.storage_dtype).itemsize
-    out["peak_without_cpu_copy_bytes"] = (out["peak_estimate_bytes"]
-                                          - out["cpu_f32_weight_copy_bytes"])
+    out["peak_without_cpu_copy_bytes"] = (
+        out["peak_estimate_bytes"] - out["cpu_f32_weight_copy_bytes"]
+    )
   return out
 
 
 def format_aot(res: Mapping[str, Any]) -> str:
   if res.get("argument_size_in_bytes") is None:
     return "XLA memory_analysis: not available on this backend"
-  lines = [f"XLA memory_analysis per device ({res['platform']} compile, "
-           f"{res['compile_seconds']:.1f} s):"]
-  for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "peak_estimate_bytes", "cpu_f32_weight_copy_bytes",
-            "peak_without_cpu_copy_bytes"):
+  lines = [
+      f"XLA memory_analysis per device ({res['platform']} compile, "
+      f"{res['compile_seconds']:.1f} s):"
+  ]
+  for k in (
+      "argument_size_in_bytes",
+      "output_size_in_bytes",
+      "alias_size_in_bytes",
+      "temp_size_in_bytes",
+      "peak_estimate_bytes",
+      "cpu_f32_weight_copy_bytes",
+      "peak_without_cpu_copy_bytes",
+  ):
     lines.append(f"  {k:<30}{_gib(res[k])}")
   if res["cpu_f32_weight_copy_bytes"]:
-    lines.append("  (XLA:CPU holds an f32 copy of the bf16 weight shards because it has no bf16 "
-                 "dots; GPU/TPU do not: read peak_without_cpu_copy_bytes)")
+    lines.append(
+        "  (XLA:CPU holds an f32 copy of the bf16 weight shards because it has no bf16 "
+        "dots; GPU/TPU do not: read peak_without_cpu_copy_bytes)"
+    )
   return "\n".join(lines)
 
 
@@ -450,12 +578,15 @@ def tpu_topology_mesh(topo: Topology, mesh_shape: Mapping[str, int]):
   if topo.accelerator.platform != "tpu":
     raise RuntimeError(f"{topo.name} is not a TPU topology")
   import importlib.util
+
   if importlib.util.find_spec("libtpu") is None:
     raise RuntimeError(
         f"cannot compile for TPU topology {topo.name}: libtpu is not installed (CPU-only "
         "machine). The plan's exact rows and the CPU memory_analysis still apply; install "
-        "libtpu to compile for an unattached TPU topology")
+        "libtpu to compile for an unattached TPU topology"
+    )
   from jax.experimental import topologies
+
   try:  # untested here (no libtpu): libtpu resolves the Cloud TPU name, e.g. 'v5p-64'
     desc = topologies.get_topology_desc(topology_name=topo.name, platform="tpu")
   except Exception as e:  # noqa: BLE001 - libtpu's own message says what it needs

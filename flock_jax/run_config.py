@@ -5,6 +5,7 @@
 wrong, and what would be valid. Unknown fields are errors too, so a typo in
 a config file cannot be silently ignored.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,9 +31,9 @@ class RunConfigError(ValueError):
 class ModelSpec:
   preset: str
   cfg: LlamaConfig
-  weights: str          # '' random | 'smollm2' | 'hf:<dir>' | 'gguf:<file>'
-  tokenizer: str        # 'byte' | path | '' (the one that comes with the weights)
-  loss_chunk: int       # sequence chunk of the lm-head loss (0 = whole sequence)
+  weights: str  # '' random | 'smollm2' | 'hf:<dir>' | 'gguf:<file>'
+  tokenizer: str  # 'byte' | path | '' (the one that comes with the weights)
+  loss_chunk: int  # sequence chunk of the lm-head loss (0 = whole sequence)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,7 @@ class FederationSpec:
 @dataclasses.dataclass(frozen=True)
 class LedgerSpec:
   """Token amounts in whole tokens (the ledger works in base units, 18 decimals)."""
+
   backend: str
   rpc_url: str
   vote_window: int
@@ -83,7 +85,7 @@ class LedgerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
-  behaviours: dict          # participant index -> behaviour name (proposer and/or voter)
+  behaviours: dict  # participant index -> behaviour name (proposer and/or voter)
   scale_gamma: float
   trigger: str
   target: str
@@ -108,8 +110,8 @@ class RunConfig:
   federation: FederationSpec
   ledger: LedgerSpec
   attack: AttackSpec
-  mesh: dict                # mesh axis -> size; {} = no mesh
-  checkpoint_every: int     # rounds between run-state checkpoints (0 = never)
+  mesh: dict  # mesh axis -> size; {} = no mesh
+  checkpoint_every: int  # rounds between run-state checkpoints (0 = never)
   checkpoint_keep: int
 
 
@@ -121,13 +123,24 @@ def _section(config: Any, name: str, allowed: tuple[str, ...]) -> Mapping[str, A
   sec = sec.to_dict() if hasattr(sec, "to_dict") else dict(sec)
   unknown = sorted(set(sec) - set(allowed))
   if unknown:
-    raise RunConfigError(f"config.{name}.{unknown[0]}: unknown field; known fields: "
-                         f"{sorted(allowed)}")
+    raise RunConfigError(
+        f"config.{name}.{unknown[0]}: unknown field; known fields: " f"{sorted(allowed)}"
+    )
   return sec
 
 
-def _get(sec: Mapping[str, Any], where: str, key: str, kind, default=None, *,
-         lo: float | None = None, hi: float | None = None, choices=None, lo_open=False):
+def _get(
+    sec: Mapping[str, Any],
+    where: str,
+    key: str,
+    kind,
+    default=None,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices=None,
+    lo_open=False,
+):
   field = f"config.{where}.{key}" if where else f"config.{key}"
   if key not in sec or sec[key] is None:
     if default is None:
@@ -202,8 +215,9 @@ def _model(config) -> tuple[ModelSpec, LoraConfig]:
   sec = _section(config, "model", ("preset", "overrides", "weights", "tokenizer", "loss_chunk"))
   name = _get(sec, "model", "preset", str)
   if name not in PRESETS:
-    raise RunConfigError(f"config.model.preset={name!r}: unknown model preset; known: "
-                         f"{sorted(PRESETS)}")
+    raise RunConfigError(
+        f"config.model.preset={name!r}: unknown model preset; known: " f"{sorted(PRESETS)}"
+    )
   overrides = _kv(sec.get("overrides") or {}, "config.model.overrides")
   try:
     cfg = preset(name, **overrides)
@@ -211,33 +225,59 @@ def _model(config) -> tuple[ModelSpec, LoraConfig]:
     raise RunConfigError(f"config.model.overrides={overrides}: {e}") from e
   weights = _get(sec, "model", "weights", str, "")
   if weights and not (weights == "smollm2" or weights.startswith(("hf:", "gguf:"))):
-    raise RunConfigError(f"config.model.weights={weights!r}: expected '' (random), 'smollm2', "
-                         f"'hf:<folder>' or 'gguf:<file>'")
-  spec = ModelSpec(name, cfg, weights, _get(sec, "model", "tokenizer", str, ""),
-                   _get(sec, "model", "loss_chunk", int, 0, lo=0))
+    raise RunConfigError(
+        f"config.model.weights={weights!r}: expected '' (random), 'smollm2', "
+        f"'hf:<folder>' or 'gguf:<file>'"
+    )
+  spec = ModelSpec(
+      name,
+      cfg,
+      weights,
+      _get(sec, "model", "tokenizer", str, ""),
+      _get(sec, "model", "loss_chunk", int, 0, lo=0),
+  )
   ls = _section(config, "lora", ("rank", "alpha", "dropout", "targets", "rslora", "dtype"))
   targets = _names(ls.get("targets", PROJECTIONS), "config.lora.targets")
   bad = [t for t in targets if t not in PROJECTIONS]
   if bad:
-    raise RunConfigError(f"config.lora.targets: unknown projection {bad[0]!r}; choose from "
-                         f"{list(PROJECTIONS)}")
-  lora = LoraConfig(rank=_get(ls, "lora", "rank", int, 8, lo=0, lo_open=True),
-                    alpha=_get(ls, "lora", "alpha", float, 16.0, lo=0, lo_open=True),
-                    dropout=_get(ls, "lora", "dropout", float, 0.0, lo=0.0, hi=0.99),
-                    targets=targets, rslora=_get(ls, "lora", "rslora", bool, False),
-                    dtype=_get(ls, "lora", "dtype", str, "float32",
-                               choices=("float32", "bfloat16")))
+    raise RunConfigError(
+        f"config.lora.targets: unknown projection {bad[0]!r}; choose from " f"{list(PROJECTIONS)}"
+    )
+  lora = LoraConfig(
+      rank=_get(ls, "lora", "rank", int, 8, lo=0, lo_open=True),
+      alpha=_get(ls, "lora", "alpha", float, 16.0, lo=0, lo_open=True),
+      dropout=_get(ls, "lora", "dropout", float, 0.0, lo=0.0, hi=0.99),
+      targets=targets,
+      rslora=_get(ls, "lora", "rslora", bool, False),
+      dtype=_get(ls, "lora", "dtype", str, "float32", choices=("float32", "bfloat16")),
+  )
   return spec, lora
 
 
 def _optim(config, total_steps: int) -> OptimConfig:
-  sec = _section(config, "optim", ("name", "lr", "schedule", "warmup_steps", "weight_decay",
-                                   "b1", "b2", "eps", "momentum", "grad_clip", "prox_mu"))
+  sec = _section(
+      config,
+      "optim",
+      (
+          "name",
+          "lr",
+          "schedule",
+          "warmup_steps",
+          "weight_decay",
+          "b1",
+          "b2",
+          "eps",
+          "momentum",
+          "grad_clip",
+          "prox_mu",
+      ),
+  )
   return OptimConfig(
       name=_get(sec, "optim", "name", str, "adamw", choices=("adamw", "sgd")),
       lr=_get(sec, "optim", "lr", float, 1e-3, lo=0, lo_open=True),
-      schedule=_get(sec, "optim", "schedule", str, "constant",
-                    choices=("constant", "cosine", "warmup_cosine")),
+      schedule=_get(
+          sec, "optim", "schedule", str, "constant", choices=("constant", "cosine", "warmup_cosine")
+      ),
       warmup_steps=_get(sec, "optim", "warmup_steps", int, 0, lo=0),
       total_steps=total_steps,
       weight_decay=_get(sec, "optim", "weight_decay", float, 0.0, lo=0),
@@ -246,56 +286,98 @@ def _optim(config, total_steps: int) -> OptimConfig:
       eps=_get(sec, "optim", "eps", float, 1e-8, lo=0, lo_open=True),
       momentum=_get(sec, "optim", "momentum", float, 0.0, lo=0, hi=1),
       grad_clip=_get(sec, "optim", "grad_clip", float, 1.0, lo=0),
-      prox_mu=_get(sec, "optim", "prox_mu", float, 0.0, lo=0))
+      prox_mu=_get(sec, "optim", "prox_mu", float, 0.0, lo=0),
+  )
 
 
 def _data(config) -> DataSpec:
   from flock_jax.data.registry import DOMAINS
-  sec = _section(config, "data", ("domains", "examples_per_domain", "seq_len", "partition",
-                                  "dirichlet_alpha", "heldout_fraction", "pack", "system",
-                                  "eval_examples_per_domain"))
+
+  sec = _section(
+      config,
+      "data",
+      (
+          "domains",
+          "examples_per_domain",
+          "seq_len",
+          "partition",
+          "dirichlet_alpha",
+          "heldout_fraction",
+          "pack",
+          "system",
+          "eval_examples_per_domain",
+      ),
+  )
   domains = _names(sec.get("domains", ""), "config.data.domains")
   for d in domains:
     if d not in DOMAINS and not d.startswith(("local:", "hf:")):
-      raise RunConfigError(f"config.data.domains: unknown domain {d!r}; use one of "
-                           f"{sorted(DOMAINS)}, 'local:<path>' or 'hf:<name>'")
+      raise RunConfigError(
+          f"config.data.domains: unknown domain {d!r}; use one of "
+          f"{sorted(DOMAINS)}, 'local:<path>' or 'hf:<name>'"
+      )
   return DataSpec(
       domains=domains,
       examples_per_domain=_get(sec, "data", "examples_per_domain", int, 64, lo=1),
       seq_len=_get(sec, "data", "seq_len", int, 128, lo=2),
       partition=_get(sec, "data", "partition", str, "domain", choices=PARTITIONS),
       dirichlet_alpha=_get(sec, "data", "dirichlet_alpha", float, 0.5, lo=0, lo_open=True),
-      heldout_fraction=_get(sec, "data", "heldout_fraction", float, 0.25, lo=0, lo_open=True,
-                            hi=0.9),
+      heldout_fraction=_get(
+          sec, "data", "heldout_fraction", float, 0.25, lo=0, lo_open=True, hi=0.9
+      ),
       pack=_get(sec, "data", "pack", bool, False),
       system=_get(sec, "data", "system", str, ""),
-      eval_examples_per_domain=_get(sec, "data", "eval_examples_per_domain", int, 16, lo=1))
+      eval_examples_per_domain=_get(sec, "data", "eval_examples_per_domain", int, 16, lo=1),
+  )
 
 
 def _federation(config) -> FederationSpec:
   from flock_jax.federated.aggregators import AGGREGATORS
-  sec = _section(config, "federation", (
-      "mode", "num_participants", "rounds", "num_proposers", "num_voters", "clients_per_round",
-      "local_steps", "batch_size", "eval_batches", "eval_batch_size", "vote_mode", "tau",
-      "aggregator", "aggregator_hparams"))
+
+  sec = _section(
+      config,
+      "federation",
+      (
+          "mode",
+          "num_participants",
+          "rounds",
+          "num_proposers",
+          "num_voters",
+          "clients_per_round",
+          "local_steps",
+          "batch_size",
+          "eval_batches",
+          "eval_batch_size",
+          "vote_mode",
+          "tau",
+          "aggregator",
+          "aggregator_hparams",
+      ),
+  )
   w = "federation"
   n = _get(sec, w, "num_participants", int, lo=2)
   p = _get(sec, w, "num_proposers", int, 1, lo=1)
   v = _get(sec, w, "num_voters", int, 1, lo=1)
   if p + v > n:
-    raise RunConfigError(f"config.federation.num_proposers + num_voters = {p} + {v} = {p + v} "
-                         f"> num_participants = {n}: proposers and voters are disjoint")
+    raise RunConfigError(
+        f"config.federation.num_proposers + num_voters = {p} + {v} = {p + v} "
+        f"> num_participants = {n}: proposers and voters are disjoint"
+    )
   agg = _get(sec, w, "aggregator", str, "fedavg").lower().replace("-", "_")
   if agg not in AGGREGATORS:
-    raise RunConfigError(f"config.federation.aggregator={agg!r}: unknown aggregator; "
-                         f"choose one of {sorted(AGGREGATORS)}")
+    raise RunConfigError(
+        f"config.federation.aggregator={agg!r}: unknown aggregator; "
+        f"choose one of {sorted(AGGREGATORS)}"
+    )
   k = _get(sec, w, "clients_per_round", int, n, lo=1)
   if k > n:
     raise RunConfigError(f"config.federation.clients_per_round={k} > num_participants={n}")
   return FederationSpec(
       mode=_get(sec, w, "mode", str, "flock", choices=MODES),
-      num_participants=n, rounds=_get(sec, w, "rounds", int, lo=1), num_proposers=p,
-      num_voters=v, clients_per_round=k,
+      num_participants=n,
+      rounds=_get(sec, w, "rounds", int, lo=1),
+      num_proposers=p,
+      num_voters=v,
+      clients_per_round=k,
       local_steps=_get(sec, w, "local_steps", int, 1, lo=1),
       batch_size=_get(sec, w, "batch_size", int, 1, lo=1),
       eval_batches=_get(sec, w, "eval_batches", int, 1, lo=1),
@@ -303,18 +385,33 @@ def _federation(config) -> FederationSpec:
       vote_mode=_get(sec, w, "vote_mode", str, "whole", choices=VOTE_MODES),
       tau=_get(sec, w, "tau", float, 0.0),
       aggregator=agg,
-      aggregator_hparams=_kv(sec.get("aggregator_hparams") or {},
-                             "config.federation.aggregator_hparams"))
+      aggregator_hparams=_kv(
+          sec.get("aggregator_hparams") or {}, "config.federation.aggregator_hparams"
+      ),
+  )
 
 
 def _ledger(config) -> LedgerSpec:
-  sec = _section(config, "ledger", ("backend", "rpc_url", "vote_window", "task", "stake",
-                                    "min_stake",
-                                    "reward_pool",
-                                    "slash_fraction", "proposer_share", "stake_weighted_draw"))
+  sec = _section(
+      config,
+      "ledger",
+      (
+          "backend",
+          "rpc_url",
+          "vote_window",
+          "task",
+          "stake",
+          "min_stake",
+          "reward_pool",
+          "slash_fraction",
+          "proposer_share",
+          "stake_weighted_draw",
+      ),
+  )
   spec = LedgerSpec(
-      backend=_get(sec, "ledger", "backend", str, "eth_tester",
-                   choices=("local", "eth_tester", "jsonrpc")),
+      backend=_get(
+          sec, "ledger", "backend", str, "eth_tester", choices=("local", "eth_tester", "jsonrpc")
+      ),
       rpc_url=_get(sec, "ledger", "rpc_url", str, ""),
       vote_window=_get(sec, "ledger", "vote_window", int, 64, lo=1),
       task=_get(sec, "ledger", "task", str, ""),
@@ -323,26 +420,48 @@ def _ledger(config) -> LedgerSpec:
       reward_pool=_get(sec, "ledger", "reward_pool", int, 1000, lo=0),
       slash_fraction=_get(sec, "ledger", "slash_fraction", float, 0.1, lo=0, hi=1),
       proposer_share=_get(sec, "ledger", "proposer_share", float, 0.5, lo=0, hi=1),
-      stake_weighted_draw=_get(sec, "ledger", "stake_weighted_draw", bool, False))
+      stake_weighted_draw=_get(sec, "ledger", "stake_weighted_draw", bool, False),
+  )
   if spec.backend == "jsonrpc" and not spec.rpc_url:
-    raise RunConfigError("config.ledger.rpc_url is empty; the 'jsonrpc' backend needs the node's "
-                         "URL, e.g. http://127.0.0.1:8545")
+    raise RunConfigError(
+        "config.ledger.rpc_url is empty; the 'jsonrpc' backend needs the node's "
+        "URL, e.g. http://127.0.0.1:8545"
+    )
   if spec.task and spec.backend != "jsonrpc":
-    raise RunConfigError(f"config.ledger.task={spec.task!r} needs backend 'jsonrpc': only a "
-                         "node outlives the process that deployed the task")
+    raise RunConfigError(
+        f"config.ledger.task={spec.task!r} needs backend 'jsonrpc': only a "
+        "node outlives the process that deployed the task"
+    )
   if spec.stake < spec.min_stake:
-    raise RunConfigError(f"config.ledger.stake={spec.stake} < min_stake={spec.min_stake}: "
-                         "nobody could be drawn")
+    raise RunConfigError(
+        f"config.ledger.stake={spec.stake} < min_stake={spec.min_stake}: " "nobody could be drawn"
+    )
   return spec
 
 
 def _attack(config, n: int, seed: int) -> AttackSpec:
   import numpy as np
-  sec = _section(config, "attack", ("behaviours", "fraction", "proposer", "voter", "scale_gamma",
-                                    "trigger", "target", "poison_fraction"))
+
+  sec = _section(
+      config,
+      "attack",
+      (
+          "behaviours",
+          "fraction",
+          "proposer",
+          "voter",
+          "scale_gamma",
+          "trigger",
+          "target",
+          "poison_fraction",
+      ),
+  )
   known = PROPOSER_BEHAVIOURS + VOTER_BEHAVIOURS
-  raw = _kv(sec.get("behaviours") or {}, "config.attack.behaviours") if not isinstance(
-      sec.get("behaviours"), str) else {}
+  raw = (
+      _kv(sec.get("behaviours") or {}, "config.attack.behaviours")
+      if not isinstance(sec.get("behaviours"), str)
+      else {}
+  )
   if isinstance(sec.get("behaviours"), str):  # '0:nan,3:always_reject'
     for item in filter(None, (s.strip() for s in sec["behaviours"].split(","))):
       if ":" not in item:
@@ -358,35 +477,52 @@ def _attack(config, n: int, seed: int) -> AttackSpec:
     if not 0 <= idx < n:
       raise RunConfigError(f"config.attack.behaviours: participant {idx} is not in 0..{n - 1}")
     if b not in known:
-      raise RunConfigError(f"config.attack.behaviours: {b!r} for participant {idx} is unknown; "
-                           f"proposers: {list(PROPOSER_BEHAVIOURS)}, voters: "
-                           f"{list(VOTER_BEHAVIOURS)}")
+      raise RunConfigError(
+          f"config.attack.behaviours: {b!r} for participant {idx} is unknown; "
+          f"proposers: {list(PROPOSER_BEHAVIOURS)}, voters: "
+          f"{list(VOTER_BEHAVIOURS)}"
+      )
     behaviours[idx] = b
   frac = _get(sec, "attack", "fraction", float, 0.0, lo=0, hi=1)
   prop = _get(sec, "attack", "proposer", str, "honest", choices=PROPOSER_BEHAVIOURS)
   vote = _get(sec, "attack", "voter", str, "honest", choices=VOTER_BEHAVIOURS)
   if frac > 0:
     if prop != "honest" and vote != "honest":
-      raise RunConfigError("config.attack.proposer and config.attack.voter are both set: a "
-                           "participant has one behaviour; list the others in attack.behaviours")
-    bad = np.random.default_rng([seed, 7]).permutation(n)[:int(round(frac * n))]
+      raise RunConfigError(
+          "config.attack.proposer and config.attack.voter are both set: a "
+          "participant has one behaviour; list the others in attack.behaviours"
+      )
+    bad = np.random.default_rng([seed, 7]).permutation(n)[: int(round(frac * n))]
     for i in sorted(int(x) for x in bad):
       behaviours.setdefault(i, prop if prop != "honest" else vote)
-  return AttackSpec(behaviours=behaviours,
-                    scale_gamma=_get(sec, "attack", "scale_gamma", float, 10.0),
-                    trigger=_get(sec, "attack", "trigger", str, "cf zq"),
-                    target=_get(sec, "attack", "target", str, "ACCESS GRANTED"),
-                    poison_fraction=_get(sec, "attack", "poison_fraction", float, 0.5, lo=0, hi=1))
+  return AttackSpec(
+      behaviours=behaviours,
+      scale_gamma=_get(sec, "attack", "scale_gamma", float, 10.0),
+      trigger=_get(sec, "attack", "trigger", str, "cf zq"),
+      target=_get(sec, "attack", "target", str, "ACCESS GRANTED"),
+      poison_fraction=_get(sec, "attack", "poison_fraction", float, 0.5, lo=0, hi=1),
+  )
 
 
 def from_config(config: Any) -> RunConfig:
   """Checked, typed view of a run config (see configs/flock.py for every field)."""
   top = set(config.keys())
-  allowed = {"seed", "model", "lora", "optim", "data", "federation", "ledger", "attack", "mesh",
-             "checkpoint"}
+  allowed = {
+      "seed",
+      "model",
+      "lora",
+      "optim",
+      "data",
+      "federation",
+      "ledger",
+      "attack",
+      "mesh",
+      "checkpoint",
+  }
   if top - allowed:
-    raise RunConfigError(f"config.{sorted(top - allowed)[0]}: unknown section; known: "
-                         f"{sorted(allowed)}")
+    raise RunConfigError(
+        f"config.{sorted(top - allowed)[0]}: unknown section; known: " f"{sorted(allowed)}"
+    )
   seed = _get(config, "", "seed", int, 0)
   model, lora = _model(config)
   data = _data(config)
@@ -396,6 +532,7 @@ def from_config(config: Any) -> RunConfig:
   attack = _attack(config, fed.num_participants, seed)
   mesh = _kv(config.get("mesh") or {}, "config.mesh") if "mesh" in config else {}
   from flock_jax.sharding import MESH_AXES
+
   for k, v in mesh.items():
     if k not in MESH_AXES:
       raise RunConfigError(f"config.mesh.{k}: unknown mesh axis; axes are {list(MESH_AXES)}")
@@ -404,13 +541,27 @@ def from_config(config: Any) -> RunConfig:
   ck = _section(config, "checkpoint", ("every", "keep")) if "checkpoint" in config else {}
   if model.tokenizer == "byte":
     from flock_jax.data.tokenizer import BYTE_VOCAB_SIZE
+
     if model.cfg.vocab_size < BYTE_VOCAB_SIZE:
-      raise RunConfigError(f"config.model: vocab_size={model.cfg.vocab_size} < the byte "
-                           f"tokenizer's {BYTE_VOCAB_SIZE} tokens")
+      raise RunConfigError(
+          f"config.model: vocab_size={model.cfg.vocab_size} < the byte "
+          f"tokenizer's {BYTE_VOCAB_SIZE} tokens"
+      )
   if data.seq_len > model.cfg.max_position_embeddings:
-    raise RunConfigError(f"config.data.seq_len={data.seq_len} > the model's "
-                         f"max_position_embeddings={model.cfg.max_position_embeddings}")
-  return RunConfig(seed=seed, model=model, lora=lora, optim=optim, data=data, federation=fed,
-                   ledger=ledger, attack=attack, mesh={k: v for k, v in mesh.items() if v != 1},
-                   checkpoint_every=_get(ck, "checkpoint", "every", int, 1, lo=0),
-                   checkpoint_keep=_get(ck, "checkpoint", "keep", int, 3, lo=1))
+    raise RunConfigError(
+        f"config.data.seq_len={data.seq_len} > the model's "
+        f"max_position_embeddings={model.cfg.max_position_embeddings}"
+    )
+  return RunConfig(
+      seed=seed,
+      model=model,
+      lora=lora,
+      optim=optim,
+      data=data,
+      federation=fed,
+      ledger=ledger,
+      attack=attack,
+      mesh={k: v for k, v in mesh.items() if v != 1},
+      checkpoint_every=_get(ck, "checkpoint", "every", int, 1, lo=0),
+      checkpoint_keep=_get(ck, "checkpoint", "keep", int, 3, lo=1),
+  )

@@ -12,6 +12,7 @@ Parameters and activations carry *logical* axis names ('embed', 'mlp', ...).
 The frozen base is never sharded over 'clients' or 'data': every client reads
 the same copy, which is what lets a 70B base serve many clients at once.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
@@ -73,13 +74,16 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int], devices=None) -> Mesh:
   if int(np.prod(sizes)) != devices.size:
     raise ShardingError(
         f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-        f"have {devices.size}")
+        f"have {devices.size}"
+    )
   return Mesh(devices.reshape(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def logical_to_spec(names: Sequence[str | None] | None,
-                    rules: Iterable[tuple[str, Any]] = LOGICAL_AXIS_RULES,
-                    mesh: Mesh | None = None) -> P:
+def logical_to_spec(
+    names: Sequence[str | None] | None,
+    rules: Iterable[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+    mesh: Mesh | None = None,
+) -> P:
   """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once.
 
   With a mesh, axes of size 1 are dropped (the spec stays valid on any mesh).
@@ -113,8 +117,11 @@ def tree_specs(axes_tree, rules=LOGICAL_AXIS_RULES, mesh: Mesh | None = None):
 
 def tree_shardings(axes_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
   """Pytree of logical-name tuples -> pytree of NamedShardings on `mesh`."""
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), tree_specs(axes_tree, rules, mesh),
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+      lambda s: NamedSharding(mesh, s),
+      tree_specs(axes_tree, rules, mesh),
+      is_leaf=lambda x: isinstance(x, P),
+  )
 
 
 def check_divisible(abstract_tree, shardings) -> None:
@@ -128,7 +135,8 @@ def check_divisible(abstract_tree, shardings) -> None:
       if dim % n:
         raise ShardingError(
             f"{jax.tree_util.keystr(path)}: dimension {dim} is not divisible by mesh axes "
-            f"{axes} of total size {n}")
+            f"{axes} of total size {n}"
+        )
 
 
 def per_device_bytes(abstract_tree, shardings) -> int:

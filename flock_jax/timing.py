@@ -1,4 +1,5 @@
 """Helpers shared by the launch/bench_*.py benchmarks (no jax import here)."""
+
 import os
 import time
 from typing import Callable
@@ -9,8 +10,11 @@ def use_one_cpu_device() -> None:
 
   Call before jax is imported (it rewrites XLA_FLAGS).
   """
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+  flags = [
+      f
+      for f in os.environ.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   os.environ["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=1"])
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -10,6 +10,7 @@ From a live JSON-RPC node:
 
 Exit status 0 when the audit is clean, 1 when it finds a mismatch.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,29 +21,33 @@ from flock_jax.chain import AdapterStore, FlockChain
 from flock_jax.chain.audit import audit_chain, audit_export
 
 flags.DEFINE_string("logs", None, "Exported chain log JSON (FlockChain.export_logs).")
-flags.DEFINE_string("store", None, "Adapter store directory (<hash>.bin files); omit to skip blob checks.")
-flags.DEFINE_string("rpc_url", None, "Audit a live task on this JSON-RPC node instead of a log file.")
+flags.DEFINE_string(
+    "store", None, "Adapter store directory (<hash>.bin files); omit to skip blob checks."
+)
+flags.DEFINE_string(
+    "rpc_url", None, "Audit a live task on this JSON-RPC node instead of a log file."
+)
 flags.DEFINE_string("task", None, "Task contract address (with --rpc_url).")
 flags.DEFINE_boolean("require_blobs", True, "Report blobs missing from the store as mismatches.")
 
 
 def main(argv: list[str]) -> int:
-    del argv
-    f = flags.FLAGS
-    store = AdapterStore(f.store) if f.store else None
-    if f.rpc_url:
-        if not f.task:
-            raise app.UsageError("--rpc_url needs --task=<task contract address>")
-        chain = FlockChain.from_config({"backend": "jsonrpc", "rpc_url": f.rpc_url}, num_participants=0)
-        chain.attach(f.task)
-        report = audit_chain(chain, store, require_blobs=f.require_blobs)
-    elif f.logs:
-        report = audit_export(f.logs, store, require_blobs=f.require_blobs)
-    else:
-        raise app.UsageError("give --logs=<export.json> or --rpc_url=<url> --task=<address>")
-    print(report.summary())
-    return 0 if report.ok else 1
+  del argv
+  f = flags.FLAGS
+  store = AdapterStore(f.store) if f.store else None
+  if f.rpc_url:
+    if not f.task:
+      raise app.UsageError("--rpc_url needs --task=<task contract address>")
+    chain = FlockChain.from_config({"backend": "jsonrpc", "rpc_url": f.rpc_url}, num_participants=0)
+    chain.attach(f.task)
+    report = audit_chain(chain, store, require_blobs=f.require_blobs)
+  elif f.logs:
+    report = audit_export(f.logs, store, require_blobs=f.require_blobs)
+  else:
+    raise app.UsageError("give --logs=<export.json> or --rpc_url=<url> --task=<address>")
+  print(report.summary())
+  return 0 if report.ok else 1
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -8,6 +8,7 @@ Same tiny model, same tokens, same optimizer, same E local steps in both:
 Prints training tokens/s of both and the ratio. Runs on ONE CPU device (fake
 CPU devices share the same cores, see the project's STACK notes).
 """
+
 import os
 import sys
 
@@ -48,14 +49,17 @@ def main(argv):
   chunk = _CHUNK.value or None
   vm = cl.make_local_train(cfg, lcfg, tx, chunk_size=chunk, donate=False)
   one = cl.make_client_train(cfg, lcfg, tx, chunk_size=chunk)
-  print(f"devices={jax.devices()} model={_PRESET.value} LoRA r=8 all projections; "
-        f"E={e} B={b} T={t} loss_chunk={chunk}; best of {_REPS.value}")
+  print(
+      f"devices={jax.devices()} model={_PRESET.value} LoRA r=8 all projections; "
+      f"E={e} B={b} T={t} loss_chunk={chunk}; best of {_REPS.value}"
+  )
   print(f"{'K':>4} {'vmapped tok/s':>14} {'loop tok/s':>12} {'ratio':>7}")
   for k in map(int, _KS.value):
     rng = np.random.default_rng(k)
     rows = [synthetic_rows(rng, e * b, t, 256, 1 + i % 7) for i in range(k)]
-    batches = {key: jnp.asarray(np.stack([r[key].reshape(e, b, t) for r in rows]))
-               for key in rows[0]}
+    batches = {
+        key: jnp.asarray(np.stack([r[key].reshape(e, b, t) for r in rows])) for key in rows[0]
+    }
     state = cl.init_client_state(cfg, lcfg, tx, jax.random.key(2), k, global_lora=g)
     keys = jax.random.split(jax.random.key(3), k)
     row = lambda tree, i: jax.tree.map(lambda x: x[i], tree)

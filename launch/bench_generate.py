@@ -10,6 +10,7 @@ per new token (one compile; the not-yet-generated tail is masked padding).
 Prints new tokens per second (batch x new tokens / wall time) and the ratio.
 Run on one CPU device (the default without XLA_FLAGS).
 """
+
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ def main(argv):
 
   if _MODEL.value == "smollm2":
     from flock_jax.checkpoint.smollm2 import load_smollm2
+
     cfg, params, _ = load_smollm2(tokenizer=False)
   else:
     cfg = preset(_MODEL.value)
@@ -44,7 +46,7 @@ def main(argv):
   tokens = rng.integers(0, cfg.vocab_size, (b, p)).astype(np.int32)
   valid = np.ones((b, p), bool)
   for i in range(b):  # different amounts of left padding per row
-    valid[i, :i % 8] = False
+    valid[i, : i % 8] = False
 
   def cached():
     out = generate(params, cfg, tokens, valid, max_new_tokens=n, eos_ids=())
@@ -61,10 +63,14 @@ def main(argv):
   t_cached = best_time(cached, _REPEATS.value, warmup=False)
   t_naive = best_time(naive, _REPEATS.value, warmup=False)
   tps_c, tps_n = b * n / t_cached, b * n / t_naive
-  print(f"model={_MODEL.value} ({cfg.num_params() / 1e6:.1f}M) batch={b} prompt={p} new={n} "
-        f"device={jax.devices()[0]} (x{jax.device_count()})")
-  print(f"cached generate: {tps_c:9.1f} tokens/s  ({t_cached:.3f} s; first call with compile "
-        f"{compile_s:.1f} s)")
+  print(
+      f"model={_MODEL.value} ({cfg.num_params() / 1e6:.1f}M) batch={b} prompt={p} new={n} "
+      f"device={jax.devices()[0]} (x{jax.device_count()})"
+  )
+  print(
+      f"cached generate: {tps_c:9.1f} tokens/s  ({t_cached:.3f} s; first call with compile "
+      f"{compile_s:.1f} s)"
+  )
   print(f"naive forwards : {tps_n:9.1f} tokens/s  ({t_naive:.3f} s)")
   print(f"speed-up: {tps_c / tps_n:.1f}x   token agreement cached vs naive: {agree:.3f}")
 

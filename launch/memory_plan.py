@@ -11,6 +11,7 @@ the step ahead of time on fake CPU devices, one per chip (no allocation), and
 prints XLA's memory_analysis; with libtpu installed, --aot_tpu compiles for the
 TPU topology itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,25 +24,41 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", default="llama3_70b", help="model preset (flock_jax.model.PRESETS)")
-  p.add_argument("--topology", default=None, help="'8xh100', 'h100', 'v5p-64' (64 TensorCores "
-                 "= 32 chips), 'v5e-256' (256 chips), 'v4-32', 'v6e-64'")
+  p.add_argument(
+      "--topology",
+      default=None,
+      help="'8xh100', 'h100', 'v5p-64' (64 TensorCores "
+      "= 32 chips), 'v5e-256' (256 chips), 'v4-32', 'v6e-64'",
+  )
   p.add_argument("--device", default=None, help="device kind when --topology is not given")
-  p.add_argument("--mesh", default=None, help="e.g. 'fsdp:8' or 'clients:2,fsdp:2,tensor:2' "
-                 "(default: tensor within a host, fsdp across hosts)")
+  p.add_argument(
+      "--mesh",
+      default=None,
+      help="e.g. 'fsdp:8' or 'clients:2,fsdp:2,tensor:2' "
+      "(default: tensor within a host, fsdp across hosts)",
+  )
   p.add_argument("--clients", type=int, default=1, help="K clients trained at once (vmapped)")
   p.add_argument("--lora_rank", type=int, default=16)
   p.add_argument("--lora_targets", default="q,k,v,o,gate,up,down")
   p.add_argument("--batch", type=int, default=1, help="sequences per client per step")
   p.add_argument("--seq_len", type=int, default=2048)
-  p.add_argument("--remat", default=None, choices=["none", "full", "dots"],
-                 help="override the preset's rematerialisation policy")
+  p.add_argument(
+      "--remat",
+      default=None,
+      choices=["none", "full", "dots"],
+      help="override the preset's rematerialisation policy",
+  )
   p.add_argument("--logits_chunk", type=int, default=0, help="tokens per logits chunk (0: none)")
   p.add_argument("--kv_len", type=int, default=0, help="also count a generation KV cache this long")
   p.add_argument("--usable_fraction", type=float, default=0.9)
   p.add_argument("--skip_aot", action="store_true", help="skip the ahead-of-time compile")
   p.add_argument("--aot_tpu", action="store_true", help="compile for the TPU topology (libtpu)")
-  p.add_argument("--aot_max_devices", type=int, default=512,
-                 help="largest fake CPU device count for the AOT compile")
+  p.add_argument(
+      "--aot_max_devices",
+      type=int,
+      default=512,
+      help="largest fake CPU device count for the AOT compile",
+  )
   a = p.parse_args(argv)
   if a.topology is None and a.device is None:
     p.error("give --topology (e.g. 8xh100) or --device (with --mesh, or 1 device)")
@@ -65,6 +82,7 @@ def main(argv=None) -> int:
   chips = topo.chips
   if not args.skip_aot and not args.aot_tpu:
     import jax
+
     if chips > args.aot_max_devices:
       print(f"AOT skipped: {chips} chips > --aot_max_devices={args.aot_max_devices}")
       args.skip_aot = True
@@ -77,16 +95,29 @@ def main(argv=None) -> int:
 
   from flock_jax import sharding as S
   from flock_jax.model import LoraConfig, preset
+
   cfg = preset(args.model)
   if args.remat:
     cfg = cfg.replace(remat=args.remat)
-  lcfg = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank,
-                    targets=tuple(t for t in args.lora_targets.split(",") if t))
-  plan = M.plan_memory(cfg, lcfg, topo, mesh_shape, clients=args.clients, batch=args.batch,
-                       seq_len=args.seq_len, logits_chunk=args.logits_chunk, kv_len=args.kv_len,
-                       usable_fraction=args.usable_fraction,
-                       title=f"{args.model}: K={args.clients} clients, LoRA rank {args.lora_rank}, "
-                             f"batch {args.batch}x{args.seq_len} per client, remat {cfg.remat}")
+  lcfg = LoraConfig(
+      rank=args.lora_rank,
+      alpha=2.0 * args.lora_rank,
+      targets=tuple(t for t in args.lora_targets.split(",") if t),
+  )
+  plan = M.plan_memory(
+      cfg,
+      lcfg,
+      topo,
+      mesh_shape,
+      clients=args.clients,
+      batch=args.batch,
+      seq_len=args.seq_len,
+      logits_chunk=args.logits_chunk,
+      kv_len=args.kv_len,
+      usable_fraction=args.usable_fraction,
+      title=f"{args.model}: K={args.clients} clients, LoRA rank {args.lora_rank}, "
+      f"batch {args.batch}x{args.seq_len} per client, remat {cfg.remat}",
+  )
   print(M.format_plan(plan))
   if args.skip_aot and not args.aot_tpu:
     return 0
@@ -98,13 +129,21 @@ def main(argv=None) -> int:
       return 0
   else:
     import jax
+
     if len(jax.devices()) != chips:
-      print(f"AOT skipped: need {chips} devices, this process has {len(jax.devices())} "
-            "(run it as a fresh process)")
+      print(
+          f"AOT skipped: need {chips} devices, this process has {len(jax.devices())} "
+          "(run it as a fresh process)"
+      )
       return 0
     mesh = S.make_mesh(plan.mesh)
-  print(M.format_aot(M.aot_memory_analysis(cfg, lcfg, mesh, clients=args.clients,
-                                           batch=args.batch, seq_len=args.seq_len)))
+  print(
+      M.format_aot(
+          M.aot_memory_analysis(
+              cfg, lcfg, mesh, clients=args.clients, batch=args.batch, seq_len=args.seq_len
+          )
+      )
+  )
   return 0
 
 

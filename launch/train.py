@@ -12,6 +12,7 @@ whose hash went on chain) and chain_logs.json (the task's events). With a
 chain backend the run ends with an audit of the whole run from the logs and
 the store (launch/audit.py does the same later).
 """
+
 import json
 import os
 import sys
@@ -21,16 +22,22 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/flock.py:tiny",
-                                          "Run config (configs/flock.py:<variant>).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/flock.py:tiny", "Run config (configs/flock.py:<variant>)."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints go.")
 _RESUME = flags.DEFINE_boolean(
-    "resume", False, "Continue from the latest checkpoint in --workdir, after proving it agrees "
+    "resume",
+    False,
+    "Continue from the latest checkpoint in --workdir, after proving it agrees "
     "with the chain (needs config.ledger.backend=jsonrpc; the task address is read from "
-    "--workdir/chain.json unless config.ledger.task names it).")
+    "--workdir/chain.json unless config.ledger.task names it).",
+)
 _STOP_AFTER = flags.DEFINE_integer(
-    "stop_after", None, "Stop after this many rounds of this invocation (preemptible jobs; "
-    "continue with --resume).")
+    "stop_after",
+    None,
+    "Stop after this many rounds of this invocation (preemptible jobs; " "continue with --resume).",
+)
 
 
 class _Stop(Exception):
@@ -61,14 +68,17 @@ def main(argv):
       os.remove(path)
     writer = JsonlWriter(path)
     from flock_jax.chain import AdapterStore
+
     store = AdapterStore(os.path.join(workdir, "store"))
     if run.checkpoint_every:
-      ckpt = RunCheckpointer(os.path.join(workdir, "checkpoints"),
-                             max_to_keep=run.checkpoint_keep)
-  print(f"flock_jax: {run.model.preset} | mode={run.federation.mode} "
-        f"vote={run.federation.vote_mode} N={run.federation.num_participants} "
-        f"P={run.federation.num_proposers} V={run.federation.num_voters} "
-        f"rounds={run.federation.rounds} | devices={jax.devices()}", flush=True)
+      ckpt = RunCheckpointer(os.path.join(workdir, "checkpoints"), max_to_keep=run.checkpoint_keep)
+  print(
+      f"flock_jax: {run.model.preset} | mode={run.federation.mode} "
+      f"vote={run.federation.vote_mode} N={run.federation.num_participants} "
+      f"P={run.federation.num_proposers} V={run.federation.num_voters} "
+      f"rounds={run.federation.rounds} | devices={jax.devices()}",
+      flush=True,
+  )
 
   if _RESUME.value and workdir and not config.ledger.task:
     with open(os.path.join(workdir, "chain.json")) as f:
@@ -86,22 +96,27 @@ def main(argv):
     if writer:
       writer.write(m)
     if ckpt and (m.round + 1) % run.checkpoint_every == 0:
-      ckpt.save(m.round + 1, run_state.checkpoint_tree(state),
-                run_state.checkpoint_meta(state, m, config))
+      ckpt.save(
+          m.round + 1, run_state.checkpoint_tree(state), run_state.checkpoint_meta(state, m, config)
+      )
     if _STOP_AFTER.value is not None and seen["rounds"] >= _STOP_AFTER.value:
       raise _Stop
 
   def resume(fresh):
     tree, meta = ckpt.restore(None, run_state.checkpoint_tree(fresh))
-    print(f"resuming at round {meta['next_round']} (checkpoint of chain round "
-          f"{meta['chain_round']}, block {meta['block_hash']})", flush=True)
+    print(
+        f"resuming at round {meta['next_round']} (checkpoint of chain round "
+        f"{meta['chain_round']}, block {meta['block_hash']})",
+        flush=True,
+    )
     return tree, meta
 
   if _RESUME.value and not (ckpt and ckpt.latest_step() is not None):
     raise app.UsageError(f"--resume: no checkpoint under {workdir}/checkpoints")
   try:
-    metrics = rounds.run_rounds(run, store=store, on_round=on_round,
-                                resume=resume if _RESUME.value else None)
+    metrics = rounds.run_rounds(
+        run, store=store, on_round=on_round, resume=resume if _RESUME.value else None
+    )
   except _Stop:
     print(f"stopped after {seen['rounds']} rounds; continue with --resume", flush=True)
     if ckpt:
@@ -112,10 +127,12 @@ def main(argv):
   ledger = seen.get("ledger")
   if isinstance(ledger, ChainLedger):
     from flock_jax.chain.audit import audit_chain
+
     if workdir:
       ledger.chain.export_logs(os.path.join(workdir, "chain_logs.json"))
-    report = audit_chain(ledger.chain, store, aggregate=candidate_bytes,
-                         require_blobs=store is not None)
+    report = audit_chain(
+        ledger.chain, store, aggregate=candidate_bytes, require_blobs=store is not None
+    )
     print(f"audit: {report.summary()}", flush=True)
     if not report.ok:
       raise SystemExit(1)

@@ -1,4 +1,5 @@
 """configs/flock.py variants build; malformed fields fail with an error naming the field."""
+
 import importlib.util
 import pathlib
 
@@ -16,9 +17,16 @@ def _get_config(arg=None):
   return mod.get_config(arg)
 
 
-@pytest.mark.parametrize("variant,preset,vocab", [
-    (None, "tiny", 272), ("tiny", "tiny", 272), ("smollm2", "smollm2_135m", 49152),
-    ("llama3_8b", "llama3_8b", 128256), ("llama3_70b", "llama3_70b", 128256)])
+@pytest.mark.parametrize(
+    "variant,preset,vocab",
+    [
+        (None, "tiny", 272),
+        ("tiny", "tiny", 272),
+        ("smollm2", "smollm2_135m", 49152),
+        ("llama3_8b", "llama3_8b", 128256),
+        ("llama3_70b", "llama3_70b", 128256),
+    ],
+)
 def test_variants_build(variant, preset, vocab):
   run = from_config(_get_config(variant))
   assert run.model.preset == preset and run.model.cfg.vocab_size == vocab
@@ -39,21 +47,32 @@ def _set(c, dotted, value):
   c[sec][key] = value
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("federation.aggregator", "fedmagic", r"config\.federation\.aggregator='fedmagic'.*krum"),
-    ("federation.num_voters", 6, r"num_proposers \+ num_voters = 3 \+ 6 = 9 > num_participants = 8"),
-    ("optim.lr", -1e-3, r"config\.optim\.lr=-0\.001: must be > 0"),
-    ("model.preset", "llama9_1t", r"config\.model\.preset='llama9_1t': unknown model preset"),
-    ("lora.rank", 0, r"config\.lora\.rank=0: must be > 0"),
-    ("data.domains", "finance,astrology", r"config\.data\.domains: unknown domain 'astrology'"),
-    ("lora.targets", "q,qkv", r"config\.lora\.targets: unknown projection 'qkv'"),
-    ("federation.vote_mode", "majority", r"config\.federation\.vote_mode='majority'"),
-    ("federation.local_steps", 0, r"config\.federation\.local_steps=0: must be >= 1"),
-    ("attack.behaviours", "3:sneaky", r"config\.attack\.behaviours: 'sneaky' for participant 3"),
-    ("attack.behaviours", "11:nan", r"participant 11 is not in 0\.\.7"),
-    ("data.seq_len", 4096, r"config\.data\.seq_len=4096 > the model's max_position_embeddings"),
-    ("ledger.stake", 5, r"config\.ledger\.stake=5 < min_stake=10"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("federation.aggregator", "fedmagic", r"config\.federation\.aggregator='fedmagic'.*krum"),
+        (
+            "federation.num_voters",
+            6,
+            r"num_proposers \+ num_voters = 3 \+ 6 = 9 > num_participants = 8",
+        ),
+        ("optim.lr", -1e-3, r"config\.optim\.lr=-0\.001: must be > 0"),
+        ("model.preset", "llama9_1t", r"config\.model\.preset='llama9_1t': unknown model preset"),
+        ("lora.rank", 0, r"config\.lora\.rank=0: must be > 0"),
+        ("data.domains", "finance,astrology", r"config\.data\.domains: unknown domain 'astrology'"),
+        ("lora.targets", "q,qkv", r"config\.lora\.targets: unknown projection 'qkv'"),
+        ("federation.vote_mode", "majority", r"config\.federation\.vote_mode='majority'"),
+        ("federation.local_steps", 0, r"config\.federation\.local_steps=0: must be >= 1"),
+        (
+            "attack.behaviours",
+            "3:sneaky",
+            r"config\.attack\.behaviours: 'sneaky' for participant 3",
+        ),
+        ("attack.behaviours", "11:nan", r"participant 11 is not in 0\.\.7"),
+        ("data.seq_len", 4096, r"config\.data\.seq_len=4096 > the model's max_position_embeddings"),
+        ("ledger.stake", 5, r"config\.ledger\.stake=5 < min_stake=10"),
+    ],
+)
 def test_malformed_field_is_named(field, value, match):
   c = _get_config("tiny")
   _set(c, field, value)

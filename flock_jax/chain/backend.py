@@ -5,6 +5,7 @@ one way transactions are sent (`transact`), which turns every revert into a
 `RevertError` carrying the contract's reason. `connect(config)` picks one
 from a config mapping (see `flock_jax.chain.config`).
 """
+
 from __future__ import annotations
 
 import re
@@ -23,161 +24,170 @@ _REASON_PATTERNS = (
 
 
 def revert_reason(exc: BaseException) -> str:
-    """The revert message inside a web3 / eth-tester / node exception."""
-    texts = [getattr(exc, "message", None), *(str(a) for a in getattr(exc, "args", ()))]
-    for text in texts:
-        if not text:
-            continue
-        if isinstance(text, dict):
-            text = text.get("message", str(text))
-        for pat in _REASON_PATTERNS:
-            m = pat.search(str(text))
-            if m:
-                return m.group(1).strip().rstrip("'\"")
-    return str(exc)
+  """The revert message inside a web3 / eth-tester / node exception."""
+  texts = [getattr(exc, "message", None), *(str(a) for a in getattr(exc, "args", ()))]
+  for text in texts:
+    if not text:
+      continue
+    if isinstance(text, dict):
+      text = text.get("message", str(text))
+    for pat in _REASON_PATTERNS:
+      m = pat.search(str(text))
+      if m:
+        return m.group(1).strip().rstrip("'\"")
+  return str(exc)
 
 
 class Backend:
-    """A connected chain. `accounts[0]` deploys; `accounts[1:]` are participants."""
+  """A connected chain. `accounts[0]` deploys; `accounts[1:]` are participants."""
 
-    name = "abstract"
+  name = "abstract"
 
-    def __init__(self, w3: Web3, accounts: Sequence[str], keys: Mapping[str, bytes] | None = None):
-        self.w3 = w3
-        self.accounts = [Web3.to_checksum_address(a) for a in accounts]
-        self._keys = dict(keys or {})
-        self.chain_id = w3.eth.chain_id
+  def __init__(self, w3: Web3, accounts: Sequence[str], keys: Mapping[str, bytes] | None = None):
+    self.w3 = w3
+    self.accounts = [Web3.to_checksum_address(a) for a in accounts]
+    self._keys = dict(keys or {})
+    self.chain_id = w3.eth.chain_id
 
-    # ------------------------------------------------------------ transactions
-    def transact(self, what: str, fn: Any, sender: str, gas: int, detail: str = "") -> Any:
-        """Send contract call `fn` from `sender` with an explicit gas limit.
+  # ------------------------------------------------------------ transactions
+  def transact(self, what: str, fn: Any, sender: str, gas: int, detail: str = "") -> Any:
+    """Send contract call `fn` from `sender` with an explicit gas limit.
 
-        Returns the receipt. Raises `RevertError` (named `what`) on a revert,
-        whether the node refuses the transaction or mines it with status 0.
-        """
-        try:
-            if sender in self._keys:
-                tx = fn.build_transaction({"from": sender, "gas": gas,
-                                           "nonce": self.w3.eth.get_transaction_count(sender, "pending")})
-                signed = self.w3.eth.account.sign_transaction(tx, self._keys[sender])
-                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            else:
-                tx_hash = fn.transact({"from": sender, "gas": gas})
-            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.01)
-        except (ContractLogicError, Web3RPCError, ValueError) as e:
-            raise RevertError(what, revert_reason(e), sender, detail) from None
-        except Exception as e:  # eth-tester raises its own TransactionFailed
-            if type(e).__name__ == "TransactionFailed":
-                raise RevertError(what, revert_reason(e), sender, detail) from None
-            raise
-        if receipt["status"] != 1:
-            raise RevertError(what, self._replay_reason(receipt), sender, detail)
-        return receipt
+    Returns the receipt. Raises `RevertError` (named `what`) on a revert,
+    whether the node refuses the transaction or mines it with status 0.
+    """
+    try:
+      if sender in self._keys:
+        tx = fn.build_transaction(
+            {
+                "from": sender,
+                "gas": gas,
+                "nonce": self.w3.eth.get_transaction_count(sender, "pending"),
+            }
+        )
+        signed = self.w3.eth.account.sign_transaction(tx, self._keys[sender])
+        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+      else:
+        tx_hash = fn.transact({"from": sender, "gas": gas})
+      receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.01)
+    except (ContractLogicError, Web3RPCError, ValueError) as e:
+      raise RevertError(what, revert_reason(e), sender, detail) from None
+    except Exception as e:  # eth-tester raises its own TransactionFailed
+      if type(e).__name__ == "TransactionFailed":
+        raise RevertError(what, revert_reason(e), sender, detail) from None
+      raise
+    if receipt["status"] != 1:
+      raise RevertError(what, self._replay_reason(receipt), sender, detail)
+    return receipt
 
-    def _replay_reason(self, receipt: Any) -> str:
-        """Re-run a failed transaction as a call to read its revert reason."""
-        tx = self.w3.eth.get_transaction(receipt["transactionHash"])
-        if receipt["gasUsed"] >= tx["gas"]:
-            return f"out of gas (limit {tx['gas']})"
-        call = {"from": tx["from"], "data": tx["input"], "gas": tx["gas"], "value": tx.get("value", 0)}
-        if tx.get("to"):
-            call["to"] = tx["to"]
-        try:
-            # A reverted transaction leaves the contracts' state as it was, so
-            # the call runs on its own block's state with its block number.
-            self.w3.eth.call(call, receipt["blockNumber"])
-        except Exception as e:  # noqa: BLE001 - any failure carries the reason
-            return revert_reason(e)
-        return f"reverted with status 0 after {receipt['gasUsed']} gas (the replay did not revert)"
+  def _replay_reason(self, receipt: Any) -> str:
+    """Re-run a failed transaction as a call to read its revert reason."""
+    tx = self.w3.eth.get_transaction(receipt["transactionHash"])
+    if receipt["gasUsed"] >= tx["gas"]:
+      return f"out of gas (limit {tx['gas']})"
+    call = {"from": tx["from"], "data": tx["input"], "gas": tx["gas"], "value": tx.get("value", 0)}
+    if tx.get("to"):
+      call["to"] = tx["to"]
+    try:
+      # A reverted transaction leaves the contracts' state as it was, so
+      # the call runs on its own block's state with its block number.
+      self.w3.eth.call(call, receipt["blockNumber"])
+    except Exception as e:  # noqa: BLE001 - any failure carries the reason
+      return revert_reason(e)
+    return f"reverted with status 0 after {receipt['gasUsed']} gas (the replay did not revert)"
 
-    # ------------------------------------------------------------ blocks
-    def mine(self, n: int = 1) -> None:
-        """Mine `n` empty blocks (to pass a vote window)."""
-        raise NotImplementedError
+  # ------------------------------------------------------------ blocks
+  def mine(self, n: int = 1) -> None:
+    """Mine `n` empty blocks (to pass a vote window)."""
+    raise NotImplementedError
 
-    def snapshot(self) -> Any:
-        """Save the chain state; `revert(snapshot)` returns to it."""
-        raise NotImplementedError
+  def snapshot(self) -> Any:
+    """Save the chain state; `revert(snapshot)` returns to it."""
+    raise NotImplementedError
 
-    def revert(self, snap: Any) -> None:
-        raise NotImplementedError
+  def revert(self, snap: Any) -> None:
+    raise NotImplementedError
 
-    def close(self) -> None:
-        """Release the connection (nothing to do for most backends)."""
+  def close(self) -> None:
+    """Release the connection (nothing to do for most backends)."""
 
 
 class EthTesterBackend(Backend):
-    """The in-process chain (eth-tester + py-evm, Prague, automine on)."""
+  """The in-process chain (eth-tester + py-evm, Prague, automine on)."""
 
-    name = "eth_tester"
+  name = "eth_tester"
 
-    def __init__(self, num_accounts: int = 10):
-        from eth_tester import EthereumTester, PyEVMBackend
-        from web3 import EthereumTesterProvider
+  def __init__(self, num_accounts: int = 10):
+    from eth_tester import EthereumTester, PyEVMBackend
+    from web3 import EthereumTesterProvider
 
-        state = PyEVMBackend.generate_genesis_state(num_accounts=max(num_accounts, 2))
-        self.tester = EthereumTester(PyEVMBackend(genesis_state=state))
-        w3 = Web3(EthereumTesterProvider(self.tester))
-        super().__init__(w3, self.tester.get_accounts())
+    state = PyEVMBackend.generate_genesis_state(num_accounts=max(num_accounts, 2))
+    self.tester = EthereumTester(PyEVMBackend(genesis_state=state))
+    w3 = Web3(EthereumTesterProvider(self.tester))
+    super().__init__(w3, self.tester.get_accounts())
 
-    def mine(self, n: int = 1) -> None:
-        self.tester.mine_blocks(n)
+  def mine(self, n: int = 1) -> None:
+    self.tester.mine_blocks(n)
 
-    def snapshot(self) -> Any:
-        return self.tester.take_snapshot()
+  def snapshot(self) -> Any:
+    return self.tester.take_snapshot()
 
-    def revert(self, snap: Any) -> None:
-        self.tester.revert_to_snapshot(snap)
+  def revert(self, snap: Any) -> None:
+    self.tester.revert_to_snapshot(snap)
 
 
 class JsonRpcBackend(Backend):
-    """Any JSON-RPC node. Sends from its unlocked accounts, or signs locally
-    when `private_keys` are given (then those keys' accounts are used)."""
+  """Any JSON-RPC node. Sends from its unlocked accounts, or signs locally
+  when `private_keys` are given (then those keys' accounts are used)."""
 
-    name = "jsonrpc"
+  name = "jsonrpc"
 
-    def __init__(self, url: str, private_keys: Sequence[str | bytes] = (), timeout: float = 30.0):
-        w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
-        try:
-            w3.eth.block_number
-        except Exception as e:  # noqa: BLE001
-            raise ChainConnectionError(f"cannot reach a JSON-RPC node at {url}: {e}; start one or fix chain.rpc_url") from None
-        keys = {}
-        for k in private_keys:
-            acct = w3.eth.account.from_key(k)
-            keys[acct.address] = acct.key
-        accounts = list(keys) if keys else w3.eth.accounts
-        super().__init__(w3, accounts, keys)
-        self.url = url
+  def __init__(self, url: str, private_keys: Sequence[str | bytes] = (), timeout: float = 30.0):
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
+    try:
+      w3.eth.block_number
+    except Exception as e:  # noqa: BLE001
+      raise ChainConnectionError(
+          f"cannot reach a JSON-RPC node at {url}: {e}; start one or fix chain.rpc_url"
+      ) from None
+    keys = {}
+    for k in private_keys:
+      acct = w3.eth.account.from_key(k)
+      keys[acct.address] = acct.key
+    accounts = list(keys) if keys else w3.eth.accounts
+    super().__init__(w3, accounts, keys)
+    self.url = url
 
-    def _rpc(self, method: str, params: list) -> Any:
-        resp = self.w3.provider.make_request(method, params)
-        if "error" in resp:
-            raise ChainError(f"{method}: {resp['error']}")
-        return resp.get("result")
+  def _rpc(self, method: str, params: list) -> Any:
+    resp = self.w3.provider.make_request(method, params)
+    if "error" in resp:
+      raise ChainError(f"{method}: {resp['error']}")
+    return resp.get("result")
 
-    def mine(self, n: int = 1) -> None:
-        try:
-            self._rpc("hardhat_mine", [hex(n)])
-        except ChainError:
-            for _ in range(n):
-                self._rpc("evm_mine", [])
+  def mine(self, n: int = 1) -> None:
+    try:
+      self._rpc("hardhat_mine", [hex(n)])
+    except ChainError:
+      for _ in range(n):
+        self._rpc("evm_mine", [])
 
-    def snapshot(self) -> Any:
-        return self._rpc("evm_snapshot", [])
+  def snapshot(self) -> Any:
+    return self._rpc("evm_snapshot", [])
 
-    def revert(self, snap: Any) -> None:
-        self._rpc("evm_revert", [snap])
+  def revert(self, snap: Any) -> None:
+    self._rpc("evm_revert", [snap])
 
 
 def connect(config: Mapping[str, Any], num_accounts: int = 10) -> Backend:
-    """Open the backend named by ``config["backend"]``: "eth_tester" or "jsonrpc"."""
-    kind = config.get("backend", "eth_tester")
-    if kind == "eth_tester":
-        return EthTesterBackend(num_accounts)
-    if kind == "jsonrpc":
-        url = config.get("rpc_url")
-        if not url:
-            raise ChainConfigError("chain.backend='jsonrpc' needs chain.rpc_url, e.g. http://127.0.0.1:8545")
-        return JsonRpcBackend(url, tuple(config.get("private_keys") or ()))
-    raise ChainConfigError(f"unknown chain.backend {kind!r}; use 'eth_tester' or 'jsonrpc'")
+  """Open the backend named by ``config["backend"]``: "eth_tester" or "jsonrpc"."""
+  kind = config.get("backend", "eth_tester")
+  if kind == "eth_tester":
+    return EthTesterBackend(num_accounts)
+  if kind == "jsonrpc":
+    url = config.get("rpc_url")
+    if not url:
+      raise ChainConfigError(
+          "chain.backend='jsonrpc' needs chain.rpc_url, e.g. http://127.0.0.1:8545"
+      )
+    return JsonRpcBackend(url, tuple(config.get("private_keys") or ()))
+  raise ChainConfigError(f"unknown chain.backend {kind!r}; use 'eth_tester' or 'jsonrpc'")

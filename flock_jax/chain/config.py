@@ -9,6 +9,7 @@ Fields:
     "whole" or "per_proposal", selection_mode "uniform" or "stake".
   stake: initial stake of every participant, in token units (wei).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,17 +20,17 @@ from .types import TaskParams
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """The chain section of a run config: ``config.chain = get_config()``."""
-    cfg = ml_collections.ConfigDict()
-    cfg.backend = "eth_tester"
-    cfg.rpc_url = ""
-    cfg.private_keys = ()
-    task = {}
-    for f in dataclasses.fields(TaskParams):
-        v = f.default
-        task[f.name] = "0x" + v.hex() if isinstance(v, bytes) else v
-    task["vote_mode"] = "whole"
-    task["selection_mode"] = "uniform"
-    cfg.task = ml_collections.ConfigDict(task)
-    cfg.stake = 100 * 10**18
-    return cfg
+  """The chain section of a run config: ``config.chain = get_config()``."""
+  cfg = ml_collections.ConfigDict()
+  cfg.backend = "eth_tester"
+  cfg.rpc_url = ""
+  cfg.private_keys = ()
+  task = {}
+  for f in dataclasses.fields(TaskParams):
+    v = f.default
+    task[f.name] = "0x" + v.hex() if isinstance(v, bytes) else v
+  task["vote_mode"] = "whole"
+  task["selection_mode"] = "uniform"
+  cfg.task = ml_collections.ConfigDict(task)
+  cfg.stake = 100 * 10**18
+  return cfg

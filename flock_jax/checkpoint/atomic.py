@@ -1,4 +1,5 @@
 """Atomic folder writes: build in a temporary sibling folder, then rename into place."""
+
 from __future__ import annotations
 
 import contextlib

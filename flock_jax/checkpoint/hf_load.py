@@ -6,6 +6,7 @@ Every file's header is read and checked against config.json (names, shapes,
 dtypes, byte coverage) before the first array is allocated, so a bad
 checkpoint fails whole with a `CheckpointError`, never half-loaded.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,20 +49,28 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> pathlib.Path:
     return path
   name = str(name_or_path)
   if path.exists() or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
-    raise CheckpointError(f"{name}: not a checkpoint folder (expected a directory holding "
-                          f"config.json and *.safetensors, or a hub repo id 'org/name')")
+    raise CheckpointError(
+        f"{name}: not a checkpoint folder (expected a directory holding "
+        f"config.json and *.safetensors, or a hub repo id 'org/name')"
+    )
   offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
   try:
     from huggingface_hub import snapshot_download
-    local = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "tokenizer*"],
-                              local_files_only=offline)
+
+    local = snapshot_download(
+        name, allow_patterns=["*.json", "*.safetensors", "tokenizer*"], local_files_only=offline
+    )
   except Exception as e:  # noqa: BLE001 (hub errors have many types; all mean "not available")
-    why = ("HF_HUB_OFFLINE=1 is set and it is not in the local hub cache" if offline
-           else f"the hub download failed ({type(e).__name__}: {e})")
+    why = (
+        "HF_HUB_OFFLINE=1 is set and it is not in the local hub cache"
+        if offline
+        else f"the hub download failed ({type(e).__name__}: {e})"
+    )
     raise CheckpointError(
         f"{name}: no local folder of that name, and {why}. Pass the path of a local folder "
         f"holding config.json and model*.safetensors (e.g. one written by "
-        f"save_pretrained or save_hf_checkpoint).") from e
+        f"save_pretrained or save_hf_checkpoint)."
+    ) from e
   return pathlib.Path(local)
 
 
@@ -69,7 +78,8 @@ def _load_config(folder: pathlib.Path) -> LlamaConfig:
   cfg_path = folder / "config.json"
   if not cfg_path.is_file():
     raise CheckpointError(
-        f"{cfg_path}: missing; a Hugging Face checkpoint folder needs config.json")
+        f"{cfg_path}: missing; a Hugging Face checkpoint folder needs config.json"
+    )
   try:
     return LlamaConfig.from_hf_file(cfg_path)
   except ConfigError as e:
@@ -91,9 +101,11 @@ def _weight_files(folder: pathlib.Path) -> tuple[list[pathlib.Path], dict[str, s
     return [folder / f for f in files], weight_map
   if (folder / SINGLE_FILE).is_file():
     return [folder / SINGLE_FILE], None
-  raise CheckpointError(f"{folder}: neither {SINGLE_FILE} nor {INDEX_FILE} found "
-                        f"(only safetensors checkpoints are supported; found "
-                        f"{sorted(p.name for p in folder.iterdir())})")
+  raise CheckpointError(
+      f"{folder}: neither {SINGLE_FILE} nor {INDEX_FILE} found "
+      f"(only safetensors checkpoints are supported; found "
+      f"{sorted(p.name for p in folder.iterdir())})"
+  )
 
 
 def read_headers(files: list[pathlib.Path]) -> dict[str, TensorInfo]:
@@ -112,9 +124,13 @@ def read_headers(files: list[pathlib.Path]) -> dict[str, TensorInfo]:
   return out
 
 
-def validate_tensors(cfg: LlamaConfig, infos: dict[str, TensorInfo],
-                     weight_map: dict[str, str] | None, where: pathlib.Path,
-                     config_name: str = "config.json") -> None:
+def validate_tensors(
+    cfg: LlamaConfig,
+    infos: dict[str, TensorInfo],
+    weight_map: dict[str, str] | None,
+    where: pathlib.Path,
+    config_name: str = "config.json",
+) -> None:
   """Checks the headers against what `cfg` needs: no missing, extra or misshapen tensors.
 
   config_name: where `cfg` came from, for messages ('config.json', 'the GGUF metadata').
@@ -124,15 +140,19 @@ def validate_tensors(cfg: LlamaConfig, infos: dict[str, TensorInfo],
   present = {n for n in infos if not _IGNORED.fullmatch(n)}
   missing = sorted(set(expected) - present)
   if missing:
-    raise CheckpointError(f"{where}: missing tensor(s) {missing[:5]}"
-                          f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all) "
-                          f"that {config_name} requires")
+    raise CheckpointError(
+        f"{where}: missing tensor(s) {missing[:5]}"
+        f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all) "
+        f"that {config_name} requires"
+    )
   extra = sorted(present - set(expected))
   if extra:
     f = infos[extra[0]].file
-    raise CheckpointError(f"{f}: unexpected tensor(s) {extra[:5]} not in a Llama of this "
-                          f"{config_name} (tie_word_embeddings={cfg.tie_word_embeddings}, "
-                          f"num_layers={cfg.num_layers})")
+    raise CheckpointError(
+        f"{f}: unexpected tensor(s) {extra[:5]} not in a Llama of this "
+        f"{config_name} (tie_word_embeddings={cfg.tie_word_embeddings}, "
+        f"num_layers={cfg.num_layers})"
+    )
   for name, slot in expected.items():
     info = infos[name]
     leaf = abstract
@@ -140,14 +160,20 @@ def validate_tensors(cfg: LlamaConfig, infos: dict[str, TensorInfo],
       leaf = leaf[k]
     want = hf_shape(slot, tuple(leaf.shape))
     if info.shape != want:
-      raise CheckpointError(f"{info.file}: tensor {name} has shape {list(info.shape)} but "
-                            f"{config_name} implies {list(want)}")
+      raise CheckpointError(
+          f"{info.file}: tensor {name} has shape {list(info.shape)} but "
+          f"{config_name} implies {list(want)}"
+      )
     if info.dtype not in _DTYPE_NAMES:
-      raise CheckpointError(f"{info.file}: tensor {name} has dtype {info.dtype}; "
-                            f"supported: {sorted(_DTYPE_NAMES)}")
+      raise CheckpointError(
+          f"{info.file}: tensor {name} has dtype {info.dtype}; "
+          f"supported: {sorted(_DTYPE_NAMES)}"
+      )
     if weight_map is not None and weight_map.get(name) != info.file.name:
-      raise CheckpointError(f"{where / INDEX_FILE}: maps {name} to {weight_map.get(name)} but "
-                            f"it is stored in {info.file.name}")
+      raise CheckpointError(
+          f"{where / INDEX_FILE}: maps {name} to {weight_map.get(name)} but "
+          f"it is stored in {info.file.name}"
+      )
 
 
 class SafetensorsSource:
@@ -178,8 +204,9 @@ def checkpoint_dtype(infos: dict[str, TensorInfo]) -> str:
   return _DTYPE_NAMES[infos["model.embed_tokens.weight"].dtype]
 
 
-def load_hf_checkpoint(name_or_path: str | os.PathLike, mesh=None, dtype: str | None = None,
-                       rules=LOGICAL_AXIS_RULES) -> tuple[LlamaConfig, dict]:
+def load_hf_checkpoint(
+    name_or_path: str | os.PathLike, mesh=None, dtype: str | None = None, rules=LOGICAL_AXIS_RULES
+) -> tuple[LlamaConfig, dict]:
   """Loads a HF LlamaForCausalLM checkpoint into params sharded on `mesh`.
 
   Args:

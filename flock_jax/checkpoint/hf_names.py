@@ -1,4 +1,5 @@
 """The one mapping between Hugging Face LlamaForCausalLM tensor names and our params tree."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,15 +8,22 @@ import numpy as np
 
 from flock_jax.model.config import LlamaConfig
 
-_PROJ_HF = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-            "down": "mlp.down_proj"}
+_PROJ_HF = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
 _NORM_HF = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
 
 
 @dataclasses.dataclass(frozen=True)
 class TensorSlot:
   """Where one HF tensor goes: params[path] (at [layer] if stacked), transposed if a Linear."""
+
   path: tuple[str, ...]
   layer: int | None
   transpose: bool
@@ -28,8 +36,10 @@ def hf_proj_name(name: str) -> str:
 
 def hf_tensor_map(cfg: LlamaConfig) -> dict[str, TensorSlot]:
   """Every tensor a HF checkpoint of `cfg` must hold, and where it lands."""
-  m = {"model.embed_tokens.weight": TensorSlot(("embed",), None, False),
-       "model.norm.weight": TensorSlot(("final_norm",), None, False)}
+  m = {
+      "model.embed_tokens.weight": TensorSlot(("embed",), None, False),
+      "model.norm.weight": TensorSlot(("final_norm",), None, False),
+  }
   if not cfg.tie_word_embeddings:
     m["lm_head.weight"] = TensorSlot(("lm_head",), None, True)
   for i in range(cfg.num_layers):
@@ -49,6 +59,7 @@ def hf_shape(slot: TensorSlot, param_shape: tuple[int, ...]) -> tuple[int, ...]:
 def params_from_state_dict(state: dict[str, np.ndarray], cfg: LlamaConfig, dtype=None) -> dict:
   """Host-memory conversion of a full HF state dict (small models, tests) to params."""
   from flock_jax.model.llama import abstract_params
+
   abstract = abstract_params(cfg)
   out: dict = {}
   stacks: dict = {}

@@ -6,6 +6,7 @@ Output folder: config.json (transformers v5 form), generation_config.json,
 tensor at a time (one layer of a stacked leaf), so host memory holds at most
 one shard file's worth. The folder appears atomically (see atomic.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,14 +56,23 @@ def _hf_tensor(params, slot, dtype) -> np.ndarray:
 
 def generation_config(cfg: LlamaConfig) -> dict:
   eos = cfg.eos_token_id
-  return {"_from_model_config": True, "bos_token_id": cfg.bos_token_id,
-          "eos_token_id": list(eos) if isinstance(eos, tuple) else eos,
-          "pad_token_id": cfg.pad_token_id}
+  return {
+      "_from_model_config": True,
+      "bos_token_id": cfg.bos_token_id,
+      "eos_token_id": list(eos) if isinstance(eos, tuple) else eos,
+      "pad_token_id": cfg.pad_token_id,
+  }
 
 
-def save_hf_checkpoint(params, cfg: LlamaConfig, path: str | os.PathLike,
-                       max_shard_bytes: int = DEFAULT_SHARD_BYTES, dtype: str | None = None,
-                       tokenizer=None, overwrite: bool = False) -> None:
+def save_hf_checkpoint(
+    params,
+    cfg: LlamaConfig,
+    path: str | os.PathLike,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    dtype: str | None = None,
+    tokenizer=None,
+    overwrite: bool = False,
+) -> None:
   """Writes `params` (layout of flock_jax.model.llama) as a HF checkpoint folder at `path`.
 
   dtype: storage dtype of the files (default cfg.param_dtype). tokenizer: an
@@ -75,16 +85,20 @@ def save_hf_checkpoint(params, cfg: LlamaConfig, path: str | os.PathLike,
   with atomic_dir(path, overwrite) as tmp:
     weight_map, total = {}, 0
     for i, names in enumerate(groups):
-      fname = SINGLE_FILE if len(groups) == 1 else (
-          f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors")
+      fname = (
+          SINGLE_FILE
+          if len(groups) == 1
+          else (f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors")
+      )
       tensors = {n: _hf_tensor(params, tmap[n], np_dtype) for n in names}
       total += sum(t.nbytes for t in tensors.values())
       save_file(tensors, str(tmp / fname), metadata={"format": "pt"})
       weight_map.update(dict.fromkeys(names, fname))
       del tensors
     if len(groups) > 1:
-      (tmp / INDEX_FILE).write_text(json.dumps(
-          {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+      (tmp / INDEX_FILE).write_text(
+          json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+      )
     hf = cfg.to_hf_dict()
     hf.pop("rope_theta", None)  # v5 form: rope settings live in rope_parameters only
     hf["torch_dtype"] = hf["dtype"] = dtype

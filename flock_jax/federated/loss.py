@@ -18,6 +18,7 @@ that length under `jax.checkpoint`, so [B, T, V] float32 logits are never all
 alive at once (Llama 3 has V = 128,256); only [B, chunk, V] is, forward and
 backward.
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -54,8 +55,9 @@ def _nll_sum(hidden, w_head, targets, weights):
   return jnp.sum((lse - tgt) * weights)
 
 
-def nll_from_hidden(params: Params, hidden, targets, weights, cfg: LlamaConfig,
-                    chunk_size: int | None = None) -> jax.Array:
+def nll_from_hidden(
+    params: Params, hidden, targets, weights, cfg: LlamaConfig, chunk_size: int | None = None
+) -> jax.Array:
   """Weighted NLL sum (float32 scalar) of hidden [B, T, D] under the lm head."""
   w_head = lm_head(params, cfg).astype(cfg.compute_dtype)
   b, t, d = hidden.shape
@@ -76,19 +78,43 @@ def nll_from_hidden(params: Params, hidden, targets, weights, cfg: LlamaConfig,
   return jnp.sum(jax.lax.map(chunk, (split(hidden), split(targets), split(weights))))
 
 
-def token_loss_sums(params: Params, lora, batch: Batch, cfg: LlamaConfig, lcfg: LoraConfig,
-                    *, dropout_key=None, chunk_size: int | None = None):
+def token_loss_sums(
+    params: Params,
+    lora,
+    batch: Batch,
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    *,
+    dropout_key=None,
+    chunk_size: int | None = None,
+):
   """(weighted NLL sum, number of weighted targets), both float32 scalars."""
-  hidden = hidden_states(params, batch["tokens"], cfg, lora=lora, lora_cfg=lcfg,
-                         segment_ids=batch["segment_ids"], positions=batch["positions"],
-                         dropout_key=dropout_key)
+  hidden = hidden_states(
+      params,
+      batch["tokens"],
+      cfg,
+      lora=lora,
+      lora_cfg=lcfg,
+      segment_ids=batch["segment_ids"],
+      positions=batch["positions"],
+      dropout_key=dropout_key,
+  )
   targets, weights = next_token_targets(batch)
   return nll_from_hidden(params, hidden, targets, weights, cfg, chunk_size), jnp.sum(weights)
 
 
-def token_loss(params: Params, lora, batch: Batch, cfg: LlamaConfig, lcfg: LoraConfig,
-               *, dropout_key=None, chunk_size: int | None = None) -> jax.Array:
+def token_loss(
+    params: Params,
+    lora,
+    batch: Batch,
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    *,
+    dropout_key=None,
+    chunk_size: int | None = None,
+) -> jax.Array:
   """Mean masked next-token cross-entropy (float32 scalar; 0 if nothing is masked in)."""
-  total, count = token_loss_sums(params, lora, batch, cfg, lcfg, dropout_key=dropout_key,
-                                 chunk_size=chunk_size)
+  total, count = token_loss_sums(
+      params, lora, batch, cfg, lcfg, dropout_key=dropout_key, chunk_size=chunk_size
+  )
   return total / jnp.maximum(count, 1.0)

@@ -1,4 +1,5 @@
 """What one round reports, and the per-round JSONL file a run writes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ class RoundMetrics:
   InvalidUpdateError messages of updates dropped before hashing.
   heldout_loss: the global model's loss per domain after the round.
   """
+
   round: int
   mode: str
   train_loss: float
@@ -64,8 +66,10 @@ class RoundMetrics:
         head += f" bits={''.join('1' if b else '0' for b in self.proposal_accepted)}"
     if self.rejected_updates:
       head += f" | dropped {len(self.rejected_updates)} invalid update(s)"
-    return head + (f" | train {self.time_train_s:.2f}s eval {self.time_eval_s:.2f}s "
-                   f"chain {self.time_chain_s:.3f}s")
+    return head + (
+        f" | train {self.time_train_s:.2f}s eval {self.time_eval_s:.2f}s "
+        f"chain {self.time_chain_s:.3f}s"
+    )
 
 
 def _tokens(x: int | None) -> str:

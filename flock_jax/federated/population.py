@@ -15,6 +15,7 @@ loss counts every real row exactly once.
 tokenize); `synthetic_population` makes a learnable token task with no
 tokenizer at all (tests and the benchmark).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +51,7 @@ class Population:
   heldout: list[dict]
   eval_sets: dict[str, dict]
   pad_id: int = 0
-  domains: list[dict] | None = None   # per participant: {domain: example count}
+  domains: list[dict] | None = None  # per participant: {domain: example count}
 
   @property
   def num_participants(self) -> int:
@@ -61,20 +62,23 @@ class Population:
     """Training rows per participant [N] (FedAvg weights)."""
     return np.asarray([a["tokens"].shape[0] for a in self.train], np.float32)
 
-  def train_batches(self, idx: Sequence[int], num_steps: int, batch_size: int, *, seed: int,
-                    round_index: int) -> dict[str, np.ndarray]:
+  def train_batches(
+      self, idx: Sequence[int], num_steps: int, batch_size: int, *, seed: int, round_index: int
+  ) -> dict[str, np.ndarray]:
     """Stacked local-step batches of participants `idx`: each array [K, E, B, T]."""
     from flock_jax.data.batching import client_steps
-    steps = client_steps([self.train[i] for i in idx], batch_size, num_steps, seed=seed,
-                         round_index=round_index)
+
+    steps = client_steps(
+        [self.train[i] for i in idx], batch_size, num_steps, seed=seed, round_index=round_index
+    )
     return {k: np.ascontiguousarray(np.swapaxes(steps[k], 0, 1)) for k in KEYS}
 
-  def heldout_batches(self, idx: Sequence[int], num_batches: int,
-                      batch_size: int) -> dict[str, np.ndarray]:
+  def heldout_batches(
+      self, idx: Sequence[int], num_batches: int, batch_size: int
+  ) -> dict[str, np.ndarray]:
     """Each participant's fixed private held-out batches: arrays [V, n, B, T]."""
     per = [_padded(self.heldout[i], num_batches * batch_size, self.pad_id) for i in idx]
-    return {k: np.stack([p[k].reshape((num_batches, batch_size, -1)) for p in per])
-            for k in KEYS}
+    return {k: np.stack([p[k].reshape((num_batches, batch_size, -1)) for p in per]) for k in KEYS}
 
   def eval_batches(self, batch_size: int) -> tuple[list[str], dict[str, np.ndarray]]:
     """(domain names, arrays [D, n, B, T]) covering every pooled eval row once."""
@@ -97,54 +101,87 @@ def build_population(run, tokenizer) -> Population:
   d, n = run.data, run.federation.num_participants
   examples = []
   for name in d.domains:
-    kw = {"n": d.examples_per_domain} if name in ("finance", "medical") else {
-        "limit": d.examples_per_domain}
+    kw = (
+        {"n": d.examples_per_domain}
+        if name in ("finance", "medical")
+        else {"limit": d.examples_per_domain}
+    )
     if name in ("finance", "medical"):
       kw["seed"] = run.seed
     examples.extend(load_domain(name, **kw))
-  parts = partition(examples, n, scheme=d.partition, alpha=d.dirichlet_alpha,
-                    heldout_fraction=d.heldout_fraction, seed=run.seed)
-  tok = lambda exs, seed: tokenize_examples(exs, tokenizer, d.seq_len, pack=d.pack,
-                                            system=d.system or None, shuffle=d.pack, seed=seed)
+  parts = partition(
+      examples,
+      n,
+      scheme=d.partition,
+      alpha=d.dirichlet_alpha,
+      heldout_fraction=d.heldout_fraction,
+      seed=run.seed,
+  )
+  tok = lambda exs, seed: tokenize_examples(
+      exs, tokenizer, d.seq_len, pack=d.pack, system=d.system or None, shuffle=d.pack, seed=seed
+  )
   train, held = [], []
   for p in parts:
     exs = p.train
     if run.attack.behaviours.get(p.client_id) == "backdoor":
-      exs = poison(exs, run.attack.trigger, run.attack.target, run.attack.poison_fraction,
-                   seed=run.seed + p.client_id)
+      exs = poison(
+          exs,
+          run.attack.trigger,
+          run.attack.target,
+          run.attack.poison_fraction,
+          seed=run.seed + p.client_id,
+      )
     train.append(dict(tok(exs, p.client_id)))
     held.append(dict(tok(p.heldout, p.client_id)))
     if train[-1]["tokens"].shape[0] == 0 or held[-1]["tokens"].shape[0] == 0:
-      raise ValueError(f"participant {p.client_id} has no training or held-out rows left after "
-                       f"tokenization at seq_len={d.seq_len}: raise data.seq_len or "
-                       f"data.examples_per_domain")
+      raise ValueError(
+          f"participant {p.client_id} has no training or held-out rows left after "
+          f"tokenization at seq_len={d.seq_len}: raise data.seq_len or "
+          f"data.examples_per_domain"
+      )
   evals = {}
   for dom in sorted({e.domain for e in examples}):
-    pooled = [e for p in parts for e in p.heldout if e.domain == dom][:d.eval_examples_per_domain]
+    pooled = [e for p in parts for e in p.heldout if e.domain == dom][: d.eval_examples_per_domain]
     if pooled:
       evals[dom] = dict(tok(pooled, 0))
-  return Population(train, held, evals, pad_id=int(tokenizer.pad_token_id),
-                    domains=[p.domain_counts for p in parts])
+  return Population(
+      train,
+      held,
+      evals,
+      pad_id=int(tokenizer.pad_token_id),
+      domains=[p.domain_counts for p in parts],
+  )
 
 
 # ------------------------------------------------------------------ synthetic task
-def synthetic_rows(rng: np.random.Generator, rows: int, seq_len: int, vocab: int,
-                   stride: int) -> dict[str, np.ndarray]:
+def synthetic_rows(
+    rng: np.random.Generator, rows: int, seq_len: int, vocab: int, stride: int
+) -> dict[str, np.ndarray]:
   """Counting sequences t_{k+1} = (t_k + stride) mod vocab from a random start: a next-token
   task a tiny model learns in a few steps. The first quarter is an unmasked 'prompt'."""
   start = rng.integers(0, vocab, (rows, 1))
   tokens = ((start + stride * np.arange(seq_len)[None]) % vocab).astype(np.int32)
   mask = np.ones((rows, seq_len), np.float32)
   mask[:, : seq_len // 4] = 0.0
-  return {"tokens": tokens, "loss_mask": mask,
-          "segment_ids": np.ones((rows, seq_len), np.int32),
-          "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
-                                       (rows, seq_len)).copy()}
+  return {
+      "tokens": tokens,
+      "loss_mask": mask,
+      "segment_ids": np.ones((rows, seq_len), np.int32),
+      "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (rows, seq_len)).copy(),
+  }
 
 
-def synthetic_population(num_participants: int, *, seq_len: int = 32, vocab: int = 64,
-                         train_rows: int = 32, heldout_rows: int = 8, eval_rows: int = 16,
-                         strides: Sequence[int] = (1, 3), seed: int = 0) -> Population:
+def synthetic_population(
+    num_participants: int,
+    *,
+    seq_len: int = 32,
+    vocab: int = 64,
+    train_rows: int = 32,
+    heldout_rows: int = 8,
+    eval_rows: int = 16,
+    strides: Sequence[int] = (1, 3),
+    seed: int = 0,
+) -> Population:
   """Participant i counts with stride strides[i % len(strides)] (its 'domain')."""
   rng = np.random.default_rng(seed)
   train, held = [], []
@@ -153,6 +190,12 @@ def synthetic_population(num_participants: int, *, seq_len: int = 32, vocab: int
     train.append(synthetic_rows(rng, train_rows, seq_len, vocab, s))
     held.append(synthetic_rows(rng, heldout_rows, seq_len, vocab, s))
   evals = {f"stride{s}": synthetic_rows(rng, eval_rows, seq_len, vocab, s) for s in strides}
-  return Population(train, held, evals,
-                    domains=[{f"stride{strides[i % len(strides)]}": train_rows + heldout_rows}
-                             for i in range(num_participants)])
+  return Population(
+      train,
+      held,
+      evals,
+      domains=[
+          {f"stride{strides[i % len(strides)]}": train_rows + heldout_rows}
+          for i in range(num_participants)
+      ],
+  )

@@ -10,6 +10,7 @@ State between rounds (`RunState`): the global adapter G, every participant's
 stacked adapter and optimizer state (`ClientState`, [N, ...]), the
 aggregator's state, and the off-chain hash of G.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,13 +87,15 @@ def _train(engine: Engine, state: RunState, who: Sequence[int], start_stacked=Fa
   """Local training of participants `who` (PROTOCOL step 2): returns the new state with
   their rows updated, the deltas [K] and the train losses [K, E]."""
   run, fed = engine.run, engine.run.federation
-  batches = engine.population.train_batches(who, fed.local_steps, fed.batch_size,
-                                            seed=run.seed, round_index=state.round)
+  batches = engine.population.train_batches(
+      who, fed.local_steps, fed.batch_size, seed=run.seed, round_index=state.round
+  )
   rows = state.clients.take(who)
   keys = jax.random.split(jax.random.fold_in(state.key, state.round), len(who))
   start = rows.adapters if start_stacked else state.global_lora
-  adapters, deltas, opt, losses = engine.local_train(engine.base, start, rows.opt_state, batches,
-                                                     keys, start_stacked=start_stacked)
+  adapters, deltas, opt, losses = engine.local_train(
+      engine.base, start, rows.opt_state, batches, keys, start_stacked=start_stacked
+  )
   jax.block_until_ready(losses)
   clients = state.clients.put(who, ClientState(adapters, opt))
   return dataclasses.replace(state, clients=clients), deltas, losses
@@ -121,8 +124,9 @@ def _heldout_by_domain(engine: Engine, lora: PyTree) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ FLock round
-def flock_round(engine: Engine, state: RunState, ledger: Ledger,
-                store=None) -> tuple[RunState, RoundMetrics]:
+def flock_round(
+    engine: Engine, state: RunState, ledger: Ledger, store=None
+) -> tuple[RunState, RoundMetrics]:
   """One FLock round, PROTOCOL.md steps 1-6 (settlement is the ledger's).
 
   `store` (a flock_jax.chain.AdapterStore) receives the canonical bytes of the
@@ -168,7 +172,7 @@ def flock_round(engine: Engine, state: RunState, ledger: Ledger,
     if per_proposal:
       each = [jax.tree.map(lambda g, d: g + d, G, d) for d in valid]
       losses = np.asarray(engine.heldout_loss(engine.base, _stack([G] + each), held))  # [V, 1+P']
-      g = voting.per_proposal_gains(losses[:, 0], losses[:, 1:])                      # [V, P']
+      g = voting.per_proposal_gains(losses[:, 0], losses[:, 1:])  # [V, P']
       gains = g.tolist()
       honest = np.asarray(voting.approve(g, fed.tau))
     else:
@@ -214,23 +218,40 @@ def flock_round(engine: Engine, state: RunState, ledger: Ledger,
   elif valid and outcome.accepted:
     prop_acc = [i in valid_ids for i in proposers]
     if outcome.global_hash is not None and outcome.global_hash != cand_hash:
-      raise RuntimeError(f"round {roles.round}: the ledger accepted {_hex(outcome.global_hash)} "
-                         f"but the candidate voters scored is {_hex(cand_hash)}")
+      raise RuntimeError(
+          f"round {roles.round}: the ledger accepted {_hex(outcome.global_hash)} "
+          f"but the candidate voters scored is {_hex(cand_hash)}"
+      )
   if outcome.accepted and candidate is not None:
     G = jax.tree.map(lambda c, g: c.astype(g.dtype), candidate, G)
     state = dataclasses.replace(state, global_lora=G, global_hash=cand_hash)
 
   metrics = RoundMetrics(
-      round=roles.round, mode="flock:per_proposal" if per_proposal else "flock",
+      round=roles.round,
+      mode="flock:per_proposal" if per_proposal else "flock",
       train_loss=float(np.mean(np.asarray(train_losses)[:, -1])),
       heldout_loss=_heldout_by_domain(engine, G),
-      accepted=bool(outcome.accepted), tally=int(outcome.tally), void=bool(outcome.void),
-      proposers=proposers, voters=voters, approvals=approvals, gains=gains,
-      proposal_accepted=prop_acc, rejected_updates=errors, candidate_hash=_hex(cand_hash),
-      global_hash=_hex(state.global_hash), chain_global_hash=_hex(outcome.global_hash),
-      block_hash=_hex(block), rewards=dict(outcome.rewards), slashes=dict(outcome.slashes),
-      time_train_s=t_train, time_hash_s=t_hash, time_eval_s=t_eval, time_chain_s=t_chain,
-      extra={"train_loss_per_proposer": np.asarray(train_losses)[:, -1].tolist()})
+      accepted=bool(outcome.accepted),
+      tally=int(outcome.tally),
+      void=bool(outcome.void),
+      proposers=proposers,
+      voters=voters,
+      approvals=approvals,
+      gains=gains,
+      proposal_accepted=prop_acc,
+      rejected_updates=errors,
+      candidate_hash=_hex(cand_hash),
+      global_hash=_hex(state.global_hash),
+      chain_global_hash=_hex(outcome.global_hash),
+      block_hash=_hex(block),
+      rewards=dict(outcome.rewards),
+      slashes=dict(outcome.slashes),
+      time_train_s=t_train,
+      time_hash_s=t_hash,
+      time_eval_s=t_eval,
+      time_chain_s=t_chain,
+      extra={"train_loss_per_proposer": np.asarray(train_losses)[:, -1].tolist()},
+  )
   metrics.time_round_s = time.perf_counter() - t_round
   return dataclasses.replace(state, round=state.round + 1), metrics
 
@@ -241,8 +262,9 @@ def _root_update(engine: Engine, state: RunState) -> PyTree:
   first domain) with a fresh optimizer state."""
   fed = engine.run.federation
   root = Population([next(iter(engine.population.eval_sets.values()))], [], {})
-  batches = root.train_batches([0], fed.local_steps, fed.batch_size, seed=engine.run.seed,
-                               round_index=state.round)
+  batches = root.train_batches(
+      [0], fed.local_steps, fed.batch_size, seed=engine.run.seed, round_index=state.round
+  )
   opt = jax.vmap(engine.tx.init)(_stack([state.global_lora]))
   keys = jax.random.split(jax.random.fold_in(state.key, 10**6 + state.round), 1)
   _, delta, _, _ = engine.local_train(engine.base, state.global_lora, opt, batches, keys)
@@ -256,8 +278,9 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
   agg = engine.aggregator
   t_round = time.perf_counter()
   rng = np.random.default_rng([run.seed, state.round, 11])
-  who = sorted(int(i) for i in rng.choice(fed.num_participants, fed.clients_per_round,
-                                          replace=False))
+  who = sorted(
+      int(i) for i in rng.choice(fed.num_participants, fed.clients_per_round, replace=False)
+  )
   t = time.perf_counter()
   state, deltas, train_losses = _train(engine, state, who, start_stacked=agg.isolated)
   t_train = time.perf_counter() - t
@@ -272,35 +295,53 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
     if "root_update" in agg.needs:
       kw["root_update"] = _root_update(engine, state)
     key = jax.random.fold_in(state.key, 2 * 10**6 + state.round)
-    delta, agg_state, info = agg.apply(state.agg_state, G, _stack(valid),
-                                       jnp.asarray(engine.population.num_train[valid_ids]), key,
-                                       **kw)
+    delta, agg_state, info = agg.apply(
+        state.agg_state,
+        G,
+        _stack(valid),
+        jnp.asarray(engine.population.num_train[valid_ids]),
+        key,
+        **kw,
+    )
     G = apply_delta(G, delta)
     state = dataclasses.replace(state, global_lora=G, agg_state=agg_state)
     extra = {k: np.asarray(v).tolist() for k, v in info.items()}
   if agg.isolated:  # each client is judged on its own adapter and its own held-out data
     held = engine.population.heldout_batches(who, fed.eval_batches, fed.eval_batch_size)
-    own = np.diag(np.asarray(engine.heldout_loss(engine.base, state.clients.take(who).adapters,
-                                                 held)))
+    own = np.diag(
+        np.asarray(engine.heldout_loss(engine.base, state.clients.take(who).adapters, held))
+    )
     heldout = {"own": float(np.mean(own))}
   else:
     heldout = _heldout_by_domain(engine, G)
   t_eval = time.perf_counter() - t
   metrics = RoundMetrics(
-      round=state.round, mode=f"baseline:{agg.name}",
-      train_loss=float(np.mean(np.asarray(train_losses)[:, -1])), heldout_loss=heldout,
-      clients=who, proposal_accepted=[i in valid_ids for i in who], rejected_updates=errors,
-      global_hash=_hex(hashing.tree_hash(G)), time_train_s=t_train, time_eval_s=t_eval,
-      extra=extra)
+      round=state.round,
+      mode=f"baseline:{agg.name}",
+      train_loss=float(np.mean(np.asarray(train_losses)[:, -1])),
+      heldout_loss=heldout,
+      clients=who,
+      proposal_accepted=[i in valid_ids for i in who],
+      rejected_updates=errors,
+      global_hash=_hex(hashing.tree_hash(G)),
+      time_train_s=t_train,
+      time_eval_s=t_eval,
+      extra=extra,
+  )
   metrics.time_round_s = time.perf_counter() - t_round
   return dataclasses.replace(state, round=state.round + 1), metrics
 
 
-def run_rounds(config, *, population: Population | None = None, base: Params | None = None,
-               ledger: Ledger | None = None, store=None,
-               resume: Callable[[RunState], tuple[dict, dict]] | None = None,
-               on_round: Callable[[RunState, RoundMetrics, Ledger | None], None] | None = None,
-               ) -> list[RoundMetrics]:
+def run_rounds(
+    config,
+    *,
+    population: Population | None = None,
+    base: Params | None = None,
+    ledger: Ledger | None = None,
+    store=None,
+    resume: Callable[[RunState], tuple[dict, dict]] | None = None,
+    on_round: Callable[[RunState, RoundMetrics, Ledger | None], None] | None = None,
+) -> list[RoundMetrics]:
   """Run config.federation.rounds rounds; returns every round's metrics.
 
   config: a ConfigDict (configs/flock.py) or a RunConfig. FLock mode reads roles
@@ -313,6 +354,7 @@ def run_rounds(config, *, population: Population | None = None, base: Params | N
   of the remaining rounds.
   """
   from flock_jax.run_config import RunConfig, from_config
+
   run = config if isinstance(config, RunConfig) else from_config(config)
   engine, state = build(run, population=population, base=base)
   flock = run.federation.mode == "flock"
@@ -324,11 +366,10 @@ def run_rounds(config, *, population: Population | None = None, base: Params | N
   out = []
   with ctx:
     for _ in range(state.round, run.federation.rounds):
-      state, m = (flock_round(engine, state, ledger, store) if flock
-                  else baseline_round(engine, state))
+      state, m = (
+          flock_round(engine, state, ledger, store) if flock else baseline_round(engine, state)
+      )
       out.append(m)
       if on_round is not None:
         on_round(state, m, ledger)
   return out
-
-

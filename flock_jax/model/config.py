@@ -1,4 +1,5 @@
 """Llama architecture hyper-parameters, presets, and Hugging Face config.json parsing."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +19,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   """RoPE frequency scaling. kind: 'default' | 'linear' | 'llama3' (Llama 3.1 long context)."""
+
   kind: str = "default"
   factor: float = 1.0
   low_freq_factor: float = 1.0
@@ -33,6 +35,7 @@ class LlamaConfig:
   `param_dtype` the storage dtype of the frozen base; `remat` is one of
   'none' | 'full' | 'dots' (save matmul outputs, recompute the rest).
   """
+
   vocab_size: int = 256
   hidden_size: int = 64
   intermediate_size: int = 128
@@ -60,11 +63,13 @@ class LlamaConfig:
       raise ConfigError(f"sizes must be positive: {self}")
     if self.num_heads % self.num_kv_heads:
       raise ConfigError(
-          f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+          f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+      )
     if self.head_dim is None and self.hidden_size % self.num_heads:
       raise ConfigError(
           f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
-          "set head_dim explicitly")
+          "set head_dim explicitly"
+      )
     if self.attention_bias or self.mlp_bias:
       raise ConfigError("attention_bias/mlp_bias are not supported (no Llama checkpoint uses them)")
     for name in ("dtype", "param_dtype"):
@@ -125,7 +130,8 @@ class LlamaConfig:
     if model_type not in (None, "llama") or (archs and "LlamaForCausalLM" not in archs):
       raise ConfigError(
           f"unsupported architecture model_type={model_type!r} architectures={archs}; "
-          "flock_jax loads LlamaForCausalLM checkpoints only")
+          "flock_jax loads LlamaForCausalLM checkpoints only"
+      )
     rope = dict(hf.get("rope_parameters") or {})
     legacy = hf.get("rope_scaling") or {}
     theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
@@ -137,20 +143,26 @@ class LlamaConfig:
       scaling = RopeScaling(kind="linear", factor=float(src["factor"]))
     elif rtype == "llama3":
       scaling = RopeScaling(
-          kind="llama3", factor=float(src["factor"]),
+          kind="llama3",
+          factor=float(src["factor"]),
           low_freq_factor=float(src.get("low_freq_factor", 1.0)),
           high_freq_factor=float(src.get("high_freq_factor", 4.0)),
-          original_max_position_embeddings=int(src.get("original_max_position_embeddings", 8192)))
+          original_max_position_embeddings=int(src.get("original_max_position_embeddings", 8192)),
+      )
     else:
       raise ConfigError(f"rope_type {rtype!r} is not supported (default, linear, llama3)")
     eos = hf.get("eos_token_id")
     kw = dict(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
         num_heads=hf["num_attention_heads"],
         num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        head_dim=hf.get("head_dim"), rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta), rope_scaling=scaling,
+        head_dim=hf.get("head_dim"),
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta),
+        rope_scaling=scaling,
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_bias=bool(hf.get("attention_bias", False)),
@@ -158,7 +170,8 @@ class LlamaConfig:
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         pad_token_id=hf.get("pad_token_id"),
-        initializer_range=hf.get("initializer_range", 0.02))
+        initializer_range=hf.get("initializer_range", 0.02),
+    )
     if kw["head_dim"] == kw["hidden_size"] // kw["num_heads"]:
       kw["head_dim"] = None
     kw.update(overrides)
@@ -171,23 +184,38 @@ class LlamaConfig:
     if rs.kind == "linear":
       rope["factor"] = rs.factor
     elif rs.kind == "llama3":
-      rope.update(factor=rs.factor, low_freq_factor=rs.low_freq_factor,
-                  high_freq_factor=rs.high_freq_factor,
-                  original_max_position_embeddings=rs.original_max_position_embeddings)
+      rope.update(
+          factor=rs.factor,
+          low_freq_factor=rs.low_freq_factor,
+          high_freq_factor=rs.high_freq_factor,
+          original_max_position_embeddings=rs.original_max_position_embeddings,
+      )
     eos = self.eos_token_id
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-        "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
-        "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
-        "head_dim": self.dim_head, "rms_norm_eps": self.rms_norm_eps,
-        "rope_parameters": rope, "rope_theta": self.rope_theta,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
+        "intermediate_size": self.intermediate_size,
+        "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads,
+        "num_key_value_heads": self.num_kv_heads,
+        "head_dim": self.dim_head,
+        "rms_norm_eps": self.rms_norm_eps,
+        "rope_parameters": rope,
+        "rope_theta": self.rope_theta,
         "max_position_embeddings": self.max_position_embeddings,
-        "tie_word_embeddings": self.tie_word_embeddings, "attention_bias": False,
-        "mlp_bias": False, "hidden_act": "silu", "bos_token_id": self.bos_token_id,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+        "bos_token_id": self.bos_token_id,
         "eos_token_id": list(eos) if isinstance(eos, tuple) else eos,
-        "pad_token_id": self.pad_token_id, "initializer_range": self.initializer_range,
-        "torch_dtype": self.param_dtype, "attention_dropout": 0.0, "pretraining_tp": 1,
+        "pad_token_id": self.pad_token_id,
+        "initializer_range": self.initializer_range,
+        "torch_dtype": self.param_dtype,
+        "attention_dropout": 0.0,
+        "pretraining_tp": 1,
         "use_cache": True,
     }
 
@@ -205,36 +233,92 @@ class LlamaConfig:
 
 
 # ---------------------------------------------------------------- presets
-LLAMA3_ROPE = RopeScaling(kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                          original_max_position_embeddings=8192)
+LLAMA3_ROPE = RopeScaling(
+    kind="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=8192,
+)
 
 PRESETS: dict[str, LlamaConfig] = {
     # Random tiny models for tests and the default job (byte-level tokenizer vocab).
-    "tiny": LlamaConfig(vocab_size=272, hidden_size=64, intermediate_size=128, num_layers=2,
-                        num_heads=4, num_kv_heads=2, max_position_embeddings=512,
-                        bos_token_id=None, eos_token_id=None),
-    "small": LlamaConfig(vocab_size=272, hidden_size=256, intermediate_size=768, num_layers=4,
-                         num_heads=8, num_kv_heads=2, max_position_embeddings=1024,
-                         bos_token_id=None, eos_token_id=None),
+    "tiny": LlamaConfig(
+        vocab_size=272,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=None,
+        eos_token_id=None,
+    ),
+    "small": LlamaConfig(
+        vocab_size=272,
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=None,
+        eos_token_id=None,
+    ),
     "smollm2_135m": LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
-        num_kv_heads=3, rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2),
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    ),
     "llama3_8b": LlamaConfig(
-        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
-        num_heads=32, num_kv_heads=8, rms_norm_eps=1e-5, rope_theta=500000.0,
-        max_position_embeddings=8192, bos_token_id=128000, eos_token_id=(128001, 128009),
-        dtype="bfloat16", param_dtype="bfloat16", remat="dots"),
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        bos_token_id=128000,
+        eos_token_id=(128001, 128009),
+        dtype="bfloat16",
+        param_dtype="bfloat16",
+        remat="dots",
+    ),
     "llama3_70b": LlamaConfig(
-        vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_layers=80,
-        num_heads=64, num_kv_heads=8, rms_norm_eps=1e-5, rope_theta=500000.0,
-        max_position_embeddings=8192, bos_token_id=128000, eos_token_id=(128001, 128009),
-        dtype="bfloat16", param_dtype="bfloat16", remat="full"),
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_layers=80,
+        num_heads=64,
+        num_kv_heads=8,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        bos_token_id=128000,
+        eos_token_id=(128001, 128009),
+        dtype="bfloat16",
+        param_dtype="bfloat16",
+        remat="full",
+    ),
 }
 PRESETS["llama31_8b"] = PRESETS["llama3_8b"].replace(
-    rope_scaling=LLAMA3_ROPE, max_position_embeddings=131072)
+    rope_scaling=LLAMA3_ROPE, max_position_embeddings=131072
+)
 PRESETS["llama31_70b"] = PRESETS["llama3_70b"].replace(
-    rope_scaling=LLAMA3_ROPE, max_position_embeddings=131072)
+    rope_scaling=LLAMA3_ROPE, max_position_embeddings=131072
+)
 
 
 def preset(name: str, **overrides) -> LlamaConfig:

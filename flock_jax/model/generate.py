@@ -17,6 +17,7 @@ over a shared frozen base in one call (jax.vmap); `chat_generate` wraps it all
 for strings with a tokenizer's chat template, which is what attack-success
 evaluation needs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,6 +42,7 @@ class GenerateOutput(NamedTuple):
             distribution (0 after EOS); sum over a row = answer log-likelihood.
   steps     () int32: decode positions run (< N when all rows stopped early).
   """
+
   tokens: jax.Array
   lengths: jax.Array
   finished: jax.Array
@@ -61,8 +63,22 @@ def _is_eos(tok, eos):
   return (tok[:, None] == eos[None, :]).any(axis=-1)
 
 
-def _generate_core(params, lora, tokens, valid, key, eos, pad_id, temperature, top_p, *,
-                   cfg: LlamaConfig, lora_cfg, n: int, mode: SamplingMode) -> GenerateOutput:
+def _generate_core(
+    params,
+    lora,
+    tokens,
+    valid,
+    key,
+    eos,
+    pad_id,
+    temperature,
+    top_p,
+    *,
+    cfg: LlamaConfig,
+    lora_cfg,
+    n: int,
+    mode: SamplingMode,
+) -> GenerateOutput:
   """Prefill tokens [B, P] (valid [B, P]), then decode up to n tokens; traceable, vmappable.
 
   eos [E] int32, pad_id, temperature and top_p (scalars) are traced, so changing
@@ -71,8 +87,16 @@ def _generate_core(params, lora, tokens, valid, key, eos, pad_id, temperature, t
   b, p = tokens.shape
   cache = llama.init_cache(cfg, b, p + n - 1)
   positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
-  hidden, cache = llama.hidden_with_cache(params, tokens, cfg, cache, positions=positions,
-                                         token_valid=valid, lora=lora, lora_cfg=lora_cfg)
+  hidden, cache = llama.hidden_with_cache(
+      params,
+      tokens,
+      cfg,
+      cache,
+      positions=positions,
+      token_valid=valid,
+      lora=lora,
+      lora_cfg=lora_cfg,
+  )
   logits = llama.logits_from_hidden(params, hidden[:, -1:], cfg)[:, 0]
   tok, logp = _choose(logits, key, 0, mode, temperature, top_p)
   first_pos = jnp.sum(valid, axis=1, dtype=jnp.int32)  # position of generated token 0
@@ -89,8 +113,15 @@ def _generate_core(params, lora, tokens, valid, key, eos, pad_id, temperature, t
     i, cache, prev, done, out, logps, lengths = state
     # Feeds token i-1 at its position and cache slot P+i-1, reads token i.
     logits, cache = llama.forward_with_cache(
-        params, prev[:, None], cfg, cache, positions=(first_pos + i - 1)[:, None],
-        token_valid=jnp.ones((b, 1), bool), lora=lora, lora_cfg=lora_cfg)
+        params,
+        prev[:, None],
+        cfg,
+        cache,
+        positions=(first_pos + i - 1)[:, None],
+        token_valid=jnp.ones((b, 1), bool),
+        lora=lora,
+        lora_cfg=lora_cfg,
+    )
     tok, logp = _choose(logits[:, 0], key, i, mode, temperature, top_p)
     tok = jnp.where(done, pad_id, tok)
     logp = jnp.where(done, 0.0, logp)
@@ -107,13 +138,26 @@ _STATIC = ("cfg", "lora_cfg", "n", "mode")
 _generate_jit = jax.jit(_generate_core, static_argnames=_STATIC)
 
 
-def _clients_core(params, lora, tokens, valid, key, eos, pad_id, temperature, top_p, *,
-                  per_client_prompts: bool, **static):
+def _clients_core(
+    params,
+    lora,
+    tokens,
+    valid,
+    key,
+    eos,
+    pad_id,
+    temperature,
+    top_p,
+    *,
+    per_client_prompts: bool,
+    **static,
+):
   c = jax.tree.leaves(lora)[0].shape[0]
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(c))
   prompt_axis = 0 if per_client_prompts else None
-  fn = lambda lo, t, v, k: _generate_core(params, lo, t, v, k, eos, pad_id, temperature, top_p,
-                                          **static)
+  fn = lambda lo, t, v, k: _generate_core(
+      params, lo, t, v, k, eos, pad_id, temperature, top_p, **static
+  )
   return jax.vmap(fn, in_axes=(0, prompt_axis, prompt_axis, 0))(lora, tokens, valid, keys)
 
 
@@ -129,26 +173,34 @@ def _check_prompts(tokens, valid, cfg: LlamaConfig, lead: tuple[int, ...] = ()):
   if tokens.ndim != 2 + len(lead) or tokens.shape != valid.shape:
     raise ValueError(
         f"prompt_tokens {tokens.shape} and prompt_valid {valid.shape} must be equal "
-        f"{'[C, B, P]' if lead else '[B, P]'} arrays")
+        f"{'[C, B, P]' if lead else '[B, P]'} arrays"
+    )
   if not (jnp.issubdtype(tokens.dtype, jnp.integer) and valid.dtype == bool):
-    raise ValueError(f"prompt_tokens must be integer (got {tokens.dtype}) and prompt_valid "
-                     f"bool (got {valid.dtype})")
+    raise ValueError(
+        f"prompt_tokens must be integer (got {tokens.dtype}) and prompt_valid "
+        f"bool (got {valid.dtype})"
+    )
   if not (_concrete(tokens) and _concrete(valid)):
     return
   t, v = np.asarray(tokens), np.asarray(valid)
   rows = v.reshape(-1, v.shape[-1])
   if not rows[:, -1].all():
     bad = int(np.flatnonzero(~rows[:, -1])[0])
-    raise ValueError(f"prompt row {bad} does not end in a real token: prompts must be LEFT-"
-                     "padded with at least one real token per row (see left_pad)")
+    raise ValueError(
+        f"prompt row {bad} does not end in a real token: prompts must be LEFT-"
+        "padded with at least one real token per row (see left_pad)"
+    )
   if (np.diff(rows.astype(np.int8), axis=-1) < 0).any():
     bad = int(np.flatnonzero((np.diff(rows.astype(np.int8), axis=-1) < 0).any(-1))[0])
-    raise ValueError(f"prompt row {bad} has padding after a real token: prompts must be "
-                     "left-padded (valid = False then True)")
+    raise ValueError(
+        f"prompt row {bad} has padding after a real token: prompts must be "
+        "left-padded (valid = False then True)"
+    )
   real = t[v]
   if real.size and (real.min() < 0 or real.max() >= cfg.vocab_size):
-    raise ValueError(f"prompt token ids must be in [0, {cfg.vocab_size}), got "
-                     f"[{real.min()}, {real.max()}]")
+    raise ValueError(
+        f"prompt token ids must be in [0, {cfg.vocab_size}), got " f"[{real.min()}, {real.max()}]"
+    )
 
 
 def _check_lora(lora, lora_cfg, cfg: LlamaConfig, clients: bool):
@@ -159,6 +211,7 @@ def _check_lora(lora, lora_cfg, cfg: LlamaConfig, clients: bool):
   if lora_cfg is None:
     raise ValueError("lora given without lora_cfg (its LoraConfig sets the scale)")
   from flock_jax.model.lora import lora_shapes
+
   want = lora_shapes(cfg, lora_cfg)
   if set(lora) != set(want):
     raise ValueError(f"lora targets {sorted(lora)} != lora_cfg.targets {sorted(want)}")
@@ -169,8 +222,10 @@ def _check_lora(lora, lora_cfg, cfg: LlamaConfig, clients: bool):
       shape = tuple(leaf.shape)
       core = shape[1:] if clients else shape
       if core != sds.shape or (clients and len(shape) != len(sds.shape) + 1):
-        raise ValueError(f"lora leaf {name}.{part} has shape {shape}; expected "
-                         f"{'[C] + ' if clients else ''}{list(sds.shape)}")
+        raise ValueError(
+            f"lora leaf {name}.{part} has shape {shape}; expected "
+            f"{'[C] + ' if clients else ''}{list(sds.shape)}"
+        )
       if clients:
         lead = shape[0] if lead is None else lead
         if shape[0] != lead:
@@ -202,10 +257,22 @@ def _key(key, sampling: Sampling):
   return key
 
 
-def generate(params, cfg: LlamaConfig, prompt_tokens, prompt_valid, *, max_new_tokens: int,
-             key=None, temperature: float = 0.0, top_k: int | None = None,
-             top_p: float | None = None, eos_ids: Sequence[int] | None = None, lora=None,
-             lora_cfg=None, pad_id: int = 0) -> GenerateOutput:
+def generate(
+    params,
+    cfg: LlamaConfig,
+    prompt_tokens,
+    prompt_valid,
+    *,
+    max_new_tokens: int,
+    key=None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_ids: Sequence[int] | None = None,
+    lora=None,
+    lora_cfg=None,
+    pad_id: int = 0,
+) -> GenerateOutput:
   """Generates up to max_new_tokens for left-padded prompts [B, P] (valid [B, P] bool).
 
   temperature 0 is greedy; otherwise tokens are sampled with `key` (step i
@@ -218,17 +285,37 @@ def generate(params, cfg: LlamaConfig, prompt_tokens, prompt_valid, *, max_new_t
   prompt_tokens, prompt_valid = jnp.asarray(prompt_tokens), jnp.asarray(prompt_valid)
   _check_prompts(prompt_tokens, prompt_valid, cfg)
   _check_lora(lora, lora_cfg, cfg, clients=False)
-  sampling, static = _static(cfg, lora_cfg if lora is not None else None, max_new_tokens,
-                             temperature, top_k, top_p)
-  return _generate_jit(params, lora, prompt_tokens.astype(jnp.int32), prompt_valid,
-                       _key(key, sampling), *_stops(cfg, eos_ids, pad_id), *sampling.values(),
-                       **static)
+  sampling, static = _static(
+      cfg, lora_cfg if lora is not None else None, max_new_tokens, temperature, top_k, top_p
+  )
+  return _generate_jit(
+      params,
+      lora,
+      prompt_tokens.astype(jnp.int32),
+      prompt_valid,
+      _key(key, sampling),
+      *_stops(cfg, eos_ids, pad_id),
+      *sampling.values(),
+      **static,
+  )
 
 
-def generate_clients(params, cfg: LlamaConfig, prompt_tokens, prompt_valid, *, lora, lora_cfg,
-                     max_new_tokens: int, key=None, temperature: float = 0.0,
-                     top_k: int | None = None, top_p: float | None = None,
-                     eos_ids: Sequence[int] | None = None, pad_id: int = 0) -> GenerateOutput:
+def generate_clients(
+    params,
+    cfg: LlamaConfig,
+    prompt_tokens,
+    prompt_valid,
+    *,
+    lora,
+    lora_cfg,
+    max_new_tokens: int,
+    key=None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_ids: Sequence[int] | None = None,
+    pad_id: int = 0,
+) -> GenerateOutput:
   """`generate` for C clients' adapters (every lora leaf [C, ...]) over one shared base.
 
   Prompts are shared ([B, P]) or per client ([C, B, P]). Client c samples
@@ -244,9 +331,17 @@ def generate_clients(params, cfg: LlamaConfig, prompt_tokens, prompt_valid, *, l
   if per_client and prompt_tokens.shape[0] != c:
     raise ValueError(f"per-client prompts have {prompt_tokens.shape[0]} clients, lora has {c}")
   sampling, static = _static(cfg, lora_cfg, max_new_tokens, temperature, top_k, top_p)
-  return _clients_jit(params, lora, prompt_tokens.astype(jnp.int32), prompt_valid,
-                      _key(key, sampling), *_stops(cfg, eos_ids, pad_id), *sampling.values(),
-                      per_client_prompts=per_client, **static)
+  return _clients_jit(
+      params,
+      lora,
+      prompt_tokens.astype(jnp.int32),
+      prompt_valid,
+      _key(key, sampling),
+      *_stops(cfg, eos_ids, pad_id),
+      *sampling.values(),
+      per_client_prompts=per_client,
+      **static,
+  )
 
 
 # ------------------------------------------------------------------ token lists <-> arrays
@@ -255,8 +350,12 @@ def bucket_length(n: int, minimum: int = 16) -> int:
   return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
-def left_pad(seqs: Sequence[Sequence[int]], length: int | None = None, pad_id: int = 0,
-             rows: int | None = None):
+def left_pad(
+    seqs: Sequence[Sequence[int]],
+    length: int | None = None,
+    pad_id: int = 0,
+    rows: int | None = None,
+):
   """Token lists -> (tokens [R, length] int32, valid [R, length] bool), left-padded.
 
   length defaults to bucket_length(longest); rows >= len(seqs) adds all-pad
@@ -271,10 +370,10 @@ def left_pad(seqs: Sequence[Sequence[int]], length: int | None = None, pad_id: i
   rows = len(seqs) if rows is None else rows
   tokens = np.full((rows, length), pad_id, np.int32)
   valid = np.zeros((rows, length), bool)
-  valid[len(seqs):, -1] = True
+  valid[len(seqs) :, -1] = True
   for i, s in enumerate(seqs):
-    tokens[i, length - len(s):] = s
-    valid[i, length - len(s):] = True
+    tokens[i, length - len(s) :] = s
+    valid[i, length - len(s) :] = True
   return tokens, valid
 
 
@@ -302,11 +401,13 @@ def stop_ids(tokenizer, cfg: LlamaConfig) -> tuple[int, ...]:
   return tuple(sorted(i for i in ids if i < cfg.vocab_size))
 
 
-def chat_prompt_ids(tokenizer, prompts: Sequence[str], system: str | None = None) -> list[list[int]]:
+def chat_prompt_ids(
+    tokenizer, prompts: Sequence[str], system: str | None = None
+) -> list[list[int]]:
   """Each prompt as a user turn (after an optional system turn), chat-templated, token ids."""
   out = []
   for p in prompts:
-    msgs = ([{"role": "system", "content": system}] if system is not None else [])
+    msgs = [{"role": "system", "content": system}] if system is not None else []
     msgs.append({"role": "user", "content": p})
     text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
@@ -321,7 +422,7 @@ def _chat_batches(tokenizer, cfg, prompts, system, batch_size, min_bucket):
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   pad = pad if pad < cfg.vocab_size else 0
   for start in range(0, len(ids), batch_size):
-    chunk = ids[start:start + batch_size]
+    chunk = ids[start : start + batch_size]
     rows = min(batch_size, bucket_length(len(chunk), minimum=1))
     length = bucket_length(max(len(s) for s in chunk), minimum=min_bucket)
     yield start // batch_size, len(chunk), *left_pad(chunk, length, pad_id=pad, rows=rows), pad
@@ -338,9 +439,18 @@ def _batch_kw(kw: dict, index: int) -> dict:
   return {**kw, "key": jax.random.fold_in(kw["key"], index)}
 
 
-def chat_generate(params, cfg: LlamaConfig, tokenizer, prompts: Sequence[str],
-                  system: str | None = None, *, max_new_tokens: int = 64, batch_size: int = 8,
-                  min_bucket: int = 16, **kw: Any) -> list[str]:
+def chat_generate(
+    params,
+    cfg: LlamaConfig,
+    tokenizer,
+    prompts: Sequence[str],
+    system: str | None = None,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    min_bucket: int = 16,
+    **kw: Any,
+) -> list[str]:
   """Chat answers (strings) for prompts, batched, until a stop token or max_new_tokens.
 
   Stops at cfg.eos_ids and the tokenizer's eos / <|im_end|>-like tokens.
@@ -350,27 +460,58 @@ def chat_generate(params, cfg: LlamaConfig, tokenizer, prompts: Sequence[str],
   """
   stops = stop_ids(tokenizer, cfg)
   answers: list[str] = []
-  for i, count, tokens, valid, pad in _chat_batches(tokenizer, cfg, prompts, system,
-                                                     batch_size, min_bucket):
-    out = generate(params, cfg, tokens, valid, max_new_tokens=max_new_tokens, eos_ids=stops,
-                   pad_id=pad, **_batch_kw(kw, i))
+  for i, count, tokens, valid, pad in _chat_batches(
+      tokenizer, cfg, prompts, system, batch_size, min_bucket
+  ):
+    out = generate(
+        params,
+        cfg,
+        tokens,
+        valid,
+        max_new_tokens=max_new_tokens,
+        eos_ids=stops,
+        pad_id=pad,
+        **_batch_kw(kw, i),
+    )
     answers += _decode(tokenizer, np.asarray(out.tokens), count, stops)
   return answers
 
 
-def chat_generate_clients(params, cfg: LlamaConfig, tokenizer, prompts: Sequence[str],
-                          system: str | None = None, *, lora, lora_cfg, max_new_tokens: int = 64,
-                          batch_size: int = 8, min_bucket: int = 16,
-                          **kw: Any) -> list[list[str]]:
+def chat_generate_clients(
+    params,
+    cfg: LlamaConfig,
+    tokenizer,
+    prompts: Sequence[str],
+    system: str | None = None,
+    *,
+    lora,
+    lora_cfg,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    min_bucket: int = 16,
+    **kw: Any,
+) -> list[list[str]]:
   """chat_generate for every client of a [C, ...] lora stack: answers[c][i] for prompt i."""
   stops = stop_ids(tokenizer, cfg)
   c = jax.tree.leaves(lora)[0].shape[0]
   answers: list[list[str]] = [[] for _ in range(c)]
-  for i, count, tokens, valid, pad in _chat_batches(tokenizer, cfg, prompts, system,
-                                                     batch_size, min_bucket):
-    out = np.asarray(generate_clients(params, cfg, tokens, valid, lora=lora, lora_cfg=lora_cfg,
-                                      max_new_tokens=max_new_tokens, eos_ids=stops, pad_id=pad,
-                                      **_batch_kw(kw, i)).tokens)
+  for i, count, tokens, valid, pad in _chat_batches(
+      tokenizer, cfg, prompts, system, batch_size, min_bucket
+  ):
+    out = np.asarray(
+        generate_clients(
+            params,
+            cfg,
+            tokens,
+            valid,
+            lora=lora,
+            lora_cfg=lora_cfg,
+            max_new_tokens=max_new_tokens,
+            eos_ids=stops,
+            pad_id=pad,
+            **_batch_kw(kw, i),
+        ).tokens
+    )
     for ci in range(c):
       answers[ci] += _decode(tokenizer, out[ci], count, stops)
   return answers

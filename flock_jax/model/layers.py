@@ -3,6 +3,7 @@
 Shape letters: B batch, T query length, S key length, D hidden, H query heads,
 K kv heads, G = H/K query heads per kv head, Dh head dim, F mlp hidden.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,8 @@ def rope_inv_freq(dim_head: int, theta: float, scaling: RopeScaling) -> jax.Arra
     wavelen = 2 * math.pi / inv
     scaled = jnp.where(wavelen > low_wavelen, inv / scaling.factor, inv)
     smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
-        scaling.high_freq_factor - scaling.low_freq_factor)
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
     smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return jnp.where(medium, smoothed, scaled)

@@ -19,6 +19,7 @@ Projections are stored (in, out), the transpose of torch's nn.Linear. LoRA
 adapters are a separate tree passed to `forward` (flock_jax/model/lora.py);
 the merged weight is never materialised in the forward pass.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -60,8 +61,11 @@ class DecoderLayers(nnx.Module):
     self.attn_norm = nnx.Param(jnp.ones((n, d), dt), out_sharding=("layers", "norm"))
     self.mlp_norm = nnx.Param(jnp.ones((n, d), dt), out_sharding=("layers", "norm"))
     for name, (din, dout, ain, aout) in projection_dims(cfg).items():
-      setattr(self, name, nnx.Param(init(rngs.params(), (n, din, dout), dt),
-                                    out_sharding=("layers", ain, aout)))
+      setattr(
+          self,
+          name,
+          nnx.Param(init(rngs.params(), (n, din, dout), dt), out_sharding=("layers", ain, aout)),
+      )
 
 
 class Llama(nnx.Module):
@@ -71,13 +75,16 @@ class Llama(nnx.Module):
     self.cfg = cfg
     dt = cfg.storage_dtype
     init = jax.nn.initializers.normal(cfg.initializer_range)
-    self.embed = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.hidden_size), dt),
-                           out_sharding=("vocab", "embed"))
+    self.embed = nnx.Param(
+        init(rngs.params(), (cfg.vocab_size, cfg.hidden_size), dt), out_sharding=("vocab", "embed")
+    )
     self.layers = DecoderLayers(cfg, rngs=rngs)
     self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), dt), out_sharding=("norm",))
     if not cfg.tie_word_embeddings:
-      self.lm_head = nnx.Param(init(rngs.params(), (cfg.hidden_size, cfg.vocab_size), dt),
-                               out_sharding=("embed", "vocab"))
+      self.lm_head = nnx.Param(
+          init(rngs.params(), (cfg.hidden_size, cfg.vocab_size), dt),
+          out_sharding=("embed", "vocab"),
+      )
 
   def params(self) -> Params:
     return nnx.to_pure_dict(nnx.state(self, nnx.Param))
@@ -105,9 +112,11 @@ def param_axes(cfg: LlamaConfig) -> Params:
 
 def init_params(cfg: LlamaConfig, key: jax.Array, shardings=None) -> Params:
   """Random parameters, created directly in their shardings when given (pytree of NamedSharding)."""
+
   def make(k):
     with nnx.use_eager_sharding(False):
       return Llama(cfg, rngs=nnx.Rngs(params=k)).params()
+
   return jax.jit(make, out_shardings=shardings)(key)
 
 
@@ -115,8 +124,11 @@ def init_params(cfg: LlamaConfig, key: jax.Array, shardings=None) -> Params:
 def _remat(fn, cfg: LlamaConfig):
   if cfg.remat == "none":
     return fn
-  policy = (jax.checkpoint_policies.nothing_saveable if cfg.remat == "full"
-            else jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+  policy = (
+      jax.checkpoint_policies.nothing_saveable
+      if cfg.remat == "full"
+      else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  )
   return jax.checkpoint(fn, policy=policy, prevent_cse=False)
 
 
@@ -190,8 +202,7 @@ def _layer(cfg: LlamaConfig, lora_scale, lora_dropout, x, layer, mask, cos, sin,
   return with_logical_constraint(x, _RESIDUAL), new_kv
 
 
-def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, cache_kv,
-             kv_index):
+def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, cache_kv, kv_index):
   """Embeds tokens [B, T], scans the layers, returns normed hidden [B, T, D] and new cache."""
   dtype = cfg.compute_dtype
   # The lookup would inherit the table's fsdp split of D; shard the batch instead.
@@ -228,13 +239,23 @@ def default_positions(segment_ids):
   idx = jnp.arange(t, dtype=jnp.int32)[None, :]
   starts = jnp.concatenate(
       [jnp.ones_like(segment_ids[:, :1], dtype=bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
-      axis=1)
+      axis=1,
+  )
   start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
   return (idx - start_idx).astype(jnp.int32)
 
 
-def hidden_states(params: Params, tokens, cfg: LlamaConfig, *, lora=None, lora_cfg=None,
-                  segment_ids=None, positions=None, dropout_key=None):
+def hidden_states(
+    params: Params,
+    tokens,
+    cfg: LlamaConfig,
+    *,
+    lora=None,
+    lora_cfg=None,
+    segment_ids=None,
+    positions=None,
+    dropout_key=None,
+):
   """Final normed hidden states [B, T, D] for tokens [B, T] (training / scoring path).
 
   segment_ids [B, T]: 0 marks padding, equal ids form one packed sequence
@@ -245,8 +266,9 @@ def hidden_states(params: Params, tokens, cfg: LlamaConfig, *, lora=None, lora_c
   if positions is None:
     positions = default_positions(segment_ids)
   mask = L.causal_segment_mask(segment_ids)
-  hidden, _ = _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key,
-                       None, None)
+  hidden, _ = _decoder(
+      params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, None, None
+  )
   return hidden
 
 
@@ -260,18 +282,34 @@ def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
   """Empty KV cache: k/v [L, B, S, K, Dh], valid [B, S] bool, index () int32 (next slot)."""
   dtype = dtype or cfg.compute_dtype
   shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_head)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-          "valid": jnp.zeros((batch, max_len), bool), "index": jnp.zeros((), jnp.int32)}
+  return {
+      "k": jnp.zeros(shape, dtype),
+      "v": jnp.zeros(shape, dtype),
+      "valid": jnp.zeros((batch, max_len), bool),
+      "index": jnp.zeros((), jnp.int32),
+  }
 
 
 def cache_axes() -> dict:
-  return {"k": ("layers", "batch", "length", "act_kv_heads", "head_dim"),
-          "v": ("layers", "batch", "length", "act_kv_heads", "head_dim"),
-          "valid": ("batch", "length"), "index": ()}
+  return {
+      "k": ("layers", "batch", "length", "act_kv_heads", "head_dim"),
+      "v": ("layers", "batch", "length", "act_kv_heads", "head_dim"),
+      "valid": ("batch", "length"),
+      "index": (),
+  }
 
 
-def hidden_with_cache(params: Params, tokens, cfg: LlamaConfig, cache: dict, *, positions,
-                      token_valid=None, lora=None, lora_cfg=None):
+def hidden_with_cache(
+    params: Params,
+    tokens,
+    cfg: LlamaConfig,
+    cache: dict,
+    *,
+    positions,
+    token_valid=None,
+    lora=None,
+    lora_cfg=None,
+):
   """Runs tokens [B, T] at cache slots [index, index+T); returns (hidden [B, T, D], cache).
 
   positions [B, T] are the rope positions; token_valid [B, T] marks real tokens
@@ -287,8 +325,9 @@ def hidden_with_cache(params: Params, tokens, cfg: LlamaConfig, cache: dict, *, 
   slots = jnp.arange(s)[None, None, :]
   qslot = (idx + jnp.arange(t))[None, :, None]
   mask = (valid[:, None, :] & (slots <= qslot)) | (slots == qslot)
-  hidden, (k, v) = _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, None,
-                            (cache["k"], cache["v"]), idx)
+  hidden, (k, v) = _decoder(
+      params, tokens, cfg, mask, positions, lora, lora_cfg, None, (cache["k"], cache["v"]), idx
+  )
   return hidden, {"k": k, "v": v, "valid": valid, "index": idx + t}
 
 

@@ -8,6 +8,7 @@ base model's output unchanged. A is initialised as in PEFT (Kaiming-uniform
 with a=sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))). Client stacks put a leading
 clients axis on every leaf: [C, L, in, r].
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,17 +47,26 @@ class LoraConfig:
 def lora_shapes(cfg: LlamaConfig, lcfg: LoraConfig) -> dict:
   dims = projection_dims(cfg)
   dt = jnp.dtype(lcfg.dtype)
-  return {n: {"a": jax.ShapeDtypeStruct((cfg.num_layers, dims[n][0], lcfg.rank), dt),
-              "b": jax.ShapeDtypeStruct((cfg.num_layers, lcfg.rank, dims[n][1]), dt)}
-          for n in lcfg.targets}
+  return {
+      n: {
+          "a": jax.ShapeDtypeStruct((cfg.num_layers, dims[n][0], lcfg.rank), dt),
+          "b": jax.ShapeDtypeStruct((cfg.num_layers, lcfg.rank, dims[n][1]), dt),
+      }
+      for n in lcfg.targets
+  }
 
 
 def lora_axes(cfg: LlamaConfig, lcfg: LoraConfig, clients: bool = False) -> dict:
   """Logical axis names of the adapter tree (with a leading 'clients' axis if asked)."""
   dims = projection_dims(cfg)
   lead = ("clients",) if clients else ()
-  return {n: {"a": lead + ("layers", dims[n][2], "lora_rank"),
-              "b": lead + ("layers", "lora_rank", dims[n][3])} for n in lcfg.targets}
+  return {
+      n: {
+          "a": lead + ("layers", dims[n][2], "lora_rank"),
+          "b": lead + ("layers", "lora_rank", dims[n][3]),
+      }
+      for n in lcfg.targets
+  }
 
 
 def init_lora(cfg: LlamaConfig, lcfg: LoraConfig, key: jax.Array) -> dict:
@@ -65,9 +75,11 @@ def init_lora(cfg: LlamaConfig, lcfg: LoraConfig, key: jax.Array) -> dict:
   for i, (name, sh) in enumerate(lora_shapes(cfg, lcfg).items()):
     bound = 1.0 / math.sqrt(sh["a"].shape[1])
     out[name] = {
-        "a": jax.random.uniform(jax.random.fold_in(key, i), sh["a"].shape, sh["a"].dtype,
-                                -bound, bound),
-        "b": jnp.zeros(sh["b"].shape, sh["b"].dtype)}
+        "a": jax.random.uniform(
+            jax.random.fold_in(key, i), sh["a"].shape, sh["a"].dtype, -bound, bound
+        ),
+        "b": jnp.zeros(sh["b"].shape, sh["b"].dtype),
+    }
   return out
 
 
@@ -78,9 +90,11 @@ def init_client_loras(cfg: LlamaConfig, lcfg: LoraConfig, key: jax.Array, num_cl
 
 def delta_weights(lora: dict, lcfg: LoraConfig) -> dict:
   """name -> scale * A @ B  [L, in, out] in float32."""
-  return {n: lcfg.scale * jnp.einsum("lir,lro->lio", ab["a"].astype(jnp.float32),
-                                     ab["b"].astype(jnp.float32))
-          for n, ab in lora.items()}
+  return {
+      n: lcfg.scale
+      * jnp.einsum("lir,lro->lio", ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32))
+      for n, ab in lora.items()
+  }
 
 
 def merge(params: Params, lora: dict, lcfg: LoraConfig) -> Params:

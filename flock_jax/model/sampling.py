@@ -4,6 +4,7 @@ Shape letters: B batch, V vocabulary, K candidates kept by top-k / top-p.
 The order of the filters is Hugging Face's (temperature, then top-k, then
 top-p over the renormalised top-k), so a setting means what it means there.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ class Sampling:
   the k most likely tokens; top_p keeps the smallest set of most likely tokens
   whose probability reaches p (the most likely token is always kept).
   """
+
   temperature: float = 0.0
   top_k: int | None = None
   top_p: float | None = None
@@ -38,8 +40,9 @@ class Sampling:
 
   def mode(self) -> "SamplingMode":
     """The part that shapes the compiled program (temperature and top_p values do not)."""
-    return SamplingMode(self.greedy, None if self.greedy else self.top_k,
-                        not self.greedy and self.top_p is not None)
+    return SamplingMode(
+        self.greedy, None if self.greedy else self.top_k, not self.greedy and self.top_p is not None
+    )
 
   def values(self):
     """(temperature, top_p) as float32 scalars: traced, so changing them never recompiles."""
@@ -50,6 +53,7 @@ class Sampling:
 @dataclasses.dataclass(frozen=True)
 class SamplingMode:
   """Static sampling structure: greedy or not, top-k size, whether a nucleus cut is applied."""
+
   greedy: bool = True
   top_k: int | None = None
   nucleus: bool = False

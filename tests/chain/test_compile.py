@@ -1,22 +1,33 @@
 """The Vyper compile step and its cache."""
+
 from flock_jax.chain import compile as compile_mod
 
 
 def test_compile_caches_by_source_hash(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLOCK_JAX_CACHE", str(tmp_path))
-    src = "#pragma version ^0.4.3\n@external\n@pure\ndef f() -> uint256:\n    return 7\n"
-    a = compile_mod.compile_source("Tiny", src)
-    files = list((tmp_path / "vyper").glob("Tiny-*.json"))
-    assert len(files) == 1 and a.bytecode.startswith("0x") and a.abi[0]["name"] == "f"
-    b = compile_mod.compile_source("Tiny", src)
-    assert b == a
-    compile_mod.compile_source("Tiny", src.replace("7", "8"))
-    assert len(list((tmp_path / "vyper").glob("Tiny-*.json"))) == 2
+  monkeypatch.setenv("FLOCK_JAX_CACHE", str(tmp_path))
+  src = "#pragma version ^0.4.3\n@external\n@pure\ndef f() -> uint256:\n    return 7\n"
+  a = compile_mod.compile_source("Tiny", src)
+  files = list((tmp_path / "vyper").glob("Tiny-*.json"))
+  assert len(files) == 1 and a.bytecode.startswith("0x") and a.abi[0]["name"] == "f"
+  b = compile_mod.compile_source("Tiny", src)
+  assert b == a
+  compile_mod.compile_source("Tiny", src.replace("7", "8"))
+  assert len(list((tmp_path / "vyper").glob("Tiny-*.json"))) == 2
 
 
 def test_contracts_compile(compiled):
-    token, task = compiled
-    names = {i.get("name") for i in task.abi}
-    for n in ("stake", "unstake", "start_round", "propose", "vote", "vote_bits", "finalize", "claim", "withdraw"):
-        assert n in names
-    assert len(task.bytecode) // 2 < 2 * 24_576
+  token, task = compiled
+  names = {i.get("name") for i in task.abi}
+  for n in (
+      "stake",
+      "unstake",
+      "start_round",
+      "propose",
+      "vote",
+      "vote_bits",
+      "finalize",
+      "claim",
+      "withdraw",
+  ):
+    assert n in names
+  assert len(task.bytecode) // 2 < 2 * 24_576

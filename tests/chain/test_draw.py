@@ -1,5 +1,6 @@
 """The role draw: matches the Python replica, disjoint, without replacement,
 stake-weighted when asked, and never draws an ejected participant."""
+
 import collections
 
 import pytest
@@ -11,59 +12,78 @@ from tests.chain.helpers import make_chain, play_round
 
 
 def _predict(chain, seed):
-    f = chain.task.functions
-    active = [(a, f.stake_of(a).call()) for a in f.get_participants().call()
-              if not f.ejected(a).call() and f.stake_of(a).call() >= chain.params.min_stake]
-    return draw_roles(seed, active, chain.params.num_proposers, chain.params.num_voters,
-                      chain.params.selection_mode == SELECT_STAKE)
+  f = chain.task.functions
+  active = [
+      (a, f.stake_of(a).call())
+      for a in f.get_participants().call()
+      if not f.ejected(a).call() and f.stake_of(a).call() >= chain.params.min_stake
+  ]
+  return draw_roles(
+      seed,
+      active,
+      chain.params.num_proposers,
+      chain.params.num_voters,
+      chain.params.selection_mode == SELECT_STAKE,
+  )
 
 
 @pytest.mark.parametrize("selection", [0, 1])
 def test_chain_draw_matches_python(selection):
-    stakes = [10 * WEI, 500 * WEI, 20 * WEI, 30 * WEI, 300 * WEI, 10 * WEI, 80 * WEI, 15 * WEI, 40 * WEI, 11 * WEI]
-    chain = make_chain(10, stakes=stakes, selection_mode=selection, total_rounds=3)
-    prev = chain.params.genesis_seed
-    for r in range(3):
-        seed = round_seed(prev, r, chain.global_hash)
-        expected = _predict(chain, seed)
-        roles, _ = play_round(chain)
-        assert roles.seed == seed
-        assert (list(roles.proposer_addresses), list(roles.voter_addresses)) == expected
-        prev = seed
+  stakes = [
+      10 * WEI,
+      500 * WEI,
+      20 * WEI,
+      30 * WEI,
+      300 * WEI,
+      10 * WEI,
+      80 * WEI,
+      15 * WEI,
+      40 * WEI,
+      11 * WEI,
+  ]
+  chain = make_chain(10, stakes=stakes, selection_mode=selection, total_rounds=3)
+  prev = chain.params.genesis_seed
+  for r in range(3):
+    seed = round_seed(prev, r, chain.global_hash)
+    expected = _predict(chain, seed)
+    roles, _ = play_round(chain)
+    assert roles.seed == seed
+    assert (list(roles.proposer_addresses), list(roles.voter_addresses)) == expected
+    prev = seed
 
 
 def test_draw_is_disjoint_and_without_replacement():
-    cands = [(f"0x{i:040x}", 10 + i) for i in range(1, 30)]
-    for k in range(200):
-        for weighted in (False, True):
-            p, v = draw_roles(k.to_bytes(32, "big"), cands, 7, 9, weighted)
-            assert len(set(p) | set(v)) == 16 and len(p) == 7 and len(v) == 9
+  cands = [(f"0x{i:040x}", 10 + i) for i in range(1, 30)]
+  for k in range(200):
+    for weighted in (False, True):
+      p, v = draw_roles(k.to_bytes(32, "big"), cands, 7, 9, weighted)
+      assert len(set(p) | set(v)) == 16 and len(p) == 7 and len(v) == 9
 
 
 def test_draw_needs_enough_candidates():
-    with pytest.raises(ValueError, match="3 active participants, need P \\+ V = 4"):
-        draw_roles(b"\0" * 32, [("0x" + "1" * 40, 1)] * 3, 2, 2, False)
+  with pytest.raises(ValueError, match="3 active participants, need P \\+ V = 4"):
+    draw_roles(b"\0" * 32, [("0x" + "1" * 40, 1)] * 3, 2, 2, False)
 
 
 def test_stake_weighted_draw_favours_stake():
-    cands = [(f"0x{i:040x}", 100 if i == 1 else 1) for i in range(1, 21)]
-    counts = {False: collections.Counter(), True: collections.Counter()}
-    for k in range(400):
-        for weighted in (False, True):
-            p, v = draw_roles(k.to_bytes(32, "big"), cands, 1, 1, weighted)
-            counts[weighted].update(p + v)
-    heavy = cands[0][0]
-    # uniform: P(drawn) = 2/20; weighted: almost always (100 of 119 for the first pick alone)
-    assert counts[False][heavy] < 80
-    assert counts[True][heavy] > 350
+  cands = [(f"0x{i:040x}", 100 if i == 1 else 1) for i in range(1, 21)]
+  counts = {False: collections.Counter(), True: collections.Counter()}
+  for k in range(400):
+    for weighted in (False, True):
+      p, v = draw_roles(k.to_bytes(32, "big"), cands, 1, 1, weighted)
+      counts[weighted].update(p + v)
+  heavy = cands[0][0]
+  # uniform: P(drawn) = 2/20; weighted: almost always (100 of 119 for the first pick alone)
+  assert counts[False][heavy] < 80
+  assert counts[True][heavy] > 350
 
 
 def test_ejected_never_drawn():
-    chain = make_chain(8, min_stake=95 * WEI, total_rounds=8, slash_bps=1_000)
-    roles, out = play_round(chain, approve=lambda j: False)  # rejects: both proposers ejected
-    ejected = set(out.ejected)
-    assert len(ejected) == 2
-    for _ in range(5):
-        roles, out = play_round(chain)
-        assert not ejected & (set(roles.proposers) | set(roles.voters))
-        ejected |= set(out.ejected)
+  chain = make_chain(8, min_stake=95 * WEI, total_rounds=8, slash_bps=1_000)
+  roles, out = play_round(chain, approve=lambda j: False)  # rejects: both proposers ejected
+  ejected = set(out.ejected)
+  assert len(ejected) == 2
+  for _ in range(5):
+    roles, out = play_round(chain)
+    assert not ejected & (set(roles.proposers) | set(roles.voters))
+    ejected |= set(out.ejected)

@@ -1,8 +1,14 @@
 """Settlement to the wei: hand-computed cases, the Python model, ejection, claim, withdraw."""
+
 import pytest
 
 from flock_jax.chain import (
-    OUTCOME_ACCEPTED, OUTCOME_REJECTED, OUTCOME_VOID, VOTE_PER_PROPOSAL, WEI, RevertError,
+    OUTCOME_ACCEPTED,
+    OUTCOME_REJECTED,
+    OUTCOME_VOID,
+    VOTE_PER_PROPOSAL,
+    WEI,
+    RevertError,
 )
 from flock_jax.chain import settlement
 from flock_jax.chain.audit import audit_chain
@@ -12,179 +18,221 @@ from tests.chain.helpers import blob_hash, make_chain, play_round
 
 
 def _conserved(chain):
-    b = chain.balances()
-    assert b.conserved, b
-    assert b.total_staked == sum(b.stakes) and b.total_claimable == sum(b.claimable)
-    return b
+  b = chain.balances()
+  assert b.conserved, b
+  assert b.total_staked == sum(b.stakes) and b.total_claimable == sum(b.claimable)
+  return b
 
 
 def test_accepted_hand_computed(chain):
-    # pool 1000, T=4: R_0 = 250; rho = 50%: proposers share 125 (equal stakes: 62.5
-    # each); the two approving voters share 125; the rejecting voter loses 10% of 100.
-    roles, out = play_round(chain, approve=lambda j: j != chain.roles().voters[2])
-    p0, p1 = roles.proposers
-    v0, v1, v2 = roles.voters
-    half = 125 * WEI // 2
-    assert out.outcome == OUTCOME_ACCEPTED and out.tally == 100 * WEI
-    assert out.rewards == {p0: half, p1: half, v0: half, v1: half}
-    assert out.slashes == {v2: 10 * WEI}
-    b = _conserved(chain)
-    assert b.pool == 1000 * WEI - 250 * WEI + 10 * WEI
-    assert b.stakes[v2] == 90 * WEI and b.claimable[v0] == half
+  # pool 1000, T=4: R_0 = 250; rho = 50%: proposers share 125 (equal stakes: 62.5
+  # each); the two approving voters share 125; the rejecting voter loses 10% of 100.
+  roles, out = play_round(chain, approve=lambda j: j != chain.roles().voters[2])
+  p0, p1 = roles.proposers
+  v0, v1, v2 = roles.voters
+  half = 125 * WEI // 2
+  assert out.outcome == OUTCOME_ACCEPTED and out.tally == 100 * WEI
+  assert out.rewards == {p0: half, p1: half, v0: half, v1: half}
+  assert out.slashes == {v2: 10 * WEI}
+  b = _conserved(chain)
+  assert b.pool == 1000 * WEI - 250 * WEI + 10 * WEI
+  assert b.stakes[v2] == 90 * WEI and b.claimable[v0] == half
 
 
 def test_rejected_hand_computed(chain):
-    # two of three reject: proposers slashed 10 each, the two rejecters share all 250,
-    # the approver is slashed 10.
-    roles, out = play_round(chain, approve=lambda j: j == chain.roles().voters[0])
-    v0, v1, v2 = roles.voters
-    assert out.outcome == OUTCOME_REJECTED and out.tally == -100 * WEI
-    assert out.rewards == {v1: 125 * WEI, v2: 125 * WEI}
-    assert out.slashes == {roles.proposers[0]: 10 * WEI, roles.proposers[1]: 10 * WEI, v0: 10 * WEI}
-    assert _conserved(chain).pool == 1000 * WEI - 250 * WEI + 30 * WEI
+  # two of three reject: proposers slashed 10 each, the two rejecters share all 250,
+  # the approver is slashed 10.
+  roles, out = play_round(chain, approve=lambda j: j == chain.roles().voters[0])
+  v0, v1, v2 = roles.voters
+  assert out.outcome == OUTCOME_REJECTED and out.tally == -100 * WEI
+  assert out.rewards == {v1: 125 * WEI, v2: 125 * WEI}
+  assert out.slashes == {roles.proposers[0]: 10 * WEI, roles.proposers[1]: 10 * WEI, v0: 10 * WEI}
+  assert _conserved(chain).pool == 1000 * WEI - 250 * WEI + 30 * WEI
 
 
 def test_absent_and_wrong_candidate_slashed(chain):
-    roles = chain.start_round()
-    p0, p1 = roles.proposers
-    v0, v1, v2 = roles.voters
-    chain.propose(p0, blob_hash("p0"))
-    chain.vote(v0, blob_hash("c"), True)
-    chain.vote(v1, blob_hash("forged"), True)
-    chain.mine(chain.params.vote_window + 1)
-    out = chain.finalize()
-    assert out.outcome == OUTCOME_ACCEPTED and out.candidate_hash == blob_hash("c")  # earliest wins the tie
-    ev = {(e["args"]["participant"], e["args"]["reason"]) for e in chain.last_events() if e["event"] == "Slashed"}
-    a = chain.addresses
-    assert ev == {(a[p1], SLASH_NO_PROPOSAL), (a[v1], SLASH_WRONG_CANDIDATE), (a[v2], SLASH_NO_VOTE)}
-    # the lone proposer takes the whole proposer pot, the lone approver the voter pot
-    assert out.rewards == {p0: 125 * WEI, v0: 125 * WEI}
-    _conserved(chain)
+  roles = chain.start_round()
+  p0, p1 = roles.proposers
+  v0, v1, v2 = roles.voters
+  chain.propose(p0, blob_hash("p0"))
+  chain.vote(v0, blob_hash("c"), True)
+  chain.vote(v1, blob_hash("forged"), True)
+  chain.mine(chain.params.vote_window + 1)
+  out = chain.finalize()
+  assert out.outcome == OUTCOME_ACCEPTED and out.candidate_hash == blob_hash(
+      "c"
+  )  # earliest wins the tie
+  ev = {
+      (e["args"]["participant"], e["args"]["reason"])
+      for e in chain.last_events()
+      if e["event"] == "Slashed"
+  }
+  a = chain.addresses
+  assert ev == {(a[p1], SLASH_NO_PROPOSAL), (a[v1], SLASH_WRONG_CANDIDATE), (a[v2], SLASH_NO_VOTE)}
+  # the lone proposer takes the whole proposer pot, the lone approver the voter pot
+  assert out.rewards == {p0: 125 * WEI, v0: 125 * WEI}
+  _conserved(chain)
 
 
 def test_void_round_pays_nothing(chain):
-    roles = chain.start_round()
-    chain.mine(chain.params.vote_window + 1)
-    pool = chain.pool
-    out = chain.finalize()
-    assert out.outcome == OUTCOME_VOID and out.rewards == {}
-    assert set(out.slashes) == set(roles.proposers)  # voters had nothing to vote on
-    assert chain.pool == pool + 20 * WEI
+  roles = chain.start_round()
+  chain.mine(chain.params.vote_window + 1)
+  pool = chain.pool
+  out = chain.finalize()
+  assert out.outcome == OUTCOME_VOID and out.rewards == {}
+  assert set(out.slashes) == set(roles.proposers)  # voters had nothing to vote on
+  assert chain.pool == pool + 20 * WEI
 
 
 def test_uneven_stakes_match_model_to_the_wei():
-    stakes = [13 * WEI + 7, 29 * WEI + 1, 11 * WEI + 3, 97 * WEI, 10 * WEI, 41 * WEI + 5, 23 * WEI, 17 * WEI + 9]
-    chain = make_chain(stakes=stakes, reward_pool=1_000 * WEI + 17, slash_bps=1_234, proposer_share_bps=3_333)
-    for r in range(4):
-        play_round(chain, approve=lambda j, r=r: (j + r) % 3 != 0)
-        _conserved(chain)
-    report = audit_chain(chain)  # replays every settlement with the Python model, event by event
-    assert report.ok, report.summary()
+  stakes = [
+      13 * WEI + 7,
+      29 * WEI + 1,
+      11 * WEI + 3,
+      97 * WEI,
+      10 * WEI,
+      41 * WEI + 5,
+      23 * WEI,
+      17 * WEI + 9,
+  ]
+  chain = make_chain(
+      stakes=stakes, reward_pool=1_000 * WEI + 17, slash_bps=1_234, proposer_share_bps=3_333
+  )
+  for r in range(4):
+    play_round(chain, approve=lambda j, r=r: (j + r) % 3 != 0)
+    _conserved(chain)
+  report = audit_chain(chain)  # replays every settlement with the Python model, event by event
+  assert report.ok, report.summary()
 
 
 def test_settle_function_directly():
-    a, b, c, d, e = "A", "B", "C", "D", "E"
-    st = settlement.settle(
-        vote_mode=0, reward=1001, proposers=[a, b], proposals={a: b"h" * 32, b: b"i" * 32},
-        voters=[c, d, e], ballots={c: settlement.Ballot(b"x" * 32, True), d: settlement.Ballot(b"x" * 32, True),
-                                   e: settlement.Ballot(b"x" * 32, False)},
-        stakes={a: 10, b: 20, c: 30, d: 60, e: 7}, leader=b"x" * 32, global_hash=b"\0" * 32,
-        proposer_share_bps=5_000, slash_bps=1_000)
-    paid = {o.participant: o.amount for o in st.ops if o.kind == "reward"}
-    assert paid == {a: 500 * 10 // 30, b: 500 * 20 // 30, c: 501 * 30 // 90, d: 501 * 60 // 90}
-    assert [o for o in st.ops if o.kind == "slash"] == [settlement.Op("slash", e, 0, 4)]
-    assert st.tally == 83 and st.outcome == OUTCOME_ACCEPTED
+  a, b, c, d, e = "A", "B", "C", "D", "E"
+  st = settlement.settle(
+      vote_mode=0,
+      reward=1001,
+      proposers=[a, b],
+      proposals={a: b"h" * 32, b: b"i" * 32},
+      voters=[c, d, e],
+      ballots={
+          c: settlement.Ballot(b"x" * 32, True),
+          d: settlement.Ballot(b"x" * 32, True),
+          e: settlement.Ballot(b"x" * 32, False),
+      },
+      stakes={a: 10, b: 20, c: 30, d: 60, e: 7},
+      leader=b"x" * 32,
+      global_hash=b"\0" * 32,
+      proposer_share_bps=5_000,
+      slash_bps=1_000,
+  )
+  paid = {o.participant: o.amount for o in st.ops if o.kind == "reward"}
+  assert paid == {a: 500 * 10 // 30, b: 500 * 20 // 30, c: 501 * 30 // 90, d: 501 * 60 // 90}
+  assert [o for o in st.ops if o.kind == "slash"] == [settlement.Op("slash", e, 0, 4)]
+  assert st.tally == 83 and st.outcome == OUTCOME_ACCEPTED
 
 
 def test_ejection_withdraw_and_never_drawn_again():
-    # min stake 95 of 100 and a 10% slash: one slash ejects.
-    chain = make_chain(min_stake=95 * WEI, total_rounds=6)
-    roles, out = play_round(chain, approve=lambda j: False)
-    ejected = set(out.ejected)
-    assert out.outcome == OUTCOME_REJECTED and ejected == set(roles.proposers)
-    for i in ejected:
-        assert chain.is_ejected(i) and chain.stake_of(i) == 90 * WEI
-        with pytest.raises(RevertError, match="stake: participant is ejected; withdraw the remainder"):
-            chain.stake(i, WEI)
-        with pytest.raises(RevertError, match="unstake: participant is ejected; call withdraw"):
-            chain.unstake(i, WEI)
-    with pytest.raises(RevertError, match="withdraw: participant is not ejected; use unstake"):
-        chain.withdraw(next(i for i in range(8) if i not in ejected))
-    # remaining active: 8 - len(ejected) >= 5 = P + V, so rounds go on without them
-    roles2 = chain.start_round()
-    assert not ejected & (set(roles2.proposers) | set(roles2.voters))
-    i = min(ejected)
-    bal = chain.token_balance(chain.addresses[i])
-    assert chain.withdraw(i) == 90 * WEI
-    assert chain.token_balance(chain.addresses[i]) == bal + 90 * WEI and chain.stake_of(i) == 0
-    with pytest.raises(RevertError, match="withdraw: nothing left to withdraw"):
-        chain.withdraw(i)
-    _conserved(chain)
+  # min stake 95 of 100 and a 10% slash: one slash ejects.
+  chain = make_chain(min_stake=95 * WEI, total_rounds=6)
+  roles, out = play_round(chain, approve=lambda j: False)
+  ejected = set(out.ejected)
+  assert out.outcome == OUTCOME_REJECTED and ejected == set(roles.proposers)
+  for i in ejected:
+    assert chain.is_ejected(i) and chain.stake_of(i) == 90 * WEI
+    with pytest.raises(RevertError, match="stake: participant is ejected; withdraw the remainder"):
+      chain.stake(i, WEI)
+    with pytest.raises(RevertError, match="unstake: participant is ejected; call withdraw"):
+      chain.unstake(i, WEI)
+  with pytest.raises(RevertError, match="withdraw: participant is not ejected; use unstake"):
+    chain.withdraw(next(i for i in range(8) if i not in ejected))
+  # remaining active: 8 - len(ejected) >= 5 = P + V, so rounds go on without them
+  roles2 = chain.start_round()
+  assert not ejected & (set(roles2.proposers) | set(roles2.voters))
+  i = min(ejected)
+  bal = chain.token_balance(chain.addresses[i])
+  assert chain.withdraw(i) == 90 * WEI
+  assert chain.token_balance(chain.addresses[i]) == bal + 90 * WEI and chain.stake_of(i) == 0
+  with pytest.raises(RevertError, match="withdraw: nothing left to withdraw"):
+    chain.withdraw(i)
+  _conserved(chain)
 
 
 def test_claim_pays_out(chain):
-    roles, out = play_round(chain)
-    i = roles.voters[0]
-    before = chain.token_balance(chain.addresses[i])
-    assert chain.claim(i) == out.rewards[i]
-    assert chain.token_balance(chain.addresses[i]) == before + out.rewards[i] and chain.claimable(i) == 0
-    with pytest.raises(RevertError, match="claim: nothing to claim"):
-        chain.claim(i)
-    _conserved(chain)
+  roles, out = play_round(chain)
+  i = roles.voters[0]
+  before = chain.token_balance(chain.addresses[i])
+  assert chain.claim(i) == out.rewards[i]
+  assert (
+      chain.token_balance(chain.addresses[i]) == before + out.rewards[i] and chain.claimable(i) == 0
+  )
+  with pytest.raises(RevertError, match="claim: nothing to claim"):
+    chain.claim(i)
+  _conserved(chain)
 
 
 def test_per_proposal_mode_hand_computed():
-    chain = make_chain(vote_mode=VOTE_PER_PROPOSAL)
-    roles = chain.start_round()
-    p0, p1 = roles.proposers
-    v0, v1, v2 = roles.voters
-    with pytest.raises(RevertError, match="vote: this task uses per-proposal voting; call vote_bits"):
-        chain.vote(v0, blob_hash("c"), True)
-    chain.propose(p0, blob_hash("p0"))
-    chain.propose(p1, blob_hash("p1"))
-    with pytest.raises(RevertError, match="vote_bits: a bit is set beyond the 2 proposers"):
-        chain.vote_bits(v0, 0b100)
-    chain.vote_bits(v0, [True, False])
-    chain.vote_bits(v1, [True, False])
-    chain.vote_bits(v2, [False, True])
-    out = chain.finalize()
-    # R_0 = 250, 125 per proposal. Proposal 0 accepted (200 vs 100): p0 gets 62.5,
-    # v0 and v1 share 62.5; v2 wrong on it. Proposal 1 rejected (100 vs 200): p1
-    # slashed 10, v0 and v1 share 125; v2 wrong on it. v2 is slashed 10% * 2/2.
-    half = 125 * WEI // 2
-    assert out.outcome == OUTCOME_ACCEPTED and out.proposal_accepted == (True, False)
-    assert out.proposal_tallies == (100 * WEI, -100 * WEI)
-    assert out.rewards == {p0: half, v0: half // 2 + half, v1: half // 2 + half}
-    assert out.slashes == {p1: 10 * WEI, v2: 10 * WEI}
-    from eth_utils import keccak
-    assert out.global_hash == keccak(b"\x00" * 32 + blob_hash("p0")) == chain.global_hash
-    _conserved(chain)
-    assert audit_chain(chain).ok
+  chain = make_chain(vote_mode=VOTE_PER_PROPOSAL)
+  roles = chain.start_round()
+  p0, p1 = roles.proposers
+  v0, v1, v2 = roles.voters
+  with pytest.raises(RevertError, match="vote: this task uses per-proposal voting; call vote_bits"):
+    chain.vote(v0, blob_hash("c"), True)
+  chain.propose(p0, blob_hash("p0"))
+  chain.propose(p1, blob_hash("p1"))
+  with pytest.raises(RevertError, match="vote_bits: a bit is set beyond the 2 proposers"):
+    chain.vote_bits(v0, 0b100)
+  chain.vote_bits(v0, [True, False])
+  chain.vote_bits(v1, [True, False])
+  chain.vote_bits(v2, [False, True])
+  out = chain.finalize()
+  # R_0 = 250, 125 per proposal. Proposal 0 accepted (200 vs 100): p0 gets 62.5,
+  # v0 and v1 share 62.5; v2 wrong on it. Proposal 1 rejected (100 vs 200): p1
+  # slashed 10, v0 and v1 share 125; v2 wrong on it. v2 is slashed 10% * 2/2.
+  half = 125 * WEI // 2
+  assert out.outcome == OUTCOME_ACCEPTED and out.proposal_accepted == (True, False)
+  assert out.proposal_tallies == (100 * WEI, -100 * WEI)
+  assert out.rewards == {p0: half, v0: half // 2 + half, v1: half // 2 + half}
+  assert out.slashes == {p1: 10 * WEI, v2: 10 * WEI}
+  from eth_utils import keccak
+
+  assert out.global_hash == keccak(b"\x00" * 32 + blob_hash("p0")) == chain.global_hash
+  _conserved(chain)
+  assert audit_chain(chain).ok
 
 
 def test_per_proposal_partial_wrong_and_model():
-    stakes = [13 * WEI + 7, 29 * WEI + 1, 11 * WEI + 3, 97 * WEI, 10 * WEI, 41 * WEI + 5, 23 * WEI, 17 * WEI + 9]
-    chain = make_chain(stakes=stakes, vote_mode=VOTE_PER_PROPOSAL, num_proposers=3, reward_pool=999 * WEI + 1)
-    for r in range(4):
-        roles = chain.start_round()
-        for k, i in enumerate(roles.proposers):
-            if (k + r) % 4 != 3:
-                chain.propose(i, blob_hash(f"{r} {i}"))
-        for k, j in enumerate(roles.voters):
-            chain.vote_bits(j, (5 * k + r) % 8)
-        chain.finalize()
-        _conserved(chain)
-    report = audit_chain(chain)
-    assert report.ok, report.summary()
+  stakes = [
+      13 * WEI + 7,
+      29 * WEI + 1,
+      11 * WEI + 3,
+      97 * WEI,
+      10 * WEI,
+      41 * WEI + 5,
+      23 * WEI,
+      17 * WEI + 9,
+  ]
+  chain = make_chain(
+      stakes=stakes, vote_mode=VOTE_PER_PROPOSAL, num_proposers=3, reward_pool=999 * WEI + 1
+  )
+  for r in range(4):
+    roles = chain.start_round()
+    for k, i in enumerate(roles.proposers):
+      if (k + r) % 4 != 3:
+        chain.propose(i, blob_hash(f"{r} {i}"))
+    for k, j in enumerate(roles.voters):
+      chain.vote_bits(j, (5 * k + r) % 8)
+    chain.finalize()
+    _conserved(chain)
+  report = audit_chain(chain)
+  assert report.ok, report.summary()
 
 
 def test_conservation_after_every_kind_of_call(chain):
-    play_round(chain, approve=lambda j: j % 2 == 0)
-    _conserved(chain)
-    chain.unstake(0, 10 * WEI)
-    _conserved(chain)
-    chain.stake(0, 10 * WEI)
-    chain.mint_tokens(chain.deployer, 5 * WEI)
-    chain.fund(5 * WEI)
-    _conserved(chain)
-    assert chain.task.functions.accounted().call() == chain.balances().token_balance
+  play_round(chain, approve=lambda j: j % 2 == 0)
+  _conserved(chain)
+  chain.unstake(0, 10 * WEI)
+  _conserved(chain)
+  chain.stake(0, 10 * WEI)
+  chain.mint_tokens(chain.deployer, 5 * WEI)
+  chain.fund(5 * WEI)
+  _conserved(chain)
+  assert chain.task.functions.accounted().call() == chain.balances().token_balance

@@ -1,5 +1,6 @@
 """The main job on a real JSON-RPC node: stopped at a round boundary, resumed in a new
 process against the same deployed task, then audited whole from the chain's logs."""
+
 import json
 import os
 import pathlib
@@ -15,11 +16,17 @@ pytestmark = pytest.mark.hardhat
 
 
 def _train(workdir, url, *extra):
-  cmd = [sys.executable, str(ROOT / "launch" / "train.py"),
-         f"--config={ROOT / 'configs' / 'flock.py'}:tiny", f"--workdir={workdir}",
-         "--config.ledger.backend=jsonrpc", f"--config.ledger.rpc_url={url}",
-         "--config.federation.rounds=3", "--config.federation.local_steps=2",
-         *extra]
+  cmd = [
+      sys.executable,
+      str(ROOT / "launch" / "train.py"),
+      f"--config={ROOT / 'configs' / 'flock.py'}:tiny",
+      f"--workdir={workdir}",
+      "--config.ledger.backend=jsonrpc",
+      f"--config.ledger.rpc_url={url}",
+      "--config.federation.rounds=3",
+      "--config.federation.local_steps=2",
+      *extra,
+  ]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -1,4 +1,5 @@
 """Tiny random Hugging Face Llama checkpoints on disk, shared by the checkpoint tests."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,18 @@ from flock_jax.model import LlamaConfig
 from tests.model.hf_reference import hf_logits, random_hf_model, state_dict_numpy  # noqa: F401
 
 # Every dimension divides a (fsdp=2, tensor=4) mesh, so the sharded load is really exercised.
-TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
-            num_kv_heads=2, max_position_embeddings=128, rope_theta=10000.0,
-            bos_token_id=None, eos_token_id=None)
+TINY = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=96,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    max_position_embeddings=128,
+    rope_theta=10000.0,
+    bos_token_id=None,
+    eos_token_id=None,
+)
 
 
 def tiny_cfg(**kw) -> LlamaConfig:
@@ -47,16 +57,19 @@ def random_lora(cfg: LlamaConfig, lcfg, seed: int = 0, clients: int | None = Non
   per-leaf jax compilations slow the tests down.
   """
   from flock_jax.model.lora import lora_shapes
+
   rng = np.random.default_rng(seed)
   lead = () if clients is None else (clients,)
-  return {n: {k: (0.2 * rng.standard_normal(lead + s.shape)).astype(np.float32)
-              for k, s in ab.items()}
-          for n, ab in lora_shapes(cfg, lcfg).items()}
+  return {
+      n: {k: (0.2 * rng.standard_normal(lead + s.shape)).astype(np.float32) for k, s in ab.items()}
+      for n, ab in lora_shapes(cfg, lcfg).items()
+  }
 
 
 def our_logits(params, toks, cfg: LlamaConfig, lora=None, lcfg=None) -> np.ndarray:
   """Jitted forward (one compilation instead of many eager dispatches)."""
   import jax
   from flock_jax.model import forward
+
   fn = jax.jit(lambda p, t, l: forward(p, t, cfg, lora=l, lora_cfg=lcfg))
   return np.asarray(fn(params, toks, lora))

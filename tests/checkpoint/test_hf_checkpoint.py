@@ -1,4 +1,5 @@
 """Hugging Face safetensors import (sharded, tensor by tensor) and export, against transformers."""
+
 import json
 
 import jax
@@ -12,8 +13,15 @@ from flock_jax.checkpoint.sharded_load import DictSource, params_from_source
 from flock_jax.model import RopeScaling, forward
 from flock_jax.model.llama import param_axes
 from flock_jax.sharding import make_mesh, tree_specs
-from tests.checkpoint.helpers import (hf_logits, random_hf_model, save_hf, state_dict_numpy,
-                                      tiny_cfg, to_v4_config, tokens)
+from tests.checkpoint.helpers import (
+    hf_logits,
+    random_hf_model,
+    save_hf,
+    state_dict_numpy,
+    tiny_cfg,
+    to_v4_config,
+    tokens,
+)
 
 TOL = 1e-4
 
@@ -50,15 +58,19 @@ def test_single_file_roundtrip_sharded(tmp_path, mesh):
   assert params["layers"]["q"].sharding.spec == specs["layers"]["q"] == P(None, "fsdp", "tensor")
   assert params["embed"].sharding.spec == P("tensor", "fsdp")
   assert sorted(p.name for p in out.iterdir()) == [
-      "config.json", "generation_config.json", "model.safetensors"]
+      "config.json",
+      "generation_config.json",
+      "model.safetensors",
+  ]
   conf = json.loads((out / "config.json").read_text())
   assert "rope_parameters" in conf and "rope_theta" not in conf  # v5 form
 
 
 def test_multi_shard_tied_roundtrip(tmp_path, mesh):
   cfg = tiny_cfg(tie_word_embeddings=True, num_layers=3)
-  _, out = _roundtrip(tmp_path, random_hf_model(cfg, seed=2), cfg, mesh, hf_shard="40KB",
-                      out_shard_bytes=60_000)
+  _, out = _roundtrip(
+      tmp_path, random_hf_model(cfg, seed=2), cfg, mesh, hf_shard="40KB", out_shard_bytes=60_000
+  )
   assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 1
   index = json.loads((out / "model.safetensors.index.json").read_text())
   files = sorted(out.glob("model-*-of-*.safetensors"))
@@ -82,6 +94,7 @@ def test_v4_config_json_with_llama3_rope(tmp_path, mesh):
 
 def test_bfloat16_checkpoint_keeps_its_dtype(tmp_path):
   import torch
+
   cfg = tiny_cfg()
   model = random_hf_model(cfg, seed=4).to(torch.bfloat16)
   got_cfg, params = load_hf_checkpoint(save_hf(model, tmp_path / "hf"))
@@ -100,6 +113,7 @@ def test_callbacks_read_only_their_shard(mesh):
   sizes = []
 
   class Recording(DictSource):
+
     def read(self, name, index):
       out = super().read(name, index)
       sizes.append((name, out.size, self.tensors[name].size))
@@ -107,8 +121,9 @@ def test_callbacks_read_only_their_shard(mesh):
 
   params = params_from_source(cfg, Recording(state), mesh)
   assert all(n <= full // 4 for _, n, full in sizes if "norm" not in _), sizes[:5]
-  np.testing.assert_array_equal(np.asarray(params["layers"]["o"][1]),
-                                state["model.layers.1.self_attn.o_proj.weight"].T)
+  np.testing.assert_array_equal(
+      np.asarray(params["layers"]["o"][1]), state["model.layers.1.self_attn.o_proj.weight"].T
+  )
 
 
 def test_hub_name_offline_says_pass_a_local_folder(monkeypatch):

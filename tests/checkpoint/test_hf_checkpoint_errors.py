@@ -1,4 +1,5 @@
 """Bad checkpoints fail whole, before any array is allocated, with the file and tensor named."""
+
 import json
 
 import pytest
@@ -19,8 +20,10 @@ def state():
 @pytest.fixture(autouse=True)
 def no_allocation(monkeypatch):
   """Any attempt to build arrays means validation let a bad checkpoint through."""
+
   def boom(*a, **k):
     raise AssertionError("params were allocated for a bad checkpoint")
+
   monkeypatch.setattr(hf_load, "params_from_source", boom)
 
 
@@ -49,18 +52,23 @@ def test_missing_tensor(tmp_path, state):
 
 
 def test_extra_tensor(tmp_path, state):
-  bad = {**state, "model.layers.2.self_attn.q_proj.weight": state[
-      "model.layers.0.self_attn.q_proj.weight"]}
-  with pytest.raises(CheckpointError,
-                     match=r"model\.safetensors: unexpected.*layers\.2\.self_attn"):
+  bad = {
+      **state,
+      "model.layers.2.self_attn.q_proj.weight": state["model.layers.0.self_attn.q_proj.weight"],
+  }
+  with pytest.raises(
+      CheckpointError, match=r"model\.safetensors: unexpected.*layers\.2\.self_attn"
+  ):
     load_hf_checkpoint(write(tmp_path / "c", bad))
 
 
 def test_shape_disagrees_with_config(tmp_path, state):
   conf = {**CFG.to_hf_dict(), "intermediate_size": 128}
-  with pytest.raises(CheckpointError,
-                     match=r"model\.safetensors: tensor model\.layers\.0\.mlp\.\w+_proj\.weight "
-                           r"has shape \[\d+, \d+\] but config\.json implies"):
+  with pytest.raises(
+      CheckpointError,
+      match=r"model\.safetensors: tensor model\.layers\.0\.mlp\.\w+_proj\.weight "
+      r"has shape \[\d+, \d+\] but config\.json implies",
+  ):
     load_hf_checkpoint(write(tmp_path / "c", state, conf))
 
 

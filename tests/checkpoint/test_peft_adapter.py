@@ -1,4 +1,5 @@
 """PEFT adapter export/import against the peft library, and merge == unmerged forward."""
+
 import json
 
 import jax
@@ -7,12 +8,23 @@ import pytest
 import transformers
 from peft import PeftModel
 
-from flock_jax.checkpoint import (CheckpointError, load_peft_adapter, params_from_state_dict,
-                                  save_hf_checkpoint, save_peft_adapter)
+from flock_jax.checkpoint import (
+    CheckpointError,
+    load_peft_adapter,
+    params_from_state_dict,
+    save_hf_checkpoint,
+    save_peft_adapter,
+)
 from flock_jax.model import LoraConfig, init_lora, merge
 from tests.checkpoint import helpers
-from tests.checkpoint.helpers import (hf_logits, our_logits, random_hf_model, state_dict_numpy,
-                                      tiny_cfg, tokens)
+from tests.checkpoint.helpers import (
+    hf_logits,
+    our_logits,
+    random_hf_model,
+    state_dict_numpy,
+    tiny_cfg,
+    tokens,
+)
 
 CFG = tiny_cfg()
 TOL = 1e-4
@@ -28,10 +40,14 @@ def base():
   return model, params_from_state_dict(state_dict_numpy(model), CFG)
 
 
-@pytest.mark.parametrize("lcfg", [
-    LoraConfig(rank=4, alpha=8.0),
-    LoraConfig(rank=3, alpha=5.0, targets=("q", "v", "down"), rslora=True),
-], ids=["all7_r4", "qvdown_rslora"])
+@pytest.mark.parametrize(
+    "lcfg",
+    [
+        LoraConfig(rank=4, alpha=8.0),
+        LoraConfig(rank=3, alpha=5.0, targets=("q", "v", "down"), rslora=True),
+    ],
+    ids=["all7_r4", "qvdown_rslora"],
+)
 def test_peft_loads_our_adapter_with_same_logits(tmp_path, base, lcfg):
   model, params = base
   lora = random_lora(lcfg)
@@ -73,16 +89,20 @@ def test_zero_b_gives_base_logits_exactly(base):
   assert all(not np.any(np.asarray(ab["b"])) for ab in lora.values())
   assert all(np.any(np.asarray(ab["a"])) for ab in lora.values())
   toks = tokens(CFG)
-  np.testing.assert_array_equal(our_logits(params, toks, CFG, lora, lcfg),
-                                our_logits(params, toks, CFG))
+  np.testing.assert_array_equal(
+      our_logits(params, toks, CFG, lora, lcfg), our_logits(params, toks, CFG)
+  )
 
 
 def test_bad_adapters_are_named(tmp_path):
   lcfg = LoraConfig(rank=2, targets=("q", "k"))
   lora = random_lora(lcfg)
   save_peft_adapter(lora, lcfg, CFG, tmp_path / "a")
-  with pytest.raises(CheckpointError, match=r"tensor .*layers\.0\.self_attn\.q_proj\.lora_A"
-                                            r"\.weight has shape \[2, 64\], expected \[2, 32\]"):
+  with pytest.raises(
+      CheckpointError,
+      match=r"tensor .*layers\.0\.self_attn\.q_proj\.lora_A"
+      r"\.weight has shape \[2, 64\], expected \[2, 32\]",
+  ):
     load_peft_adapter(tmp_path / "a", tiny_cfg(hidden_size=32, intermediate_size=48))
   conf_path = tmp_path / "a" / "adapter_config.json"
   conf = json.loads(conf_path.read_text())

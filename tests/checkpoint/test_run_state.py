@@ -1,4 +1,5 @@
 """Orbax run checkpoints: adapters + optimizer state + JSON meta, sharded, atomic, checked."""
+
 import pathlib
 import shutil
 
@@ -59,16 +60,20 @@ def test_roundtrip_on_2x4_mesh_and_onto_other_sharding(tmp_path, mesh):
   # Restore onto another mesh and layout: all 8 devices on fsdp, clients replicated.
   other = make_mesh({"fsdp": 8})
   target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(
-          other, jax.sharding.PartitionSpec())), state)
+      lambda x: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=jax.sharding.NamedSharding(other, jax.sharding.PartitionSpec())
+      ),
+      state,
+  )
   got2, _ = RunCheckpointer(tmp_path / "run").restore(2, target)
   assert_same(got2, state)
   assert got2["lora"]["v"]["b"].sharding.mesh.shape["fsdp"] == 8
 
   # No target: every leaf on one device, same values (used by launch/export.py).
   got3, _ = ck.restore(3)
-  np.testing.assert_array_equal(np.asarray(got3["lora"]["down"]["b"]),
-                                np.asarray(state["lora"]["down"]["b"]))
+  np.testing.assert_array_equal(
+      np.asarray(got3["lora"]["down"]["b"]), np.asarray(state["lora"]["down"]["b"])
+  )
 
 
 def test_interrupted_save_is_ignored(tmp_path, mesh):
@@ -104,8 +109,10 @@ def test_broken_step_raises_checkpoint_error(tmp_path, mesh, damage):
     shutil.rmtree(step / "state")
   else:
     shutil.rmtree(step / "meta")
-  with RunCheckpointer(run) as ck, pytest.raises(CheckpointError,
-                                                 match=r"run/5: checkpoint step 5 is broken"):
+  with (
+      RunCheckpointer(run) as ck,
+      pytest.raises(CheckpointError, match=r"run/5: checkpoint step 5 is broken"),
+  ):
     ck.restore(5, jax.eval_shape(lambda: state))
 
 

@@ -1,4 +1,5 @@
 """Stacked (vmapped) client training and voter evaluation equal their per-client loops."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,8 +35,9 @@ def _batches(k, e, b, t, seed=0):
 
 def _close(a, b, tol=1e-5):
   for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=tol, rtol=tol,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+        np.asarray(x), np.asarray(y), atol=tol, rtol=tol, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 def test_vmapped_local_train_equals_loop(setup):
@@ -46,10 +48,11 @@ def test_vmapped_local_train_equals_loop(setup):
   state = cl.init_client_state(CFG, LCFG, tx, jax.random.key(3), k, global_lora=g)
   batches = _batches(k, e, 2, 16)
   keys = jax.random.split(jax.random.key(4), k)
-  loop_opt = jax.tree.map(jnp.copy, state.opt_state)   # local_train donates its opt_states
+  loop_opt = jax.tree.map(jnp.copy, state.opt_state)  # local_train donates its opt_states
   vm = cl.make_local_train(CFG, LCFG, tx, mu=mu)(base, g, state.opt_state, batches, keys)
-  lp = cl.local_train_loop(cl.make_client_train(CFG, LCFG, tx, mu=mu), base, g, loop_opt,
-                           batches, keys)
+  lp = cl.local_train_loop(
+      cl.make_client_train(CFG, LCFG, tx, mu=mu), base, g, loop_opt, batches, keys
+  )
   adapters, deltas, opt, losses = vm
   assert losses.shape == (k, e)
   _close(adapters, lp[0])
@@ -73,15 +76,15 @@ def test_local_train_on_clients_mesh_matches_single_device(setup):
   batches = _batches(k, 1, 2, 16, seed=1)
   keys = jax.random.split(jax.random.key(5), k)
   ref_state = cl.init_client_state(CFG, LCFG, tx, jax.random.key(3), k, global_lora=g)
-  ref = cl.make_local_train(CFG, LCFG, tx, donate=False)(base, g, ref_state.opt_state, batches,
-                                                         keys)
+  ref = cl.make_local_train(CFG, LCFG, tx, donate=False)(
+      base, g, ref_state.opt_state, batches, keys
+  )
   mesh = shd.make_mesh({"clients": 4, "data": 2})
   state = cl.init_client_state(CFG, LCFG, tx, jax.random.key(3), k, global_lora=g, mesh=mesh)
   spec = jax.tree.leaves(state.adapters)[0].sharding.spec
   assert spec[0] == "clients"
   with jax.set_mesh(mesh):
-    out = cl.make_local_train(CFG, LCFG, tx, donate=False)(base, g, state.opt_state, batches,
-                                                           keys)
+    out = cl.make_local_train(CFG, LCFG, tx, donate=False)(base, g, state.opt_state, batches, keys)
   _close(out[0], ref[0])
   _close(out[3], ref[3])
 
@@ -91,7 +94,7 @@ def test_chunked_loss_and_grad_equal_full(setup):
   batch = {k: v[0, 0] for k, v in _batches(1, 1, 2, 20).items()}
   f = lambda lora, c: token_loss(base, lora, batch, CFG, LCFG, chunk_size=c)
   full, gfull = jax.value_and_grad(f)(g, None)
-  chunked, gch = jax.value_and_grad(f)(g, 8)   # 20 is not a multiple of 8: padded chunk
+  chunked, gch = jax.value_and_grad(f)(g, 8)  # 20 is not a multiple of 8: padded chunk
   np.testing.assert_allclose(float(full), float(chunked), rtol=1e-6)
   _close(gch, gfull, tol=1e-6)
   # the mask decides which positions count
@@ -103,10 +106,11 @@ def test_heldout_loss_vmapped_equals_loop(setup):
   base, g = setup
   m = 3
   adapters = jax.vmap(lambda k: init_lora(CFG, LCFG, k))(jax.random.split(jax.random.key(6), m))
-  adapters = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(7), x.shape),
-                          adapters)
-  batches = _batches(2, 2, 2, 16, seed=2)   # V=2 voters, n=2 batches, B=2
-  batches["loss_mask"][1, 1] = 0.0          # a weight-0 batch must not count
+  adapters = jax.tree.map(
+      lambda x: x + 0.05 * jax.random.normal(jax.random.key(7), x.shape), adapters
+  )
+  batches = _batches(2, 2, 2, 16, seed=2)  # V=2 voters, n=2 batches, B=2
+  batches["loss_mask"][1, 1] = 0.0  # a weight-0 batch must not count
   vm = make_heldout_loss(CFG, LCFG)(base, adapters, batches)
   lp = heldout_loss_loop(CFG, LCFG, base, adapters, batches)
   assert vm.shape == (2, m)
@@ -114,6 +118,7 @@ def test_heldout_loss_vmapped_equals_loop(setup):
   # voter 1's loss only covers its first batch
   one = jax.tree.map(lambda x: x[0], adapters)
   b10 = {k: v[1, 0] for k, v in batches.items()}
-  np.testing.assert_allclose(float(vm[1, 0]), float(token_loss(base, one, b10, CFG, LCFG)),
-                             rtol=1e-5)
-  assert len(set(np.round(np.asarray(vm[0]), 6))) == m   # candidates are told apart
+  np.testing.assert_allclose(
+      float(vm[1, 0]), float(token_loss(base, one, b10, CFG, LCFG)), rtol=1e-5
+  )
+  assert len(set(np.round(np.asarray(vm[0]), 6))) == m  # candidates are told apart

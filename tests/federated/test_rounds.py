@@ -1,5 +1,6 @@
 """Rounds on the tiny model with a learnable synthetic task: FedAvg and FLock learn;
 invalid updates, rejecting voters and free riders never reach the global model."""
+
 import importlib.util
 import pathlib
 
@@ -59,7 +60,7 @@ def test_fedavg_baseline_loss_falls(world):
   ms = _run(world, **{"federation.mode": "baseline", "federation.aggregator": "fedavg"})
   assert [m.mode for m in ms] == ["baseline:fedavg"] * 3
   assert ms[-1].mean_heldout_loss < ms[0].mean_heldout_loss - 0.05
-  assert ms[-1].mean_heldout_loss < 5.4   # log(272) = 5.61 for the untrained model
+  assert ms[-1].mean_heldout_loss < 5.4  # log(272) = 5.61 for the untrained model
   assert len(ms[0].clients) == P
 
 
@@ -71,7 +72,7 @@ def test_flock_loss_falls_and_ledger_agrees(world):
     assert len(m.proposers) == P and len(m.voters) == V
     assert not set(m.proposers) & set(m.voters)
     assert m.chain_global_hash == m.global_hash == m.candidate_hash
-    assert all(g > 0 for g in m.gains)      # honest training helps every voter
+    assert all(g > 0 for g in m.gains)  # honest training helps every voter
     assert all(v > 0 for v in m.rewards.values()) and not m.slashes
 
 
@@ -84,16 +85,16 @@ def test_invalid_updates_are_dropped_and_global_unchanged(world):
   for i, msg in zip(m.proposers, m.rejected_updates):
     assert f"client {i}" in msg
     assert ("NaN" in msg) if i % 2 else ("shape" in msg)
-    assert "'" in msg   # the leaf path is quoted, e.g. 'down/a'
+    assert "'" in msg  # the leaf path is quoted, e.g. 'down/a'
   assert m.void and not m.accepted
   assert m.global_hash == "0x" + _initial_hash(world).hex()
-  assert all(m.slashes.get(i, 0) > 0 for i in m.proposers)   # slashed: no proposal
+  assert all(m.slashes.get(i, 0) > 0 for i in m.proposers)  # slashed: no proposal
 
 
 def test_invalid_update_among_honest_never_reaches_global(world):
   bad = (0, 1, 2)
   ms = _run(world, **{"attack.behaviours": "0:nan,1:nan,2:nan", "federation.rounds": 3})
-  assert any(i in bad for m in ms for i in m.proposers)   # the draw gave an attacker a turn
+  assert any(i in bad for m in ms for i in m.proposers)  # the draw gave an attacker a turn
   for m in ms:
     assert len(m.rejected_updates) == sum(i in bad for i in m.proposers)
     if m.accepted:  # only the valid proposals entered the candidate
@@ -106,24 +107,37 @@ def test_invalid_update_among_honest_never_reaches_global(world):
 
 def test_rejecting_majority_keeps_global(world):
   beh = ",".join(f"{i}:always_reject" for i in range(N))
-  ledger = LocalLedger(N, num_proposers=P, num_voters=V, total_rounds=3, stakes=100 * WEI,
-                       genesis_hash=_initial_hash(world))
+  ledger = LocalLedger(
+      N,
+      num_proposers=P,
+      num_voters=V,
+      total_rounds=3,
+      stakes=100 * WEI,
+      genesis_hash=_initial_hash(world),
+  )
   ms = _run(world, ledger, **{"attack.behaviours": beh, "federation.rounds": 2})
   g0 = "0x" + _initial_hash(world).hex()
   for m in ms:
     assert not m.accepted and not m.void
     assert m.tally < 0
     assert m.global_hash == g0 and m.chain_global_hash == g0
-    assert all(m.slashes.get(i, 0) > 0 for i in m.proposers)   # rejected proposals slashed
-  assert ms[0].tally == -V * 100 * WEI   # every voter rejected, all stakes equal
+    assert all(m.slashes.get(i, 0) > 0 for i in m.proposers)  # rejected proposals slashed
+  assert ms[0].tally == -V * 100 * WEI  # every voter rejected, all stakes equal
   assert ms[0].mean_heldout_loss == pytest.approx(ms[1].mean_heldout_loss)
-  assert ledger.token_balance() == 1000 * WEI + N * 100 * WEI   # conserved
+  assert ledger.token_balance() == 1000 * WEI + N * 100 * WEI  # conserved
 
 
 def test_per_proposal_drops_free_riders_and_nan(world):
   beh = "0:free_rider,1:free_rider,2:nan"
-  ms = _run(world, **{"attack.behaviours": beh, "federation.vote_mode": "per_proposal",
-                      "federation.tau": 1e-4, "federation.rounds": 3})
+  ms = _run(
+      world,
+      **{
+          "attack.behaviours": beh,
+          "federation.vote_mode": "per_proposal",
+          "federation.tau": 1e-4,
+          "federation.rounds": 3,
+      },
+  )
   seen_bad = 0
   for m in ms:
     assert m.mode == "flock:per_proposal"
@@ -134,7 +148,7 @@ def test_per_proposal_drops_free_riders_and_nan(world):
       else:
         assert acc, f"round {m.round}: honest proposer {i} rejected (gains {m.gains})"
     assert len(m.rejected_updates) == sum(i == 2 for i in m.proposers)
-  assert seen_bad > 0   # the draw did give the attackers a turn
+  assert seen_bad > 0  # the draw did give the attackers a turn
 
 
 @pytest.mark.parametrize("backend", ["local", "eth_tester"])
@@ -148,8 +162,9 @@ def test_make_ledger_draws_disjoint_roles(world, backend):
     assert len(set(roles.proposers) | set(roles.voters)) == P + V
     addrs = ledger.addresses()
     assert [int(addrs[i], 16) for i in roles.proposers] == sorted(
-        int(addrs[i], 16) for i in roles.proposers)
-    ledger.finalize()   # void: nothing proposed, nothing slashed
+        int(addrs[i], 16) for i in roles.proposers
+    )
+    ledger.finalize()  # void: nothing proposed, nothing slashed
   assert ledger.token_balance() == sum(ledger.stakes()) + ledger.pool + sum(ledger.claimable)
 
 
@@ -166,8 +181,13 @@ def test_rounds_on_chain_agree_with_run_state_and_audit(world, tmp_path, vote_mo
   base, pop = world
   store = AdapterStore(tmp_path / "store")
   seen = {}
-  ms = run_rounds(_config(**{"federation.vote_mode": vote_mode}), population=pop, base=base,
-                  store=store, on_round=lambda s, m, l: seen.update(state=s, ledger=l))
+  ms = run_rounds(
+      _config(**{"federation.vote_mode": vote_mode}),
+      population=pop,
+      base=base,
+      store=store,
+      on_round=lambda s, m, l: seen.update(state=s, ledger=l),
+  )
   ledger, state = seen["ledger"], seen["state"]
   assert isinstance(ledger, ChainLedger)
   chain = ledger.chain
@@ -184,8 +204,9 @@ def test_rounds_on_chain_agree_with_run_state_and_audit(world, tmp_path, vote_mo
   assert report.rounds == 3 and report.blobs_checked >= 3
 
   logs = chain.export_logs(str(tmp_path / "logs.json"))
-  victim = bytes.fromhex(next(e["args"]["proposal_hash"] for e in logs["events"]
-                              if e["event"] == "Proposed")[2:])
+  victim = bytes.fromhex(
+      next(e["args"]["proposal_hash"] for e in logs["events"] if e["event"] == "Proposed")[2:]
+  )
   data = bytearray(store.path(victim).read_bytes())
   data[-1] ^= 1
   store.path(victim).write_bytes(bytes(data))
@@ -227,11 +248,11 @@ def test_resume_continues_on_the_same_chain_and_refuses_a_mismatch(world, tmp_pa
   with pytest.raises(ResumeError, match="global hash"):
     run_rounds(_config(), population=pop, base=base, ledger=ledger, resume=lambda _: (tree, bad))
 
-  rest = run_rounds(_config(), population=pop, base=base, ledger=ledger,
-                    resume=lambda _: (tree, meta))
+  rest = run_rounds(
+      _config(), population=pop, base=base, ledger=ledger, resume=lambda _: (tree, meta)
+  )
   assert [m.round for m in rest] == [2]
   assert rest[0].global_hash == full[-1].global_hash
   assert rest[0].mean_heldout_loss == pytest.approx(full[-1].mean_heldout_loss, abs=1e-6)
   with pytest.raises(ResumeError, match="is at round 2"):  # the chain has moved on
-    run_rounds(_config(), population=pop, base=base, ledger=ledger,
-               resume=lambda _: (tree, meta))
+    run_rounds(_config(), population=pop, base=base, ledger=ledger, resume=lambda _: (tree, meta))

@@ -1,4 +1,5 @@
 """Builds random Hugging Face PyTorch Llamas, the reference our numerics are checked against."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,10 @@ def state_dict_numpy(model) -> dict[str, np.ndarray]:
 
 def hf_logits(model, tokens: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
   with torch.no_grad():
-    out = model(input_ids=torch.as_tensor(tokens, dtype=torch.long),
-                attention_mask=None if attention_mask is None
-                else torch.as_tensor(attention_mask, dtype=torch.long))
+    out = model(
+        input_ids=torch.as_tensor(tokens, dtype=torch.long),
+        attention_mask=None
+        if attention_mask is None
+        else torch.as_tensor(attention_mask, dtype=torch.long),
+    )
   return out.logits.float().numpy()

@@ -1,4 +1,5 @@
 """Logits parity with Hugging Face's PyTorch LlamaForCausalLM on random tiny configs."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,18 +13,36 @@ from tests.model.hf_reference import hf_logits, random_hf_model, state_dict_nump
 CASES = {
     "gqa_kv1_untied": dict(num_kv_heads=1, tie_word_embeddings=False),
     "gqa_kv2_tied": dict(num_kv_heads=2, tie_word_embeddings=True),
-    "mha_llama3_rope": dict(num_kv_heads=4, rope_scaling=RopeScaling(
-        kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-        original_max_position_embeddings=16)),
-    "kv2_linear_rope_headdim": dict(num_kv_heads=2, head_dim=24, rope_scaling=RopeScaling(
-        kind="linear", factor=2.0)),
+    "mha_llama3_rope": dict(
+        num_kv_heads=4,
+        rope_scaling=RopeScaling(
+            kind="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
+    ),
+    "kv2_linear_rope_headdim": dict(
+        num_kv_heads=2, head_dim=24, rope_scaling=RopeScaling(kind="linear", factor=2.0)
+    ),
 }
 
 
 def tiny(**kw) -> LlamaConfig:
-  base = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=3, num_heads=4,
-              num_kv_heads=2, rope_theta=10000.0, max_position_embeddings=128,
-              rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=None)
+  base = dict(
+      vocab_size=97,
+      hidden_size=64,
+      intermediate_size=96,
+      num_layers=3,
+      num_heads=4,
+      num_kv_heads=2,
+      rope_theta=10000.0,
+      max_position_embeddings=128,
+      rms_norm_eps=1e-5,
+      bos_token_id=None,
+      eos_token_id=None,
+  )
   base.update(kw)
   return LlamaConfig(**base)
 
@@ -63,8 +82,9 @@ def test_packed_segments_equal_separate_sequences():
   out = np.asarray(forward(params, packed, cfg, segment_ids=seg))
   np.testing.assert_allclose(out[:, :7], np.asarray(forward(params, a, cfg)), atol=1e-5)
   np.testing.assert_allclose(out[:, 7:16], np.asarray(forward(params, b, cfg)), atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(default_positions(jnp.asarray(seg)))[0, 5:9],
-                                [5, 6, 0, 1])
+  np.testing.assert_array_equal(
+      np.asarray(default_positions(jnp.asarray(seg)))[0, 5:9], [5, 6, 0, 1]
+  )
 
 
 def test_bfloat16_close_to_float32():
@@ -72,8 +92,13 @@ def test_bfloat16_close_to_float32():
   params = params_from_state_dict(state_dict_numpy(random_hf_model(cfg, seed=4)), cfg)
   tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 12))
   f32 = np.asarray(forward(params, tokens, cfg))
-  bf = np.asarray(forward(jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params), tokens,
-                          cfg.replace(dtype="bfloat16", param_dtype="bfloat16")))
+  bf = np.asarray(
+      forward(
+          jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params),
+          tokens,
+          cfg.replace(dtype="bfloat16", param_dtype="bfloat16"),
+      )
+  )
   assert np.abs(bf - f32).max() < 0.1 * np.abs(f32).max() + 0.05
   assert np.abs(bf - f32).max() > 0  # really ran in reduced precision
 

@@ -1,4 +1,5 @@
 """A sharded forward equals the single-device forward; vmapped clients share one base."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +7,15 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flock_jax import sharding as S
-from flock_jax.model import (LoraConfig, forward, hidden_states, init_params, lora_axes,
-                             param_axes, preset)
+from flock_jax.model import (
+    LoraConfig,
+    forward,
+    hidden_states,
+    init_params,
+    lora_axes,
+    param_axes,
+    preset,
+)
 from flock_jax.model.lora import lora_shapes
 
 CFG = preset("tiny")  # float32, V=272, D=64, H=4, K=2, F=128, L=2
@@ -24,7 +32,8 @@ def _loras(num_clients):
   rng = np.random.default_rng(1)
   return jax.tree.map(
       lambda s: (0.1 * rng.standard_normal((num_clients,) + s.shape)).astype(s.dtype),
-      lora_shapes(CFG, LCFG))
+      lora_shapes(CFG, LCFG),
+  )
 
 
 MESH_DFT = {"data": 2, "fsdp": 2, "tensor": 2}
@@ -88,8 +97,10 @@ def test_vmapped_clients_match_per_client_forwards(base):
   def per_client(p, lora, t):
     return forward(p, t, CFG, lora=lora, lora_cfg=LCFG)
 
-  step = jax.jit(jax.vmap(per_client, in_axes=(None, 0, 0), spmd_axis_name="clients"),
-                 in_shardings=(base_sh, lora_sh, tok_sh))
+  step = jax.jit(
+      jax.vmap(per_client, in_axes=(None, 0, 0), spmd_axis_name="clients"),
+      in_shardings=(base_sh, lora_sh, tok_sh),
+  )
   compiled = step.lower(params, loras_sharded, jax.device_put(tokens, tok_sh)).compile()
   logits = compiled(params, loras_sharded, jax.device_put(tokens, tok_sh))
   for c in range(2):

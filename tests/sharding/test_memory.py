@@ -1,4 +1,5 @@
 """The per-device memory plan: exact tree rows, the verdict, topologies, and XLA's AOT numbers."""
+
 import jax
 import numpy as np
 import pytest
@@ -14,17 +15,33 @@ def _norm_params(cfg):
   return 2 * cfg.num_layers * cfg.hidden_size + cfg.hidden_size
 
 
-@pytest.mark.parametrize("spec,chips,hosts,kind", [
-    ("8xh100", 8, 1, "h100"), ("h100", 1, 1, "h100"), ("16xh200", 16, 2, "h200"),
-    ("v5p-64", 32, 8, "v5p"), ("v5e-256", 256, 64, "v5e"), ("v5litepod-16", 16, 4, "v5e"),
-    ("v4-32", 16, 4, "v4"), ("v6e-8", 8, 2, "v6e")])
+@pytest.mark.parametrize(
+    "spec,chips,hosts,kind",
+    [
+        ("8xh100", 8, 1, "h100"),
+        ("h100", 1, 1, "h100"),
+        ("16xh200", 16, 2, "h200"),
+        ("v5p-64", 32, 8, "v5p"),
+        ("v5e-256", 256, 64, "v5e"),
+        ("v5litepod-16", 16, 4, "v5e"),
+        ("v4-32", 16, 4, "v4"),
+        ("v6e-8", 8, 2, "v6e"),
+    ],
+)
 def test_parse_topology(spec, chips, hosts, kind):
   topo = M.parse_topology(spec)
   assert (topo.chips, topo.hosts, topo.accelerator) == (chips, hosts, M.ACCELERATORS[kind])
 
 
-@pytest.mark.parametrize("spec,match", [("v5p-63", "multiple of 2"), ("8xh900", "unknown device"),
-                                        ("0xh100", "positive"), ("v5p-abc", "unknown device")])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("v5p-63", "multiple of 2"),
+        ("8xh900", "unknown device"),
+        ("0xh100", "positive"),
+        ("v5p-abc", "unknown device"),
+    ],
+)
 def test_parse_topology_errors(spec, match):
   with pytest.raises(ValueError, match=match):
     M.parse_topology(spec)
@@ -49,10 +66,12 @@ def test_default_mesh_keeps_heads_whole():
 
 def test_plan_70b_on_8xh100_exact_rows():
   cfg = preset("llama3_70b")
-  assert cfg.num_params() == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-      abstract_params(cfg)))
-  plan = M.plan_memory(cfg, LCFG, M.parse_topology("8xh100"), {"fsdp": 8}, clients=4, batch=1,
-                       seq_len=2048)
+  assert cfg.num_params() == sum(
+      int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(cfg))
+  )
+  plan = M.plan_memory(
+      cfg, LCFG, M.parse_topology("8xh100"), {"fsdp": 8}, clients=4, batch=1, seq_len=2048
+  )
   # bf16 base, fsdp 8: every matrix split 8 ways, the (tiny) RMSNorm weights replicated.
   norms = _norm_params(cfg)
   assert plan.row("frozen base") == (cfg.num_params() - norms) * 2 // 8 + norms * 2
@@ -65,19 +84,31 @@ def test_plan_70b_on_8xh100_exact_rows():
   assert plan.row("optimizer") == 2 * plan.row("adapters") + 4 * 4
   assert plan.row("gradients") == plan.row("adapters")
   assert plan.verdict == "FITS" and plan.total < plan.capacity
-  huge = M.plan_memory(cfg, LCFG, M.parse_topology("8xh100"), {"fsdp": 8}, clients=4, batch=64,
-                       seq_len=2048)
+  huge = M.plan_memory(
+      cfg, LCFG, M.parse_topology("8xh100"), {"fsdp": 8}, clients=4, batch=64, seq_len=2048
+  )
   assert huge.verdict == "DOES NOT FIT" and "DOES NOT FIT" in M.format_plan(huge)
   assert huge.row("frozen base") == plan.row("frozen base")
 
 
 def test_plan_tiny_and_remat_ordering():
   cfg = preset("tiny")
-  plans = {rm: M.plan_memory(cfg, LoraConfig(rank=4), M.parse_topology("8xh100"),
-                             {"fsdp": 4, "tensor": 2}, clients=2, batch=4, seq_len=64, remat=rm)
-           for rm in ("full", "dots", "none")}
+  plans = {
+      rm: M.plan_memory(
+          cfg,
+          LoraConfig(rank=4),
+          M.parse_topology("8xh100"),
+          {"fsdp": 4, "tensor": 2},
+          clients=2,
+          batch=4,
+          seq_len=64,
+          remat=rm,
+      )
+      for rm in ("full", "dots", "none")
+  }
   assert plans["full"].row("frozen base") == (
-      (cfg.num_params() - _norm_params(cfg)) * 4 // 8 + _norm_params(cfg) * 4)
+      (cfg.num_params() - _norm_params(cfg)) * 4 // 8 + _norm_params(cfg) * 4
+  )
   act = {k: p.row("activations") for k, p in plans.items()}
   assert act["full"] < act["dots"] < act["none"]
   assert "FITS" in M.format_plan(plans["full"])
@@ -85,8 +116,9 @@ def test_plan_tiny_and_remat_ordering():
 
 def test_plan_rejects_indivisible_mesh():
   with pytest.raises(S.ShardingError, match=r"\['embed'\].*576"):
-    M.plan_memory(preset("smollm2_135m"), LCFG, M.parse_topology("v5e-256"), {"fsdp": 128,
-                  "tensor": 2})
+    M.plan_memory(
+        preset("smollm2_135m"), LCFG, M.parse_topology("v5e-256"), {"fsdp": 128, "tensor": 2}
+    )
   with pytest.raises(S.ShardingError, match="needs 16 devices, the topology has 8"):
     M.plan_memory(preset("tiny"), LCFG, M.parse_topology("8xh100"), {"fsdp": 16})
 
@@ -96,8 +128,9 @@ def test_aot_memory_analysis_tiny_matches_exact_rows():
   mesh = S.make_mesh({"fsdp": 4, "tensor": 2})
   k, b, t = 2, 4, 16
   res = M.aot_memory_analysis(cfg, lcfg, mesh, clients=k, batch=b, seq_len=t)
-  plan = M.plan_memory(cfg, lcfg, M.parse_topology("8xh100"), dict(mesh.shape), clients=k,
-                       batch=b, seq_len=t)
+  plan = M.plan_memory(
+      cfg, lcfg, M.parse_topology("8xh100"), dict(mesh.shape), clients=k, batch=b, seq_len=t
+  )
   tokens = 4 * k * (b // 4) * t * 4  # tokens, loss_mask, segment_ids, positions over fsdp
   one_adapter = plan.row("adapters") // k  # G_r: each client's start, not [K]-stacked
   exact = plan.row("frozen base") + one_adapter + plan.row("optimizer")
@@ -111,6 +144,7 @@ def test_aot_memory_analysis_tiny_matches_exact_rows():
 
 def test_tpu_topology_needs_libtpu():
   import importlib.util
+
   if importlib.util.find_spec("libtpu") is not None:
     pytest.skip("libtpu installed: the unavailable path cannot be reached")
   with pytest.raises(RuntimeError, match="libtpu is not installed"):
@@ -120,12 +154,25 @@ def test_tpu_topology_needs_libtpu():
 def test_launch_script_prints_plan(capsys):
   import importlib.util
   import pathlib
+
   path = pathlib.Path(__file__).resolve().parents[2] / "launch" / "memory_plan.py"
   spec = importlib.util.spec_from_file_location("memory_plan", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  assert mod.main(["--model=llama3_70b", "--mesh=fsdp:8", "--device=h100", "--clients=1",
-                   "--batch=1", "--seq_len=2048", "--skip_aot"]) == 0
+  assert (
+      mod.main(
+          [
+              "--model=llama3_70b",
+              "--mesh=fsdp:8",
+              "--device=h100",
+              "--clients=1",
+              "--batch=1",
+              "--seq_len=2048",
+              "--skip_aot",
+          ]
+      )
+      == 0
+  )
   out = capsys.readouterr().out
   assert "8 x NVIDIA H100 80GB" in out and "mesh fsdp:8" in out and "=> FITS" in out
   assert mod.main(["--model=llama3_8b", "--topology=h100", "--batch=64", "--skip_aot"]) == 0

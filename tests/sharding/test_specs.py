@@ -1,4 +1,5 @@
 """Every parameter of each preset gets the intended PartitionSpec (abstract shapes only)."""
+
 import jax
 import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
@@ -16,10 +17,14 @@ INTENDED_4x2 = {
     "final_norm": P(None),
     "lm_head": P("fsdp", "tensor"),
     "layers": {
-        "attn_norm": P(None, None), "mlp_norm": P(None, None),
-        "q": P(None, "fsdp", "tensor"), "k": P(None, "fsdp", "tensor"),
-        "v": P(None, "fsdp", "tensor"), "o": P(None, "tensor", "fsdp"),
-        "gate": P(None, "fsdp", "tensor"), "up": P(None, "fsdp", "tensor"),
+        "attn_norm": P(None, None),
+        "mlp_norm": P(None, None),
+        "q": P(None, "fsdp", "tensor"),
+        "k": P(None, "fsdp", "tensor"),
+        "v": P(None, "fsdp", "tensor"),
+        "o": P(None, "tensor", "fsdp"),
+        "gate": P(None, "fsdp", "tensor"),
+        "up": P(None, "fsdp", "tensor"),
         "down": P(None, "tensor", "fsdp"),
     },
 }
@@ -29,9 +34,14 @@ INTENDED_F8 = {
     "final_norm": P(None),
     "lm_head": P("fsdp", None),
     "layers": {
-        "attn_norm": P(None, None), "mlp_norm": P(None, None),
-        "q": P(None, "fsdp", None), "k": P(None, "fsdp", None), "v": P(None, "fsdp", None),
-        "o": P(None, None, "fsdp"), "gate": P(None, "fsdp", None), "up": P(None, "fsdp", None),
+        "attn_norm": P(None, None),
+        "mlp_norm": P(None, None),
+        "q": P(None, "fsdp", None),
+        "k": P(None, "fsdp", None),
+        "v": P(None, "fsdp", None),
+        "o": P(None, None, "fsdp"),
+        "gate": P(None, "fsdp", None),
+        "up": P(None, "fsdp", None),
         "down": P(None, None, "fsdp"),
     },
 }
@@ -42,8 +52,9 @@ def _without_lm_head(t):
 
 
 def _abstract_mesh(**sizes):
-  return AbstractMesh(tuple(sizes.get(a, 1) for a in S.MESH_AXES), S.MESH_AXES,
-                      axis_types=(AxisType.Auto,) * 4)
+  return AbstractMesh(
+      tuple(sizes.get(a, 1) for a in S.MESH_AXES), S.MESH_AXES, axis_types=(AxisType.Auto,) * 4
+  )
 
 
 @pytest.mark.parametrize("name", ["llama3_70b", "llama3_8b", "llama31_70b", "smollm2_135m"])
@@ -57,7 +68,8 @@ def test_preset_specs_and_divisibility(name, shape, intended):
   shardings = S.tree_shardings(param_axes(cfg), mesh)
   abstract = abstract_params(cfg)
   assert jax.tree.structure(abstract) == jax.tree.structure(
-      shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
+      shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding)
+  )
   S.check_divisible(abstract, shardings)  # raises on any indivisible leaf
 
 
@@ -89,9 +101,15 @@ def test_lora_axes_with_clients():
   mesh = S.make_mesh({"clients": 2, "fsdp": 2, "tensor": 2})
   specs = S.tree_specs(axes, mesh=mesh)
   for n in ("q", "k", "v", "gate", "up"):
-    assert specs[n] == {"a": P("clients", None, "fsdp", None), "b": P("clients", None, None, "tensor")}
+    assert specs[n] == {
+        "a": P("clients", None, "fsdp", None),
+        "b": P("clients", None, None, "tensor"),
+    }
   for n in ("o", "down"):
-    assert specs[n] == {"a": P("clients", None, "tensor", None), "b": P("clients", None, None, "fsdp")}
+    assert specs[n] == {
+        "a": P("clients", None, "tensor", None),
+        "b": P("clients", None, None, "fsdp"),
+    }
   # clients of size 1 is dropped: the stack is then replicated on that (absent) axis.
   assert S.tree_specs(axes, mesh=S.make_mesh(MESH_4x2))["q"]["a"] == P(None, None, "fsdp", None)
   # Without a clients axis the adapters follow the base's projection layout.
@@ -99,13 +117,16 @@ def test_lora_axes_with_clients():
   assert plain["q"] == {"a": P(None, "fsdp", None), "b": P(None, None, "tensor")}
 
 
-@pytest.mark.parametrize("shape,match", [
-    ({"fsdp": 3}, r"needs 3 devices, have 8"),
-    ({"fsdp": 4, "tensor": 4}, r"needs 16 devices, have 8"),
-    ({"model": 8}, r"unknown mesh axes \['model'\]"),
-    ({"fsdp": -1, "tensor": -1}, r"at most one mesh axis may be -1"),
-    ({"fsdp": 3, "tensor": -1}, r"8 devices cannot fill mesh"),
-])
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        ({"fsdp": 3}, r"needs 3 devices, have 8"),
+        ({"fsdp": 4, "tensor": 4}, r"needs 16 devices, have 8"),
+        ({"model": 8}, r"unknown mesh axes \['model'\]"),
+        ({"fsdp": -1, "tensor": -1}, r"at most one mesh axis may be -1"),
+        ({"fsdp": 3, "tensor": -1}, r"8 devices cannot fill mesh"),
+    ],
+)
 def test_make_mesh_errors(shape, match):
   with pytest.raises(S.ShardingError, match=match):
     S.make_mesh(shape)

@@ -5,6 +5,7 @@ templates stand in for private, domain-specific client data. Every example's
 response shows the working and ends with `The answer is X.`; `Example.answer`
 holds X for exact-match evaluation.
 """
+
 from flock_jax.data.generated.finance import generate_finance
 from flock_jax.data.generated.medical import generate_medical
 

