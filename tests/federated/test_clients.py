@@ -14,6 +14,8 @@ from flock_jax.model.config import preset
 from flock_jax.model.llama import init_params
 from flock_jax.model.lora import LoraConfig, init_lora
 
+pytestmark = pytest.mark.numerics  # CI reruns these with XLA:CPU limited to AVX2
+
 CFG = preset("tiny")
 LCFG = LoraConfig(rank=4, alpha=8.0)
 

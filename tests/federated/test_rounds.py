@@ -127,6 +127,7 @@ def test_rejecting_majority_keeps_global(world):
   assert ledger.token_balance() == 1000 * WEI + N * 100 * WEI  # conserved
 
 
+@pytest.mark.numerics
 def test_per_proposal_drops_free_riders_and_nan(world):
   """Asserts the mechanism, not outcomes a last bit can flip: a free rider's gain is
   L(G) - L(G + 0) = 0 up to rounding (|gain| << tau), so every honest voter rejects it; each

@@ -10,6 +10,8 @@ from flock_jax.model import LlamaConfig, RopeScaling, forward
 from flock_jax.model.llama import default_positions
 from tests.model.hf_reference import hf_logits, random_hf_model, state_dict_numpy
 
+pytestmark = pytest.mark.numerics  # CI reruns these with XLA:CPU limited to AVX2
+
 CASES = {
     "gqa_kv1_untied": dict(num_kv_heads=1, tie_word_embeddings=False),
     "gqa_kv2_tied": dict(num_kv_heads=2, tie_word_embeddings=True),

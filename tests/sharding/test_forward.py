@@ -18,6 +18,8 @@ from flock_jax.model import (
 )
 from flock_jax.model.lora import lora_shapes
 
+pytestmark = pytest.mark.numerics  # CI reruns these with XLA:CPU limited to AVX2
+
 CFG = preset("tiny")  # float32, V=272, D=64, H=4, K=2, F=128, L=2
 LCFG = LoraConfig(rank=4, alpha=8.0)
 
