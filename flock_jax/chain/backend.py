@@ -112,19 +112,101 @@ class Backend:
     """Release the connection (nothing to do for most backends)."""
 
 
+GENESIS_TIMESTAMP = 1_700_000_000  # fixed, so that a run's block hashes are reproducible
+BLOCK_SECONDS = 12
+
+
+def _deterministic_pyevm():
+  """eth-tester's py-evm backend with every block's timestamp (parent + 12 s) and prevrandao
+  (keccak of the parent's hash) a pure function of its parent. Stock eth-tester takes them
+  from the wall clock and os.urandom, so the same transactions gave other block hashes (and
+  another prevrandao) in every process: no run could be reproduced or resumed bit for bit."""
+  from eth_tester import PyEVMBackend
+  from eth_tester.backends.pyevm.main import get_total_blob_gas
+  from eth_utils import keccak
+
+  class DeterministicPyEVMBackend(PyEVMBackend):
+
+    def reset_to_genesis(self, *args, **kwargs):
+      super().reset_to_genesis(*args, **kwargs)
+      self._pin()
+
+    def _pin(self) -> None:
+      chain = self.chain
+      create = type(chain).create_header_from_parent.__get__(chain)
+
+      def from_parent(parent, **params):
+        params.setdefault("timestamp", parent.timestamp + BLOCK_SECONDS)
+        params.setdefault("mix_hash", keccak(b"flock_jax prevrandao" + parent.hash))
+        return create(parent, **params)
+
+      chain.create_header_from_parent = from_parent
+      chain.header = from_parent(chain.get_canonical_head())
+
+    def mine_blocks(self, num_blocks=1, coinbase=b"\x00" * 20):
+      out = []
+      for _ in range(num_blocks):
+        txs = self.chain.get_block().transactions
+        blob_gas = sum(get_total_blob_gas(tx) for tx in txs)
+        out.append(self.chain.mine_block(coinbase=coinbase, blob_gas_used=blob_gas).hash)
+      return tuple(out)
+
+    # The whole chain (every block and state) is a key-value store in memory; these two
+    # carry it across processes, so a killed run continues on the very same chain.
+    def dump_state(self) -> bytes:
+      kv = self.chain.chaindb.db.wrapped_db.kv_store
+      parts = [len(kv).to_bytes(8, "big")]
+      for k in sorted(kv):
+        v = kv[k]
+        parts += [len(k).to_bytes(4, "big"), k, len(v).to_bytes(4, "big"), v]
+      return b"".join(parts)
+
+    def load_state(self, data: bytes) -> None:
+      from eth.db.atomic import AtomicDB
+      from eth.db.backends.memory import MemoryDB
+
+      kv, pos = {}, 8
+      try:
+        for _ in range(int.from_bytes(data[:8], "big")):
+          n = int.from_bytes(data[pos : pos + 4], "big")
+          k = data[pos + 4 : pos + 4 + n]
+          pos += 4 + n
+          n = int.from_bytes(data[pos : pos + 4], "big")
+          kv[k] = data[pos + 4 : pos + 4 + n]
+          pos += 4 + n
+        if pos != len(data):
+          raise ValueError(f"{len(data) - pos} trailing bytes")
+        self.chain = type(self.chain)(AtomicDB(MemoryDB(kv)))
+      except Exception as e:  # noqa: BLE001 - any decoding failure means a broken snapshot
+        raise ChainError(f"the saved eth-tester chain state is broken ({e})") from None
+      self._pin()
+
+  return DeterministicPyEVMBackend
+
+
 class EthTesterBackend(Backend):
-  """The in-process chain (eth-tester + py-evm, Prague, automine on)."""
+  """The in-process chain (eth-tester + py-evm, Prague, automine on), deterministic: the same
+  transactions give the same blocks, hashes and prevrandao in any process."""
 
   name = "eth_tester"
 
-  def __init__(self, num_accounts: int = 10):
+  def __init__(self, num_accounts: int = 10, state: bytes | None = None):
     from eth_tester import EthereumTester, PyEVMBackend
+    from eth_tester.backends.pyevm.main import get_default_genesis_params
     from web3 import EthereumTesterProvider
 
-    state = PyEVMBackend.generate_genesis_state(num_accounts=max(num_accounts, 2))
-    self.tester = EthereumTester(PyEVMBackend(genesis_state=state))
+    genesis = PyEVMBackend.generate_genesis_state(num_accounts=max(num_accounts, 2))
+    params = get_default_genesis_params({"timestamp": GENESIS_TIMESTAMP})
+    self.evm = _deterministic_pyevm()(genesis_parameters=params, genesis_state=genesis)
+    if state is not None:
+      self.evm.load_state(state)
+    self.tester = EthereumTester(self.evm)
     w3 = Web3(EthereumTesterProvider(self.tester))
     super().__init__(w3, self.tester.get_accounts())
+
+  def dump_state(self) -> bytes:
+    """The whole chain as bytes (`EthTesterBackend(n, state=...)` continues from it)."""
+    return self.evm.dump_state()
 
   def mine(self, n: int = 1) -> None:
     self.tester.mine_blocks(n)
@@ -182,7 +264,7 @@ def connect(config: Mapping[str, Any], num_accounts: int = 10) -> Backend:
   """Open the backend named by ``config["backend"]``: "eth_tester" or "jsonrpc"."""
   kind = config.get("backend", "eth_tester")
   if kind == "eth_tester":
-    return EthTesterBackend(num_accounts)
+    return EthTesterBackend(num_accounts, state=config.get("state"))
   if kind == "jsonrpc":
     url = config.get("rpc_url")
     if not url:
