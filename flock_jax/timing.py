@@ -1,4 +1,4 @@
-"""Helpers shared by the launch/bench_*.py benchmarks (no jax import here)."""
+"""Timing: the benchmarks' shared helpers and the per-phase timer of a round (no jax import)."""
 
 import os
 import time
@@ -29,3 +29,42 @@ def best_time(fn: Callable[[], object], repeats: int, warmup: bool = True) -> fl
     fn()
     best = min(best, time.perf_counter() - t)
   return best
+
+
+class PhaseTimer:
+  """Seconds spent per phase of one round, and in all, for RoundMetrics' time_*_s fields.
+
+  timer = PhaseTimer()
+  with timer("train"):
+    ...
+  RoundMetrics(..., **timer.metrics())
+  """
+
+  PHASES = ("train", "hash", "eval", "chain", "report")
+
+  def __init__(self):
+    self.start = time.perf_counter()
+    self.seconds = dict.fromkeys(self.PHASES, 0.0)
+
+  def __call__(self, phase: str):
+    return _Phase(self, phase)
+
+  def metrics(self) -> dict[str, float]:
+    out = {f"time_{k}_s": v for k, v in self.seconds.items()}
+    out["time_round_s"] = time.perf_counter() - self.start
+    return out
+
+
+class _Phase:
+
+  def __init__(self, timer: PhaseTimer, phase: str):
+    if phase not in timer.seconds:
+      raise ValueError(f"unknown phase {phase!r}; phases: {list(timer.seconds)}")
+    self.timer, self.phase = timer, phase
+
+  def __enter__(self):
+    self.t = time.perf_counter()
+
+  def __exit__(self, *exc):
+    self.timer.seconds[self.phase] += time.perf_counter() - self.t
+    return False

@@ -28,6 +28,8 @@ from flock_jax.federated.population import synthetic_rows  # noqa: E402
 from flock_jax.model.config import preset  # noqa: E402
 from flock_jax.model.llama import init_params  # noqa: E402
 from flock_jax.model.lora import LoraConfig, init_lora  # noqa: E402
+from flock_jax.optim import make_optimizer  # noqa: E402
+from flock_jax.run_config import default_optim  # noqa: E402
 
 _KS = flags.DEFINE_list("ks", ["4", "16", "64"], "Numbers of clients K.")
 _STEPS = flags.DEFINE_integer("steps", 2, "Local steps E per client.")
@@ -42,7 +44,7 @@ def main(argv):
   del argv
   cfg = preset(_PRESET.value)
   lcfg = LoraConfig(rank=8, alpha=16.0)
-  tx = cl.make_optimizer(cl.OptimConfig(lr=1e-3))
+  tx = make_optimizer(default_optim(lr=1e-3))
   base = init_params(cfg, jax.random.key(0))
   g = init_lora(cfg, lcfg, jax.random.key(1))
   e, b, t = _STEPS.value, _BATCH.value, _SEQ.value

@@ -50,6 +50,8 @@ def main(argv):
   from flock_jax.model.config import preset
   from flock_jax.model.llama import init_params
   from flock_jax.model.lora import LoraConfig, init_lora
+  from flock_jax.optim import make_optimizer
+  from flock_jax.run_config import default_optim
 
   torch.set_num_threads(_THREADS.value)
   cfg = preset(_PRESET.value)
@@ -86,7 +88,7 @@ def main(argv):
 
   # --- flock_jax, K clients vmapped in one jitted call
   lcfg = LoraConfig(rank=8, alpha=16.0)
-  tx = cl.make_optimizer(cl.OptimConfig(name="adamw", lr=1e-3, weight_decay=0.0))
+  tx = make_optimizer(default_optim(name="adamw", lr=1e-3, weight_decay=0.0))
   base = init_params(cfg, jax.random.key(0))
   g = init_lora(cfg, lcfg, jax.random.key(1))
   state = cl.init_client_state(cfg, lcfg, tx, jax.random.key(2), k, global_lora=g)

@@ -1,152 +1,192 @@
 """The main job: rounds of FLock (or a baseline aggregator) on a run config.
 
-  python launch/train.py --config=configs/flock.py:tiny --workdir=/tmp/run
+  python launch/train.py --config=configs/flock.py:tiny --workdir=runs/tiny
   python launch/train.py --config=configs/flock.py:tiny --config.federation.vote_mode=per_proposal
   python launch/train.py --config=configs/flock.py:tiny --config.federation.mode=baseline \
       --config.federation.aggregator=krum --config.federation.aggregator_hparams=f=1
+  python launch/train.py --config=configs/flock.py:tiny --show_config
 
-Writes to --workdir: config.json, metrics.jsonl (one JSON object per round),
-checkpoints/ (the run state each config.checkpoint.every rounds, with the
-ledger's round number and block hash beside it), store/ (every adapter blob
-whose hash went on chain) and chain_logs.json (the task's events). With a
-chain backend the run ends with an audit of the whole run from the logs and
-the store (launch/audit.py does the same later).
+A run is never lost. Run the same command again in the same --workdir and it continues from
+the latest checkpoint, whatever killed it (SIGKILL included) and wherever: the in-process
+chain (eth-tester) and the LocalLedger are saved inside every checkpoint and continue block for
+block; on a JSON-RPC node the task is attached again and the checkpoint proven against it. A
+workdir holding a run with another config is refused, naming the differing fields;
+--overwrite moves it aside. See flock_jax/workdir.py for the folder's layout.
 """
+
+from __future__ import annotations
 
 import json
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_CONFIG = config_flags.DEFINE_config_file(
+from flock_jax.cli import define_config, run_main  # noqa: E402
+
+_CONFIG = define_config(
     "config", "configs/flock.py:tiny", "Run config (configs/flock.py:<variant>)."
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints go.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the run lives (metrics, checkpoints, ...).")
 _RESUME = flags.DEFINE_boolean(
     "resume",
     False,
-    "Continue from the latest checkpoint in --workdir, after proving it agrees "
-    "with the chain (needs config.ledger.backend=jsonrpc; the task address is read from "
-    "--workdir/chain.json unless config.ledger.task names it).",
+    "Require an existing run in --workdir and continue it (without the flag a run in --workdir "
+    "with the same config is continued too; this only makes a missing run an error).",
+)
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Start again: move the run in --workdir aside to <workdir>.old-<k>."
 )
 _STOP_AFTER = flags.DEFINE_integer(
     "stop_after",
     None,
-    "Stop after this many rounds of this invocation (preemptible jobs; " "continue with --resume).",
+    "Stop after this many rounds of this invocation (preemptible jobs); the same command "
+    "continues the run.",
+)
+_SHOW_CONFIG = flags.DEFINE_boolean(
+    "show_config", False, "Print the resolved config, every field with its meaning, and exit."
 )
 
 
-class _Stop(Exception):
-  pass
-
-
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  config = _CONFIG.value
+  if _SHOW_CONFIG.value:
+    import importlib.util
+
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "flock.py"
+    )
+    spec = importlib.util.spec_from_file_location("flock_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    print(mod.describe(config))
+    return
   import jax
+
   from flock_jax.checkpoint import RunCheckpointer
   from flock_jax.federated import rounds, run_state
-  from flock_jax.federated.voting import candidate_bytes
+  from flock_jax.federated.engine import build, make_ledger, restore_ledger
   from flock_jax.federated.ledger import ChainLedger
-  from flock_jax.federated.metrics import JsonlWriter
   from flock_jax.run_config import from_config
+  from flock_jax.workdir import Workdir, WorkdirError
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  config = _CONFIG.value
   run = from_config(config)  # fails here, naming the field, on a malformed config
-  workdir = _WORKDIR.value
-  writer = ckpt = store = None
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(path) and not _RESUME.value:
-      os.remove(path)
-    writer = JsonlWriter(path)
-    from flock_jax.chain import AdapterStore
+  wd = Workdir(_WORKDIR.value) if _WORKDIR.value else None
+  status = wd.check(config, overwrite=_OVERWRITE.value) if wd else "new"
+  if _RESUME.value and status != "continue":
+    raise WorkdirError(f"--resume: --workdir={_WORKDIR.value} holds no run to continue")
+  if wd and status == "continue" and wd.summary_path.exists():
+    s = json.loads(wd.summary_path.read_text())
+    print(f"done: all {run.federation.rounds} rounds were already run; nothing left to run")
+    print(s["line"])
+    return
 
-    store = AdapterStore(os.path.join(workdir, "store"))
-    if run.checkpoint_every:
-      ckpt = RunCheckpointer(os.path.join(workdir, "checkpoints"), max_to_keep=run.checkpoint_keep)
+  engine, state = build(run)  # loads and checks the model before anything is written
   print(
       f"flock_jax: {run.model.preset} | mode={run.federation.mode} "
       f"vote={run.federation.vote_mode} N={run.federation.num_participants} "
       f"P={run.federation.num_proposers} V={run.federation.num_voters} "
-      f"rounds={run.federation.rounds} | devices={jax.devices()}",
+      f"rounds={run.federation.rounds} | ledger={run.ledger.backend} | devices={jax.devices()}",
       flush=True,
   )
+  flock = run.federation.mode == "flock"
+  store = ckpt = None
+  if wd:
+    wd.start(config, status)
+    from flock_jax.chain import AdapterStore
 
-  if _RESUME.value and workdir and not config.ledger.task:
-    with open(os.path.join(workdir, "chain.json")) as f:
-      config.ledger.task = json.load(f)["task"]
-    run = from_config(config)
-  seen = {"rounds": 0}
+    store = AdapterStore(wd / "store")
+    if run.checkpoint_every:
+      ckpt = RunCheckpointer(wd / "checkpoints", max_to_keep=run.checkpoint_keep)
 
-  def on_round(state, m, ledger):
-    if "ledger" not in seen and isinstance(ledger, ChainLedger) and workdir:
-      with open(os.path.join(workdir, "chain.json"), "w") as f:
-        json.dump({"task": ledger.chain.task.address, "rpc_url": run.ledger.rpc_url}, f)
-    seen["ledger"] = ledger
-    seen["rounds"] += 1
-    print(m.summary(), flush=True)
-    if writer:
-      writer.write(m)
-    if ckpt and (m.round + 1) % run.checkpoint_every == 0:
-      ckpt.save(
-          m.round + 1, run_state.checkpoint_tree(state), run_state.checkpoint_meta(state, m, config)
-      )
-    if _STOP_AFTER.value is not None and seen["rounds"] >= _STOP_AFTER.value:
-      raise _Stop
-
-  def resume(fresh):
-    tree, meta = ckpt.restore(None, run_state.checkpoint_tree(fresh))
+  # Restore (continuing) or start: the ledger comes back with the state it had at that boundary.
+  ledger = None
+  if ckpt is not None and ckpt.latest_step() is not None:
+    step = ckpt.latest_step()
+    tree, meta = ckpt.restore(step, run_state.restore_target(ckpt, step, state))
+    if flock:
+      ledger = restore_ledger(run, tree, meta, wd)
+    state = run_state.restore_state(state, tree, meta, ledger)
     print(
-        f"resuming at round {meta['next_round']} (checkpoint of chain round "
-        f"{meta['chain_round']}, block {meta['block_hash']})",
+        f"resuming at round {state.round} (checkpoint of chain round {meta['chain_round']}, "
+        f"block {meta['block_hash'] or '-'})",
         flush=True,
     )
-    return tree, meta
+  else:
+    if flock:
+      ledger = make_ledger(run, state.global_hash)
+      if wd and isinstance(ledger, ChainLedger):
+        wd.write_json(
+            "chain.json", {"task": ledger.chain.task.address, "rpc_url": run.ledger.rpc_url}
+        )
+    if ckpt is not None:  # round 0's boundary: the deployed chain and the initial state
+      ckpt.save(
+          0,
+          run_state.checkpoint_tree(state, ledger),
+          run_state.checkpoint_meta(state, None, run, ledger),
+      )
 
-  if _RESUME.value and not (ckpt and ckpt.latest_step() is not None):
-    raise app.UsageError(f"--resume: no checkpoint under {workdir}/checkpoints")
-  try:
-    metrics = rounds.run_rounds(
-        run, store=store, on_round=on_round, resume=resume if _RESUME.value else None
-    )
-  except _Stop:
-    print(f"stopped after {seen['rounds']} rounds; continue with --resume", flush=True)
-    if ckpt:
-      ckpt.close()
-    return
-  if ckpt:
+  rows = wd.metrics_rows(before_round=state.round) if wd else []
+  if wd:
+    wd.rewrite_metrics(rows)  # rows of rounds about to be rerun (after a kill) go
+  if not rows:  # round -1: where the run began
+    m0 = rounds.initial_metrics(engine, state)
+    print(m0.summary(), flush=True)
+    rows = [m0.to_dict()]
+    if wd:
+      wd.rewrite_metrics(rows)
+
+  ran = 0
+  with engine.mesh_context():
+    while state.round < run.federation.rounds:
+      if _STOP_AFTER.value is not None and ran >= _STOP_AFTER.value:
+        print(f"stopped after {ran} rounds; run the same command to continue", flush=True)
+        return
+      if flock:
+        state, m = rounds.flock_round(engine, state, ledger, store)
+      else:
+        state, m = rounds.baseline_round(engine, state)
+      ran += 1
+      print(m.summary(), flush=True)
+      rows.append(m.to_dict())
+      if wd:
+        wd.append_metrics(rows[-1])
+      if ckpt is not None and (
+          state.round % run.checkpoint_every == 0 or state.round == run.federation.rounds
+      ):
+        ckpt.save(
+            state.round,
+            run_state.checkpoint_tree(state, ledger),
+            run_state.checkpoint_meta(state, m, run, ledger),
+        )
+  if ckpt is not None:
     ckpt.close()
-  ledger = seen.get("ledger")
+
+  ok = True
   if isinstance(ledger, ChainLedger):
     from flock_jax.chain.audit import audit_chain
+    from flock_jax.federated.voting import candidate_bytes
 
-    if workdir:
-      ledger.chain.export_logs(os.path.join(workdir, "chain_logs.json"))
+    if wd:
+      ledger.chain.export_logs(str(wd / "chain_logs.json"))
     report = audit_chain(
         ledger.chain, store, aggregate=candidate_bytes, require_blobs=store is not None
     )
     print(f"audit: {report.summary()}", flush=True)
-    if not report.ok:
-      raise SystemExit(1)
-  if not metrics:
-    print(f"done: all {run.federation.rounds} rounds were already run; nothing left to run")
-    return
-  first, last = metrics[0], metrics[-1]
-  done = f"done: held-out loss {first.mean_heldout_loss:.4f} -> {last.mean_heldout_loss:.4f}"
-  if run.federation.mode == "flock":
-    done += f"; accepted {sum(bool(m.accepted) for m in metrics)}/{len(metrics)} rounds"
-  print(done, flush=True)
-  if workdir:
-    print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}")
+    ok = report.ok
+  summary = rounds.summarize(rows, run)
+  print(summary["line"], flush=True)
+  if wd:
+    wd.write_json("summary.json", summary)
+    print(f"metrics: {wd.metrics_path}")
+  if not ok:
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_main(main)

@@ -24,72 +24,12 @@ import jax.numpy as jnp
 import optax
 
 from flock_jax import sharding as shd
+from flock_jax.federated.aggregators import fedprox_penalty
 from flock_jax.federated.loss import token_loss
 from flock_jax.model.config import LlamaConfig
 from flock_jax.model.llama import Params
 from flock_jax.model.lora import LoraConfig, init_lora, lora_axes
-
-try:  # the aggregator engineer's proximal term (FedProx)
-  from flock_jax.federated.aggregators import fedprox_penalty
-except ImportError:  # pragma: no cover - stand-in until aggregators land
-
-  def fedprox_penalty(params, global_params, mu):
-    sq = jax.tree.map(
-        lambda w, g: jnp.sum(jnp.square(w - jax.lax.stop_gradient(g))), params, global_params
-    )
-    return 0.5 * mu * sum(jax.tree.leaves(sq), jnp.float32(0.0))
-
-
-PyTree = Any
-
-
-# ------------------------------------------------------------------ optimizer
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-  """Local optimizer of every client.
-
-  name: 'adamw' | 'sgd'. schedule: 'constant' | 'cosine' | 'warmup_cosine',
-  over `total_steps` local steps of one client (warmup_steps for the last).
-  grad_clip: global-norm clip (0 = off). momentum: SGD only (0 = plain SGD).
-  prox_mu: FedProx proximal weight mu (0 = off); the centre is G_r.
-  """
-
-  name: str = "adamw"
-  lr: float = 1e-3
-  schedule: str = "constant"
-  warmup_steps: int = 0
-  total_steps: int = 1000
-  weight_decay: float = 0.0
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  momentum: float = 0.0
-  grad_clip: float = 1.0
-  prox_mu: float = 0.0
-
-
-def make_schedule(ocfg: OptimConfig) -> optax.Schedule:
-  if ocfg.schedule == "constant":
-    return optax.constant_schedule(ocfg.lr)
-  if ocfg.schedule == "cosine":
-    return optax.cosine_decay_schedule(ocfg.lr, max(ocfg.total_steps, 1))
-  if ocfg.schedule == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(
-        0.0, ocfg.lr, ocfg.warmup_steps, max(ocfg.total_steps, ocfg.warmup_steps + 1)
-    )
-  raise ValueError(f"optim.schedule={ocfg.schedule!r}; expected constant, cosine or warmup_cosine")
-
-
-def make_optimizer(ocfg: OptimConfig) -> optax.GradientTransformation:
-  """The per-client optimizer: optional global-norm clip, then AdamW or SGD."""
-  sched = make_schedule(ocfg)
-  if ocfg.name == "adamw":
-    opt = optax.adamw(sched, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps, weight_decay=ocfg.weight_decay)
-  elif ocfg.name == "sgd":
-    opt = optax.sgd(sched, momentum=ocfg.momentum or None)
-  else:
-    raise ValueError(f"optim.name={ocfg.name!r}; expected 'adamw' or 'sgd'")
-  return optax.chain(optax.clip_by_global_norm(ocfg.grad_clip), opt) if ocfg.grad_clip > 0 else opt
+from flock_jax.pytree import PyTree
 
 
 # ------------------------------------------------------------------ stacked state

@@ -12,19 +12,14 @@ import jax
 
 from flock_jax.federated import hashing
 from flock_jax.federated.aggregators import Aggregator, get_aggregator
-from flock_jax.federated.clients import (
-    ClientState,
-    init_client_state,
-    make_local_train,
-    make_optimizer,
-)
+from flock_jax.federated.clients import ClientState, init_client_state, make_local_train
 from flock_jax.federated.evaluation import make_heldout_loss
 from flock_jax.federated.ledger import WEI, ChainLedger, Ledger, LocalLedger
 from flock_jax.federated.population import Population
 from flock_jax.model.llama import Params
 from flock_jax.model.lora import init_lora
-
-PyTree = Any
+from flock_jax.optim import make_optimizer
+from flock_jax.pytree import PyTree
 
 
 @dataclasses.dataclass
@@ -40,6 +35,12 @@ class Engine:
   aggregator: Aggregator | None
   mesh: Any = None
 
+  def mesh_context(self):
+    """`jax.set_mesh(mesh)` when the run has a mesh, else a no-op context."""
+    import contextlib
+
+    return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
 
 @dataclasses.dataclass
 class RunState:
@@ -49,6 +50,9 @@ class RunState:
   agg_state: PyTree
   key: jax.Array
   global_hash: bytes
+  # (voter, adapter hash) -> that voter's held-out loss of that adapter; a pure cache (its
+  # values are recomputed bit for bit when missing), so it is not checkpointed.
+  loss_cache: dict = dataclasses.field(default_factory=dict)
 
 
 def load_model(run, mesh=None):
@@ -123,6 +127,34 @@ def make_ledger(run, genesis_hash: bytes) -> Ledger:
   if lg.task:
     return ChainLedger.attach(backend, fed.num_participants, lg.task)
   return ChainLedger.deploy(backend, fed.num_participants, params, stakes=lg.stake * WEI)
+
+
+def restore_ledger(run, tree: dict, meta: dict, workdir=None) -> Ledger:
+  """The ledger a checkpoint continues on: an in-process ledger (LocalLedger, eth-tester) rebuilt
+  from the bytes saved in the checkpoint; on a JSON-RPC node the same task, attached again (its
+  address from config.ledger.task or the workdir's chain.json)."""
+  import json
+
+  import numpy as np
+
+  from flock_jax.federated.ledger import LedgerError
+
+  lg, n = run.ledger, run.federation.num_participants
+  data = np.asarray(tree.get("ledger", np.zeros(0, np.uint8)), np.uint8).tobytes()
+  if lg.backend == "local":
+    return LocalLedger.from_state(data)
+  backend = {"backend": lg.backend, "rpc_url": lg.rpc_url}
+  if lg.backend == "eth_tester":
+    return ChainLedger.from_state(backend, n, data)
+  task = lg.task
+  if not task and workdir is not None and (workdir / "chain.json").exists():
+    task = json.loads((workdir / "chain.json").read_text())["task"]
+  if not task:
+    raise LedgerError(
+        "resume on a JSON-RPC node: the task address is unknown; set --config.ledger.task=0x... "
+        "(the FlockTask this run deployed)"
+    )
+  return ChainLedger.attach(backend, n, task)
 
 
 @functools.lru_cache(maxsize=8)

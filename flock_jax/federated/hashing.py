@@ -33,8 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from eth_utils import keccak
-
-PyTree = Any
+from flock_jax.pytree import PyTree
 
 MAGIC = b"FLKT"
 VERSION = 1

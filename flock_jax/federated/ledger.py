@@ -15,6 +15,9 @@ Both return the chain's `Roles` and `Outcome` (flock_jax/chain/types.py).
 
 from __future__ import annotations
 
+import io
+import json
+import pickle
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -87,6 +90,11 @@ class Ledger(Protocol):
   ) -> list[str]:
     ...
 
+  def dump_state(self) -> bytes:
+    """What a checkpoint must carry to continue on this ledger in a new process: the whole
+    state of an in-process ledger, b'' when the chain outlives the process (a node)."""
+    ...
+
 
 def _boundary(
     what: str,
@@ -112,6 +120,23 @@ def _boundary(
 
 class LedgerError(RuntimeError):
   """A call the contract would revert: says which call, who, and why."""
+
+
+_LOCAL_MAGIC, _CHAIN_MAGIC = b"FLL1", b"FLC1"
+
+
+class _SafeUnpickler(pickle.Unpickler):
+  """Loads only plain data and flock_jax's own classes: a checkpoint is data, never code."""
+
+  _MODULES = ("builtins", "collections", "numpy", "flock_jax.")
+
+  def find_class(self, module, name):
+    if module.startswith(self._MODULES) and not (module == "builtins" and name in _UNSAFE):
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a ledger state")
+
+
+_UNSAFE = frozenset({"eval", "exec", "compile", "open", "__import__", "getattr", "setattr"})
 
 
 def default_addresses(n: int, salt: bytes = b"flock_jax participant") -> list[str]:
@@ -256,6 +281,23 @@ class LocalLedger:
       )
     return out
 
+  def dump_state(self) -> bytes:
+    """The whole ledger (the rules' state, events, block number) as bytes."""
+    return _LOCAL_MAGIC + pickle.dumps(self.__dict__, protocol=5)
+
+  @classmethod
+  def from_state(cls, data: bytes) -> "LocalLedger":
+    """The LocalLedger `dump_state` saved."""
+    if not data.startswith(_LOCAL_MAGIC):
+      raise LedgerError("the saved ledger state is not a LocalLedger's (bad magic)")
+    try:
+      d = _SafeUnpickler(io.BytesIO(data[len(_LOCAL_MAGIC) :])).load()
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+      raise LedgerError(f"the saved LocalLedger state is broken ({e})") from None
+    ledger = cls.__new__(cls)
+    ledger.__dict__.update(d)
+    return ledger
+
   # ---------------------------------------------------------------- round
   def start_round(self) -> Roles:
     started, drawn = (e["args"] for e in self._do(self.model.start_round, block=True))
@@ -337,6 +379,31 @@ class ChainLedger:
     chain = FlockChain.from_config(backend_config, num_participants)
     chain.attach(task)
     return cls(chain)
+
+  @classmethod
+  def from_state(cls, backend_config: dict, num_participants: int, data: bytes) -> "ChainLedger":
+    """The ledger `dump_state` saved: the in-process chain rebuilt block for block, or the
+    same task on the node (which kept its own state)."""
+    if not data.startswith(_CHAIN_MAGIC):
+      raise LedgerError("the saved ledger state is not a ChainLedger's (bad magic)")
+    n = int.from_bytes(data[4:8], "big")
+    try:
+      head = json.loads(data[8 : 8 + n])
+    except ValueError as e:
+      raise LedgerError(f"the saved ChainLedger state is broken ({e})") from None
+    config = dict(backend_config)
+    if head["backend"] == "eth_tester":
+      config["state"] = data[8 + n :]
+    ledger = cls.attach(config, num_participants, head["task"])
+    ledger._resume_round = head.get("roles")
+    return ledger
+
+  def dump_state(self) -> bytes:
+    backend = self.chain.backend
+    head = {"backend": backend.name, "task": self.chain.task.address}
+    body = backend.dump_state() if backend.name == "eth_tester" else b""
+    raw = json.dumps(head).encode()
+    return _CHAIN_MAGIC + len(raw).to_bytes(4, "big") + raw + body
 
   @property
   def num_participants(self) -> int:

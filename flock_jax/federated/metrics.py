@@ -46,6 +46,7 @@ class RoundMetrics:
   time_hash_s: float = 0.0
   time_eval_s: float = 0.0
   time_chain_s: float = 0.0
+  time_report_s: float = 0.0
   time_round_s: float = 0.0
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -58,6 +59,8 @@ class RoundMetrics:
 
   def summary(self) -> str:
     held = " ".join(f"{k}={v:.4f}" for k, v in self.heldout_loss.items())
+    if self.round < 0:
+      return f"round  -1 [{self.mode}] the starting model, heldout: {held}"
     head = f"round {self.round:3d} [{self.mode}] train={self.train_loss:.4f} heldout: {held}"
     if self.mode.startswith("flock"):
       acc = "void" if self.void else ("accepted" if self.accepted else "rejected")
@@ -85,8 +88,8 @@ def _jsonable(x: Any) -> Any:
     return "0x" + bytes(x).hex()
   if isinstance(x, np.ndarray):
     return _jsonable(x.tolist())
-  if isinstance(x, (np.floating,)):
-    return float(x)
+  if isinstance(x, (float, np.floating)):
+    return None if np.isnan(x) else float(x)  # JSON has no NaN: a metric not measured is null
   if isinstance(x, (np.integer,)):
     return int(x)
   if isinstance(x, (np.bool_,)):

@@ -13,9 +13,7 @@ aggregator's state, and the off-chain hash of G.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -23,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flock_jax.federated import hashing, voting
+from flock_jax.federated.attacks import attack_update, voter_ballot
 from flock_jax.federated.aggregators import apply_delta
 from flock_jax.federated.clients import ClientState
 from flock_jax.federated.engine import Engine, RunState, build, make_ledger
@@ -32,8 +31,8 @@ from flock_jax.federated.population import Population
 from flock_jax.federated.run_state import restore_state
 from flock_jax.federated.validate import check_update
 from flock_jax.model.llama import Params
-
-PyTree = Any
+from flock_jax.pytree import PyTree
+from flock_jax.timing import PhaseTimer
 
 
 def _hex(b: bytes | None) -> str:
@@ -46,40 +45,6 @@ def _unstack(tree: PyTree, k: int) -> list[PyTree]:
 
 def _stack(trees: Sequence[PyTree]) -> PyTree:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-# ------------------------------------------------------------------ malicious hooks
-def attack_update(behaviour: str, delta: PyTree, gamma: float) -> PyTree:
-  """A proposer's update after its behaviour: honest/backdoor (the data is poisoned, the
-  update is what it trained), scale (model replacement, gamma * Δ), free_rider (zeros),
-  nan (a NaN in the first leaf), wrong_shape (first leaf one column short)."""
-  if behaviour in ("honest", "backdoor"):
-    return delta
-  if behaviour == "scale":
-    return jax.tree.map(lambda x: x * gamma, delta)
-  if behaviour == "free_rider":
-    return jax.tree.map(jnp.zeros_like, delta)
-  leaves, treedef = jax.tree.flatten(delta)
-  if behaviour == "nan":
-    leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
-  elif behaviour == "wrong_shape":
-    leaves[0] = leaves[0][..., :-1]
-  else:
-    raise ValueError(f"unknown proposer behaviour {behaviour!r}")
-  return jax.tree.unflatten(treedef, leaves)
-
-
-def voter_ballot(behaviour: str, honest: Any) -> Any:
-  """What a voter sends: its honest approve bit(s), all True, all False, or None (absent)."""
-  if behaviour == "honest":
-    return honest
-  if behaviour == "always_approve":
-    return np.ones_like(honest, bool)
-  if behaviour == "always_reject":
-    return np.zeros_like(honest, bool)
-  if behaviour == "absent":
-    return None
-  raise ValueError(f"unknown voter behaviour {behaviour!r}")
 
 
 # ------------------------------------------------------------------ shared steps
@@ -123,89 +88,115 @@ def _heldout_by_domain(engine: Engine, lora: PyTree) -> dict[str, float]:
   return {n: float(x) for n, x in zip(names, np.asarray(losses)[:, 0])}
 
 
+# ------------------------------------------------------------------ voters' scoring (step 3)
+def _voter_losses(engine: Engine, state: RunState, voters: Sequence[int], lora, lora_hash, held):
+  """L_j(lora) for each voter j [V]: cached by (voter, adapter hash), since a voter's held-out
+  batches never change. Always one [V, 1] call, so a cached value equals a recomputed one bit
+  for bit (a resumed run, whose cache starts empty, scores exactly like an uninterrupted one)."""
+  cache = state.loss_cache
+  if lora_hash is None or any((j, lora_hash) not in cache for j in voters):
+    out = np.asarray(engine.heldout_loss(engine.base, _stack([lora]), held))[:, 0]
+    if lora_hash is not None:
+      cache.update({(j, lora_hash): float(x) for j, x in zip(voters, out)})
+    return out
+  return np.asarray([cache[(j, lora_hash)] for j in voters], np.float32)
+
+
+def score_whole(engine, state, voters, G, candidate, cand_hash, held) -> np.ndarray:
+  """Whole-candidate mode (the paper): gain_j = L_j(G_r) - L_j(C_r), [V]."""
+  before = _voter_losses(engine, state, voters, G, state.global_hash, held)
+  after = _voter_losses(engine, state, voters, candidate, cand_hash, held)
+  return np.asarray(voting.gains(before, after))
+
+
+def score_per_proposal(engine, state, voters, G, valid, held) -> np.ndarray:
+  """Per-proposal mode: gain_{j,i} = L_j(G_r) - L_j(G_r + Δ_i), [V, P']."""
+  before = _voter_losses(engine, state, voters, G, state.global_hash, held)
+  each = _stack([jax.tree.map(lambda g, d: g + d, G, d) for d in valid])
+  after = np.asarray(engine.heldout_loss(engine.base, each, held))  # [V, P']
+  return np.asarray(voting.per_proposal_gains(before, after))
+
+
+def _put(store, *trees: PyTree) -> None:
+  """Every blob whose hash goes on chain, into the content-addressed store (if the run has one)."""
+  if store is not None:
+    for t in trees:
+      store.put(hashing.canonical_bytes(t))
+
+
+def _report_due(engine: Engine, round_index: int) -> bool:
+  """Per-domain reporting every config.eval.every rounds (and always after the last)."""
+  every, last = engine.run.eval.every, engine.run.federation.rounds - 1
+  return every > 0 and (round_index % every == every - 1 or round_index == last)
+
+
 # ------------------------------------------------------------------ FLock round
 def flock_round(
     engine: Engine, state: RunState, ledger: Ledger, store=None
 ) -> tuple[RunState, RoundMetrics]:
-  """One FLock round, PROTOCOL.md steps 1-6 (settlement is the ledger's).
+  """One FLock round, PROTOCOL.md steps 1-6 (the ledger settles).
 
-  `store` (a flock_jax.chain.AdapterStore) receives the canonical bytes of the
-  global adapter, every proposal and the candidate, named by the hashes that
-  go on chain, so that the run can be audited from the logs alone.
+  `store` (a flock_jax.chain.AdapterStore) receives the canonical bytes of the global
+  adapter, every proposal and the candidate, named by the hashes that go on chain, so that
+  the run can be audited from the logs alone.
   """
   fed, att = engine.run.federation, engine.run.attack
   per_proposal = fed.vote_mode == "per_proposal"
-  t_round = time.perf_counter()
+  timer = PhaseTimer()
   G = state.global_lora
 
-  # 1. Role draw (on chain).
-  t = time.perf_counter()
-  roles: Roles = ledger.start_round()
-  addresses = ledger.addresses()
-  t_chain = time.perf_counter() - t
+  # 1. Role draw (on chain): the simulator reads the roles, it never decides them.
+  with timer("chain"):
+    roles: Roles = ledger.start_round()
+    addresses = ledger.addresses()
   proposers, voters = list(roles.proposers), list(roles.voters)
 
-  # 2. Local training from G_r; commit h_i = keccak(canonical bytes of Δ_i).
-  t = time.perf_counter()
-  state, deltas, train_losses = _train(engine, state, proposers)
-  t_train = time.perf_counter() - t
-  t = time.perf_counter()
-  valid_ids, valid, errors = _screen(engine, proposers, deltas, G)
-  hashes = [hashing.tree_hash(d) for d in valid]
-  if store is not None:
-    store.put(hashing.canonical_bytes(G))
-    for d in valid:
-      store.put(hashing.canonical_bytes(d))
-  t_hash = time.perf_counter() - t
-  t = time.perf_counter()
-  for i, h in zip(valid_ids, hashes):
-    ledger.propose(i, h)
-  t_chain += time.perf_counter() - t
+  # 2. Local training from G_r; each proposer commits h_i = keccak(canonical bytes of Δ_i).
+  with timer("train"):
+    state, deltas, train_losses = _train(engine, state, proposers)
+  with timer("hash"):
+    valid_ids, valid, errors = _screen(engine, proposers, deltas, G)
+    hashes = [hashing.tree_hash(d) for d in valid]
+    _put(store, G, *valid)
+  with timer("chain"):
+    for i, h in zip(valid_ids, hashes):
+      ledger.propose(i, h)
 
   # 3. Candidate in canonical (address) order; voters score it on private held-out data.
-  t = time.perf_counter()
-  approvals, gains, cand_hash, candidate = [], [], None, None
-  if valid:
-    order = voting.candidate_order([addresses[i] for i in valid_ids])
-    stacked = _stack(valid)
-    held = engine.population.heldout_batches(voters, fed.eval_batches, fed.eval_batch_size)
-    if per_proposal:
-      each = [jax.tree.map(lambda g, d: g + d, G, d) for d in valid]
-      losses = np.asarray(engine.heldout_loss(engine.base, _stack([G] + each), held))  # [V, 1+P']
-      g = voting.per_proposal_gains(losses[:, 0], losses[:, 1:])  # [V, P']
-      gains = g.tolist()
-      honest = np.asarray(voting.approve(g, fed.tau))
-    else:
-      candidate = voting.build_candidate(G, stacked, order)
-      cand_hash = hashing.tree_hash(candidate)
-      if store is not None:
-        store.put(hashing.canonical_bytes(candidate))
-      losses = np.asarray(engine.heldout_loss(engine.base, _stack([G, candidate]), held))  # [V, 2]
-      g = voting.gains(losses[:, 0], losses[:, 1])
-      gains = g.tolist()
-      honest = np.asarray(voting.approve(g, fed.tau))
-  t_eval = time.perf_counter() - t
+  honest, gains, cand_hash, candidate = None, [], None, None
+  with timer("eval"):
+    if valid:
+      order = voting.candidate_order([addresses[i] for i in valid_ids])
+      held = engine.population.heldout_batches(voters, fed.eval_batches, fed.eval_batch_size)
+      if per_proposal:
+        g = score_per_proposal(engine, state, voters, G, valid, held)
+      else:
+        candidate = voting.build_candidate(G, _stack(valid), order)
+        cand_hash = hashing.tree_hash(candidate)
+        _put(store, candidate)
+        g = score_whole(engine, state, voters, G, candidate, cand_hash, held)
+      gains, honest = g.tolist(), np.asarray(voting.approve(g, fed.tau))
 
   # 4. Vote (on chain); 5. finalize: tally and settle.
-  t = time.perf_counter()
-  if valid:
-    for row, j in enumerate(voters):
-      ballot = voter_ballot(att.voter(j), honest[row])
-      approvals.append(None if ballot is None else np.asarray(ballot).tolist())
-      if ballot is None:
-        continue
-      if per_proposal:  # bit i names roles.proposers[i]; bits of dropped proposals stay 0
-        bits = [False] * len(proposers)
-        for k, i in enumerate(valid_ids):
-          bits[proposers.index(i)] = bool(ballot[k])
-        ledger.vote(j, b"\x00" * 32, bits=tuple(bits))
-      else:
-        ledger.vote(j, cand_hash, approve=bool(ballot))
-  outcome: Outcome = ledger.finalize()
-  block = ledger.block_hash()
-  t_chain += time.perf_counter() - t
+  approvals = []
+  with timer("chain"):
+    if valid:
+      for row, j in enumerate(voters):
+        ballot = voter_ballot(att.voter(j), honest[row])
+        approvals.append(None if ballot is None else np.asarray(ballot).tolist())
+        if ballot is None:
+          continue
+        if per_proposal:  # bit i names roles.proposers[i]; bits of dropped proposals stay 0
+          bits = [False] * len(proposers)
+          for k, i in enumerate(valid_ids):
+            bits[proposers.index(i)] = bool(ballot[k])
+          ledger.vote(j, b"\x00" * 32, bits=tuple(bits))
+        else:
+          ledger.vote(j, cand_hash, approve=bool(ballot))
+    outcome: Outcome = ledger.finalize()
+    block = ledger.block_hash()
 
-  # Accepted: G_{r+1} = C_r; rejected: G stays.
+  # 6. Accepted: G_{r+1} = C_r (per proposal: G_r + mean of the accepted Δ_i); else G stays.
   prop_acc = [False] * len(proposers)
   if per_proposal and valid and outcome.proposal_accepted is not None:
     prop_acc = list(outcome.proposal_accepted)
@@ -213,8 +204,7 @@ def flock_round(
     if any(mask):
       candidate = voting.build_candidate(G, _stack(valid), order, mask)
       cand_hash = hashing.tree_hash(candidate)
-      if store is not None:
-        store.put(hashing.canonical_bytes(candidate))
+      _put(store, candidate)
   elif valid and outcome.accepted:
     prop_acc = [i in valid_ids for i in proposers]
     if outcome.global_hash is not None and outcome.global_hash != cand_hash:
@@ -226,11 +216,13 @@ def flock_round(
     G = jax.tree.map(lambda c, g: c.astype(g.dtype), candidate, G)
     state = dataclasses.replace(state, global_lora=G, global_hash=cand_hash)
 
+  with timer("report"):
+    heldout = _heldout_by_domain(engine, G) if _report_due(engine, roles.round) else {}
   metrics = RoundMetrics(
       round=roles.round,
       mode="flock:per_proposal" if per_proposal else "flock",
       train_loss=float(np.mean(np.asarray(train_losses)[:, -1])),
-      heldout_loss=_heldout_by_domain(engine, G),
+      heldout_loss=heldout,
       accepted=bool(outcome.accepted),
       tally=int(outcome.tally),
       void=bool(outcome.void),
@@ -246,14 +238,52 @@ def flock_round(
       block_hash=_hex(block),
       rewards=dict(outcome.rewards),
       slashes=dict(outcome.slashes),
-      time_train_s=t_train,
-      time_hash_s=t_hash,
-      time_eval_s=t_eval,
-      time_chain_s=t_chain,
       extra={"train_loss_per_proposer": np.asarray(train_losses)[:, -1].tolist()},
+      **timer.metrics(),
   )
-  metrics.time_round_s = time.perf_counter() - t_round
   return dataclasses.replace(state, round=state.round + 1), metrics
+
+
+# ------------------------------------------------------------------ run begin / end
+def initial_metrics(engine: Engine, state: RunState) -> RoundMetrics:
+  """'Round -1': the starting model's held-out loss per domain, so a run shows where it began."""
+  mode = engine.run.federation.mode
+  if mode == "flock" and engine.run.federation.vote_mode == "per_proposal":
+    mode = "flock:per_proposal"
+  elif mode == "baseline":
+    mode = f"baseline:{engine.aggregator.name}"
+  return RoundMetrics(
+      round=-1,
+      mode=mode,
+      train_loss=float("nan"),
+      heldout_loss=_heldout_by_domain(engine, state.global_lora),
+      global_hash=_hex(state.global_hash),
+  )
+
+
+def summarize(rows: Sequence[dict], run) -> dict:
+  """summary.json of a whole run (every invocation of it): the first and last held-out loss,
+  the best round, accepted rounds, and the line the main job ends with."""
+  first = next((r for r in rows if r["round"] == -1), rows[0])
+  done = [r for r in rows if r["round"] >= 0]
+  last = next((r for r in reversed(done) if r["heldout_loss"]), first)
+  mean = lambda r: float(np.mean(list(r["heldout_loss"].values())))
+  out = {
+      "rounds": len(done),
+      "heldout_loss_start": mean(first),
+      "heldout_loss_final": mean(last),
+      "heldout_loss_final_by_domain": last["heldout_loss"],
+  }
+  reported = [r for r in done if r["heldout_loss"]]
+  if reported:
+    best = min(reported, key=mean)
+    out["best_round"], out["heldout_loss_best"] = best["round"], mean(best)
+  line = f"done: held-out loss {out['heldout_loss_start']:.4f} -> {out['heldout_loss_final']:.4f}"
+  if run.federation.mode == "flock":
+    out["accepted_rounds"] = sum(bool(r.get("accepted")) for r in done)
+    line += f"; accepted {out['accepted_rounds']}/{len(done)} rounds"
+  out["line"] = line
+  return out
 
 
 # ------------------------------------------------------------------ baseline round
@@ -276,45 +306,46 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
   updates; G_{r+1} = G_r + aggregate. 'local' (isolated) keeps each client's own adapter."""
   run, fed = engine.run, engine.run.federation
   agg = engine.aggregator
-  t_round = time.perf_counter()
+  timer = PhaseTimer()
   rng = np.random.default_rng([run.seed, state.round, 11])
   who = sorted(
       int(i) for i in rng.choice(fed.num_participants, fed.clients_per_round, replace=False)
   )
-  t = time.perf_counter()
-  state, deltas, train_losses = _train(engine, state, who, start_stacked=agg.isolated)
-  t_train = time.perf_counter() - t
+  with timer("train"):
+    state, deltas, train_losses = _train(engine, state, who, start_stacked=agg.isolated)
   G = state.global_lora
   valid_ids, valid, errors = _screen(engine, who, deltas, G)
-  t = time.perf_counter()
   extra: dict[str, Any] = {}
-  if valid and not agg.isolated:
-    kw = {}
-    if "client_ids" in agg.needs:
-      kw["client_ids"] = jnp.asarray(valid_ids, jnp.int32)
-    if "root_update" in agg.needs:
-      kw["root_update"] = _root_update(engine, state)
-    key = jax.random.fold_in(state.key, 2 * 10**6 + state.round)
-    delta, agg_state, info = agg.apply(
-        state.agg_state,
-        G,
-        _stack(valid),
-        jnp.asarray(engine.population.num_train[valid_ids]),
-        key,
-        **kw,
-    )
-    G = apply_delta(G, delta)
-    state = dataclasses.replace(state, global_lora=G, agg_state=agg_state)
-    extra = {k: np.asarray(v).tolist() for k, v in info.items()}
-  if agg.isolated:  # each client is judged on its own adapter and its own held-out data
-    held = engine.population.heldout_batches(who, fed.eval_batches, fed.eval_batch_size)
-    own = np.diag(
-        np.asarray(engine.heldout_loss(engine.base, state.clients.take(who).adapters, held))
-    )
-    heldout = {"own": float(np.mean(own))}
-  else:
-    heldout = _heldout_by_domain(engine, G)
-  t_eval = time.perf_counter() - t
+  with timer("eval"):  # the aggregator's work
+    if valid and not agg.isolated:
+      kw = {}
+      if "client_ids" in agg.needs:
+        kw["client_ids"] = jnp.asarray(valid_ids, jnp.int32)
+      if "root_update" in agg.needs:
+        kw["root_update"] = _root_update(engine, state)
+      key = jax.random.fold_in(state.key, 2 * 10**6 + state.round)
+      delta, agg_state, info = agg.apply(
+          state.agg_state,
+          G,
+          _stack(valid),
+          jnp.asarray(engine.population.num_train[valid_ids]),
+          key,
+          **kw,
+      )
+      G = apply_delta(G, delta)
+      state = dataclasses.replace(state, global_lora=G, agg_state=agg_state)
+      extra = {k: np.asarray(v).tolist() for k, v in info.items()}
+  with timer("report"):
+    if agg.isolated:  # each client is judged on its own adapter and its own held-out data
+      held = engine.population.heldout_batches(who, fed.eval_batches, fed.eval_batch_size)
+      own = np.diag(
+          np.asarray(engine.heldout_loss(engine.base, state.clients.take(who).adapters, held))
+      )
+      heldout = {"own": float(np.mean(own))}
+    elif _report_due(engine, state.round):
+      heldout = _heldout_by_domain(engine, G)
+    else:
+      heldout = {}
   metrics = RoundMetrics(
       round=state.round,
       mode=f"baseline:{agg.name}",
@@ -324,11 +355,9 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
       proposal_accepted=[i in valid_ids for i in who],
       rejected_updates=errors,
       global_hash=_hex(hashing.tree_hash(G)),
-      time_train_s=t_train,
-      time_eval_s=t_eval,
       extra=extra,
+      **timer.metrics(),
   )
-  metrics.time_round_s = time.perf_counter() - t_round
   return dataclasses.replace(state, round=state.round + 1), metrics
 
 
@@ -362,9 +391,8 @@ def run_rounds(
     ledger = make_ledger(run, state.global_hash)
   if resume is not None:
     state = restore_state(state, *resume(state), ledger if flock else None)
-  ctx = jax.set_mesh(engine.mesh) if engine.mesh is not None else contextlib.nullcontext()
   out = []
-  with ctx:
+  with engine.mesh_context():
     for _ in range(state.round, run.federation.rounds):
       state, m = (
           flock_round(engine, state, ledger, store) if flock else baseline_round(engine, state)

@@ -59,8 +59,12 @@ def restore_state(fresh: RunState, tree: dict, meta: dict, ledger: Ledger | None
   return state
 
 
-def checkpoint_tree(state: RunState) -> dict:
-  """The arrays of a RunState, as a plain pytree for flock_jax.checkpoint.RunCheckpointer."""
+def checkpoint_tree(state: RunState, ledger: Ledger | None = None) -> dict:
+  """The arrays of a RunState, as a plain pytree for flock_jax.checkpoint.RunCheckpointer; with
+  an in-process ledger, its whole state as bytes (uint8 [n]) under 'ledger', so that the run
+  state and the chain state are written (and restored) together, atomically."""
+  import numpy as np
+
   tree = {
       "global_lora": state.global_lora,
       "clients": {"adapters": state.clients.adapters, "opt_state": state.clients.opt_state},
@@ -68,18 +72,38 @@ def checkpoint_tree(state: RunState) -> dict:
   }
   if jax.tree.leaves(state.agg_state):
     tree["agg_state"] = state.agg_state
+  if ledger is not None:
+    tree["ledger"] = np.frombuffer(ledger.dump_state() or b"\x00", np.uint8).copy()
   return tree
 
 
-def checkpoint_meta(state: RunState, m: RoundMetrics, config: Any = None) -> dict:
-  """JSON beside the arrays: the round the state is ready for, and the chain it agrees with."""
+def restore_target(ckpt, step: int, fresh: RunState) -> dict:
+  """The restore target of a checkpoint step: the fresh state's structure and shardings, and
+  the saved ledger bytes' length (it differs per step)."""
+  target = checkpoint_tree(fresh)
+  saved = ckpt.abstract_state(step)
+  if isinstance(saved, dict) and "ledger" in saved:
+    target["ledger"] = saved["ledger"]
+  return target
+
+
+def checkpoint_meta(
+    state: RunState, m: RoundMetrics | None, run: Any = None, ledger: Ledger | None = None
+) -> dict:
+  """JSON beside the arrays: the round the state is ready for, the chain it agrees with (the
+  round just finalized, -1 before the first), and what `launch/export.py --run` needs."""
   meta = {
       "next_round": state.round,
-      "chain_round": m.round,
-      "block_hash": m.block_hash,
+      "chain_round": m.round if m is not None else -1,
+      "block_hash": m.block_hash
+      if m is not None
+      else _hex(ledger.block_hash() if ledger else None),
       "global_hash": _hex(state.global_hash),
-      "chain_global_hash": m.chain_global_hash,
+      "chain_global_hash": m.chain_global_hash if m is not None else _hex(state.global_hash),
   }
-  if config is not None and hasattr(config, "to_json_best_effort"):
-    meta["config"] = config.to_json_best_effort()
+  if run is not None:
+    from flock_jax.checkpoint.run_state import LORA_CONFIG_KEY, lora_config_meta
+
+    meta[LORA_CONFIG_KEY] = lora_config_meta(run.lora)
+    meta["model"] = {"preset": run.model.preset, "weights": run.model.weights, "seed": run.seed}
   return meta

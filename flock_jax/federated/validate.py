@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flock_jax.federated.hashing import leaves_by_path
-
-PyTree = Any
+from flock_jax.pytree import PyTree
 
 
 class InvalidUpdateError(ValueError):

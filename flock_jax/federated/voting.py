@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flock_jax.federated import hashing
+from flock_jax.pytree import PyTree
 
-PyTree = Any
 Address = Union[str, bytes, int]
 
 

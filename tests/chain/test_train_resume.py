@@ -41,7 +41,7 @@ def test_train_stops_resumes_on_the_same_task_and_audits_clean(node_url, tmp_pat
   assert "resuming at round 2 (checkpoint of chain round 1" in second
   assert "audit: audit OK: 3 rounds" in second, second
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["round"] for r in rows] == [0, 1, 2]
+  assert [r["round"] for r in rows] == [-1, 0, 1, 2]  # -1: the starting model
   assert json.loads((tmp_path / "chain.json").read_text())["task"] == task
   # The latest checkpoint is now round 2's: resuming proves it against the chain and
   # finds nothing left to run.

@@ -13,6 +13,8 @@ from flock_jax.federated.population import synthetic_rows
 from flock_jax.model.config import preset
 from flock_jax.model.llama import init_params
 from flock_jax.model.lora import LoraConfig, init_lora
+from flock_jax.optim import make_optimizer
+from flock_jax.run_config import default_optim
 
 pytestmark = pytest.mark.numerics  # CI reruns these with XLA:CPU limited to AVX2
 
@@ -57,7 +59,9 @@ TRAIN_TOL = E_STEPS * LR * (2048 * 2.0**-24 * 0.1) / ADAM_EPS
 def test_vmapped_local_train_equals_loop(setup):
   mu = 0.1  # FedProx term on: the proximal centre is the global adapter
   base, g = setup
-  tx = cl.make_optimizer(cl.OptimConfig(lr=LR, eps=ADAM_EPS, grad_clip=1.0))
+  tx = make_optimizer(
+      default_optim(lr=LR, eps=ADAM_EPS, grad_clip=1.0, weight_decay=0.0, schedule="constant")
+  )
   k, e = 3, E_STEPS
   state = cl.init_client_state(CFG, LCFG, tx, jax.random.key(3), k, global_lora=g)
   batches = _batches(k, e, 2, 16)
@@ -85,7 +89,9 @@ def test_local_train_on_clients_mesh_matches_single_device(setup):
   base, g = setup
   # SGD: the mesh splits the batch over 'data', which reorders float sums; Adam's
   # g/sqrt(v) would blow those last-bit differences up on near-zero gradients.
-  tx = cl.make_optimizer(cl.OptimConfig(name="sgd", lr=1e-1))
+  tx = make_optimizer(
+      default_optim(name="sgd", lr=1e-1, momentum=0.0, grad_clip=1.0, schedule="constant")
+  )
   k = 4
   batches = _batches(k, 1, 2, 16, seed=1)
   keys = jax.random.split(jax.random.key(5), k)

@@ -19,6 +19,7 @@ import pathlib
 from typing import Any, Callable, Iterable, Mapping
 
 from flock_jax.data.example import Example
+from flock_jax.data.sources.catalogue import HUB_SETS
 
 Row = Mapping[str, Any]
 Adapter = Callable[[Row], tuple[str, str, dict[str, Any]]]
@@ -211,14 +212,12 @@ def load_local(
   """Examples from a local data file.
 
   `adapter` may also name a known hub set ("alpaca-gpt4", "fingpt-sentiment",
-  "medical-flashcards", "code-alpaca", "dolly"; see `sources.hub.HUB_SETS`) to
+  "medical-flashcards", "code-alpaca", "dolly"; see `sources.catalogue.HUB_SETS`) to
   use a local copy of it: its schema, domain and answer column apply. The
   domain otherwise defaults to the file's stem.
   """
   p = pathlib.Path(path).expanduser()
   if isinstance(adapter, str) and adapter not in ADAPTERS:
-    from flock_jax.data.sources.hub import HUB_SETS  # hub imports this module
-
     if adapter not in HUB_SETS:
       raise ValueError(
           f"unknown adapter {adapter!r}; use one of {sorted(ADAPTERS)}, "

@@ -8,35 +8,11 @@ adapters apply to local copies: `load_local(path, adapter="alpaca")`.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Mapping
 
 from flock_jax.data.example import Example
+from flock_jax.data.sources.catalogue import HUB_SETS, HubSet
 from flock_jax.data.sources.files import rows_to_examples
-
-
-@dataclasses.dataclass(frozen=True)
-class HubSet:
-  """A known hub data set: its repository id, schema adapter and domain."""
-
-  repo: str
-  adapter: str
-  domain: str
-  answer_key: str | None = None  # column with an exact answer, if any
-
-
-# The instruction sets the federated-LLM literature uses most (licences: third_party/DATA.md).
-HUB_SETS: dict[str, HubSet] = {
-    "alpaca-gpt4": HubSet("vicgalle/alpaca-gpt4", "alpaca", "general"),
-    "fingpt-sentiment": HubSet(
-        "FinGPT/fingpt-sentiment-train", "alpaca", "finance", answer_key="output"
-    ),
-    "medical-flashcards": HubSet(
-        "medalpaca/medical_meadow_medical_flashcards", "alpaca", "medical"
-    ),
-    "code-alpaca": HubSet("sahil2801/CodeAlpaca-20k", "alpaca", "code"),
-    "dolly": HubSet("databricks/databricks-dolly-15k", "dolly", "general"),
-}
 
 
 class HubUnavailableError(RuntimeError):

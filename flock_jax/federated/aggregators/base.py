@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
+from flock_jax.pytree import PyTree
 
-PyTree = Any
 Info = dict[str, jax.Array]
 
 NEED_KEY = "this aggregator adds Gaussian noise: pass a PRNG key (jax.random.key(seed)) to apply()"
