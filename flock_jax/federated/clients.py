@@ -14,9 +14,8 @@ reference the vmapped path is tested (and benchmarked) against.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import flax.struct
 import jax
