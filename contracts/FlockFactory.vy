@@ -32,6 +32,7 @@ event TaskDeployed:
 
 token: public(immutable(IERC20))
 blueprint: public(immutable(address))
+logic: public(immutable(address))  # the FlockLogic every task of this factory calls
 
 num_tasks: public(uint256)
 creator_of: public(HashMap[address, address])  # zero for an address this factory did not create
@@ -41,14 +42,17 @@ _tasks_of: HashMap[address, HashMap[uint256, address]]
 
 
 @deploy
-def __init__(token_: IERC20, blueprint_: address):
-    """@notice A factory of FlockTasks paid in `token_`, built from the FlockTask blueprint `blueprint_`."""
+def __init__(token_: IERC20, blueprint_: address, logic_: address):
+    """@notice A factory of FlockTasks paid in `token_`, built from the FlockTask blueprint `blueprint_`,
+               each using the FlockLogic contract `logic_`."""
+    assert logic_.is_contract, "init: logic has no code; deploy FlockLogic first"
     assert token_.address != empty(address), "init: token is the zero address"
     assert blueprint_.codesize > 3, "init: blueprint has no code; deploy FlockTask as a blueprint first"
     assert convert(slice(blueprint_.code, 0, 3), bytes3) == ERC5202_PREAMBLE, \
         "init: blueprint does not start with the ERC-5202 preamble 0xfe7100"
     token = token_
     blueprint = blueprint_
+    logic = logic_
 
 
 # ---------------------------------------------------------------- listing
@@ -138,7 +142,7 @@ def create_task(
             "create_task: the factory may move ", uint2str(allowed), " of the creator's tokens; approve ",
             uint2str(reward_pool), " for the reward pool first")
     task: address = create_from_blueprint(
-        blueprint, token, total_rounds, num_proposers, num_voters, min_stake, slash_bps,
+        blueprint, token, logic, total_rounds, num_proposers, num_voters, min_stake, slash_bps,
         proposer_share_bps, vote_window, vote_mode, selection_mode, genesis_hash, genesis_seed,
         code_offset=3)
     i: uint256 = self.num_tasks
@@ -160,7 +164,7 @@ def create_task(
 @external
 @nonreentrant
 def drain_pool(task: address, receiver: address):
-    """@notice The creator of `task` takes what is left in its pool after the last round."""
+    """@notice The creator of `task` takes what is left in its pool once the task is closed (or closable)."""
     creator: address = self.creator_of[task]
     assert creator != empty(address), "drain_pool: not a task of this factory"
     assert msg.sender == creator, "drain_pool: only the task's creator may drain its pool"

@@ -3,7 +3,9 @@
 @title StakeToken
 @notice The ERC-20 token that FLock participants stake and that pays rewards.
         Standard interface and events (transfer, approve, transferFrom,
-        allowance); the deployer may mint, for test and experiment set-up.
+        allowance). The whole supply is minted to the deployer in the
+        constructor and capped at 2**128: nobody can mint later, so no
+        holder can inflate its stake or overflow a task's arithmetic.
 """
 
 from ethereum.ercs import IERC20
@@ -26,16 +28,19 @@ decimals: public(uint8)
 totalSupply: public(uint256)
 balanceOf: public(HashMap[address, uint256])
 allowance: public(HashMap[address, HashMap[address, uint256]])
-minter: public(address)
+MAX_SUPPLY: constant(uint256) = 2 ** 128
 
 
 @deploy
-def __init__(name_: String[32], symbol_: String[8]):
-    """@notice Create an empty token; the deployer becomes the minter."""
+def __init__(name_: String[32], symbol_: String[8], supply: uint256):
+    """@notice Create the token with its whole, fixed `supply`, held by the deployer."""
+    assert supply <= MAX_SUPPLY, "init: supply must be at most 2**128"
     self.name = name_
     self.symbol = symbol_
     self.decimals = 18
-    self.minter = msg.sender
+    self.totalSupply = supply
+    self.balanceOf[msg.sender] = supply
+    log Transfer(sender=empty(address), receiver=msg.sender, value=supply)
 
 
 @internal
@@ -72,13 +77,3 @@ def transferFrom(sender: address, receiver: address, amount: uint256) -> bool:
         self.allowance[sender][msg.sender] = allowed - amount
     self._move(sender, receiver, amount, "transferFrom")
     return True
-
-
-@external
-def mint(receiver: address, amount: uint256):
-    """@notice Create `amount` new tokens for `receiver` (minter only)."""
-    assert msg.sender == self.minter, "mint: only the minter may mint"
-    assert receiver != empty(address), "mint: receiver is the zero address"
-    self.totalSupply += amount
-    self.balanceOf[receiver] += amount
-    log Transfer(sender=empty(address), receiver=receiver, value=amount)

@@ -2,14 +2,21 @@
 
 Participants are named by index ``i = 0..N-1``; participant i sends from
 ``addresses[i]`` (= backend account ``i + 1``; account 0 is the deployer,
-owner of the task and minter of the token). `index_of` inverts the mapping.
+owner of the task and holder of the token's fixed supply). `index_of`
+inverts the mapping.
+
+Protocol v2 (docs/PROTOCOL.md): a round is start_round + draw_roles, then
+four phases: proposal commit, proposal reveal, vote commit, vote reveal.
+The client keeps each simulated participant's salts (derived from
+`salt_secret`, so runs reproduce), so a round reads:
 
     chain = FlockChain.from_config({"backend": "eth_tester"}, num_participants=8)
     chain.deploy(TaskParams(total_rounds=3, num_proposers=2, num_voters=3), stakes=100 * WEI)
-    roles = chain.start_round()
-    for i in roles.proposers: chain.propose(i, h[i])
-    for j in roles.voters: chain.vote(j, candidate_hash, approve=True)
-    outcome = chain.finalize()
+    roles = chain.start_round()                       # start_round, then draw_roles a block later
+    for i in roles.proposers: chain.propose(i, h[i])  # commit keccak(sender, round, h, salt)
+    chain.reveal_proposals(roles.proposers)           # waits for the reveal phase, reveals
+    for j in roles.voters: chain.vote(j, candidate_hash, approve=True)   # commit
+    outcome = chain.finalize()                        # reveals the votes, waits, finalizes
 """
 
 from __future__ import annotations
@@ -24,7 +31,24 @@ from . import logs as logs_mod
 from .backend import Backend, connect
 from .compile import load_contract
 from .errors import ChainConfigError, ChainError
-from .types import VOTE_WHOLE, Balances, Outcome, Roles, TaskParams, outcome_from_events
+from .model import proposal_commitment, vote_commitment
+from .types import (
+    PHASE_COMMIT,
+    PHASE_DONE,
+    PHASE_NAMES,
+    PHASE_REVEAL,
+    PHASE_VOTE,
+    PHASE_VOTE_REVEAL,
+    VOTE_PER_PROPOSAL,
+    VOTE_WHOLE,
+    WEI,
+    ZERO_HASH,
+    Balances,
+    Outcome,
+    Roles,
+    TaskParams,
+    outcome_from_events,
+)
 
 # Explicit gas limits for the frequent calls (an estimate would run each call
 # twice); start_round and finalize loop over participants and get the block's.
@@ -37,12 +61,16 @@ GAS = {
     "unstake": 150_000,
     "withdraw": 150_000,
     "claim": 150_000,
-    "propose": 150_000,
-    "vote": 250_000,
-    "vote_bits": 250_000,
+    "commit_proposal": 150_000,
+    "reveal_proposal": 150_000,
+    "commit_vote": 150_000,
+    "reveal_vote": 250_000,
     "drain_pool": 150_000,
+    "close": 100_000,
 }
 MAX_UINT = 2**256 - 1
+SUPPLY = 10**9 * WEI  # default fixed supply of a StakeToken this client deploys
+SALT_SECRET = b"flock_jax simulated participants"
 
 
 def as_hash(value: bytes | str) -> bytes:
@@ -63,7 +91,7 @@ def bits_of(flags: int | Sequence[bool]) -> int:
 class FlockChain:
   """A task on a chain: deploy, stake, rounds, balances and logs."""
 
-  def __init__(self, backend: Backend, num_participants: int):
+  def __init__(self, backend: Backend, num_participants: int, salt_secret: bytes = SALT_SECRET):
     if len(backend.accounts) < num_participants + 1:
       raise ChainConfigError(
           f"the {backend.name} chain has {len(backend.accounts)} accounts; "
@@ -83,6 +111,12 @@ class FlockChain:
     self.gas_log: list[tuple[str, int, float]] = []  # (call, gas used, seconds)
     self._big_gas = min(int(self.w3.eth.get_block("latest")["gasLimit"]) - 100_000, 29_000_000)
     self.last_receipt: Any = None  # receipt of the latest transaction sent
+    self.logic: Any = None
+    self.salt_secret = bytes(salt_secret)
+    self._proposals: dict[tuple[int, int], tuple[bytes, bytes]] = {}  # (round, i) -> (hash, salt)
+    self._ballots: dict[tuple[int, int], tuple] = (
+        {}
+    )  # (round, j) -> (cand, approve, bits, invalid, salt)
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any], num_participants: int) -> "FlockChain":
@@ -130,17 +164,21 @@ class FlockChain:
       params: TaskParams,
       stakes: int | Sequence[int] = 0,
       mint: int | Sequence[int] | None = None,
+      supply: int = SUPPLY,
   ) -> None:
-    """Deploy a token and a task, fund the pool, and set participants up.
+    """Deploy a token (its whole fixed `supply` to the deployer), FlockLogic and a task,
+    fund the pool, and set participants up.
 
-    Each participant i is minted ``mint[i]`` tokens (default: its stake),
-    approves the task, and stakes ``stakes[i]`` if positive.
+    Each participant i is given ``mint[i]`` tokens from the deployer (default: its
+    stake), approves the task, and stakes ``stakes[i]`` if positive.
     """
-    self.token = self._deploy("StakeToken", ["FLock Stake", "FLS"])
+    self.token = self._deploy("StakeToken", ["FLock Stake", "FLS", supply])
+    self.logic = self._deploy("FlockLogic", [])
     self.task = self._deploy(
         "FlockTask",
         [
             self.token.address,
+            self.logic.address,
             params.total_rounds,
             params.num_proposers,
             params.num_voters,
@@ -181,6 +219,9 @@ class FlockChain:
     self.token = self.w3.eth.contract(
         address=self._fn.token().call(), abi=load_contract("StakeToken").abi
     )
+    self.logic = self.w3.eth.contract(
+        address=self._fn.logic().call(), abi=load_contract("FlockLogic").abi
+    )
     f = self._fn
     created = [e for e in self.events() if e["event"] == "TaskCreated"]
     g = created[0]["args"] if created else {}
@@ -201,8 +242,8 @@ class FlockChain:
 
   def enroll(self, stakes: int | Sequence[int], mint: int | Sequence[int] | None = None) -> None:
     """Set the participants up on the task (deployed here, or attached, e.g.
-    one a `FlockFactory` created): participant i is minted ``mint[i]``
-    (default: its stake; the deployer must be the token's minter),
+    one a `FlockFactory` created): participant i is given ``mint[i]`` tokens
+    from the deployer (default: its stake),
     approves the task, and stakes ``stakes[i]`` if positive."""
     if self.task is None:
       raise ChainError("enroll: no task; call attach() first")
@@ -223,8 +264,10 @@ class FlockChain:
         self.stake(i, stakes[i])
 
   def mint_tokens(self, address: str, amount: int) -> None:
-    """Mint stake tokens to `address` (the deployer is the minter)."""
-    self._send("mint", self.token.functions.mint(address, amount), self.deployer, GAS["mint"])
+    """Give `address` stake tokens from the deployer's fixed supply (no token can be minted)."""
+    self._send(
+        "transfer", self.token.functions.transfer(address, amount), self.deployer, GAS["transfer"]
+    )
 
   # ------------------------------------------------------------ money
   def fund(self, amount: int, sender: str | None = None) -> None:
@@ -254,20 +297,42 @@ class FlockChain:
     return next(e["args"]["amount"] for e in self._events(r) if e["event"] == "Claimed")
 
   # ------------------------------------------------------------ rounds
-  def start_round(self, sender: str | None = None) -> Roles:
-    """Open the next round; returns the roles the contract drew."""
+  def open_round(self, sender: str | None = None) -> dict:
+    """`start_round`: open the next round and freeze the participant set; returns
+    the RoundStarted arguments (its block seeds the draw)."""
     r = self._send("start_round", self._fn.start_round(), sender or self.deployer)
-    ev = {e["event"]: e["args"] for e in self._events(r)}
-    return self._roles(ev["RoundStarted"], ev["RolesDrawn"])
+    return next(e["args"] for e in self._events(r) if e["event"] == "RoundStarted")
+
+  def draw_roles(self, sender: str | None = None) -> Roles:
+    """`draw_roles` (a block after `open_round`): the roles the contract drew."""
+    r = self._send("draw_roles", self._fn.draw_roles(), sender or self.deployer)
+    drawn = next(e["args"] for e in self._events(r) if e["event"] == "RolesDrawn")
+    started = self._last("RoundStarted")
+    return self._roles(started, drawn)
+
+  def start_round(self, sender: str | None = None) -> Roles:
+    """Open the next round and draw its roles (two transactions, two blocks)."""
+    self.open_round(sender)
+    return self.draw_roles(sender)
+
+  def _last(self, name: str) -> dict:
+    evs = [e for e in self.events(self._round_from()) if e["event"] == name]
+    if not evs:
+      raise ChainError(f"no {name} event on the task yet")
+    return evs[-1]["args"]
+
+  def _round_from(self) -> int:
+    """First block of the latest round (its seed block), 0 before any round."""
+    return int(self._call(self._fn.seed_block()))
 
   def _roles(self, started: dict, drawn: dict) -> Roles:
     idx = self._index.get
     return Roles(
         round=started["round"],
-        seed=as_hash(started["seed"]),
+        seed=as_hash(drawn["seed"]),
         global_hash=as_hash(started["global_hash"]),
         reward=started["reward"],
-        deadline=started["deadline"],
+        deadline=drawn["commit_end"],
         proposers=tuple(idx(a, -1) for a in drawn["proposers"]),
         voters=tuple(idx(a, -1) for a in drawn["voters"]),
         proposer_addresses=tuple(drawn["proposers"]),
@@ -275,50 +340,170 @@ class FlockChain:
     )
 
   def roles(self) -> Roles:
-    """Roles of the latest started round, read from its events."""
-    evs = [e for e in self.events() if e["event"] in ("RoundStarted", "RolesDrawn")]
-    if not evs:
-      raise ChainError("roles: no round has started")
-    return self._roles(evs[-2]["args"], evs[-1]["args"])
+    """Roles of the latest drawn round, read from its events."""
+    return self._roles(self._last("RoundStarted"), self._last("RolesDrawn"))
 
-  def propose(self, i: int, proposal_hash: bytes | str) -> None:
-    """Drawn proposer i commits keccak256 of its update's canonical bytes."""
+  def phase(self) -> tuple[int, int]:
+    """(phase, its last block) of the open round (types.PHASE_*; 0 when none is open)."""
+    ph, end = self._call(self._fn.current_phase())
+    return int(ph), int(end)
+
+  def advance_to(self, phase: int) -> None:
+    """Mine empty blocks until the open round is in `phase` or later (never past a
+    phase someone could still act in before `phase`)."""
+    for _ in range(8):
+      ph, end = self.phase()
+      if ph >= phase or ph == 0:
+        return
+      self.mine(max(1, end - self.latest_block()[0] + 1))
+    raise ChainError(f"advance_to: the round did not reach phase {PHASE_NAMES[phase]}")
+
+  def salt(self, i: int, round_index: int, kind: str, data: bytes = b"") -> bytes:
+    """Participant i's salt for one commitment: keccak(secret ‖ address ‖ round ‖ kind ‖ data).
+    Deterministic so a simulated run reproduces; a real participant draws it at random."""
+    return keccak(
+        self.salt_secret
+        + bytes.fromhex(self._who(i)[2:])
+        + round_index.to_bytes(32, "big")
+        + kind.encode()
+        + data
+    )
+
+  def commit_proposal(
+      self, i: int, proposal_hash: bytes | str, salt: bytes | None = None, commitment=None
+  ) -> bytes:
+    """Drawn proposer i commits keccak(sender ‖ round ‖ h ‖ salt); returns the salt (kept
+    for `reveal_proposal`). `commitment` overrides what is sent (tests of bad commits)."""
+    h = as_hash(proposal_hash)
+    r = self.current_round
+    salt = self.salt(i, r, "proposal", h) if salt is None else as_hash(salt)
+    c = proposal_commitment(self._who(i), r, h, salt) if commitment is None else as_hash(commitment)
     self._send(
-        "propose",
-        self._fn.propose(as_hash(proposal_hash)),
+        "commit_proposal",
+        self._fn.commit_proposal(c),
         self._who(i),
-        GAS["propose"],
+        GAS["commit_proposal"],
+        f"participant {i}",
+    )
+    self._proposals[(r, i)] = (h, salt)
+    return salt
+
+  propose = commit_proposal
+
+  def reveal_proposal(
+      self, i: int, proposal_hash: bytes | str | None = None, salt: bytes | None = None
+  ) -> None:
+    """Proposer i reveals its committed hash (by default the one this client committed)."""
+    r = self.current_round
+    h0, s0 = self._proposals.get((r, i), (None, None))
+    h = as_hash(proposal_hash) if proposal_hash is not None else h0
+    salt = as_hash(salt) if salt is not None else s0
+    if h is None or salt is None:
+      raise ChainError(f"reveal_proposal: participant {i} committed nothing through this client")
+    self._send(
+        "reveal_proposal",
+        self._fn.reveal_proposal(h, salt),
+        self._who(i),
+        GAS["reveal_proposal"],
         f"participant {i}",
     )
 
-  def vote(self, i: int, candidate_hash: bytes | str, approve: bool) -> None:
-    """Drawn voter i approves or rejects the candidate it names (whole mode)."""
+  def reveal_proposals(self, ids: Sequence[int]) -> dict[int, bytes]:
+    """Wait for the reveal phase, reveal each listed proposer's commitment, then wait
+    for the vote phase. Returns {i: h} of every proposal revealed on chain this round."""
+    self.advance_to(PHASE_REVEAL)
+    for i in ids:
+      self.reveal_proposal(i)
+    self.advance_to(PHASE_VOTE)
+    return self.revealed()
+
+  def revealed(self) -> dict[int, bytes]:
+    """{participant index: hash} of the proposals revealed in the latest round."""
+    r = self.current_round
+    return {
+        self._index.get(e["args"]["proposer"], -1): as_hash(e["args"]["proposal_hash"])
+        for e in self.events(self._round_from())
+        if e["event"] == "Proposed" and e["args"]["round"] == r
+    }
+
+  def commit_vote(
+      self,
+      i: int,
+      candidate: bytes | str = ZERO_HASH,
+      approve: bool = False,
+      bits: int | Sequence[bool] = 0,
+      invalid: int | Sequence[bool] = 0,
+      salt: bytes | None = None,
+  ) -> bytes:
+    """Drawn voter i commits its ballot (kept with its salt for `reveal_vote`)."""
+    r = self.current_round
+    ballot = (as_hash(candidate), bool(approve), bits_of(bits), bits_of(invalid))
+    if salt is None:
+      salt = self.salt(i, r, "vote")
+    c = vote_commitment(self._who(i), r, *ballot, as_hash(salt))
     self._send(
-        "vote",
-        self._fn.vote(as_hash(candidate_hash), bool(approve)),
+        "commit_vote", self._fn.commit_vote(c), self._who(i), GAS["commit_vote"], f"participant {i}"
+    )
+    self._ballots[(r, i)] = (*ballot, as_hash(salt))
+    return salt
+
+  def vote(
+      self,
+      i: int,
+      candidate_hash: bytes | str,
+      approve: bool,
+      invalid: int | Sequence[bool] = 0,
+  ) -> None:
+    """Whole mode: voter i commits approve/reject of the candidate it names."""
+    self.commit_vote(i, candidate_hash, approve, 0, invalid)
+
+  def vote_bits(
+      self, i: int, bits: int | Sequence[bool], invalid: int | Sequence[bool] = 0
+  ) -> None:
+    """Per-proposal mode: voter i commits bit k = approve ``roles.proposers[k]``."""
+    self.commit_vote(i, ZERO_HASH, False, bits, invalid)
+
+  def reveal_vote(self, i: int, *ballot_and_salt) -> None:
+    """Voter i reveals (candidate, approve, bits, invalid, salt); default: what it committed."""
+    r = self.current_round
+    args = ballot_and_salt or self._ballots.get((r, i))
+    if not args:
+      raise ChainError(f"reveal_vote: participant {i} committed nothing through this client")
+    cand, approve, bits, invalid, salt = args
+    self._send(
+        "reveal_vote",
+        self._fn.reveal_vote(as_hash(cand), bool(approve), bits, invalid, as_hash(salt)),
         self._who(i),
-        GAS["vote"],
+        GAS["reveal_vote"],
         f"participant {i}",
     )
 
-  def vote_bits(self, i: int, bits: int | Sequence[bool]) -> None:
-    """Drawn voter i approves proposal k iff bit k is set (per-proposal mode);
-    bit k names ``roles.proposers[k]`` (ascending address order)."""
-    self._send(
-        "vote_bits",
-        self._fn.vote_bits(bits_of(bits)),
-        self._who(i),
-        GAS["vote_bits"],
-        f"participant {i}",
-    )
+  def reveal_votes(self, ids: Sequence[int] | None = None) -> None:
+    """Wait for the vote-reveal phase; reveal the listed (default: every) vote this client
+    committed in the open round."""
+    self.advance_to(PHASE_VOTE_REVEAL)
+    r = self.current_round
+    if ids is None:
+      ids = [j for (rr, j) in self._ballots if rr == r]
+    for j in ids:
+      self.reveal_vote(j)
 
-  def finalize(self, sender: str | None = None) -> Outcome:
-    """Close the open round (all votes in, or window passed) and settle it."""
+  def finalize(self, sender: str | None = None, reveal: bool = True) -> Outcome:
+    """Settle the open round: reveal the votes this client committed (unless `reveal`
+    is False), wait out the remaining windows, and call `finalize`."""
+    if reveal and self.phase()[0] < PHASE_DONE:
+      ph = self.phase()[0]
+      if ph <= PHASE_VOTE_REVEAL and any(rr == self.current_round for rr, _ in self._ballots):
+        self.reveal_votes()
+    self.advance_to(PHASE_DONE)
+    return self.finalize_now(sender)
+
+  def finalize_now(self, sender: str | None = None) -> Outcome:
+    """Call `finalize` at this block (reverts unless every phase has ended)."""
     f = self._fn
     proposers = list(self._call(f.get_proposers()))
-    hashes = tuple(
-        bytes(h) if any(h) else None for h in (self._call(f.current_proposal(p)) for p in proposers)
-    )
+    revealed = self.revealed()
+    hashes = tuple(revealed.get(self._index.get(p, -1)) for p in proposers)
     r = self._send("finalize", f.finalize(), sender or self.deployer)
     vote_mode = self.params.vote_mode if self.params is not None else VOTE_WHOLE
     return outcome_from_events(
@@ -330,6 +515,10 @@ class FlockChain:
         int(r["blockNumber"]),
         bytes(r["blockHash"]),
     )
+
+  def close(self, sender: str | None = None) -> None:
+    """Close the task (anyone: after the last round, or with fewer than P + V active)."""
+    self._send("close", self._fn.close(), sender or self.deployer, GAS["close"])
 
   def mine(self, n: int = 1) -> None:
     """Mine `n` empty blocks, e.g. to pass a vote window."""
@@ -422,17 +611,43 @@ class FlockChain:
     raw = sorted(raw, key=lambda lg: (int(lg["blockNumber"]), int(lg["logIndex"])))
     return self.decoder.decode_all(raw)
 
+  def final_state(self) -> dict:
+    """The task's state now, in `audit.state_of`'s form, plus the block it was read at and
+    the token balance: every account that ever staked (from the logs) with its stake,
+    claimable reward and ejection."""
+    number, block_hash = self.latest_block()
+    f, at = self._fn, {"from": self.deployer}
+    accounts = sorted({e["args"]["participant"] for e in self.events() if e["event"] == "Staked"})
+    stakes, owed, out = f.accounts_of(accounts).call(at, number) if accounts else ([], [], [])
+    balance, pool, staked, claimable, next_round, round_open, g = f.totals().call(at, number)
+    return {
+        "block": number,
+        "block_hash": "0x" + block_hash.hex(),
+        "round": next_round,
+        "round_open": round_open,
+        "closed": f.closed().call(at, number),
+        "global_hash": "0x" + bytes(g).hex(),
+        "pool": pool,
+        "total_staked": staked,
+        "total_claimable": claimable,
+        "token_balance": balance,
+        "accounts": {a: [s, c, bool(e)] for a, s, c, e in zip(accounts, stakes, owed, out)},
+    }
+
   def export_logs(self, path: str | None = None) -> dict:
-    """All events plus addresses and the participant mapping, JSON-ready;
-    written to `path` when given. `flock_jax.chain.audit` reads it."""
+    """All events plus addresses, the participant mapping and the anchor `final` (the
+    chain's last block and the task's whole state there), JSON-ready; written to `path`
+    when given. `flock_jax.chain.audit` reads it and checks its replay against `final`."""
+    final = self.final_state()
     export = {
         "format": logs_mod.LOG_FORMAT,
         "chain_id": self.backend.chain_id,
         "token": self.token.address,
         "task": self.task.address,
         "participants": list(self.addresses),
-        "latest_block": self.latest_block()[0],
-        "events": self.events(),
+        "latest_block": final["block"],
+        "final": final,
+        "events": [e for e in self.events() if e["block"] <= final["block"]],
     }
     if path:
       logs_mod.write_json(path, export)

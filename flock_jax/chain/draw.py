@@ -1,12 +1,15 @@
-"""The on-chain role draw, replicated in Python (contracts/FlockTask.vy `_draw`).
+"""The on-chain role draw, replicated in Python (FlockTask.draw_roles + FlockLogic.draw).
 
-``seed_r = keccak256(seed_{r-1} ‖ uint256(r) ‖ globalHash_r)``; pick k uses
-``x_k = uint256(keccak256(seed_r ‖ uint256(k)))``. Candidates are the active
-participants (not ejected, stake >= s_min) in registration order. Uniform:
-take index ``x_k % m``; stake-weighted: the first candidate whose running
-stake sum exceeds ``x_k % total``. The pick is swap-removed with the last
-candidate. The first P picks are the proposers (then sorted by address),
-the next V the voters (in draw order).
+Protocol v2: ``start_round`` (block b) freezes the participant set;
+``draw_roles`` (a later block, within 256) computes
+``seed_r = keccak256(seed_{r-1} ‖ uint256(r) ‖ blockhash(b))``. The seed does not
+depend on any proposal or candidate, and nobody can change the set once the
+block whose hash seeds it is known. Candidates are the active participants
+in the contract's list order; weight 1 each (uniform) or their stake
+(stake-weighted). Pick k uses ``x_k = uint256(keccak256(seed_r ‖ uint256(k)))``
+and takes the first candidate whose prefix sum of the weights not yet picked
+exceeds ``x_k % remaining_total`` (a Fenwick tree on chain). The first P picks
+are the proposers (then sorted by address), the next V the voters (in draw order).
 """
 
 from __future__ import annotations
@@ -16,14 +19,35 @@ from typing import Sequence
 from eth_utils import keccak
 
 
-def round_seed(prev_seed: bytes, round_index: int, global_hash: bytes) -> bytes:
-  """seed_r = keccak256(seed_{r-1} ‖ r as uint256 ‖ globalHash_r)."""
-  return keccak(prev_seed + round_index.to_bytes(32, "big") + global_hash)
+def round_seed(prev_seed: bytes, round_index: int, seed_block_hash: bytes) -> bytes:
+  """seed_r = keccak256(seed_{r-1} ‖ r as uint256 ‖ blockhash(seed block))."""
+  return keccak(prev_seed + round_index.to_bytes(32, "big") + seed_block_hash)
 
 
 def address_key(address: str) -> int:
   """Sort key of an address: its integer value (the contract's order)."""
   return int(address, 16)
+
+
+def draw_indices(seed: bytes, weights: Sequence[int], need: int) -> list[int]:
+  """`need` distinct indices, each pick in proportion to its weight among those left
+  (FlockLogic.draw). Raises ValueError when the weight runs out."""
+  w = list(weights)
+  total = sum(w)
+  picked = []
+  for k in range(need):
+    if total <= 0:
+      raise ValueError("draw: no weight left to draw from")
+    rem = int.from_bytes(keccak(seed + k.to_bytes(32, "big")), "big") % total
+    acc = 0
+    for i, x in enumerate(w):  # same pick as the Fenwick descent: first prefix sum > rem
+      acc += x
+      if acc > rem:
+        break
+    picked.append(i)
+    total -= w[i]
+    w[i] = 0
+  return picked
 
 
 def draw_roles(
@@ -37,8 +61,7 @@ def draw_roles(
 
   Args:
     seed: the round seed (32 bytes).
-    candidates: ``(address, stake)`` of the active participants, in
-      registration order.
+    candidates: ``(address, stake)`` of the active participants, in list order.
   Returns:
     ``(proposers sorted by address, voters in draw order)``.
   Raises:
@@ -46,26 +69,7 @@ def draw_roles(
   """
   need = num_proposers + num_voters
   if len(candidates) < need:
-    raise ValueError(f"{len(candidates)} active participants, need P + V = {need}")
-  cands = [a for a, _ in candidates]
-  weights = [s for _, s in candidates]
-  total = sum(weights)
-  picked = []
-  for k in range(need):
-    x = int.from_bytes(keccak(seed + k.to_bytes(32, "big")), "big")
-    m = len(cands)
-    j = x % m
-    if stake_weighted:
-      target = x % total
-      acc = 0
-      for i in range(m):
-        acc += weights[i]
-        if acc > target:
-          j = i
-          break
-      total -= weights[j]
-    picked.append(cands[j])
-    cands[j], weights[j] = cands[m - 1], weights[m - 1]
-    cands.pop()
-    weights.pop()
+    raise ValueError(f"{len(candidates)} active participants, need P + V = {need}; call close")
+  weights = [s if stake_weighted else 1 for _, s in candidates]
+  picked = [candidates[i][0] for i in draw_indices(seed, weights, need)]
   return sorted(picked[:num_proposers], key=address_key), picked[num_proposers:]

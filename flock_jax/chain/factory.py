@@ -6,7 +6,7 @@ once as an ERC-5202 blueprint and ``contracts/FlockFactory.vy`` creates tasks
 with ``create_from_blueprint``. Every task of a factory shares its stake token.
 
     factory = FlockFactory.deploy(backend)           # token + blueprint + factory
-    factory.mint(creator, params.reward_pool)        # the deployer is the token's minter
+    factory.mint(creator, params.reward_pool)        # from the deployer's fixed supply
     task = factory.create_task(params, creator)      # approves and funds the pool
     chain = factory.chain(task, num_participants=8)  # a FlockChain attached to it
     chain.enroll(stakes=100 * WEI)                   # mint, approve, stake
@@ -27,7 +27,7 @@ from web3.exceptions import ContractLogicError, Web3RPCError
 
 from . import logs as logs_mod
 from .backend import Backend, revert_reason
-from .client import FlockChain
+from .client import SUPPLY, FlockChain
 from .compile import load_blueprint, load_contract
 from .errors import ChainError, RevertError
 from .types import TaskParams
@@ -40,7 +40,7 @@ GAS = {
     "deploy": 6_000_000,
     "blueprint": 8_000_000,
     "approve": 80_000,
-    "mint": 120_000,
+    "transfer": 120_000,
     "drain_pool": 200_000,
 }
 PAGE = 256  # FlockFactory.MAX_PAGE
@@ -83,8 +83,8 @@ class FlockFactory:
   def deploy(
       cls, backend: Backend, token: str | None = None, sender: str | None = None
   ) -> "FlockFactory":
-    """Deploy the FlockTask blueprint and a factory (and a fresh StakeToken,
-    minted by `sender`, unless `token` names one). `sender` defaults to
+    """Deploy FlockLogic, the FlockTask blueprint and a factory (and a fresh StakeToken
+    whose fixed supply `sender` holds, unless `token` names one). `sender` defaults to
     account 0, which is also `FlockChain`'s deployer."""
     sender = sender or backend.accounts[0]
     gas_log: list[tuple[str, int, float]] = []
@@ -99,8 +99,12 @@ class FlockFactory:
 
     if token is None:
       token = send(
-          "deploy StakeToken", load_contract("StakeToken"), ["FLock Stake", "FLS"], GAS["deploy"]
+          "deploy StakeToken",
+          load_contract("StakeToken"),
+          ["FLock Stake", "FLS", SUPPLY],
+          GAS["deploy"],
       )
+    logic = send("deploy FlockLogic", load_contract("FlockLogic"), [], GAS["deploy"])
     bp = load_blueprint("FlockTask")
     size = blueprint_code_size(bp.bytecode)
     if size > MAX_CODE_SIZE:
@@ -117,7 +121,10 @@ class FlockFactory:
           f"0x{code[:3].hex()}, expected {size} bytes starting 0xfe7100"
       )
     address = send(
-        "deploy FlockFactory", load_contract("FlockFactory"), [token, blueprint], GAS["deploy"]
+        "deploy FlockFactory",
+        load_contract("FlockFactory"),
+        [token, blueprint, logic],
+        GAS["deploy"],
     )
     factory = cls(backend, address, sender)
     factory.gas_log[:0] = gas_log
@@ -130,8 +137,10 @@ class FlockFactory:
     return receipt
 
   def mint(self, address: str, amount: int) -> None:
-    """Mint stake tokens to `address` (works when the deployer is the token's minter)."""
-    self._send("mint", self.token.functions.mint(address, amount), self.deployer, GAS["mint"])
+    """Give `address` stake tokens from the deployer's fixed supply (nobody can mint)."""
+    self._send(
+        "transfer", self.token.functions.transfer(address, amount), self.deployer, GAS["transfer"]
+    )
 
   # ------------------------------------------------------------ tasks
   def create_task(
@@ -243,7 +252,7 @@ class FlockFactory:
     return chain
 
   def drain_pool(self, task: str, receiver: str, creator: str | None = None) -> None:
-    """The task's creator takes what is left of its pool after the last round."""
+    """The task's creator takes what is left of its pool once the task is closed or closable."""
     self._send(
         "drain_pool",
         self.contract.functions.drain_pool(

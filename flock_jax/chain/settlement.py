@@ -1,31 +1,34 @@
-"""Settlement of one round (PROTOCOL.md step 6), in exact integer arithmetic.
+"""Settlement of one round (PROTOCOL.md v2 step 6), in exact integer arithmetic.
 
-This is the Python model of ``_settle_whole`` / ``_settle_per_proposal`` in
-contracts/FlockTask.vy; the tests compare it with the contract to the wei and
-the audit replays it. All divisions floor; what a floor leaves over (dust),
-and any pot with nobody to share it, stays in the pool.
+This is the Python model of ``FlockLogic.settle`` (contracts/FlockLogic.vy);
+the tests compare it with the contract to the wei and the audit replays it.
+All divisions floor; what a floor leaves over (dust), and any pot with nobody
+to share it, stays in the pool. ``committee`` is the stake of all V drawn
+voters, revealed or not.
 
-Whole-candidate mode (the paper's): the candidate is the hash named by the
-most voting stake (the earliest named wins a tie); votes naming another hash
-are wrong votes (not counted in the tally, slashed). ``S = yes - no`` over the
-matching votes; accept when ``S >= 0``. Accepted: proposers share
-``rho * R_r`` by stake, approvers share the rest by stake, rejecters are
-slashed. Rejected: proposers are slashed, rejecters share ``R_r``, approvers
-are slashed. Void (no proposal, or no vote): nothing is paid and the global
-model stays; only absent parties are slashed (voters only when there was a
-proposal to vote on).
-
-Per-proposal mode (our extension): each proposal i gets ``R_r // n`` and its
-own tally over the bits; the proposer alone takes the proposer share when
-accepted and is slashed when rejected; a voter wrong on w of the n proposals
-is slashed ``lambda * s * w / n``. The new global hash chains the accepted
-proposal hashes: ``g = keccak256(g ‖ h_i)`` in proposer order.
+- A proposer that did not commit, committed but did not reveal, revealed a
+  hash another proposer also revealed (duplicate: both), or whose proposal a
+  strict majority of the committee's stake flagged invalid, is slashed and
+  its proposal is excluded. The rest are the valid proposals.
+- Whole mode: the candidate is the hash named by a strict majority of the
+  revealed voting stake (none: void). Accepted iff its approvers hold a
+  strict majority of the committee's stake; rejected iff its rejecters do;
+  otherwise void. Decided: the winning side shares its pot by stake, the
+  losing side and voters naming another hash are slashed. Void: no voter who
+  revealed is judged.
+- Per-proposal mode: each valid proposal gets ``R_r // n_valid`` and is
+  accepted / rejected by a strict committee majority of its bits (else
+  undecided: nobody judged on it). A voter wrong on w decided proposals is
+  slashed ``lambda * s * w / n_valid``. The global hash chains the accepted
+  proposal hashes: ``g = keccak256(g ‖ h_i)`` in proposer order.
+- Drawn voters that did not reveal a vote are slashed when any proposal was
+  revealed (there was something to vote on).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from eth_utils import keccak
 
@@ -36,31 +39,40 @@ from .types import (
     OUTCOME_VOID,
     ROLE_PROPOSER,
     ROLE_VOTER,
+    SLASH_DUPLICATE,
+    SLASH_INVALID,
     SLASH_NO_PROPOSAL,
+    SLASH_NO_REVEAL,
     SLASH_NO_VOTE,
     SLASH_REJECTED_PROPOSAL,
     SLASH_WRONG_CANDIDATE,
     SLASH_WRONG_VOTE,
     VOTE_WHOLE,
+    ZERO_HASH,
 )
+
+NONE, COMMITTED, REVEALED = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
 class Ballot:
-  """One cast vote: `candidate` and `approve` (whole mode) or `bits` (per proposal)."""
+  """One revealed vote: `candidate`/`approve` (whole mode) or `bits` (per proposal), and
+  `invalid` (bit i flags proposers[i]'s proposal as invalid)."""
 
-  candidate: bytes = b"\x00" * 32
+  candidate: bytes = ZERO_HASH
   approve: bool = False
   bits: int = 0
+  invalid: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Op:
   """One settlement step, applied in order: ``kind`` is "reward" or "slash";
-  ``code`` is the role (reward) or the slash reason."""
+  ``code`` is the role (reward) or the slash reason; ``who`` indexes proposers
+  then voters (who < P: proposers[who], else voters[who - P])."""
 
   kind: str
-  participant: str
+  who: int
   amount: int
   code: int
 
@@ -76,6 +88,9 @@ class Settlement:
   approve_stake: int
   reject_stake: int
   accepted_bits: int
+  invalid_bits: int
+  duplicate_bits: int
+  num_valid: int
   tallies: tuple[int, ...]
   ops: tuple[Op, ...]
 
@@ -90,164 +105,182 @@ def slash_amount(stake: int, slash_bps: int, wrong: int = 1, of: int = 1) -> int
   return stake * slash_bps * wrong // (BPS * of)
 
 
+def excluded(
+    p_state: Sequence[int],
+    p_hash: Sequence[bytes],
+    v_state: Sequence[int],
+    v_stake: Sequence[int],
+    v_invalid: Sequence[int],
+) -> tuple[int, int]:
+  """(invalid bits, duplicate bits) over the proposers: the exclusion rule every
+  honest voter and the contract apply alike."""
+  committee = sum(v_stake)
+  dup = inv = 0
+  for i, st in enumerate(p_state):
+    if st != REVEALED:
+      continue
+    if any(
+        k != i and p_state[k] == REVEALED and p_hash[k] == p_hash[i] for k in range(len(p_state))
+    ):
+      dup |= 1 << i
+      continue
+    flagged = sum(
+        s for s, vs, f in zip(v_stake, v_state, v_invalid) if vs == REVEALED and f >> i & 1
+    )
+    if flagged * 2 > committee:
+      inv |= 1 << i
+  return inv, dup
+
+
 def settle(
     *,
     vote_mode: int,
     reward: int,
-    proposers: Sequence[str],
-    proposals: Mapping[str, bytes],
-    voters: Sequence[str],
-    ballots: Mapping[str, Ballot],
-    stakes: Mapping[str, int],
-    leader: bytes,
-    global_hash: bytes,
     proposer_share_bps: int,
     slash_bps: int,
+    global_hash: bytes,
+    p_state: Sequence[int],
+    p_hash: Sequence[bytes],
+    p_stake: Sequence[int],
+    v_state: Sequence[int],
+    v_stake: Sequence[int],
+    ballots: Sequence[Ballot],
 ) -> Settlement:
-  """Settle a round. `proposals`/`ballots` hold only those actually cast;
-  `stakes` are the stakes before settlement; `leader` is the whole-mode
-  candidate (see `leader_of`)."""
-  fn = _settle_whole if vote_mode == VOTE_WHOLE else _settle_per_proposal
-  return fn(
-      reward,
-      proposers,
-      proposals,
-      voters,
-      ballots,
-      stakes,
-      leader,
-      global_hash,
-      proposer_share_bps,
-      slash_bps,
-  )
-
-
-def leader_of(votes: Sequence[tuple[bytes, int]]) -> bytes:
-  """Whole-mode candidate: the hash with the most stake, earliest on ties.
-
-  `votes` are ``(candidate, weight)`` in the order they were cast.
-  """
-  weight: dict[bytes, int] = {}
-  leader, best = b"\x00" * 32, 0
-  for cand, w in votes:
-    weight[cand] = weight.get(cand, 0) + w
-    if weight[cand] > best:
-      leader, best = cand, weight[cand]
-  return leader
-
-
-def _settle_whole(
-    reward, proposers, proposals, voters, ballots, stakes, leader, global_hash, rho_bps, lam
-) -> Settlement:
-  void = not proposals or not ballots
-  yes = no = 0
-  kinds = []  # 0 no vote, 1 approve, 2 reject, 3 other candidate
-  for v in voters:
-    b = ballots.get(v)
-    if b is None:
-      kinds.append(0)
-    elif b.candidate != leader:
-      kinds.append(3)
-    elif b.approve:
-      kinds.append(1)
-      yes += stakes[v]
-    else:
-      kinds.append(2)
-      no += stakes[v]
-  tally = yes - no
-  accepted = not void and tally >= 0
-
+  """Settle a round (FlockLogic.settle). Stakes are those before settlement."""
+  lam, rho = slash_bps, proposer_share_bps
+  n_p = len(p_state)
+  committee = sum(v_stake)
+  revealed_stake = sum(s for s, st in zip(v_stake, v_state) if st == REVEALED)
+  n_votes = sum(st == REVEALED for st in v_state)
+  inv, dup = excluded(p_state, p_hash, v_state, v_stake, [b.invalid for b in ballots])
+  valid = [st == REVEALED and not (inv | dup) >> i & 1 for i, st in enumerate(p_state)]
+  n_valid = sum(valid)
+  valid_total = sum(s for s, ok in zip(p_stake, valid) if ok)
+  any_revealed = any(st == REVEALED for st in p_state)
   ops: list[Op] = []
-  p_total = sum(stakes[p] for p in proposers if p in proposals)
-  p_pot = reward * rho_bps // BPS
-  for p in proposers:
-    if p not in proposals:
-      ops.append(Op("slash", p, slash_amount(stakes[p], lam), SLASH_NO_PROPOSAL))
-    elif accepted:
-      ops.append(Op("reward", p, p_pot * stakes[p] // p_total, ROLE_PROPOSER))
-    elif not void:
-      ops.append(Op("slash", p, slash_amount(stakes[p], lam), SLASH_REJECTED_PROPOSAL))
 
-  v_pot, win_total, win_kind = (reward - p_pot, yes, 1) if accepted else (reward, no, 2)
-  for v, k in zip(voters, kinds):
-    s = stakes[v]
-    if k == 0:
-      if proposals:
-        ops.append(Op("slash", v, slash_amount(s, lam), SLASH_NO_VOTE))
-    elif k == 3:
-      ops.append(Op("slash", v, slash_amount(s, lam), SLASH_WRONG_CANDIDATE))
-    elif void:
-      pass
-    elif k == win_kind:
-      ops.append(Op("reward", v, v_pot * s // win_total, ROLE_VOTER))
-    else:
-      ops.append(Op("slash", v, slash_amount(s, lam), SLASH_WRONG_VOTE))
+  def slash(who, stake, code, wrong=1, of=1):
+    ops.append(Op("slash", who, slash_amount(stake, lam, wrong, of), code))
 
-  outcome = OUTCOME_ACCEPTED if accepted else (OUTCOME_VOID if void else OUTCOME_REJECTED)
-  return Settlement(
-      outcome,
-      leader,
-      leader if accepted else global_hash,
-      tally,
-      yes,
-      no,
-      int(accepted),
-      (),
-      tuple(o for o in ops if o.kind == "slash" or o.amount > 0),
-  )
+  def excluded_slash(i) -> bool:
+    st = p_state[i]
+    code = (
+        SLASH_NO_PROPOSAL
+        if st == NONE
+        else SLASH_NO_REVEAL
+        if st == COMMITTED
+        else SLASH_DUPLICATE
+        if dup >> i & 1
+        else SLASH_INVALID
+        if inv >> i & 1
+        else 0
+    )
+    if code:
+      slash(i, p_stake[i], code)
+    return bool(code)
 
-
-def _settle_per_proposal(
-    reward, proposers, proposals, voters, ballots, stakes, leader, global_hash, rho_bps, lam
-) -> Settlement:
-  n = len(proposals)
-  void = n == 0 or not ballots
-  share = reward // n if n else 0
-  p_pot = share * rho_bps // BPS
-  earn = {v: 0 for v in voters}
-  wrong = {v: 0 for v in voters}
-  ops: list[Op] = []
-  tallies = []
-  accepted_bits = 0
-  g = global_hash
-  for i, p in enumerate(proposers):
-    if p not in proposals:
-      tallies.append(0)
-      ops.append(Op("slash", p, slash_amount(stakes[p], lam), SLASH_NO_PROPOSAL))
-      continue
-    yes = sum(stakes[v] for v in voters if v in ballots and (ballots[v].bits >> i) & 1)
-    no = sum(stakes[v] for v in voters if v in ballots and not (ballots[v].bits >> i) & 1)
-    tallies.append(yes - no)
-    if void:
-      continue
-    ok = yes >= no
-    if ok:
-      accepted_bits |= 1 << i
-      g = keccak(g + proposals[p])
-      pot, win_total = share - p_pot, yes
-      if p_pot:
-        ops.append(Op("reward", p, p_pot, ROLE_PROPOSER))
-    else:
-      pot, win_total = share, no
-      ops.append(Op("slash", p, slash_amount(stakes[p], lam), SLASH_REJECTED_PROPOSAL))
-    for v in voters:
-      if v in ballots:
-        if bool((ballots[v].bits >> i) & 1) == ok:
-          earn[v] += pot * stakes[v] // win_total
+  if vote_mode == VOTE_WHOLE:
+    cand = ZERO_HASH
+    if n_valid and n_votes:
+      for j, st in enumerate(v_state):
+        if st != REVEALED:
+          continue
+        named = sum(
+            v_stake[k]
+            for k in range(len(v_state))
+            if v_state[k] == REVEALED and ballots[k].candidate == ballots[j].candidate
+        )
+        if named * 2 > revealed_stake:
+          cand = ballots[j].candidate
+          break
+    yes = no = 0
+    outcome, g, acc = OUTCOME_VOID, global_hash, 0
+    if cand != ZERO_HASH:
+      for j, st in enumerate(v_state):
+        if st == REVEALED and ballots[j].candidate == cand:
+          if ballots[j].approve:
+            yes += v_stake[j]
+          else:
+            no += v_stake[j]
+      if yes * 2 > committee:
+        outcome, g, acc = OUTCOME_ACCEPTED, cand, 1
+      elif no * 2 > committee:
+        outcome = OUTCOME_REJECTED
+    p_pot = reward * rho // BPS
+    for i in range(n_p):
+      if excluded_slash(i):
+        continue
+      if outcome == OUTCOME_ACCEPTED:
+        amt = p_pot * p_stake[i] // valid_total
+        if amt:
+          ops.append(Op("reward", i, amt, ROLE_PROPOSER))
+      elif outcome == OUTCOME_REJECTED:
+        slash(i, p_stake[i], SLASH_REJECTED_PROPOSAL)
+    v_pot, win = (reward, no) if outcome == OUTCOME_REJECTED else (reward - p_pot, yes)
+    if any_revealed:
+      for j, st in enumerate(v_state):
+        s, who = v_stake[j], n_p + j
+        if st != REVEALED:
+          slash(who, s, SLASH_NO_VOTE)
+        elif outcome == OUTCOME_VOID:
+          pass
+        elif ballots[j].candidate != cand:
+          slash(who, s, SLASH_WRONG_CANDIDATE)
+        elif ballots[j].approve == (outcome == OUTCOME_ACCEPTED):
+          amt = v_pot * s // win
+          if amt:
+            ops.append(Op("reward", who, amt, ROLE_VOTER))
         else:
-          wrong[v] += 1
-  for v in voters:
-    if v not in ballots:
-      if n:
-        ops.append(Op("slash", v, slash_amount(stakes[v], lam), SLASH_NO_VOTE))
+          slash(who, s, SLASH_WRONG_VOTE)
+    return Settlement(outcome, cand, g, yes - no, yes, no, acc, inv, dup, n_valid, (), tuple(ops))
+
+  share = reward // n_valid if n_valid else 0
+  pp_pot = share * rho // BPS
+  earn = [0] * len(v_state)
+  wrong = [0] * len(v_state)
+  tallies = []
+  acc = rej = 0
+  g = global_hash
+  for i in range(n_p):
+    if excluded_slash(i):
+      tallies.append(0)
       continue
-    if earn[v]:
-      ops.append(Op("reward", v, earn[v], ROLE_VOTER))
-    if wrong[v]:
-      ops.append(Op("slash", v, slash_amount(stakes[v], lam, wrong[v], n), SLASH_WRONG_VOTE))
-  if void:
-    outcome = OUTCOME_VOID
-  else:
-    outcome = OUTCOME_ACCEPTED if accepted_bits else OUTCOME_REJECTED
-  new_global = g if outcome == OUTCOME_ACCEPTED else global_hash
-  return Settlement(outcome, g, new_global, 0, 0, 0, accepted_bits, tuple(tallies), tuple(ops))
+    y = sum(s for s, st, b in zip(v_stake, v_state, ballots) if st == REVEALED and b.bits >> i & 1)
+    n = sum(
+        s for s, st, b in zip(v_stake, v_state, ballots) if st == REVEALED and not b.bits >> i & 1
+    )
+    tallies.append(y - n)
+    ok, bad = y * 2 > committee, n * 2 > committee
+    if not ok and not bad:
+      continue
+    if ok:
+      acc |= 1 << i
+      g = keccak(g + p_hash[i])
+      pot, win = share - pp_pot, y
+      if pp_pot:
+        ops.append(Op("reward", i, pp_pot, ROLE_PROPOSER))
+    else:
+      rej |= 1 << i
+      pot, win = share, n
+      slash(i, p_stake[i], SLASH_REJECTED_PROPOSAL)
+    for j, st in enumerate(v_state):
+      if st == REVEALED:
+        if bool(ballots[j].bits >> i & 1) == ok:
+          earn[j] += pot * v_stake[j] // win
+        else:
+          wrong[j] += 1
+  if any_revealed:
+    for j, st in enumerate(v_state):
+      who = n_p + j
+      if st != REVEALED:
+        slash(who, v_stake[j], SLASH_NO_VOTE)
+        continue
+      if earn[j]:
+        ops.append(Op("reward", who, earn[j], ROLE_VOTER))
+      if wrong[j]:
+        slash(who, v_stake[j], SLASH_WRONG_VOTE, wrong[j], n_valid)
+  outcome = OUTCOME_ACCEPTED if acc else OUTCOME_REJECTED if rej else OUTCOME_VOID
+  if not acc and not rej:
+    g = global_hash
+  new_g = g if outcome == OUTCOME_ACCEPTED else global_hash
+  return Settlement(outcome, g, new_g, 0, 0, 0, acc, inv, dup, n_valid, tuple(tallies), tuple(ops))

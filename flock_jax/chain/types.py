@@ -30,13 +30,33 @@ SLASH_REJECTED_PROPOSAL = 2
 SLASH_NO_VOTE = 3
 SLASH_WRONG_VOTE = 4
 SLASH_WRONG_CANDIDATE = 5
+SLASH_NO_REVEAL = 6
+SLASH_DUPLICATE = 7
+SLASH_INVALID = 8
 SLASH_NAMES = {
     SLASH_NO_PROPOSAL: "no proposal",
     SLASH_REJECTED_PROPOSAL: "rejected proposal",
     SLASH_NO_VOTE: "no vote",
     SLASH_WRONG_VOTE: "wrong vote",
     SLASH_WRONG_CANDIDATE: "wrong candidate hash",
+    SLASH_NO_REVEAL: "committed proposal not revealed",
+    SLASH_DUPLICATE: "duplicate proposal hash",
+    SLASH_INVALID: "proposal flagged invalid",
 }
+
+# Phases of an open round (FlockTask.current_phase).
+PHASE_NONE, PHASE_DRAW, PHASE_COMMIT, PHASE_REVEAL, PHASE_VOTE, PHASE_VOTE_REVEAL, PHASE_DONE = (
+    range(7)
+)
+PHASE_NAMES = ("none", "draw", "commit", "reveal", "vote commit", "vote reveal", "done")
+
+# Bounds FlockTask enforces (FlockLogic.check_params, FlockTask.MAX_*).
+MAX_PARTICIPANTS = 1024
+MAX_PROPOSERS = 64
+MAX_VOTERS = 64
+MAX_ROUNDS = 100_000
+MAX_WINDOW = 100_000
+MAX_HOLDINGS = 2**128
 
 BPS = 10_000
 ZERO_HASH = b"\x00" * 32
@@ -49,8 +69,9 @@ class TaskParams:
 
   Token amounts are in the token's smallest unit (18 decimals).
   `slash_bps` is lambda and `proposer_share_bps` is rho, in basis points.
-  `vote_window` is counted in blocks from `start_round`; proposals and
-  votes are accepted up to and including block `start + vote_window`.
+  `vote_window` is the length in blocks of each of the four phases
+  (proposal commit, proposal reveal, vote commit, vote reveal); a phase in
+  which everyone who could act has acted ends early.
   """
 
   total_rounds: int = 10
@@ -60,7 +81,7 @@ class TaskParams:
   slash_bps: int = 1_000
   proposer_share_bps: int = 5_000
   reward_pool: int = 1_000 * WEI
-  vote_window: int = 1_000
+  vote_window: int = 100
   vote_mode: int = VOTE_WHOLE
   selection_mode: int = SELECT_UNIFORM
   genesis_hash: bytes = ZERO_HASH
@@ -107,9 +128,11 @@ class Roles:
 class Outcome:
   """What `finalize` decided for one round, and what it paid and slashed.
 
-  `proposal_hashes[i]` is the hash proposers[i] committed (None if it did
-  not propose); `proposal_accepted[i]` whether it entered the new global
-  model. `rewards`/`slashes` map participant index -> amount.
+  `proposal_hashes[i]` is the hash proposers[i] revealed (None if it did
+  not reveal one); `proposal_accepted[i]` whether it entered the new global
+  model; `invalid[i]` / `duplicate[i]` whether it was excluded as flagged
+  invalid by a strict majority of the committee's stake / as a hash another
+  proposer also revealed. `rewards`/`slashes` map participant index -> amount.
   """
 
   round: int
@@ -130,6 +153,8 @@ class Outcome:
   ejected: tuple[int, ...]
   block_number: int
   block_hash: bytes
+  invalid: tuple[bool, ...] = ()
+  duplicate: tuple[bool, ...] = ()
 
   @property
   def accepted(self) -> bool:
@@ -180,13 +205,17 @@ def outcome_from_events(
     return x if isinstance(x, bytes) else bytes.fromhex(str(x).removeprefix("0x"))
 
   fin = next(e["args"] for e in events if e["event"] == "Finalized")
+  out = fin.get("invalid_bits", 0) | fin.get("duplicate_bits", 0)
   if vote_mode == VOTE_PER_PROPOSAL:
     acc = tuple(bool((fin["accepted_bits"] >> k) & 1) for k in range(len(proposers)))
     tallies = tuple(fin["tallies"])
   else:
     ok = fin["outcome"] == OUTCOME_ACCEPTED
-    acc = tuple(ok and ph is not None for ph in proposal_hashes)
-    tallies = tuple(fin["tally"] if ph is not None else 0 for ph in proposal_hashes)
+    acc = tuple(ok and ph is not None and not out >> k & 1 for k, ph in enumerate(proposal_hashes))
+    tallies = tuple(
+        fin["tally"] if ph is not None and not out >> k & 1 else 0
+        for k, ph in enumerate(proposal_hashes)
+    )
   rewards: dict[int, int] = {}
   slashes: dict[int, int] = {}
   for e in events:
@@ -215,4 +244,6 @@ def outcome_from_events(
       ),
       block_number=block_number,
       block_hash=block_hash,
+      invalid=tuple(bool(fin.get("invalid_bits", 0) >> k & 1) for k in range(len(proposers))),
+      duplicate=tuple(bool(fin.get("duplicate_bits", 0) >> k & 1) for k in range(len(proposers))),
   )

@@ -1,8 +1,17 @@
 """The chain as the simulator sees it: the `Ledger` protocol and its two implementations.
 
 The round function (flock_jax/federated/rounds.py) talks to the chain only
-through `Ledger`: it reads the roles the chain drew, commits hashes, casts
-votes and reads the outcome. It never decides roles or outcomes itself.
+through `Ledger`: it reads the roles the chain drew, commits hashes, reveals
+them, commits votes and reads the outcome. It never decides roles or
+outcomes itself. Protocol v2 (docs/PROTOCOL.md):
+
+    roles = ledger.start_round()             # start_round + draw_roles
+    ledger.propose(i, h)                     # commit (the ledger keeps the salt)
+    revealed = ledger.reveal_proposals(ids)  # each listed proposer reveals; {i: h} as on chain
+    ledger.vote(j, candidate_hash, approve=..., bits=..., invalid=...)   # commit
+    outcome = ledger.finalize()              # reveals the votes, waits out windows, settles
+
+A proposer that withholds its reveal is simply not listed in `reveal_proposals`.
 
 - `ChainLedger` drives the FlockTask contract through `flock_jax.chain.FlockChain`
   (in-process eth-tester, or any JSON-RPC node).
@@ -25,6 +34,10 @@ from eth_utils import keccak, to_checksum_address
 
 from flock_jax.chain import model as task_model
 from flock_jax.chain.types import (
+    PHASE_DONE,
+    PHASE_REVEAL,
+    PHASE_VOTE,
+    PHASE_VOTE_REVEAL,
     SELECT_STAKE,
     SELECT_UNIFORM,
     VOTE_PER_PROPOSAL,
@@ -70,12 +83,16 @@ class Ledger(Protocol):
   def propose(self, i: int, h: bytes) -> None:
     ...
 
+  def reveal_proposals(self, ids: Sequence[int]) -> dict[int, bytes]:
+    ...
+
   def vote(
       self,
       j: int,
       candidate_hash: bytes,
       approve: bool | None = None,
       bits: tuple[bool, ...] | None = None,
+      invalid: tuple[bool, ...] | None = None,
   ) -> None:
     ...
 
@@ -144,27 +161,41 @@ def default_addresses(n: int, salt: bytes = b"flock_jax participant") -> list[st
   return [to_checksum_address(keccak(salt + i.to_bytes(32, "big"))[-20:]) for i in range(n)]
 
 
-def _ballot_args(per_proposal: bool, j: int, candidate_hash, approve, bits, n_props: int):
-  """Validates a vote's arguments for the task's mode; returns the contract call's argument."""
+def _ballot_args(
+    per_proposal: bool, j: int, candidate_hash, approve, bits, invalid, n_props: int
+) -> tuple[bytes, bool, int, int]:
+  """Validates a vote's arguments for the task's mode; returns the ballot
+  (candidate, approve, bits, invalid) that is committed and later revealed."""
+  if invalid is not None and len(invalid) != n_props:
+    raise LedgerError(
+        f"vote: invalid needs one flag per proposer ({n_props}) from participant {j}, got {invalid}"
+    )
+  inv = sum(1 << i for i, b in enumerate(invalid or ()) if b)
   if per_proposal:
     if bits is None or len(bits) != n_props:
       raise LedgerError(
-          f"vote: per-proposal mode needs {n_props} bits from participant {j}, " f"got {bits}"
+          f"vote: per-proposal mode needs {n_props} bits from participant {j}, got {bits}"
       )
-    return sum(1 << i for i, b in enumerate(bits) if b)
+    return ZERO_HASH, False, sum(1 << i for i, b in enumerate(bits) if b), inv
   if approve is None or candidate_hash in (None, ZERO_HASH):
     raise LedgerError(
-        f"vote: whole-candidate mode needs a candidate hash and approve from " f"participant {j}"
+        f"vote: whole-candidate mode needs a candidate hash and approve from participant {j}"
     )
-  return bool(approve)
+  return bytes(candidate_hash), bool(approve), 0, inv
 
 
 class LocalLedger:
-  """The FlockTask rules in process (no EVM): stakes, draw, commits, votes, settlement.
+  """The FlockTask rules in process (no EVM): stakes, draw, commit-reveal, votes, settlement.
+
+  Blocks are counted, not mined: waiting out a phase window moves the block
+  number to the window's end. The hash of block n (which seeds a draw) is a
+  deterministic stand-in, keccak of n and the state it follows.
 
   Amounts are integer token base units. Token conservation holds after every
   call: `token_balance() == pool + sum(stakes) + sum(claimable)`.
   """
+
+  WINDOW = 1_000  # blocks per phase; only the order of events matters here
 
   def __init__(
       self,
@@ -207,7 +238,7 @@ class LocalLedger:
         min_stake=min_stake,
         slash_bps=slash_bps,
         proposer_share_bps=proposer_share_bps,
-        vote_window=2**62,
+        vote_window=self.WINDOW,
         vote_mode=VOTE_PER_PROPOSAL if per_proposal else VOTE_WHOLE,
         selection_mode=SELECT_STAKE if stake_weighted_draw else SELECT_UNIFORM,
         genesis_hash=bytes(genesis_hash),
@@ -215,6 +246,7 @@ class LocalLedger:
     )
     self.block_number = 0
     self.events: list[dict] = []
+    self._salts: dict[tuple[int, int], tuple] = {}  # (round, i) -> what it committed, and its salt
     self._do(self.model.fund, self.model.owner, int(reward_pool)) if reward_pool else None
     for a, s in zip(self._addresses, st):
       if s > 0:  # participants below the minimum are never registered, so never drawn
@@ -299,15 +331,37 @@ class LocalLedger:
     return ledger
 
   # ---------------------------------------------------------------- round
+  def _block_hash_of(self, n: int) -> bytes:
+    return keccak(b"flock_jax local block" + n.to_bytes(32, "big") + self.model.global_hash)
+
+  def _salt(self, i: int, kind: str) -> bytes:
+    r = self.model.current_round
+    return keccak(
+        b"flock_jax local salt"
+        + self._addresses[i].encode()
+        + r.to_bytes(32, "big")
+        + kind.encode()
+    )
+
+  def _wait(self, phase: int) -> None:
+    """Let blocks pass until the open round is in `phase` or later."""
+    for _ in range(8):
+      ph, end = self.model.phase_at(self.block_number + 1)
+      if ph >= phase or ph == 0:
+        return
+      self.block_number = max(self.block_number, end)
+
   def start_round(self) -> Roles:
-    started, drawn = (e["args"] for e in self._do(self.model.start_round, block=True))
+    (started,) = (e["args"] for e in self._do(self.model.start_round, block=True))
+    seed_hash = self._block_hash_of(self.model.seed_block)
+    (drawn,) = (e["args"] for e in self._do(self.model.draw_roles, seed_hash, block=True))
     h = lambda x: bytes.fromhex(x[2:])
     return Roles(
         round=started["round"],
-        seed=h(started["seed"]),
+        seed=h(drawn["seed"]),
         global_hash=h(started["global_hash"]),
         reward=started["reward"],
-        deadline=started["deadline"],
+        deadline=drawn["commit_end"],
         proposers=tuple(self._idx(a) for a in drawn["proposers"]),
         voters=tuple(self._idx(a) for a in drawn["voters"]),
         proposer_addresses=tuple(drawn["proposers"]),
@@ -315,7 +369,22 @@ class LocalLedger:
     )
 
   def propose(self, i: int, h: bytes) -> None:
-    self._do(self.model.propose, self._addresses[i], bytes(h), block=True)
+    """Commit proposer i's hash (the ledger keeps the salt for its reveal)."""
+    r, a, salt = self.model.current_round, self._addresses[i], self._salt(i, "proposal")
+    c = task_model.proposal_commitment(a, r, bytes(h), salt)
+    self._do(self.model.commit_proposal, a, c, block=True)
+    self._salts[(r, i)] = (bytes(h), salt)
+
+  def reveal_proposals(self, ids: Sequence[int]) -> dict[int, bytes]:
+    r = self.model.current_round
+    self._wait(PHASE_REVEAL)
+    for i in ids:
+      if (r, i) not in self._salts:
+        raise LedgerError(f"reveal_proposals: participant {i} committed nothing in round {r}")
+      h, salt = self._salts[(r, i)]
+      self._do(self.model.reveal_proposal, self._addresses[i], h, salt, block=True)
+    self._wait(PHASE_VOTE)
+    return {self._idx(a): h for a, h in self.model.proposals.items()}
 
   def vote(
       self,
@@ -323,27 +392,36 @@ class LocalLedger:
       candidate_hash: bytes = ZERO_HASH,
       approve: bool | None = None,
       bits: tuple[bool, ...] | None = None,
+      invalid: tuple[bool, ...] | None = None,
   ) -> None:
-    arg = _ballot_args(
-        self.per_proposal, j, candidate_hash, approve, bits, len(self.model.proposers)
+    """Commit voter j's ballot (revealed by `finalize`)."""
+    ballot = _ballot_args(
+        self.per_proposal, j, candidate_hash, approve, bits, invalid, len(self.model.proposers)
     )
-    if self.per_proposal:
-      self._do(self.model.vote_bits, self._addresses[j], arg, block=True)
-    else:
-      self._do(self.model.vote, self._addresses[j], bytes(candidate_hash), arg, block=True)
+    r, a, salt = self.model.current_round, self._addresses[j], self._salt(j, "vote")
+    c = task_model.vote_commitment(a, r, *ballot, salt)
+    self._do(self.model.commit_vote, a, c, block=True)
+    self._salts[(r, j)] = (*ballot, salt)
 
   def finalize(self) -> Outcome:
-    proposers = list(self.model.proposers)
-    hashes = [self.model.proposals.get(p) for p in proposers]
-    if len(self.model.ballots) < len(self.model.voters):  # wait out the vote window
-      self.block_number = max(self.block_number, self.model.deadline)
-    evs = self._do(self.model.finalize, block=True)
+    m = self.model
+    r = m.current_round
+    proposers = list(m.proposers)
+    self._wait(PHASE_VOTE_REVEAL)
+    if m.phase_at(self.block_number + 1)[0] == PHASE_VOTE_REVEAL:
+      for j, v in enumerate(self._addresses):
+        if v in m.voters and v in m.commitments and (r, j) in self._salts:
+          self._do(m.reveal_vote, v, *self._salts[(r, j)], block=True)
+    self._wait(PHASE_DONE)
+    hashes = [m.proposals.get(p) for p in proposers]
+    evs = self._do(m.finalize, block=True)
+    self._salts = {k: v for k, v in self._salts.items() if k[0] != r}
     return outcome_from_events(
         evs,
         proposers,
         hashes,
         self._idx,
-        self.model.vote_mode,
+        m.vote_mode,
         self.block_number,
         self.block_hash(),
     )
@@ -429,11 +507,13 @@ class ChainLedger:
 
   def start_round(self) -> Roles:
     self._roles = self.chain.start_round()
-    self._votes = 0
     return self._roles
 
   def propose(self, i: int, h: bytes) -> None:
-    self.chain.propose(i, h)
+    self.chain.commit_proposal(i, h)
+
+  def reveal_proposals(self, ids: Sequence[int]) -> dict[int, bytes]:
+    return self.chain.reveal_proposals(ids)
 
   def vote(
       self,
@@ -441,19 +521,14 @@ class ChainLedger:
       candidate_hash: bytes = ZERO_HASH,
       approve: bool | None = None,
       bits: tuple[bool, ...] | None = None,
+      invalid: tuple[bool, ...] | None = None,
   ) -> None:
-    arg = _ballot_args(
-        self.per_proposal, j, candidate_hash, approve, bits, len(self._roles.proposers)
+    ballot = _ballot_args(
+        self.per_proposal, j, candidate_hash, approve, bits, invalid, len(self._roles.proposers)
     )
-    if self.per_proposal:
-      self.chain.vote_bits(j, arg)
-    else:
-      self.chain.vote(j, candidate_hash, arg)
-    self._votes += 1
+    self.chain.commit_vote(j, *ballot)
 
   def finalize(self) -> Outcome:
-    if self._votes < len(self._roles.voters):  # a drawn voter stayed silent: wait out the window
-      self.chain.mine(max(0, self._roles.deadline - self.chain.latest_block()[0] + 1))
     return self.chain.finalize()
 
   def block_hash(self) -> bytes:
