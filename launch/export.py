@@ -1,5 +1,17 @@
 """Export a trained adapter: a merged Hugging Face model and/or a PEFT adapter folder.
 
+From a run (everything it needs comes from the run's folder: the base model spec, the LoRA
+config and the latest global adapter):
+
+  python launch/export.py --run=runs/tiny --format=peft --out=out/adapter
+  python launch/export.py --run=runs/tiny --format=merged --out=out/merged
+
+A PEFT adapter of a run whose base has no name (the tiny random base, a .gguf file) comes with
+that base written beside it (<out>/base, HF safetensors), and adapter_config.json points there,
+so `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<out>/base), <out>)` works.
+
+Lower-level sources:
+
 The adapter comes from an orbax run checkpoint (RunCheckpointer: the state
 leaf at --adapter_key, LoRA settings from meta['lora_config']) or from a PEFT
 adapter folder. The base model is a HF folder or hub id, a .gguf file, or
@@ -15,7 +27,9 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from absl import app, flags
+import jax
+import numpy as np
+from absl import app, flags, logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -34,6 +48,9 @@ from flock_jax.checkpoint.run_state import lora_config_from_meta  # noqa: E402
 from flock_jax.model.lora import merge  # noqa: E402
 
 FLAGS = flags.FLAGS
+flags.DEFINE_string("run", None, "A run's --workdir: export its global adapter (see --format).")
+flags.DEFINE_enum("format", "peft", ["peft", "merged"], "With --run: what to write to --out.")
+flags.DEFINE_string("out", None, "With --run: the output folder.")
 flags.DEFINE_string("base", None, "Base model: HF folder or hub id, a .gguf file, or 'smollm2'.")
 flags.DEFINE_string("run_dir", None, "Orbax run checkpoint folder (RunCheckpointer).")
 flags.DEFINE_integer("step", -1, "Step to export from --run_dir; -1 for the latest.")
@@ -127,10 +144,70 @@ def run_export(
   return written
 
 
+# The hub names of the bases a run can name, for adapter_config.json.
+HUB_NAMES = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def export_run(
+    workdir: str, fmt: str, out: str, step: int | None = None, overwrite: bool = False
+) -> dict:
+  """The global adapter of the run in `workdir` (its latest checkpoint, or `step`) as a PEFT
+  adapter or a merged HF model at `out`; the base and the LoRA config come from the run."""
+  import json
+
+  import ml_collections
+
+  from flock_jax.federated.engine import load_model
+  from flock_jax.run_config import from_config
+  from flock_jax.workdir import Workdir, WorkdirError
+
+  wd = Workdir(workdir)
+  if not wd.config_path.exists():
+    raise WorkdirError(f"--run={workdir}: no config.json there; give the --workdir of a run")
+  run = from_config(ml_collections.ConfigDict(json.loads(wd.config_path.read_text())))
+  ck = RunCheckpointer(wd / "checkpoints", max_to_keep=None)
+  if ck.latest_step() is None:
+    raise CheckpointError(f"--run={workdir}: the run has no checkpoint yet")
+  state, meta = ck.restore(step)
+  if "global_lora" not in state:
+    raise CheckpointError(f"--run={workdir}: the checkpoint holds no global adapter")
+  lora = jax.tree.map(np.asarray, state["global_lora"])
+  cfg, params, tokenizer = load_model(run)
+  lcfg = run.lora
+  written = {}
+  if fmt == "merged":
+    save_hf_checkpoint(
+        merge(params, lora, lcfg), cfg, out, tokenizer=tokenizer, overwrite=overwrite
+    )
+    written["hf"] = out
+    return written
+  w = run.model.weights
+  if w in HUB_NAMES:
+    name = HUB_NAMES[w]
+  elif w.startswith("hf:"):
+    name = str(pathlib.Path(w[3:]).expanduser().absolute())
+  else:  # no name: the base goes beside the adapter (after it: the adapter folder is atomic)
+    name = str(pathlib.Path(out).absolute() / "base")
+  save_peft_adapter(lora, lcfg, cfg, out, base_model_name_or_path=name, overwrite=overwrite)
+  written["peft"] = out
+  if name.endswith("/base") and not (w in HUB_NAMES or w.startswith("hf:")):
+    save_hf_checkpoint(params, cfg, name, tokenizer=tokenizer, overwrite=overwrite)
+    written["base"] = name
+  return written
+
+
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
+  if FLAGS.run is not None:
+    if FLAGS.out is None:
+      raise app.UsageError("--run needs --out=<folder>")
+    step = None if FLAGS.step < 0 else FLAGS.step
+    for kind, path in export_run(FLAGS.run, FLAGS.format, FLAGS.out, step, FLAGS.overwrite).items():
+      print(f"wrote {kind}: {path}")
+    return
   if FLAGS.base is None:
-    raise app.UsageError("--base is required")
+    raise app.UsageError("--base is required (or export a whole run with --run=<workdir>)")
   written = run_export(
       FLAGS.base,
       run_dir=FLAGS.run_dir,
@@ -150,4 +227,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from flock_jax.cli import run_main
+
+  run_main(main)

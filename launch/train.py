@@ -67,6 +67,7 @@ def main(argv):
     return
   import jax
 
+  from flock_jax import faults
   from flock_jax.checkpoint import RunCheckpointer
   from flock_jax.federated import rounds, run_state
   from flock_jax.federated.engine import build, make_ledger, restore_ledger
@@ -156,9 +157,11 @@ def main(argv):
       rows.append(m.to_dict())
       if wd:
         wd.append_metrics(rows[-1])
+      faults.point("metrics", m.round)
       if ckpt is not None and (
           state.round % run.checkpoint_every == 0 or state.round == run.federation.rounds
       ):
+        faults.point("checkpoint", m.round)
         ckpt.save(
             state.round,
             run_state.checkpoint_tree(state, ledger),

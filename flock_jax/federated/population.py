@@ -134,7 +134,9 @@ def build_population(run, tokenizer) -> Population:
     train.append(dict(tok(exs, p.client_id)))
     held.append(dict(tok(p.heldout, p.client_id)))
     if train[-1]["tokens"].shape[0] == 0 or held[-1]["tokens"].shape[0] == 0:
-      raise ValueError(
+      from flock_jax.run_config import RunConfigError  # a config the data cannot fill
+
+      raise RunConfigError(
           f"participant {p.client_id} has no training or held-out rows left after "
           f"tokenization at seq_len={d.seq_len}: raise data.seq_len or "
           f"data.examples_per_domain"

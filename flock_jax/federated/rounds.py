@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flock_jax import faults
 from flock_jax.federated import hashing, voting
 from flock_jax.federated.attacks import attack_update, voter_ballot
 from flock_jax.federated.aggregators import apply_delta
@@ -154,6 +155,7 @@ def flock_round(
   # 2. Local training from G_r; each proposer commits h_i = keccak(canonical bytes of Δ_i).
   with timer("train"):
     state, deltas, train_losses = _train(engine, state, proposers)
+  faults.point("trained", roles.round)
   with timer("hash"):
     valid_ids, valid, errors = _screen(engine, proposers, deltas, G)
     hashes = [hashing.tree_hash(d) for d in valid]
@@ -161,6 +163,7 @@ def flock_round(
   with timer("chain"):
     for i, h in zip(valid_ids, hashes):
       ledger.propose(i, h)
+  faults.point("proposed", roles.round)
 
   # 3. Candidate in canonical (address) order; voters score it on private held-out data.
   honest, gains, cand_hash, candidate = None, [], None, None
@@ -193,7 +196,9 @@ def flock_round(
           ledger.vote(j, b"\x00" * 32, bits=tuple(bits))
         else:
           ledger.vote(j, cand_hash, approve=bool(ballot))
+    faults.point("voted", roles.round)
     outcome: Outcome = ledger.finalize()
+    faults.point("finalized", roles.round)
     block = ledger.block_hash()
 
   # 6. Accepted: G_{r+1} = C_r (per proposal: G_r + mean of the accepted Δ_i); else G stays.

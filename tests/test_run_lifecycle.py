@@ -1,0 +1,256 @@
+"""A run is never lost: the main job killed anywhere continues bit for bit; a used workdir is
+continued or refused, never damaged; user errors are one line; export reads a run."""
+
+import json
+import os
+import pathlib
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "launch" / "train.py"
+# Small and fast: 3 rounds of the tiny model.
+FAST = (
+    "--config.federation.rounds=3",
+    "--config.federation.local_steps=2",
+    "--config.federation.eval_batches=1",
+)
+
+
+def _env(**extra):
+  env = {k: v for k, v in os.environ.items() if k != "FLOCK_JAX_KILL_AT"}
+  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", **extra)
+  return env
+
+
+def _cmd(workdir, *extra, backend="local"):
+  return [
+      sys.executable,
+      str(TRAIN),
+      "--config=configs/flock.py:tiny",
+      f"--workdir={workdir}",
+      f"--config.ledger.backend={backend}",
+      *FAST,
+      *extra,
+  ]
+
+
+def _train(workdir, *extra, backend="local", expect=0, kill_at=None):
+  env = _env(FLOCK_JAX_KILL_AT=kill_at) if kill_at else _env()
+  out = subprocess.run(
+      _cmd(workdir, *extra, backend=backend),
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert out.returncode == expect, (out.returncode, out.stdout[-3000:], out.stderr[-3000:])
+  return out
+
+
+def _rows(workdir):
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+def _final_tree(workdir):
+  from flock_jax.checkpoint import RunCheckpointer
+
+  ck = RunCheckpointer(workdir / "checkpoints", max_to_keep=None)
+  tree, meta = ck.restore(ck.latest_step())
+  ck.close()
+  return ck.latest_step(), tree, meta
+
+
+def _ledger_view(saved) -> dict:
+  """What a saved ledger holds, comparable: the rules' whole state, events and block number
+  for a LocalLedger (its pickle's bytes depend on object sharing, not on the state); the
+  chain's own bytes for eth-tester (deterministic blocks)."""
+  from flock_jax.federated.ledger import LocalLedger
+
+  data = np.asarray(saved, np.uint8).tobytes()
+  if not data.startswith(b"FLL"):
+    return {"bytes": data}
+  led = LocalLedger.from_state(data)
+  return {
+      "model": {k: v for k, v in vars(led.model).items()},
+      "events": led.events,
+      "block": led.block_number,
+      "stakes": led.stakes().tolist(),
+      "claimable": led.claimable,
+      "pool": led.pool,
+  }
+
+
+def _assert_same_run(a, b):
+  """Everything a run leaves behind, bit for bit (wall times excepted)."""
+  assert _rows(a) == _rows(b)
+  sa, sb = (json.loads((w / "summary.json").read_text()) for w in (a, b))
+  assert sa == sb
+  step_a, tree_a, meta_a = _final_tree(a)
+  step_b, tree_b, meta_b = _final_tree(b)
+  assert step_a == step_b and meta_a == meta_b
+  import jax
+
+  la, lb = jax.tree.leaves_with_path(tree_a), jax.tree.leaves_with_path(tree_b)
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb):  # adapters, optimizer states
+    if jax.tree_util.keystr(path) != "['ledger']":
+      assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
+  assert _ledger_view(tree_a["ledger"]) == _ledger_view(tree_b["ledger"])
+  assert sorted(os.listdir(a / "store")) == sorted(os.listdir(b / "store"))
+  if (a / "chain_logs.json").exists():
+    assert json.loads((a / "chain_logs.json").read_text()) == json.loads(
+        (b / "chain_logs.json").read_text()
+    )
+
+
+# ------------------------------------------------------------------ kill anywhere
+@pytest.mark.parametrize(
+    "backend,kills",
+    [
+        # Every point of a round, a kill inside a checkpoint write, then a random moment.
+        (
+            "local",
+            ["0:trained", "0:proposed", "1:voted", "1:finalized", "1:checkpoint", "2:metrics"],
+        ),
+        ("eth_tester", ["0:voted", "1:finalized", "1:checkpoint", "2:proposed"]),
+    ],
+)
+def test_sigkill_anywhere_then_the_same_command_continues_bit_for_bit(tmp_path, backend, kills):
+  ref, run = tmp_path / "ref", tmp_path / "run"
+  _train(ref, backend=backend)
+  for k in kills:
+    out = _train(run, backend=backend, kill_at=k, expect=-9)
+    assert "Traceback" not in out.stderr
+  # One more kill at a random moment of a fresh invocation (seeded, so the test is repeatable).
+  delay = random.Random(0).uniform(4.0, 9.0)
+  proc = subprocess.Popen(_cmd(run, backend=backend), cwd=ROOT, env=_env())
+  time.sleep(delay)
+  proc.kill()
+  proc.wait()
+  out = _train(run, backend=backend)
+  assert "resuming at round" in out.stdout
+  _assert_same_run(ref, run)
+
+
+# ------------------------------------------------------------------ workdir rules
+def _snapshot(workdir):
+  return {
+      p.relative_to(workdir): p.read_bytes()
+      for p in sorted(workdir.rglob("*"))
+      if p.is_file() and p.name != ".lock"
+  }
+
+
+def test_a_used_workdir_is_continued_refused_or_moved_aside_never_damaged(tmp_path):
+  wd = tmp_path / "run"
+  _train(wd)
+  before = _snapshot(wd)
+
+  again = _train(wd)  # same config: the run is finished, nothing to do, nothing touched
+  assert "nothing left to run" in again.stdout
+  assert _snapshot(wd) == before
+
+  other = _train(wd, "--config.optim.lr=0.5", expect=2)  # another config: refused, named
+  assert "optim.lr" in other.stderr and "--overwrite" in other.stderr
+  assert "Traceback" not in other.stderr
+  assert _snapshot(wd) == before
+
+  moved = _train(wd, "--config.optim.lr=0.5", "--overwrite")
+  assert "moved the old run aside" in moved.stdout
+  assert _snapshot(tmp_path / "run.old-1") == before
+  assert json.loads((wd / "config.json").read_text())["optim"]["lr"] == 0.5
+
+
+def test_nothing_is_written_before_config_and_model_are_valid(tmp_path):
+  wd = tmp_path / "new"
+  out = _train(wd, "--config.model.weights=hf:/no/such/folder", expect=2)
+  assert "/no/such/folder" in out.stderr
+  assert not wd.exists()
+
+
+@pytest.mark.parametrize(
+    "flag,says",
+    [
+        ("--config.federation.roundz=3", 'Did you mean "rounds"'),
+        ("--config.federation.rounds=-1", "config.federation.rounds=-1"),
+        ("--config.model.weights=hf:/no/such/folder", "not a checkpoint folder"),
+        ("--no_such_flag=1", "Unknown command line flag"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path, flag, says):
+  out = _train(tmp_path / "w", flag, expect=2)
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+  assert says in lines[0]
+
+
+def test_show_config_explains_every_field():
+  out = subprocess.run(
+      [sys.executable, str(TRAIN), "--config=configs/flock.py:tiny", "--show_config"],
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  assert any(l.startswith("federation.rounds = ") for l in lines)
+  assert all("  # " in l for l in lines) and not any("(undocumented)" in l for l in lines)
+
+
+# ------------------------------------------------------------------ export from a run
+def test_export_from_a_run_loads_in_peft_with_the_same_logits(tmp_path):
+  import torch
+  import transformers
+  from peft import PeftModel
+
+  wd = tmp_path / "run"
+  _train(wd, "--config.federation.rounds=1")
+  for fmt in ("peft", "merged"):
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "launch" / "export.py"),
+            f"--run={wd}",
+            f"--format={fmt}",
+            f"--out={tmp_path / fmt}",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+  # Our own forward of the run's base + global adapter, rebuilt from the run's folder.
+  import ml_collections
+
+  from flock_jax.federated.engine import load_model
+  from flock_jax.run_config import from_config
+  from tests.checkpoint.helpers import our_logits
+
+  run = from_config(ml_collections.ConfigDict(json.loads((wd / "config.json").read_text())))
+  cfg, params, _ = load_model(run)
+  _, tree, _ = _final_tree(wd)
+  toks = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16))
+  ours = our_logits(params, toks, cfg, lora=tree["global_lora"], lcfg=run.lora)
+
+  base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "peft" / "base")
+  peft_model = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
+  merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+  with torch.no_grad():
+    for model in (peft_model, merged):
+      theirs = model(torch.tensor(toks)).logits.float().numpy()
+      # fp32 forward of a 2-layer model, different op order: budget ~1e-5 relative to the
+      # logits' scale (a few units), as in tests/model/test_parity.py.
+      np.testing.assert_allclose(theirs, ours, atol=2e-4, rtol=0)
