@@ -301,7 +301,11 @@ class FlockChain:
     """`start_round`: open the next round and freeze the participant set; returns
     the RoundStarted arguments (its block seeds the draw)."""
     r = self._send("start_round", self._fn.start_round(), sender or self.deployer)
-    return next(e["args"] for e in self._events(r) if e["event"] == "RoundStarted")
+    started = next(e["args"] for e in self._events(r) if e["event"] == "RoundStarted")
+    # what this client committed in earlier (or reverted) rounds is of no use any more
+    self._proposals = {k: v for k, v in self._proposals.items() if k[0] < started["round"]}
+    self._ballots = {k: v for k, v in self._ballots.items() if k[0] < started["round"]}
+    return started
 
   def draw_roles(self, sender: str | None = None) -> Roles:
     """`draw_roles` (a block after `open_round`): the roles the contract drew."""
@@ -344,8 +348,9 @@ class FlockChain:
     return self._roles(self._last("RoundStarted"), self._last("RolesDrawn"))
 
   def phase(self) -> tuple[int, int]:
-    """(phase, its last block) of the open round (types.PHASE_*; 0 when none is open)."""
-    ph, end = self._call(self._fn.current_phase())
+    """(phase, its last block) of the open round (types.PHASE_*; 0 when none is open), as
+    the next transaction sees it (the pending block)."""
+    ph, end = self._fn.current_phase().call({"from": self.deployer}, "pending")
     return int(ph), int(end)
 
   def advance_to(self, phase: int) -> None:
@@ -355,7 +360,7 @@ class FlockChain:
       ph, end = self.phase()
       if ph >= phase or ph == 0:
         return
-      self.mine(max(1, end - self.latest_block()[0] + 1))
+      self.mine(max(1, end - self.latest_block()[0]))
     raise ChainError(f"advance_to: the round did not reach phase {PHASE_NAMES[phase]}")
 
   def salt(self, i: int, round_index: int, kind: str, data: bytes = b"") -> bytes:

@@ -9,6 +9,7 @@ from eth_utils import keccak
 
 from flock_jax.chain import FlockChain, TaskParams, WEI
 from flock_jax.chain.backend import EthTesterBackend
+from flock_jax.chain.types import PHASE_VOTE
 
 STAKE = 100 * WEI
 
@@ -21,7 +22,7 @@ SMALL = TaskParams(
     slash_bps=1_000,
     proposer_share_bps=5_000,
     reward_pool=1_000 * WEI,
-    vote_window=30,
+    vote_window=12,
 )
 
 
@@ -46,19 +47,18 @@ def play_round(
     skip_propose: set[int] = frozenset(),
     skip_vote: set[int] = frozenset(),
     candidate: Callable[[int], bytes] | None = None,
+    skip_reveal: set[int] = frozenset(),
 ):
-  """One full whole-candidate round: everyone drawn acts unless skipped.
-  Returns (roles, outcome); mines past the window if someone did not vote."""
+  """One full whole-candidate round through every phase: everyone drawn commits and
+  reveals unless skipped. Returns (roles, outcome); windows are waited out as needed."""
   roles = chain.start_round()
   for i in roles.proposers:
     if i not in skip_propose:
       chain.propose(i, blob_hash(f"proposal {roles.round} {i}"))
+  chain.reveal_proposals([i for i in roles.proposers if i not in skip_propose | skip_reveal])
   cand = blob_hash(f"candidate {roles.round}")
-  for j in roles.voters:
-    if j not in skip_vote:
-      chain.vote(j, candidate(j) if candidate else cand, approve(j))
-  if skip_vote & set(roles.voters) or len(skip_propose & set(roles.proposers)) == len(
-      roles.proposers
-  ):
-    chain.mine(chain.params.vote_window + 1)
+  if chain.phase()[0] == PHASE_VOTE:
+    for j in roles.voters:
+      if j not in skip_vote:
+        chain.vote(j, candidate(j) if candidate else cand, approve(j))
   return roles, chain.finalize()

@@ -33,6 +33,7 @@ def honest_run(store: AdapterStore, vote_mode: int = 0, rounds: int = 3):
       d = np.full(4, r + i / 10, "<f4").tobytes()
       deltas.append(d)
       chain.propose(i, store.put(d))
+    chain.reveal_proposals(roles.proposers)
     cand = store.put(aggregate(prev, deltas))
     for k, j in enumerate(roles.voters):
       if vote_mode == VOTE_PER_PROPOSAL:
@@ -112,6 +113,9 @@ def test_flipped_vote_in_exported_logs_is_caught(run):
   vote["args"]["approve"] = not vote["args"]["approve"]
   report = audit_export(forged, store)
   assert not report.ok
+  assert any(
+      "reveal_vote: ballot and salt do not match the commitment" in m for m in report.mismatches
+  ), report.summary()
   assert any("Finalized.tally" in m for m in report.mismatches), report.summary()
 
 
@@ -124,7 +128,7 @@ def test_vote_by_someone_not_drawn_is_caught(run):
   vote["args"]["voter"] = outsider
   report = audit_export(forged, store)
   assert any(
-      "vote: not a drawn voter for round 0" in m for m in report.mismatches
+      "reveal_vote: not a drawn voter for round 0" in m for m in report.mismatches
   ), report.summary()
 
 

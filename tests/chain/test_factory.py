@@ -52,8 +52,9 @@ def test_factory_deploys_with_a_blueprint(factory):
   )
   with pytest.raises(RevertError, match="task_at: index 0 is out of range; there are 0 tasks"):
     factory.task_at(0)
-  assert [name for name, _, _ in factory.gas_log[:3]] == [
+  assert [name for name, _, _ in factory.gas_log[:4]] == [
       "deploy StakeToken",
+      "deploy FlockLogic",
       "deploy FlockTask blueprint",
       "deploy FlockFactory",
   ]
@@ -67,14 +68,21 @@ def test_factory_refuses_a_missing_or_foreign_blueprint(factory):
       RevertError, match="init: blueprint has no code; deploy FlockTask as a blueprint first"
   ):
     factory.backend.transact(
-        "deploy FlockFactory", ctor(factory.token.address, spare), factory.deployer, 3_000_000
+        "deploy FlockFactory",
+        ctor(factory.token.address, spare, factory.contract.functions.logic().call()),
+        factory.deployer,
+        3_000_000,
     )
   with pytest.raises(
       RevertError, match="init: blueprint does not start with the ERC-5202 preamble 0xfe7100"
   ):
     factory.backend.transact(
         "deploy FlockFactory",
-        ctor(factory.token.address, factory.token.address),
+        ctor(
+            factory.token.address,
+            factory.token.address,
+            factory.contract.functions.logic().call(),
+        ),
         factory.deployer,
         3_000_000,
     )
@@ -138,6 +146,7 @@ def test_a_factory_task_runs_a_round_settles_and_conserves_tokens(factory):
   assert roles.round == 0 and roles.reward == 1_000 * WEI
   for i in roles.proposers:
     chain.propose(i, blob_hash(f"proposal {i}"))
+  chain.reveal_proposals(roles.proposers)
   cand = blob_hash("candidate 0")
   for k, j in enumerate(roles.voters):
     chain.vote(j, cand, approve=k != 0)  # the first voter rejects
@@ -178,10 +187,10 @@ def test_a_factory_task_runs_a_round_settles_and_conserves_tokens(factory):
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("num_proposers", 0, "init: num_proposers must be in 1..128"),
-        ("num_voters", 129, "init: num_voters must be in 1..128"),
+        ("num_proposers", 0, "init: num_proposers must be in 1..64"),
+        ("num_voters", 65, "init: num_voters must be in 1..64"),
         ("slash_bps", 10_001, "init: slash_bps must be at most 10000"),
-        ("total_rounds", 0, "init: total_rounds must be positive"),
+        ("total_rounds", 0, "init: total_rounds must be in 1..100000"),
     ],
 )
 def test_bad_parameters_revert_with_the_task_message(factory, field, value, message):

@@ -50,35 +50,53 @@ def test_rejected_hand_computed(chain):
   assert _conserved(chain).pool == 1000 * WEI - 250 * WEI + 30 * WEI
 
 
-def test_absent_and_wrong_candidate_slashed(chain):
+def test_absent_and_split_candidates_void(chain):
+  """No hash holds a strict majority of the revealed voting stake: void, and only the
+  absent are slashed (no first-named tie-break)."""
   roles = chain.start_round()
   p0, p1 = roles.proposers
   v0, v1, v2 = roles.voters
   chain.propose(p0, blob_hash("p0"))
+  chain.reveal_proposals([p0])
   chain.vote(v0, blob_hash("c"), True)
   chain.vote(v1, blob_hash("forged"), True)
-  chain.mine(chain.params.vote_window + 1)
   out = chain.finalize()
-  assert out.outcome == OUTCOME_ACCEPTED and out.candidate_hash == blob_hash(
-      "c"
-  )  # earliest wins the tie
+  assert out.outcome == OUTCOME_VOID and out.candidate_hash == b"\x00" * 32
   ev = {
       (e["args"]["participant"], e["args"]["reason"])
       for e in chain.last_events()
       if e["event"] == "Slashed"
   }
   a = chain.addresses
-  assert ev == {(a[p1], SLASH_NO_PROPOSAL), (a[v1], SLASH_WRONG_CANDIDATE), (a[v2], SLASH_NO_VOTE)}
-  # the lone proposer takes the whole proposer pot, the lone approver the voter pot
-  assert out.rewards == {p0: 125 * WEI, v0: 125 * WEI}
+  assert ev == {(a[p1], SLASH_NO_PROPOSAL), (a[v2], SLASH_NO_VOTE)}
+  assert out.rewards == {}
+  _conserved(chain)
+
+
+def test_wrong_candidate_slashed_when_decided(chain):
+  roles = chain.start_round()
+  for i in roles.proposers:
+    chain.propose(i, blob_hash(f"p{i}"))
+  chain.reveal_proposals(roles.proposers)
+  v0, v1, v2 = roles.voters
+  chain.vote(v0, blob_hash("c"), True)
+  chain.vote(v1, blob_hash("c"), True)
+  chain.vote(v2, blob_hash("forged"), True)
+  out = chain.finalize()
+  assert out.outcome == OUTCOME_ACCEPTED and out.candidate_hash == blob_hash("c")
+  assert out.slashes == {v2: 10 * WEI}
+  assert out.rewards == {
+      **{p: 125 * WEI // 2 for p in roles.proposers},
+      v0: 125 * WEI // 2,
+      v1: 125 * WEI // 2,
+  }
   _conserved(chain)
 
 
 def test_void_round_pays_nothing(chain):
   roles = chain.start_round()
-  chain.mine(chain.params.vote_window + 1)
   pool = chain.pool
-  out = chain.finalize()
+  out = chain.finalize()  # nobody committed: the round ends after the commit window
   assert out.outcome == OUTCOME_VOID and out.rewards == {}
   assert set(out.slashes) == set(roles.proposers)  # voters had nothing to vote on
   assert chain.pool == pool + 20 * WEI
@@ -105,29 +123,51 @@ def test_uneven_stakes_match_model_to_the_wei():
   assert report.ok, report.summary()
 
 
-def test_settle_function_directly():
-  a, b, c, d, e = "A", "B", "C", "D", "E"
-  st = settlement.settle(
+def test_settle_function_directly(chain):
+  R = settlement.REVEALED
+  kw = dict(
       vote_mode=0,
       reward=1001,
-      proposers=[a, b],
-      proposals={a: b"h" * 32, b: b"i" * 32},
-      voters=[c, d, e],
-      ballots={
-          c: settlement.Ballot(b"x" * 32, True),
-          d: settlement.Ballot(b"x" * 32, True),
-          e: settlement.Ballot(b"x" * 32, False),
-      },
-      stakes={a: 10, b: 20, c: 30, d: 60, e: 7},
-      leader=b"x" * 32,
-      global_hash=b"\0" * 32,
       proposer_share_bps=5_000,
       slash_bps=1_000,
+      global_hash=b"\0" * 32,
+      p_state=[R, R],
+      p_hash=[b"h" * 32, b"i" * 32],
+      p_stake=[10, 20],
+      v_state=[R, R, R],
+      v_stake=[30, 60, 7],
+      ballots=[
+          settlement.Ballot(b"x" * 32, True),
+          settlement.Ballot(b"x" * 32, True),
+          settlement.Ballot(b"x" * 32, False),
+      ],
   )
-  paid = {o.participant: o.amount for o in st.ops if o.kind == "reward"}
-  assert paid == {a: 500 * 10 // 30, b: 500 * 20 // 30, c: 501 * 30 // 90, d: 501 * 60 // 90}
-  assert [o for o in st.ops if o.kind == "slash"] == [settlement.Op("slash", e, 0, 4)]
+  st = settlement.settle(**kw)
+  paid = {o.who: o.amount for o in st.ops if o.kind == "reward"}
+  assert paid == {0: 500 * 10 // 30, 1: 500 * 20 // 30, 2: 501 * 30 // 90, 3: 501 * 60 // 90}
+  assert [o for o in st.ops if o.kind == "slash"] == [settlement.Op("slash", 4, 0, 4)]
   assert st.tally == 83 and st.outcome == OUTCOME_ACCEPTED
+  # the contract's FlockLogic.settle gives the same, op for op
+  b = kw["ballots"]
+  got = chain.logic.functions.settle(
+      0,
+      1001,
+      5_000,
+      1_000,
+      kw["global_hash"],
+      kw["p_state"],
+      kw["p_hash"],
+      kw["p_stake"],
+      kw["v_state"],
+      kw["v_stake"],
+      [x.candidate for x in b],
+      [x.approve for x in b],
+      [x.bits for x in b],
+      [x.invalid for x in b],
+  ).call()
+  ops = [(o >> 16, o >> 8 & 255, o & 255, a) for o, a in zip(got[3], got[4])]
+  want = [(o.who, 1 if o.kind == "reward" else 2, o.code, o.amount) for o in st.ops]
+  assert ops == want and got[1][0] == st.outcome and got[2] == st.tally
 
 
 def test_ejection_withdraw_and_never_drawn_again():
@@ -174,15 +214,15 @@ def test_per_proposal_mode_hand_computed():
   roles = chain.start_round()
   p0, p1 = roles.proposers
   v0, v1, v2 = roles.voters
-  with pytest.raises(RevertError, match="vote: this task uses per-proposal voting; call vote_bits"):
-    chain.vote(v0, blob_hash("c"), True)
   chain.propose(p0, blob_hash("p0"))
   chain.propose(p1, blob_hash("p1"))
-  with pytest.raises(RevertError, match="vote_bits: a bit is set beyond the 2 proposers"):
-    chain.vote_bits(v0, 0b100)
+  chain.reveal_proposals(roles.proposers)
   chain.vote_bits(v0, [True, False])
   chain.vote_bits(v1, [True, False])
   chain.vote_bits(v2, [False, True])
+  chain.advance_to(5)
+  with pytest.raises(RevertError, match="reveal_vote: a bit is set beyond the 2 proposers"):
+    chain.reveal_vote(v0, b"\x00" * 32, False, 0b100, 0, chain._ballots[(0, v0)][4])
   out = chain.finalize()
   # R_0 = 250, 125 per proposal. Proposal 0 accepted (200 vs 100): p0 gets 62.5,
   # v0 and v1 share 62.5; v2 wrong on it. Proposal 1 rejected (100 vs 200): p1
@@ -218,8 +258,10 @@ def test_per_proposal_partial_wrong_and_model():
     for k, i in enumerate(roles.proposers):
       if (k + r) % 4 != 3:
         chain.propose(i, blob_hash(f"{r} {i}"))
-    for k, j in enumerate(roles.voters):
-      chain.vote_bits(j, (5 * k + r) % 8)
+    chain.reveal_proposals([i for k, i in enumerate(roles.proposers) if (k + r) % 4 != 3])
+    if chain.phase()[0] == 4:
+      for k, j in enumerate(roles.voters):
+        chain.vote_bits(j, (5 * k + r) % 8)
     chain.finalize()
     _conserved(chain)
   report = audit_chain(chain)
@@ -235,4 +277,5 @@ def test_conservation_after_every_kind_of_call(chain):
   chain.mint_tokens(chain.deployer, 5 * WEI)
   chain.fund(5 * WEI)
   _conserved(chain)
-  assert chain.task.functions.accounted().call() == chain.balances().token_balance
+  t = chain.totals()
+  assert t["pool"] + t["total_staked"] + t["total_claimable"] == t["token_balance"]

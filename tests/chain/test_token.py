@@ -1,4 +1,4 @@
-"""The ERC-20 stake token: transfer, approve, transferFrom, allowance, mint, events."""
+"""The ERC-20 stake token: transfer, approve, transferFrom, allowance, a fixed supply, events."""
 
 import pytest
 
@@ -27,11 +27,25 @@ def test_transfer_approve_transfer_from(chain):
     chain._send("transfer", tok.transfer(a, 21), b, 100_000)
 
 
-def test_only_minter_mints(chain):
+def test_supply_is_fixed_at_deployment(chain):
+  """Weakness 10: nobody, not even the deployer, can mint after deployment, and the
+  supply is capped at 2**128 (a task's arithmetic cannot overflow at that supply)."""
+  from flock_jax.chain.client import SUPPLY
+  from flock_jax.chain.compile import load_contract
+
   tok = chain.token.functions
+  assert tok.totalSupply().call() == SUPPLY
+  assert not [f for f in chain.token.abi if f.get("name") == "mint"]
   supply = tok.totalSupply().call()
-  with pytest.raises(RevertError, match="mint: only the minter may mint"):
-    chain._send("mint", tok.mint(chain.addresses[0], 1), chain.addresses[0], 100_000)
-  chain.mint_tokens(chain.addresses[0], 7)
-  assert tok.totalSupply().call() == supply + 7
+  chain.mint_tokens(chain.addresses[0], 7)  # a transfer out of the deployer's supply
+  assert tok.totalSupply().call() == supply
+  assert (
+      sum(tok.balanceOf(a).call() for a in chain.backend.accounts)
+      + sum(tok.balanceOf(c).call() for c in (chain.task.address,))
+      == supply
+  )
   assert tok.decimals().call() == 18 and tok.symbol().call() == "FLS"
+  art = load_contract("StakeToken")
+  factory = chain.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+  with pytest.raises(RevertError, match="init: supply must be at most 2\\*\\*128"):
+    chain._send("deploy", factory.constructor("X", "X", 2**128 + 1), chain.deployer, 3_000_000)
