@@ -3,10 +3,13 @@
   python launch/memory_plan.py --model=llama3_70b --mesh=fsdp:8 --device=h100 \
       --clients=4 --lora_rank=16 --batch=1 --seq_len=2048
   python launch/memory_plan.py --model=llama3_70b --topology=v5p-64 --skip_aot
+  python launch/memory_plan.py --model=llama3_70b --topology=v5e-256 --clients=4 \
+      --choose_mesh --weight_bytes=1 --skip_aot      # which mesh, and why; int8 base
 
 Prints the exact per-device bytes of the frozen base, the adapters, Adam state
 and gradients, an activation estimate, the capacity and FITS / DOES NOT FIT
-(flock_jax/memory.py, docs/sharding.md). Unless --skip_aot, it then compiles
+(flock_jax/memory/, docs/sharding.md). --choose_mesh lets the plan pick the mesh
+and print why; --weight_bytes=1 counts an int8 frozen base (flock_jax/model/quant.py). Unless --skip_aot, it then compiles
 the step ahead of time on fake CPU devices, one per chip (no allocation), and
 prints XLA's memory_analysis; with libtpu installed, --aot_tpu compiles for the
 TPU topology itself.
@@ -51,6 +54,18 @@ def parse_args(argv):
   p.add_argument("--logits_chunk", type=int, default=0, help="tokens per logits chunk (0: none)")
   p.add_argument("--kv_len", type=int, default=0, help="also count a generation KV cache this long")
   p.add_argument("--usable_fraction", type=float, default=0.9)
+  p.add_argument(
+      "--weight_bytes",
+      type=float,
+      default=None,
+      help="bytes per frozen projection weight (default: the preset's dtype; 1: int8 base "
+      "with float32 per-channel scales)",
+  )
+  p.add_argument(
+      "--choose_mesh",
+      action="store_true",
+      help="let the plan choose the mesh (and print every candidate and why)",
+  )
   p.add_argument("--skip_aot", action="store_true", help="skip the ahead-of-time compile")
   p.add_argument("--aot_tpu", action="store_true", help="compile for the TPU topology (libtpu)")
   p.add_argument(
@@ -62,6 +77,10 @@ def parse_args(argv):
   a = p.parse_args(argv)
   if a.topology is None and a.device is None:
     p.error("give --topology (e.g. 8xh100) or --device (with --mesh, or 1 device)")
+  if a.choose_mesh and a.mesh:
+    p.error("--choose_mesh and --mesh exclude each other")
+  if a.choose_mesh and not a.topology:
+    p.error("--choose_mesh needs --topology")
   return a
 
 
@@ -104,6 +123,19 @@ def main(argv=None) -> int:
       alpha=2.0 * args.lora_rank,
       targets=tuple(t for t in args.lora_targets.split(",") if t),
   )
+  kw = dict(
+      seq_len=args.seq_len,
+      logits_chunk=args.logits_chunk,
+      usable_fraction=args.usable_fraction,
+      weight_bytes=args.weight_bytes,
+  )
+  if args.choose_mesh:
+    choice = M.choose_mesh(cfg, lcfg, topo, clients=args.clients, batch=args.batch, **kw)
+    print(M.format_choice(choice))
+    if not choice.mesh:
+      return 1
+    mesh_shape = choice.mesh
+  base = "" if args.weight_bytes is None else f", base {args.weight_bytes:g} B/weight"
   plan = M.plan_memory(
       cfg,
       lcfg,
@@ -111,12 +143,10 @@ def main(argv=None) -> int:
       mesh_shape,
       clients=args.clients,
       batch=args.batch,
-      seq_len=args.seq_len,
-      logits_chunk=args.logits_chunk,
       kv_len=args.kv_len,
-      usable_fraction=args.usable_fraction,
       title=f"{args.model}: K={args.clients} clients, LoRA rank {args.lora_rank}, "
-      f"batch {args.batch}x{args.seq_len} per client, remat {cfg.remat}",
+      f"batch {args.batch}x{args.seq_len} per client, remat {cfg.remat}{base}",
+      **kw,
   )
   print(M.format_plan(plan))
   if args.skip_aot and not args.aot_tpu:

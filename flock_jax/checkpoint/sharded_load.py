@@ -88,9 +88,10 @@ def leaf_slots(cfg: LlamaConfig) -> dict[tuple[str, ...], dict[int | None, tuple
 
 
 def param_shardings(cfg: LlamaConfig, mesh: Mesh | None, rules=LOGICAL_AXIS_RULES):
-  """NamedShardings of every param on `mesh` (one device when mesh is None)."""
+  """NamedShardings of every param on `mesh` (one local device when mesh is None: in a
+  multi-host run each process then holds its own copy)."""
   if mesh is None:
-    one = SingleDeviceSharding(jax.devices()[0])
+    one = SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(lambda _: one, abstract_params(cfg))
   shardings = tree_shardings(param_axes(cfg), mesh, rules)
   check_divisible(abstract_params(cfg), shardings)

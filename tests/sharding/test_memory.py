@@ -177,3 +177,68 @@ def test_launch_script_prints_plan(capsys):
   assert "8 x NVIDIA H100 80GB" in out and "mesh fsdp:8" in out and "=> FITS" in out
   assert mod.main(["--model=llama3_8b", "--topology=h100", "--batch=64", "--skip_aot"]) == 0
   assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_int8_base_counted_exactly():
+  """weight_bytes=1: the seven projections at 1 byte plus a float32 scale per output channel
+  (flock_jax/model/quant.py's layout), the rest in bf16; on fsdp:8 the scales of o/down
+  ([L, D], D on fsdp) are split, those of q/k/v/gate/up (out dims on 'tensor') replicated."""
+  cfg = preset("llama3_70b")
+  topo = M.parse_topology("8xh100")
+  plan16 = M.plan_memory(cfg, LCFG, topo, {"fsdp": 8}, clients=4)
+  plan8 = M.plan_memory(cfg, LCFG, topo, {"fsdp": 8}, clients=4, weight_bytes=1)
+  d, q, kv, f, L, V = 8192, 8192, 1024, 28672, 80, 128256
+  proj = L * (d * q + 2 * d * kv + q * d + 3 * d * f)
+  norms = _norm_params(cfg)
+  others = cfg.num_params() - proj
+  assert others == 2 * V * d + norms
+  scales = L * 4 * ((q + 2 * kv + 2 * f) + 2 * d // 8)
+  assert plan8.row("frozen base") == proj // 8 + (others - norms) * 2 // 8 + norms * 2 + scales
+  assert plan16.row("frozen base") - plan8.row("frozen base") > 0.45 * plan16.row("frozen base")
+  assert plan8.row("adapters") == plan16.row("adapters")
+  assert plan8.total < plan16.total
+  assert M.plan_memory(cfg, LCFG, topo, {"fsdp": 8}, weight_bytes=2).row(
+      "frozen base"
+  ) == plan16.row(
+      "frozen base"
+  )  # 2 bytes is the bf16 base itself
+
+
+def test_choose_mesh_prefers_split_work_that_fits():
+  cfg = preset("llama3_70b")
+  v5e = M.parse_topology("v5e-256")
+  default = M.plan_memory(cfg, LCFG, v5e, clients=4, batch=1, seq_len=2048)
+  assert not default.fits  # fsdp:64,tensor:4 replicates 4 clients' activations
+  choice = M.choose_mesh(cfg, LCFG, v5e, clients=4, batch=1, seq_len=2048)
+  assert choice.fits and choice.plan.total <= choice.plan.usable
+  assert choice.mesh["clients"] == 4 and choice.mesh["tensor"] == 4
+  assert any("splits the step 16 ways" in r for r in choice.reasons)
+  for mesh, plan, why in choice.candidates:  # nothing that fits splits the work more
+    if plan is not None and plan.fits:
+      assert M.work_split(mesh, 4, 1) <= M.work_split(choice.mesh, 4, 1)
+  assert "*" in M.format_choice(choice)
+  # Clients never split over an axis they do not divide; heads never split.
+  for mesh, _, _ in choice.candidates:
+    assert 4 % mesh["clients"] == 0 and cfg.num_kv_heads % mesh["tensor"] == 0
+
+
+def test_choose_mesh_says_when_nothing_fits():
+  choice = M.choose_mesh(
+      preset("llama3_70b"), LCFG, M.parse_topology("h100"), clients=1, batch=1, seq_len=2048
+  )
+  assert not choice.fits and "no mesh of 1 x NVIDIA H100 80GB fits" in choice.reasons[0]
+
+
+def test_launch_script_chooses_mesh(capsys):
+  import importlib.util
+  import pathlib
+
+  path = pathlib.Path(__file__).resolve().parents[2] / "launch" / "memory_plan.py"
+  spec = importlib.util.spec_from_file_location("memory_plan", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  args = ["--model=llama3_70b", "--topology=v5p-64", "--clients=4", "--skip_aot"]
+  assert mod.main(args + ["--choose_mesh", "--weight_bytes=1"]) == 0
+  out = capsys.readouterr().out
+  assert "mesh choice:" in out and "why:" in out and "float32 scale per output channel" in out
+  assert "mesh clients:4" in out and "=> FITS" in out
