@@ -40,7 +40,9 @@ KIND_SLASH: constant(uint256) = 2
 MAX_ROUNDS: constant(uint256) = 100000
 MAX_WINDOW: constant(uint256) = 100000    # blocks per phase (~2 weeks at 12 s)
 MAX_HOLDINGS: constant(uint256) = 2 ** 128
-REVEALED: constant(uint256) = 2  # state of a drawn account: 0 no commit, 1 committed, 2 revealed
+REVEALED: constant(uint256) = 2
+SHUFFLE_KEY: constant(uint256) = 2 ** 128  # keccak(seed ‖ SHUFFLE_KEY + i): shuffle step i
+OFFSET_KEY: constant(uint256) = 2 ** 129   # keccak(seed ‖ OFFSET_KEY): systematic sampling offset  # state of a drawn account: 0 no commit, 1 committed, 2 revealed
 
 
 @external
@@ -69,19 +71,59 @@ def check_params(total_rounds: uint256, num_proposers: uint256, num_voters: uint
 @pure
 def draw(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], need: uint256) -> DynArray[uint256, MAX_ROLES]:
     """
-    @notice `need` distinct indices into `weights`, each pick with chance
-            proportional to its weight among those not yet picked. Pick k
-            uses x = uint256(keccak256(seed ‖ uint256(k))) and takes the
-            first index whose prefix sum exceeds x % remaining_total
-            (a Fenwick tree in memory: O(N + need * log N)).
+    @notice `need` distinct indices into `weights` (all > 0, need <= len), in a random order.
+            1. Shuffle the indices (Fisher-Yates, step i uses keccak256(seed ‖ uint256(2**128 + i))).
+            2. Systematic sampling proportional to weight over the shuffled order: with
+               W = sum of weights and u = keccak256(seed ‖ uint256(2**129)) % W, point j
+               (j < need) is (u + j * W) // need; an index is picked when a point falls in
+               its stretch of the running sum. An index of weight w <= W / need is picked
+               with probability exactly need * w / W.
+            3. Seats left over (an index holding several points keeps one seat) are filled
+               by successive sampling proportional to weight among the rest: pick k uses
+               keccak256(seed ‖ uint256(k)) % remaining total (a Fenwick tree in memory).
     """
     n: uint256 = len(weights)
-    tree: DynArray[uint256, MAX_PARTICIPANTS + 1] = [0]
-    w: DynArray[uint256, MAX_PARTICIPANTS] = weights
+    order: DynArray[uint256, MAX_PARTICIPANTS] = []
     total: uint256 = 0
     for i: uint256 in range(n, bound=MAX_PARTICIPANTS):
-        tree.append(weights[i])
+        order.append(i)
         total += weights[i]
+    for k: uint256 in range(n, bound=MAX_PARTICIPANTS):
+        i: uint256 = n - 1 - k
+        if i == 0:
+            break
+        j: uint256 = convert(keccak256(concat(seed, convert(SHUFFLE_KEY + i, bytes32))), uint256) % (i + 1)
+        t: uint256 = order[i]
+        order[i] = order[j]
+        order[j] = t
+    assert total > 0 and need <= n, "draw: not enough weight to draw from"
+    u: uint256 = convert(keccak256(concat(seed, convert(OFFSET_KEY, bytes32))), uint256) % total
+    picked: DynArray[uint256, MAX_ROLES] = []
+    w: DynArray[uint256, MAX_PARTICIPANTS] = weights
+    cum: uint256 = 0
+    pt: uint256 = 0
+    for idx: uint256 in order:
+        cum += weights[idx]
+        hit: bool = False
+        for _: uint256 in range(MAX_ROLES):
+            if pt >= need or (u + pt * total) // need >= cum:
+                break
+            hit = True
+            pt += 1
+        if hit:
+            picked.append(idx)
+            w[idx] = 0
+        if pt >= need:
+            break
+    if len(picked) == need:
+        return picked
+
+    # fill the seats left over, in proportion to weight among the indices not picked
+    tree: DynArray[uint256, MAX_PARTICIPANTS + 1] = [0]
+    left: uint256 = 0
+    for i: uint256 in range(n, bound=MAX_PARTICIPANTS):
+        tree.append(w[i])
+        left += w[i]
     for i: uint256 in range(1, n + 1, bound=MAX_PARTICIPANTS):
         j: uint256 = i + (i & unsafe_sub(0, i))
         if j <= n:
@@ -91,10 +133,8 @@ def draw(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], need: uint
         if top * 2 > n:
             break
         top *= 2
-    picked: DynArray[uint256, MAX_ROLES] = []
-    for k: uint256 in range(need, bound=MAX_ROLES):
-        assert total > 0, "draw: no weight left to draw from"
-        rem: uint256 = convert(keccak256(concat(seed, convert(k, bytes32))), uint256) % total
+    for k: uint256 in range(len(picked), need, bound=MAX_ROLES):
+        rem: uint256 = convert(keccak256(concat(seed, convert(k, bytes32))), uint256) % left
         pos: uint256 = 0
         step: uint256 = top
         for _: uint256 in range(11):
@@ -106,7 +146,7 @@ def draw(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], need: uint
             step = step >> 1
         picked.append(pos)
         x: uint256 = w[pos]
-        total -= x
+        left -= x
         w[pos] = 0
         i: uint256 = pos + 1
         for _: uint256 in range(11):

@@ -6,9 +6,8 @@ Protocol v2: ``start_round`` (block b) freezes the participant set;
 depend on any proposal or candidate, and nobody can change the set once the
 block whose hash seeds it is known. Candidates are the active participants
 in the contract's list order; weight 1 each (uniform) or their stake
-(stake-weighted). Pick k uses ``x_k = uint256(keccak256(seed_r ‖ uint256(k)))``
-and takes the first candidate whose prefix sum of the weights not yet picked
-exceeds ``x_k % remaining_total`` (a Fenwick tree on chain). The first P picks
+(stake-weighted). `draw_indices` picks P + V of them (shuffle, systematic sampling
+in proportion to weight, weighted fill-up; see its docstring). The first P picks
 are the proposers (then sorted by address), the next V the voters (in draw order).
 """
 
@@ -29,23 +28,48 @@ def address_key(address: str) -> int:
   return int(address, 16)
 
 
+def _word(seed: bytes, k: int) -> int:
+  return int.from_bytes(keccak(seed + k.to_bytes(32, "big")), "big")
+
+
 def draw_indices(seed: bytes, weights: Sequence[int], need: int) -> list[int]:
-  """`need` distinct indices, each pick in proportion to its weight among those left
-  (FlockLogic.draw). Raises ValueError when the weight runs out."""
+  """`need` distinct indices into `weights` (all > 0), in a random order (FlockLogic.draw):
+  a seeded Fisher-Yates shuffle, then systematic sampling in proportion to weight over the
+  shuffled order (an index of weight w <= W / need is picked with probability exactly
+  need * w / W), then successive weighted sampling for seats left over when an index
+  holds several points. Raises ValueError when there is not enough to draw from."""
+  n = len(weights)
+  total = sum(weights)
+  order = list(range(n))
+  for i in range(n - 1, 0, -1):
+    j = _word(seed, 2**128 + i) % (i + 1)
+    order[i], order[j] = order[j], order[i]
+  if total <= 0 or need > n:
+    raise ValueError("draw: not enough weight to draw from")
+  u = _word(seed, 2**129) % total
   w = list(weights)
-  total = sum(w)
-  picked = []
-  for k in range(need):
-    if total <= 0:
-      raise ValueError("draw: no weight left to draw from")
-    rem = int.from_bytes(keccak(seed + k.to_bytes(32, "big")), "big") % total
+  picked: list[int] = []
+  cum = pt = 0
+  for idx in order:
+    cum += weights[idx]
+    hit = False
+    while pt < need and (u + pt * total) // need < cum:
+      hit, pt = True, pt + 1
+    if hit:
+      picked.append(idx)
+      w[idx] = 0
+    if pt >= need:
+      break
+  left = sum(w)
+  for k in range(len(picked), need):
+    rem = _word(seed, k) % left
     acc = 0
-    for i, x in enumerate(w):  # same pick as the Fenwick descent: first prefix sum > rem
+    for i, x in enumerate(w):  # the first index whose running sum exceeds rem
       acc += x
       if acc > rem:
         break
     picked.append(i)
-    total -= w[i]
+    left -= w[i]
     w[i] = 0
   return picked
 

@@ -173,13 +173,18 @@ def int_to_bits(mask: int, num_proposals: int) -> np.ndarray:
 
 
 def candidate_bytes(global_bytes: bytes, delta_bytes: Sequence[bytes]) -> bytes:
-  """Canonical bytes of G + mean(Δ) from canonical bytes, deltas in canonical order.
+  """Canonical bytes of G + mean(Δ) from canonical bytes, deltas in canonical order
+  (empty `global_bytes`: G = 0, as for a task created with a zero genesis hash).
 
   The audit (flock_jax.chain.audit) uses it to check a stored candidate
   against the stored proposals, without trusting anything the run computed.
   """
-  G = hashing.tree_from_canonical_bytes(global_bytes)
-  deltas = jax.tree.map(
-      lambda *xs: np.stack(xs), *[hashing.tree_from_canonical_bytes(b) for b in delta_bytes]
+  trees = [hashing.tree_from_canonical_bytes(b) for b in delta_bytes]
+  # no stored global adapter (a zero genesis hash): G_0 is zero, shaped like the proposals
+  G = (
+      hashing.tree_from_canonical_bytes(global_bytes)
+      if global_bytes
+      else jax.tree.map(np.zeros_like, trees[0])
   )
+  deltas = jax.tree.map(lambda *xs: np.stack(xs), *trees)
   return hashing.canonical_bytes(build_candidate(G, deltas, np.arange(len(delta_bytes))))
