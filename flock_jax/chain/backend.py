@@ -34,8 +34,16 @@ def revert_reason(exc: BaseException) -> str:
     for pat in _REASON_PATTERNS:
       m = pat.search(str(text))
       if m:
-        return m.group(1).strip().rstrip("'\"")
-  return str(exc)
+        return _readable(m.group(1).strip().rstrip("'\""))
+  return _readable(str(exc))
+
+
+NO_REASON = "reverted without a message (a failed call into another contract, an unknown function, or out of gas)"
+
+
+def _readable(reason: str) -> str:
+  """An empty revert (eth-tester shows it as b'' and the pattern leaves 'b') says so."""
+  return NO_REASON if reason.strip().strip("'\"") in ("", "b", "b'", "0x", "None") else reason
 
 
 class Backend:

@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from flock_jax.chain import AdapterStore, StoreError, VOTE_PER_PROPOSAL
+from flock_jax.chain import AdapterStore, RevertError, StoreError, VOTE_PER_PROPOSAL, hash_bytes
+from flock_jax.federated import hashing
+from flock_jax.federated.voting import candidate_bytes
 from flock_jax.chain.audit import audit_chain, audit_export
 from flock_jax.chain.logs import read_json
 
@@ -17,24 +19,30 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def aggregate(prev: bytes, deltas: list[bytes]) -> bytes:
-  """The test's candidate rule: G + mean(deltas), float32 little-endian."""
-  base = np.frombuffer(prev, "<f4") if prev else np.zeros(4, "<f4")
-  return (base + np.mean([np.frombuffer(d, "<f4") for d in deltas], axis=0)).astype("<f4").tobytes()
+  """The run's candidate rule, as launch/audit.py applies it: G + mean(deltas)."""
+  return candidate_bytes(prev, deltas)
 
 
-def honest_run(store: AdapterStore, vote_mode: int = 0, rounds: int = 3):
-  """A run where proposers store their updates and voters the candidate."""
+def delta(value: float) -> bytes:
+  return hashing.canonical_bytes({"lora": {"a": np.full((2, 2), value, np.float32)}})
+
+
+def honest_run(store: AdapterStore, vote_mode: int = 0, rounds: int = 3, bad: bytes = b""):
+  """A run where proposers store their updates (after revealing) and voters the candidate.
+  `bad`: the bytes the first proposer of round 0 sends instead of its update."""
   chain = make_chain(vote_mode=vote_mode, total_rounds=rounds)
   prev = b""
   for r in range(rounds):
     roles = chain.start_round()
     deltas = []
-    for i in roles.proposers:
-      d = np.full(4, r + i / 10, "<f4").tobytes()
+    for k, i in enumerate(roles.proposers):
+      d = bad if (bad and r == 0 and k == 0) else delta(r + i / 10)
       deltas.append(d)
-      chain.propose(i, store.put(d))
+      chain.propose(i, hash_bytes(d))
     chain.reveal_proposals(roles.proposers)
-    cand = store.put(aggregate(prev, deltas))
+    for d in deltas:
+      store.put(d)
+    cand = store.put(aggregate(prev, [d for d in deltas if d != bad]))
     for k, j in enumerate(roles.voters):
       if vote_mode == VOTE_PER_PROPOSAL:
         chain.vote_bits(j, 0b11 if k else 0b01)
@@ -103,6 +111,7 @@ def test_missing_blob_is_caught(run, tmp_path):
 def test_wrong_candidate_bytes_are_caught(run, tmp_path):
   chain, store, export = run
   report = audit_export(export, store, aggregate=lambda prev, deltas: aggregate(prev, deltas[:1]))
+  assert not report.ok
   assert any("candidate blob is not G_r + mean" in m for m in report.mismatches)
 
 
@@ -155,7 +164,107 @@ def test_audit_command(run, tmp_path):
   ]
   ok = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   assert ok.returncode == 0 and "audit OK: 3 rounds" in ok.stdout, ok.stdout + ok.stderr
+  # the command rebuilds candidates as the in-run audit does: a wrong candidate blob fails
+  wrong = AdapterStore(tmp_path / "wrong")
+  for h in store.hashes():
+    wrong.path(h).write_bytes(store.path(h).read_bytes())
+  cand = next(e for e in read_json(path)["events"] if e["event"] == "Finalized")["args"][
+      "candidate"
+  ]
+  forged = aggregate(b"", [delta(7.0)])
+  wrong.path(bytes.fromhex(cand[2:])).unlink()
+  (wrong.root / ("0x" + hash_bytes(forged).hex() + ".bin")).write_bytes(forged)
+  bad_cand = subprocess.run(
+      cmd[:-1] + [f"--store={wrong.root}"], capture_output=True, text=True, cwd=ROOT
+  )
+  assert bad_cand.returncode == 1 and "no blob" in bad_cand.stdout
   bad = subprocess.run(
       cmd[:-1] + [f"--store={tmp_path / 'empty'}"], capture_output=True, text=True, cwd=ROOT
   )
   assert bad.returncode == 1 and "audit FAILED" in bad.stdout
+
+
+# ------------------------------------------------------------ weakness 13: a tamper-evident export
+def _cut(export, keep):
+  forged = copy.deepcopy(export)
+  forged["events"] = keep(forged["events"])
+  return forged
+
+
+def test_deleted_trailing_events_are_caught(run):
+  _, store, export = run
+  report = audit_export(_cut(export, lambda ev: ev[:-3]), store)
+  assert any("the export's final state" in m for m in report.mismatches), report.summary()
+
+
+def test_cut_off_last_round_is_caught(run):
+  _, store, export = run
+  last = max(i for i, e in enumerate(export["events"]) if e["event"] == "RoundStarted")
+  report = audit_export(_cut(export, lambda ev: ev[:last]), store)
+  assert any(
+      "state: round is 3 in the export's final state, the logs give 2" in m
+      for m in report.mismatches
+  ), report.summary()
+
+
+def test_appended_rule_abiding_event_is_caught(run):
+  """A forged claim that the rules allow still contradicts the anchored final state."""
+  _, store, export = run
+  forged = copy.deepcopy(export)
+  owed = next(e for e in forged["events"] if e["event"] == "Rewarded")["args"]
+  last = forged["events"][-1]
+  forged["events"].append(
+      {
+          "event": "Claimed",
+          "args": {"participant": owed["participant"], "amount": owed["amount"]},
+          "address": last["address"],
+          "block": last["block"] + 1,
+          "tx": "0x" + "ab" * 32,
+          "log_index": 0,
+      }
+  )
+  report = audit_export(forged, store)
+  assert any("claimable of" in m for m in report.mismatches), report.summary()
+  assert any("after the anchored final block" in m for m in report.mismatches)
+
+
+def test_export_without_anchor_is_reported(run):
+  _, store, export = run
+  forged = copy.deepcopy(export)
+  del forged["final"]
+  report = audit_export(forged, store)
+  assert any("no final state anchor" in m for m in report.mismatches)
+
+
+def test_malformed_blob_is_reported_not_raised(tmp_path):
+  """A proposal whose stored bytes claim a huge ndim: the audit reports it (v1 crashed with
+  struct.error), and with voters that did not flag it the candidate cannot be rebuilt."""
+  store = AdapterStore(tmp_path)
+  bad = b"FLKT" + b"\xff" * 60
+  chain = honest_run(store, rounds=1, bad=bad)
+  report = audit_chain(chain, store, aggregate=aggregate)
+  assert not report.ok
+  assert any("cannot rebuild the candidate" in m for m in report.mismatches), report.summary()
+
+
+def test_genesis_blob_is_checked(tmp_path):
+  """A nonzero genesis hash names a blob the store must hold; a zero one needs none."""
+  store = AdapterStore(tmp_path)
+  genesis = delta(0.25)
+  chain = make_chain(genesis_hash=hash_bytes(genesis), total_rounds=1)
+  report = audit_chain(chain, store)
+  assert any(m.startswith("genesis:") for m in report.mismatches), report.summary()
+  store.put(genesis)
+  assert audit_chain(chain, store).ok
+
+
+def test_revert_without_message_is_readable(chain):
+  from flock_jax.chain.backend import NO_REASON
+
+  w3 = chain.w3
+  tx = w3.eth.send_transaction(
+      {"from": chain.deployer, "to": chain.task.address, "data": "0xdeadbeef", "gas": 100_000}
+  )
+  receipt = w3.eth.wait_for_transaction_receipt(tx)
+  reason = chain.backend._replay_reason(receipt)
+  assert reason == NO_REASON and reason != "b"
