@@ -23,8 +23,28 @@ _REASON_PATTERNS = (
 )
 
 
+_ERROR_DATA = re.compile(r"0x08c379a0([0-9a-fA-F]{128,})")
+
+
+def _decoded_error(text: str) -> str | None:
+  """The message of an Error(string) revert whose ABI data appears in `text`."""
+  m = _ERROR_DATA.search(text)
+  if not m:
+    return None
+  try:
+    import eth_abi
+
+    return eth_abi.decode(["string"], bytes.fromhex(m.group(1)[: len(m.group(1)) // 2 * 2]))[0]
+  except Exception:  # noqa: BLE001 - not well-formed: fall back to the text patterns
+    return None
+
+
 def revert_reason(exc: BaseException) -> str:
-  """The revert message inside a web3 / eth-tester / node exception."""
+  """The revert message inside a web3 / eth-tester / node exception (decoded from the revert
+  data when the exception carries it, so a message with quotes in it comes back whole)."""
+  decoded = _decoded_error(str(exc)) or _decoded_error(repr(getattr(exc, "data", "")))
+  if decoded:
+    return decoded
   texts = [getattr(exc, "message", None), *(str(a) for a in getattr(exc, "args", ()))]
   for text in texts:
     if not text:

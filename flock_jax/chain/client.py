@@ -496,9 +496,9 @@ class FlockChain:
   def finalize(self, sender: str | None = None, reveal: bool = True) -> Outcome:
     """Settle the open round: reveal the votes this client committed (unless `reveal`
     is False), wait out the remaining windows, and call `finalize`."""
-    if reveal and self.phase()[0] < PHASE_DONE:
-      ph = self.phase()[0]
-      if ph <= PHASE_VOTE_REVEAL and any(rr == self.current_round for rr, _ in self._ballots):
+    ph = self.phase()[0]
+    if reveal and PHASE_COMMIT <= ph <= PHASE_VOTE_REVEAL:
+      if any(rr == self.current_round for rr, _ in self._ballots):
         self.reveal_votes()
     self.advance_to(PHASE_DONE)
     return self.finalize_now(sender)

@@ -4,6 +4,7 @@ Needs Node.js and ``npm ci`` (or ``npm install``) run in tests/chain/hardhat;
 skipped, with the reason, when either is missing.
 """
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -19,7 +20,8 @@ from web3 import Web3
 from flock_jax.chain import FlockChain, RevertError, TaskParams, WEI
 from flock_jax.chain.audit import audit_chain
 
-from tests.chain.helpers import blob_hash
+from tests.chain import attacks
+from tests.chain.helpers import SMALL, blob_hash
 
 HARDHAT = pathlib.Path(__file__).resolve().parent / "hardhat"
 pytestmark = pytest.mark.hardhat
@@ -71,6 +73,7 @@ def _round(chain: FlockChain):
   roles = chain.start_round()
   for i in roles.proposers:
     chain.propose(i, blob_hash(f"p{i}"))
+  chain.reveal_proposals(roles.proposers)
   for j in roles.voters:
     chain.vote(j, blob_hash("candidate"), True)
   return roles, chain.finalize()
@@ -90,7 +93,7 @@ def test_deploy_and_round_over_http(node_url):
   assert chain.balances().conserved
   with pytest.raises(RevertError, match="finalize: no round is open"):
     chain.finalize()
-  with pytest.raises(RevertError, match="propose: no round is open"):
+  with pytest.raises(RevertError, match="commit_proposal: no round is open"):
     chain.propose(roles.proposers[0], blob_hash("late"))
   assert audit_chain(chain).ok
 
@@ -112,9 +115,22 @@ def test_local_keys_sign(node_url):
       stakes=20 * WEI,
   )
   roles = chain.start_round()
-  with pytest.raises(RevertError, match="vote: no proposals yet in round 0"):
+  with pytest.raises(
+      RevertError, match="commit_vote: round 0 is in phase 2, this call needs phase 4"
+  ):
     chain.vote(roles.voters[0], blob_hash("c"), True)
-  chain.mine(25)
-  out = chain.finalize()
+  out = chain.finalize()  # waits out the commit window: nobody proposed
   assert out.void and set(out.slashes) == set(roles.proposers)
   assert audit_chain(chain).ok
+
+
+@pytest.mark.parametrize("name", sorted(attacks.MAIN))
+def test_attacks_on_the_node(node_url, name):
+  """Issue 8's main attacks against v2 on a real JSON-RPC node (see tests/chain/attacks.py)."""
+  scenario, overrides = attacks.MAIN[name]
+  chain = FlockChain.from_config({"backend": "jsonrpc", "rpc_url": node_url}, num_participants=8)
+  chain.deploy(dataclasses.replace(SMALL, **overrides), stakes=100 * WEI)
+  scenario(chain)
+  assert chain.balances().conserved
+  report = audit_chain(chain)
+  assert report.ok, report.summary()
