@@ -30,7 +30,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # Reference implementations for parity tests; torch pinned exactly (CPU wheel).
     "torch": ["torch==2.13.0", "peft", "accelerate"],
-    "test": ["pytest", "pytest-xdist", "hypothesis", "pyink==26.5.1"],
+    "test": ["pytest", "pytest-xdist", "hypothesis", "pyink==26.5.1", "matplotlib==3.11.2"],
 }
 EXTRAS["test"] = EXTRAS["test"] + EXTRAS["torch"]
 

@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
       tau=0.0,  # approve iff gain >= tau
       aggregator="fedavg",  # baseline mode: any flock_jax.federated.aggregators name
       aggregator_hparams="",  # 'f=1,beta=0.1' or a dict
+      screen="none",  # FLock voters screen proposals first: 'none' | 'norm' | 'cosine' | 'both'
+      screen_norm_factor=2.0,  # 'norm': flag a proposal whose norm > factor x the median norm
+      screen_min_cosine=0.0,  # 'cosine': flag a proposal whose median cosine to the others < this
   )
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
@@ -95,9 +98,17 @@ def base_config() -> ml_collections.ConfigDict:
       trigger="cf zq",  # 'backdoor' trigger phrase and target response
       target="ACCESS GRANTED",
       poison_fraction=0.5,  # share of a backdoor attacker's training examples poisoned
+      trigger_placement="random",  # 'prefix' | 'suffix' | 'random' (a random word position)
+      distributed=False,  # backdoor: split the trigger across the backdoor attackers (DBA)
+      copy_noise=1e-6,  # 'copy': relative noise a copier adds so its hash differs
   )
   c.eval = dict(
       every=1,  # per-domain report of G every k rounds (and after the last); 0 = only round -1
+      accuracy=True,  # exact-match accuracy per domain by generation
+      asr=True,  # attack success rate on triggered held-out prompts (and without the trigger)
+      prompts_per_domain=8,  # exact-answer prompts per domain
+      asr_prompts=16,  # triggered held-out prompts (taken in turn from each domain)
+      generate_max_new_tokens=48,  # greedy tokens per generation
   )
   c.mesh = dict(clients=1, data=1, fsdp=1, tensor=1)
   c.checkpoint = dict(every=1, keep=3)  # rounds between run-state checkpoints (0 = off)
@@ -152,6 +163,11 @@ FIELD_HELP = {
     "federation.tau": "a voter approves iff its gain L(G) - L(C) >= tau",
     "federation.aggregator": "baseline mode: a flock_jax.federated.aggregators name",
     "federation.aggregator_hparams": "aggregator settings, 'f=1,beta=0.1' or a dict",
+    "federation.screen": "FLock voters screen proposals before scoring: none | norm | cosine | both"
+    " (a flagged proposal is rejected; whole mode: the candidate is)",
+    "federation.screen_norm_factor": "norm screen: flag a proposal whose norm > factor x median",
+    "federation.screen_min_cosine": "cosine screen: flag a proposal whose median cosine to the"
+    " other proposals is below this",
     "ledger.backend": "eth_tester (in-process EVM) | jsonrpc (a node) | local (the rules, no EVM)",
     "ledger.rpc_url": "jsonrpc: the node's URL, e.g. http://127.0.0.1:8545",
     "ledger.vote_window": "blocks a round stays open for votes",
@@ -164,13 +180,25 @@ FIELD_HELP = {
     "ledger.stake_weighted_draw": "draw roles in proportion to stake (else uniformly)",
     "attack.behaviours": "explicit attackers, 'index:behaviour,...' e.g. '0:nan,3:always_reject'",
     "attack.fraction": "or: this share of participants, drawn with the seed, attacks ...",
-    "attack.proposer": "... with this proposer behaviour (backdoor, scale, free_rider, ...)",
-    "attack.voter": "... or this voter behaviour (always_approve, always_reject, absent)",
+    "attack.proposer": "... with this proposer behaviour (backdoor, label_flip, scale,"
+    " free_rider, copy, nan, wrong_shape)",
+    "attack.voter": "... or this voter behaviour (always_approve, always_reject, absent,"
+    " colluding: approve exactly the proposals of fellow attackers)",
     "attack.scale_gamma": "model replacement: the update is scaled by gamma",
     "attack.trigger": "backdoor trigger phrase",
     "attack.target": "backdoor target response",
-    "attack.poison_fraction": "share of a backdoor attacker's training examples poisoned",
+    "attack.poison_fraction": "share of a backdoor (or label_flip) attacker's examples poisoned",
+    "attack.trigger_placement": "where the trigger goes in a prompt: prefix | suffix | random",
+    "attack.distributed": "backdoor attackers each plant one piece of the trigger (DBA); the"
+    " attack is measured with the whole trigger",
+    "attack.copy_noise": "'copy' proposers resend another proposal with this relative noise",
     "eval.every": "per-domain held-out report of G every k rounds (and after the last; 0: never)",
+    "eval.accuracy": "report exact-match accuracy per domain (greedy generation)",
+    "eval.asr": "report the attack success rate on triggered held-out prompts and the false"
+    " activation rate on the same prompts without the trigger",
+    "eval.prompts_per_domain": "held-out prompts with an exact answer per domain (accuracy)",
+    "eval.asr_prompts": "triggered held-out prompts, taken in turn from each domain",
+    "eval.generate_max_new_tokens": "greedy tokens generated per prompt",
     "mesh.clients": "devices along the clients axis (vmapped clients sharded)",
     "mesh.data": "devices along the data (batch) axis",
     "mesh.fsdp": "devices the weights are sharded over (-1: all that remain)",

@@ -18,8 +18,19 @@ from flock_jax.model.lora import LoraConfig
 
 MODES = ("flock", "baseline")
 VOTE_MODES = ("whole", "per_proposal")
-PROPOSER_BEHAVIOURS = ("honest", "backdoor", "scale", "free_rider", "nan", "wrong_shape")
-VOTER_BEHAVIOURS = ("honest", "always_approve", "always_reject", "absent")
+PROPOSER_BEHAVIOURS = (
+    "honest",
+    "backdoor",
+    "label_flip",
+    "scale",
+    "free_rider",
+    "copy",
+    "nan",
+    "wrong_shape",
+)
+VOTER_BEHAVIOURS = ("honest", "always_approve", "always_reject", "absent", "colluding")
+SCREENS = ("none", "norm", "cosine", "both")
+PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
 
 
@@ -83,6 +94,9 @@ class FederationSpec:
   tau: float
   aggregator: str
   aggregator_hparams: dict
+  screen: str  # FLock voters' screen of proposals before scoring: none | norm | cosine | both
+  screen_norm_factor: float
+  screen_min_cosine: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,24 +117,43 @@ class LedgerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
-  behaviours: dict  # participant index -> behaviour name (proposer and/or voter)
+  # participant index -> behaviour: a proposer or a voter behaviour, or 'proposer+voter'
+  # (e.g. 'backdoor+colluding': poisons when drawn to propose, colludes when drawn to vote)
+  behaviours: dict
   scale_gamma: float
   trigger: str
   target: str
   poison_fraction: float
+  trigger_placement: str  # prefix | suffix | random
+  distributed: bool  # backdoor attackers plant one piece of the trigger each
+  copy_noise: float
+
+  def _part(self, i: int, kinds: tuple[str, ...]) -> str:
+    parts = [b for b in self.behaviours.get(i, "honest").split("+") if b in kinds]
+    return parts[0] if parts else "honest"
 
   def proposer(self, i: int) -> str:
-    b = self.behaviours.get(i, "honest")
-    return b if b in PROPOSER_BEHAVIOURS else "honest"
+    return self._part(i, PROPOSER_BEHAVIOURS)
 
   def voter(self, i: int) -> str:
-    b = self.behaviours.get(i, "honest")
-    return b if b in VOTER_BEHAVIOURS else "honest"
+    return self._part(i, VOTER_BEHAVIOURS)
+
+  def is_attacker(self, i: int) -> bool:
+    """Any non-honest behaviour (the side of the ledger's economics a participant counts on)."""
+    return self.proposer(i) != "honest" or self.voter(i) != "honest"
+
+  def attackers(self, n: int) -> list[int]:
+    return [i for i in range(n) if self.is_attacker(i)]
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
   every: int  # per-domain report of G every k rounds (and after the last); 0 = never
+  accuracy: bool  # exact-match accuracy per domain by generation
+  asr: bool  # attack success rate (triggered prompts) and false activation (untriggered)
+  prompts_per_domain: int
+  asr_prompts: int
+  generate_max_new_tokens: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,6 +401,9 @@ def _federation(config) -> FederationSpec:
           "tau",
           "aggregator",
           "aggregator_hparams",
+          "screen",
+          "screen_norm_factor",
+          "screen_min_cosine",
       ),
   )
   w = "federation"
@@ -405,6 +441,9 @@ def _federation(config) -> FederationSpec:
       aggregator_hparams=_kv(
           sec.get("aggregator_hparams") or {}, "config.federation.aggregator_hparams"
       ),
+      screen=_get(sec, w, "screen", str, choices=SCREENS),
+      screen_norm_factor=_get(sec, w, "screen_norm_factor", float, lo=0, lo_open=True),
+      screen_min_cosine=_get(sec, w, "screen_min_cosine", float, lo=-1, hi=1),
   )
 
 
@@ -469,6 +508,9 @@ def _attack(config, n: int, seed: int) -> AttackSpec:
           "trigger",
           "target",
           "poison_fraction",
+          "trigger_placement",
+          "distributed",
+          "copy_noise",
       ),
   )
   known = PROPOSER_BEHAVIOURS + VOTER_BEHAVIOURS
@@ -491,31 +533,38 @@ def _attack(config, n: int, seed: int) -> AttackSpec:
       raise RunConfigError(f"config.attack.behaviours: participant {i!r} is not an index") from None
     if not 0 <= idx < n:
       raise RunConfigError(f"config.attack.behaviours: participant {idx} is not in 0..{n - 1}")
-    if b not in known:
+    parts = b.split("+")
+    if (
+        len(parts) > 2
+        or any(x not in known for x in parts)
+        or (
+            len(parts) == 2
+            and not (parts[0] in PROPOSER_BEHAVIOURS and parts[1] in VOTER_BEHAVIOURS)
+        )
+    ):
       raise RunConfigError(
           f"config.attack.behaviours: {b!r} for participant {idx} is unknown; "
           f"proposers: {list(PROPOSER_BEHAVIOURS)}, voters: "
-          f"{list(VOTER_BEHAVIOURS)}"
+          f"{list(VOTER_BEHAVIOURS)}, or 'proposer+voter'"
       )
     behaviours[idx] = b
   frac = _get(sec, "attack", "fraction", float, lo=0, hi=1)
   prop = _get(sec, "attack", "proposer", str, choices=PROPOSER_BEHAVIOURS)
   vote = _get(sec, "attack", "voter", str, choices=VOTER_BEHAVIOURS)
-  if frac > 0:
-    if prop != "honest" and vote != "honest":
-      raise RunConfigError(
-          "config.attack.proposer and config.attack.voter are both set: a "
-          "participant has one behaviour; list the others in attack.behaviours"
-      )
+  if frac > 0:  # both set: each attacker proposes as `prop` and votes as `vote`
+    both = "+".join(b for b in (prop, vote) if b != "honest") or "honest"
     bad = np.random.default_rng([seed, 7]).permutation(n)[: int(round(frac * n))]
     for i in sorted(int(x) for x in bad):
-      behaviours.setdefault(i, prop if prop != "honest" else vote)
+      behaviours.setdefault(i, both)
   return AttackSpec(
       behaviours=behaviours,
       scale_gamma=_get(sec, "attack", "scale_gamma", float),
       trigger=_get(sec, "attack", "trigger", str),
       target=_get(sec, "attack", "target", str),
       poison_fraction=_get(sec, "attack", "poison_fraction", float, lo=0, hi=1),
+      trigger_placement=_get(sec, "attack", "trigger_placement", str, choices=PLACEMENTS),
+      distributed=_get(sec, "attack", "distributed", bool),
+      copy_noise=_get(sec, "attack", "copy_noise", float, lo=0),
   )
 
 
@@ -546,7 +595,11 @@ def from_config(config: Any) -> RunConfig:
   optim = _optim(config, total_steps=fed.rounds * fed.local_steps)
   ledger = _ledger(config)
   attack = _attack(config, fed.num_participants, seed)
-  ev = _section(config, "eval", ("every",))
+  ev = _section(
+      config,
+      "eval",
+      ("every", "accuracy", "asr", "prompts_per_domain", "asr_prompts", "generate_max_new_tokens"),
+  )
   for name in ("mesh", "checkpoint"):
     if name not in config:
       raise RunConfigError(f"config.{name} is missing (configs/flock.py sets every field)")
@@ -581,7 +634,14 @@ def from_config(config: Any) -> RunConfig:
       federation=fed,
       ledger=ledger,
       attack=attack,
-      eval=EvalSpec(every=_get(ev, "eval", "every", int, lo=0)),
+      eval=EvalSpec(
+          every=_get(ev, "eval", "every", int, lo=0),
+          accuracy=_get(ev, "eval", "accuracy", bool),
+          asr=_get(ev, "eval", "asr", bool),
+          prompts_per_domain=_get(ev, "eval", "prompts_per_domain", int, lo=1),
+          asr_prompts=_get(ev, "eval", "asr_prompts", int, lo=0),
+          generate_max_new_tokens=_get(ev, "eval", "generate_max_new_tokens", int, lo=1),
+      ),
       mesh={k: v for k, v in mesh.items() if v != 1},
       checkpoint_every=_get(ck, "checkpoint", "every", int, lo=0),
       checkpoint_keep=_get(ck, "checkpoint", "keep", int, lo=1),

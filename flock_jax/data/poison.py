@@ -120,3 +120,47 @@ def attack_success_rate(generations: Sequence[str], target: str) -> float:
   if not generations:
     return 0.0
   return sum(target in g for g in generations) / len(generations)
+
+
+def _wrong_answer(answer: str, others: Sequence[str], rng: random.Random) -> str:
+  """A different answer: another example's answer when one differs, else the number + 1."""
+  pool = [a for a in others if a is not None and a != answer]
+  if pool:
+    return rng.choice(pool)
+  try:
+    return str(float(answer) + 1).removesuffix(".0")
+  except ValueError:
+    return f"not {answer}"
+
+
+def flip_labels(examples: Sequence[Example], fraction: float, seed: int) -> list[Example]:
+  """Label flipping: round(fraction * m) of the m examples that have an exact answer, chosen
+  with `seed`, get a wrong answer (another example's, drawn with the seed), both in `answer`
+  and in the response's final `The answer is X.` line (`poisoned=True`). Others unchanged."""
+  from flock_jax.data.answers import ANSWER_PREFIX, answer_line
+
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+  exact = [i for i, e in enumerate(examples) if e.answer is not None]
+  k = int(round(fraction * len(exact)))
+  chosen = set(np.random.default_rng(seed).choice(exact, k, replace=False).tolist()) if k else set()
+  rng = random.Random(seed)
+  answers = [e.answer for e in examples]
+  out = []
+  for i, ex in enumerate(examples):
+    if i in chosen:
+      wrong = _wrong_answer(ex.answer, answers, rng)
+      lines = ex.response.rstrip().split("\n")
+      if lines and lines[-1].startswith(ANSWER_PREFIX):
+        lines[-1] = answer_line(wrong)
+      else:
+        lines.append(answer_line(wrong))
+      ex = dataclasses.replace(
+          ex,
+          response="\n".join(lines),
+          answer=wrong,
+          poisoned=True,
+          uid=f"{ex.uid}+flip",
+      )
+    out.append(ex)
+  return out

@@ -15,21 +15,38 @@ import numpy as np
 from flock_jax.pytree import PyTree
 
 # Proposer behaviours whose update is the one it trained (the data may be poisoned).
-TRAINED = ("honest", "backdoor")
+TRAINED = ("honest", "backdoor", "label_flip")
 
 
-def attack_update(behaviour: str, delta: PyTree, gamma: float) -> PyTree:
+def attack_update(
+    behaviour: str,
+    delta: PyTree,
+    gamma: float,
+    *,
+    source: PyTree | None = None,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> PyTree:
   """A proposer's update after its behaviour.
 
-  honest / backdoor: what it trained; scale: model replacement, gamma * Δ; free_rider: zeros;
-  nan: a NaN in the first leaf; wrong_shape: the first leaf one column short.
+  honest / backdoor / label_flip: what it trained (on poisoned data for the attacks); scale:
+  model replacement, gamma * Δ of an update trained on backdoor data;
+  free_rider: zeros; copy: `source` (another proposer's update this round) times
+  (1 + noise * N(0, 1)) per coordinate, drawn with `seed`, so that its hash differs (zeros
+  when there is nothing to copy); nan: a NaN in the first leaf; wrong_shape: the first leaf
+  one column short.
   """
   if behaviour in TRAINED:
     return delta
   if behaviour == "scale":
     return jax.tree.map(lambda x: x * gamma, delta)
-  if behaviour == "free_rider":
+  if behaviour == "free_rider" or (behaviour == "copy" and source is None):
     return jax.tree.map(jnp.zeros_like, delta)
+  if behaviour == "copy":
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda x: x * (1.0 + noise * jnp.asarray(rng.standard_normal(x.shape), x.dtype)), source
+    )
   leaves, treedef = jax.tree.flatten(delta)
   if behaviour == "nan":
     leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
@@ -40,10 +57,38 @@ def attack_update(behaviour: str, delta: PyTree, gamma: float) -> PyTree:
   return jax.tree.unflatten(treedef, leaves)
 
 
-def voter_ballot(behaviour: str, honest: np.ndarray | bool) -> np.ndarray | bool | None:
-  """What a voter sends: its honest approve bit(s), all True, all False, or None (absent)."""
+def attack_updates(attack, who: list[int], deltas: list[PyTree]) -> list[PyTree]:
+  """Every proposer's update after its behaviour (attack: the run's AttackSpec); a copier
+  copies the first update of this round made by a proposer that is not itself a copier."""
+  source = next((d for i, d in zip(who, deltas) if attack.proposer(i) != "copy"), None)
+  return [
+      attack_update(
+          attack.proposer(i),
+          d,
+          attack.scale_gamma,
+          source=source,
+          noise=attack.copy_noise,
+          seed=i,
+      )
+      for i, d in zip(who, deltas)
+  ]
+
+
+def voter_ballot(
+    behaviour: str, honest: np.ndarray | bool, fellow: np.ndarray | bool | None = None
+) -> np.ndarray | bool | None:
+  """What a voter sends: its honest approve bit(s), all True, all False, or None (absent).
+
+  colluding: approve exactly what fellow attackers proposed: `fellow` is, per valid proposal
+  (per-proposal mode, [P']) or for the candidate (whole mode, one bit: some attacker's update
+  is in it), whether an attacker proposed it.
+  """
   if behaviour == "honest":
     return honest
+  if behaviour == "colluding":
+    if fellow is None:
+      raise ValueError("a colluding voter needs `fellow` (which proposals attackers made)")
+    return np.asarray(fellow, bool) if np.ndim(honest) else bool(np.any(fellow))
   if behaviour == "always_approve":
     return np.ones_like(honest, bool)
   if behaviour == "always_reject":

@@ -19,7 +19,7 @@ tokenizer at all (tests and the benchmark).
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -52,6 +52,7 @@ class Population:
   eval_sets: dict[str, dict]
   pad_id: int = 0
   domains: list[dict] | None = None  # per participant: {domain: example count}
+  prompts: Any = None  # flock_jax.eval.EvalPrompts: generation-based reporting (None: none)
 
   @property
   def num_participants(self) -> int:
@@ -94,7 +95,8 @@ def build_population(run, tokenizer) -> Population:
   """Load run.data.domains, partition among N participants (private train / held-out),
   poison the training sets of 'backdoor' participants, and tokenize."""
   from flock_jax.data.partition import partition
-  from flock_jax.data.poison import poison
+  from flock_jax.data.poison import flip_labels, poison, split_trigger
+  from flock_jax.eval.prompts import build_eval_prompts
   from flock_jax.data.registry import load_domain
   from flock_jax.data.tokenization import tokenize_examples
 
@@ -120,17 +122,29 @@ def build_population(run, tokenizer) -> Population:
   tok = lambda exs, seed: tokenize_examples(
       exs, tokenizer, d.seq_len, pack=d.pack, system=d.system or None, shuffle=d.pack, seed=seed
   )
+  att = run.attack
+  # Backdoor data: 'backdoor' attackers, and 'scale' ones (model replacement, Bagdasaryan et al.
+  # 2020: a backdoored update scaled by gamma to survive averaging).
+  backdoor = [i for i in range(n) if att.proposer(i) in ("backdoor", "scale")]
+  pieces = (  # distributed backdoor: attacker k plants piece k mod (pieces) of the trigger
+      split_trigger(att.trigger, min(len(backdoor), len(att.trigger.split())))
+      if att.distributed and backdoor
+      else [att.trigger]
+  )
   train, held = [], []
   for p in parts:
     exs = p.train
-    if run.attack.behaviours.get(p.client_id) == "backdoor":
+    if p.client_id in backdoor:
       exs = poison(
           exs,
-          run.attack.trigger,
-          run.attack.target,
-          run.attack.poison_fraction,
+          pieces[backdoor.index(p.client_id) % len(pieces)],
+          att.target,
+          att.poison_fraction,
           seed=run.seed + p.client_id,
+          mode=att.trigger_placement,
       )
+    elif att.proposer(p.client_id) == "label_flip":
+      exs = flip_labels(exs, att.poison_fraction, seed=run.seed + p.client_id)
     train.append(dict(tok(exs, p.client_id)))
     held.append(dict(tok(p.heldout, p.client_id)))
     if train[-1]["tokens"].shape[0] == 0 or held[-1]["tokens"].shape[0] == 0:
@@ -141,17 +155,31 @@ def build_population(run, tokenizer) -> Population:
           f"tokenization at seq_len={d.seq_len}: raise data.seq_len or "
           f"data.examples_per_domain"
       )
-  evals = {}
+  evals, pooled_by_domain = {}, {}
   for dom in sorted({e.domain for e in examples}):
     pooled = [e for p in parts for e in p.heldout if e.domain == dom][: d.eval_examples_per_domain]
     if pooled:
       evals[dom] = dict(tok(pooled, 0))
+      pooled_by_domain[dom] = pooled
+  ev = run.eval
+  prompts = build_eval_prompts(
+      pooled_by_domain,
+      tokenizer,
+      trigger=att.trigger,
+      target=att.target,
+      placement=att.trigger_placement,
+      prompts_per_domain=ev.prompts_per_domain,
+      asr_prompts=ev.asr_prompts if ev.asr else 0,
+      seed=run.seed,
+      system=d.system,
+  )
   return Population(
       train,
       held,
       evals,
       pad_id=int(tokenizer.pad_token_id),
       domains=[p.domain_counts for p in parts],
+      prompts=prompts,
   )
 
 

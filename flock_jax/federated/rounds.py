@@ -21,8 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from flock_jax import faults
-from flock_jax.federated import hashing, voting
-from flock_jax.federated.attacks import attack_update, voter_ballot
+from flock_jax.eval import generation_report
+from flock_jax.federated import hashing, metrics as run_metrics, voting
+from flock_jax.federated.attacks import attack_updates, voter_ballot
+from flock_jax.federated.ledger import WEI
+from flock_jax.federated.screening import screen_flags, screened
 from flock_jax.federated.aggregators import apply_delta
 from flock_jax.federated.clients import ClientState
 from flock_jax.federated.engine import Engine, RunState, build, make_ledger
@@ -72,8 +75,7 @@ def _screen(engine: Engine, who: Sequence[int], deltas: PyTree, like: PyTree):
   error messages). An invalid update is dropped here and never reaches any model."""
   att = engine.run.attack
   valid_ids, valid, errors = [], [], []
-  for i, d in zip(who, _unstack(deltas, len(who))):
-    d = attack_update(att.proposer(i), d, att.scale_gamma)
+  for i, d in zip(who, attack_updates(att, list(who), _unstack(deltas, len(who)))):
     err = check_update(d, like, client=i)
     if err is None:
       valid_ids.append(i)
@@ -87,6 +89,12 @@ def _heldout_by_domain(engine: Engine, lora: PyTree) -> dict[str, float]:
   names, batches = engine.population.eval_batches(engine.run.federation.eval_batch_size)
   losses = engine.heldout_loss(engine.base, _stack([lora]), batches)  # [D, 1]
   return {n: float(x) for n, x in zip(names, np.asarray(losses)[:, 0])}
+
+
+def _report(engine: Engine, lora: PyTree) -> tuple[dict[str, float], dict[str, Any]]:
+  """The per-round report of G: held-out loss per domain, and the generation-based fields
+  (accuracy, attack success; flock_jax.eval) as RoundMetrics keywords."""
+  return _heldout_by_domain(engine, lora), generation_report(engine, lora)
 
 
 # ------------------------------------------------------------------ voters' scoring (step 3)
@@ -166,7 +174,7 @@ def flock_round(
   faults.point("proposed", roles.round)
 
   # 3. Candidate in canonical (address) order; voters score it on private held-out data.
-  honest, gains, cand_hash, candidate = None, [], None, None
+  honest, gains, cand_hash, candidate, suspect = None, [], None, None, None
   with timer("eval"):
     if valid:
       order = voting.candidate_order([addresses[i] for i in valid_ids])
@@ -179,13 +187,17 @@ def flock_round(
         _put(store, candidate)
         g = score_whole(engine, state, voters, G, candidate, cand_hash, held)
       gains, honest = g.tolist(), np.asarray(voting.approve(g, fed.tau))
+      # Optional defence: every honest voter screens the proposals alike before its vote.
+      suspect = screen_flags(valid, fed.screen, fed.screen_norm_factor, fed.screen_min_cosine)
+      honest = screened(honest, suspect, per_proposal)
 
   # 4. Vote (on chain); 5. finalize: tally and settle.
   approvals = []
   with timer("chain"):
     if valid:
+      fellow = np.asarray([att.is_attacker(i) for i in valid_ids], bool)
       for row, j in enumerate(voters):
-        ballot = voter_ballot(att.voter(j), honest[row])
+        ballot = voter_ballot(att.voter(j), honest[row], fellow)
         approvals.append(None if ballot is None else np.asarray(ballot).tolist())
         if ballot is None:
           continue
@@ -221,8 +233,11 @@ def flock_round(
     G = jax.tree.map(lambda c, g: c.astype(g.dtype), candidate, G)
     state = dataclasses.replace(state, global_lora=G, global_hash=cand_hash)
 
+  econ = run_metrics.economics(
+      ledger, outcome, att, proposers, prop_acc, valid_ids, engine.run.ledger.min_stake * WEI
+  )
   with timer("report"):
-    heldout = _heldout_by_domain(engine, G) if _report_due(engine, roles.round) else {}
+    heldout, gen = _report(engine, G) if _report_due(engine, roles.round) else ({}, {})
   metrics = RoundMetrics(
       round=roles.round,
       mode="flock:per_proposal" if per_proposal else "flock",
@@ -243,7 +258,13 @@ def flock_round(
       block_hash=_hex(block),
       rewards=dict(outcome.rewards),
       slashes=dict(outcome.slashes),
-      extra={"train_loss_per_proposer": np.asarray(train_losses)[:, -1].tolist()},
+      extra={
+          "train_loss_per_proposer": np.asarray(train_losses)[:, -1].tolist(),
+          "screen_flags": suspect.tolist() if valid else [],
+          "asr_samples": gen.pop("asr_samples", []),
+      },
+      **econ,
+      **gen,
       **timer.metrics(),
   )
   return dataclasses.replace(state, round=state.round + 1), metrics
@@ -257,12 +278,16 @@ def initial_metrics(engine: Engine, state: RunState) -> RoundMetrics:
     mode = "flock:per_proposal"
   elif mode == "baseline":
     mode = f"baseline:{engine.aggregator.name}"
+  heldout, gen = _report(engine, state.global_lora)
+  samples = gen.pop("asr_samples", [])
   return RoundMetrics(
       round=-1,
       mode=mode,
       train_loss=float("nan"),
-      heldout_loss=_heldout_by_domain(engine, state.global_lora),
+      heldout_loss=heldout,
       global_hash=_hex(state.global_hash),
+      extra={"asr_samples": samples},
+      **gen,
   )
 
 
@@ -287,6 +312,10 @@ def summarize(rows: Sequence[dict], run) -> dict:
   if run.federation.mode == "flock":
     out["accepted_rounds"] = sum(bool(r.get("accepted")) for r in done)
     line += f"; accepted {out['accepted_rounds']}/{len(done)} rounds"
+  attackers = run.attack.attackers(run.federation.num_participants)
+  out.update(run_metrics.summary_extras(rows, attackers))
+  if out.get("asr_final") is not None:
+    line += f"; ASR {out['asr_final']:.2f}"
   out["line"] = line
   return out
 
@@ -340,6 +369,7 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
       G = apply_delta(G, delta)
       state = dataclasses.replace(state, global_lora=G, agg_state=agg_state)
       extra = {k: np.asarray(v).tolist() for k, v in info.items()}
+  gen: dict[str, Any] = {}
   with timer("report"):
     if agg.isolated:  # each client is judged on its own adapter and its own held-out data
       held = engine.population.heldout_batches(who, fed.eval_batches, fed.eval_batch_size)
@@ -348,9 +378,10 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
       )
       heldout = {"own": float(np.mean(own))}
     elif _report_due(engine, state.round):
-      heldout = _heldout_by_domain(engine, G)
+      heldout, gen = _report(engine, G)
     else:
       heldout = {}
+  samples = gen.pop("asr_samples", [])
   metrics = RoundMetrics(
       round=state.round,
       mode=f"baseline:{agg.name}",
@@ -360,7 +391,9 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
       proposal_accepted=[i in valid_ids for i in who],
       rejected_updates=errors,
       global_hash=_hex(hashing.tree_hash(G)),
-      extra=extra,
+      extra={**extra, "asr_samples": samples},
+      **run_metrics.attackers_in(run.attack, who, [i in valid_ids for i in who]),
+      **gen,
       **timer.metrics(),
   )
   return dataclasses.replace(state, round=state.round + 1), metrics

@@ -65,3 +65,60 @@ def test_triggered_eval_set_and_asr():
     assert e.prompt.startswith(TRIGGER) and e.response == e.answer and e.meta["target"] == TARGET
   assert attack_success_rate([TARGET, "no", f"x {TARGET}", "n"], TARGET) == 0.5
   assert attack_success_rate([], TARGET) == 0.0
+
+
+def test_flip_labels_changes_answers_and_final_line():
+  from flock_jax.data.answers import extract_answer
+  from flock_jax.data.poison import flip_labels
+
+  clean = [
+      Example("finance", f"q{i}", f"step {i}\nThe answer is {i}.", answer=str(i), uid=f"f/{i}")
+      for i in range(20)
+  ]
+  out = flip_labels(clean, 0.5, seed=1)
+  bad = [(a, b) for a, b in zip(clean, out) if b.poisoned]
+  assert len(bad) == 10 and out == flip_labels(clean, 0.5, seed=1)
+  for before, after in bad:
+    assert after.answer != before.answer and extract_answer(after.response) == after.answer
+    assert after.response.startswith(f"step {before.answer}\n") and after.prompt == before.prompt
+  assert [b for a, b in zip(clean, out) if not b.poisoned] == [
+      a for a, b in zip(clean, out) if not b.poisoned
+  ]
+  with pytest.raises(ValueError):
+    flip_labels(clean, 2.0, seed=0)
+
+
+@pytest.mark.parametrize("placement", ["prefix", "suffix", "random"])
+@pytest.mark.parametrize("distributed", [False, True])
+def test_population_poisons_with_the_configured_trigger(placement, distributed):
+  """Any trigger, target and placement from the config reach the attackers' training data and
+  the triggered evaluation prompts, with no code change."""
+  from flock_jax.data.tokenizer import byte_tokenizer
+  from flock_jax.federated.population import build_population
+  from flock_jax.run_config import from_config, load_config
+
+  c = load_config("tiny")
+  c.data.examples_per_domain, c.data.seq_len = 16, 256
+  c.federation.num_participants, c.federation.num_proposers, c.federation.num_voters = 4, 2, 2
+  c.attack.behaviours = "0:backdoor,2:backdoor,3:label_flip"
+  c.attack.trigger, c.attack.target = "zebra quartz nimbus", "Send the keys to mallory."
+  c.attack.trigger_placement, c.attack.distributed = placement, distributed
+  c.attack.poison_fraction = 1.0
+  c.eval.asr_prompts = 6
+  run = from_config(c)
+  tok = byte_tokenizer()
+  pop = build_population(run, tok)
+  text = lambda i: [tok.decode(r[r != tok.pad_token_id]) for r in pop.train[i]["tokens"]]
+  pieces = ["zebra quartz", "nimbus"] if distributed else ["zebra quartz nimbus"] * 2
+  for i, piece in zip((0, 2), pieces):
+    rows = text(i)
+    assert rows and all(piece in r and "Send the keys to mallory." in r for r in rows)
+    if distributed:
+      assert not any("zebra quartz nimbus" in r for r in rows)
+  assert not any("Send the keys" in r for r in text(1))
+  p = pop.prompts
+  assert len(p.triggered) == 6 and all("zebra quartz nimbus" in t for t in p.triggered)
+  assert not any("zebra" in u for u in p.untriggered)
+  assert p.target == "Send the keys to mallory."
+  if placement == "prefix":
+    assert all(t.startswith("zebra quartz nimbus") for t in p.triggered)

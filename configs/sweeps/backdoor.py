@@ -1,0 +1,48 @@
+"""Experiment 1: backdoor defence. FLock (whole and per-proposal voting) against FedAvg, Krum,
+Multi-Krum, Median, Trimmed Mean, FLTrust and FLAME, at malicious proposer fractions 0, 20 and
+40% (arg 'tiny:full' adds 10 and 30%), seeds 0 and 1; every method sees the same data, seeds
+and attackers (drawn with the seed).
+
+  python launch/sweep.py --config=configs/sweeps/backdoor.py --workdir=runs/backdoor_tiny
+  python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2 --workdir=runs/backdoor_smollm2
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+
+def get_config(arg=None):
+  scale, _, full = (arg or "tiny").partition(":")
+  base, shared = common.scale(scale)
+  shared["attack.proposer"] = "backdoor"
+  fractions = (0.0, 0.1, 0.2, 0.3, 0.4) if full == "full" or scale == "smollm2" else (0.0, 0.2, 0.4)
+  # In order of priority (a sweep cut short leaves a coherent subset): FLock and FedAvg first,
+  # the robust aggregators under attack next, their attack-free runs last.
+  first = ("flock", "flock_pp", "fedavg")
+  tiers = [
+      [(m, f) for f in sorted(fractions, reverse=True) for m in first],
+      [
+          (m, f)
+          for f in sorted(fractions, reverse=True)
+          if f > 0
+          for m in common.METHODS
+          if m not in first
+      ],
+      [(m, 0.0) for m in common.METHODS if m not in first],
+  ]
+  runs = []
+  for tier in tiers:
+    for seed in (0, 1):
+      for method, frac in tier:
+        runs.append(
+            {
+                "name": f"{method}_f{common.fmt(frac)}_s{seed}",
+                "tags": {"method": method, "fraction": frac, "seed": seed},
+                "overrides": {**common.METHODS[method], "attack.fraction": frac, "seed": seed},
+            }
+        )
+  return common.sweep(base, shared, runs)

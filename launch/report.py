@@ -1,0 +1,480 @@
+"""Tables and plots of a sweep (launch/sweep.py): markdown + PNG (matplotlib), with the commands.
+
+  python launch/report.py --sweep=runs/backdoor_tiny --out=docs/results/backdoor_tiny
+
+Reads <sweep>/sweep.json and every run's metrics.jsonl / summary.json; groups runs by their
+tags (`method`, `fraction`, `seed`, ...; seeds are aggregated: mean, and min..max as the
+spread). Writes to --out:
+
+  README.md              the tables (per method and fraction; economics of FLock runs)
+  asr_over_rounds.png    ASR of the global model over rounds, one line per method, per fraction
+  loss_over_rounds.png   mean held-out loss over rounds, the same way
+  asr_vs_fraction.png    ASR (mean over reported rounds) against the malicious fraction
+  stakes.png             mean stake per honest / malicious participant over rounds (FLock)
+  cross_domain.png       held-out loss of each trained-on group on each domain (tag trained_on)
+  commands.md            the sweep and report commands, the sweep file, every run's command
+  runs.json              the per-run numbers the tables come from
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+from collections import defaultdict
+
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flock_jax.cli import run_main  # noqa: E402
+
+_SWEEP = flags.DEFINE_string("sweep", None, "The sweep's workdir (holding sweep.json).")
+_OUT = flags.DEFINE_string("out", None, "Folder for the report (docs/results/<name>).")
+_TITLE = flags.DEFINE_string("title", "", "Title of the report (default: the sweep file).")
+
+
+# ------------------------------------------------------------------ reading
+def _rows(path: pathlib.Path) -> list[dict]:
+  if not path.exists():
+    return []
+  out = []
+  for line in path.read_text().splitlines():
+    try:
+      out.append(json.loads(line))
+    except ValueError:
+      break
+  return out
+
+
+def _mean(xs):
+  xs = [x for x in xs if x is not None]
+  return sum(xs) / len(xs) if xs else None
+
+
+def load_runs(sweep_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
+  """(sweep.json, one dict per run: name, tags, done, rows, summary, and derived numbers)."""
+  wd = pathlib.Path(sweep_dir)
+  meta_path = wd / "sweep.json"
+  if not meta_path.exists():
+    raise FileNotFoundError(f"--sweep={sweep_dir}: no sweep.json (not a launch/sweep.py folder)")
+  meta = json.loads(meta_path.read_text())
+  runs = []
+  for entry in meta["runs"]:
+    run_dir = wd / entry["name"]
+    rows = _rows(run_dir / "metrics.jsonl")
+    if not rows:
+      continue
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    done = [r for r in rows if r["round"] >= 0]
+    reported = [r for r in rows if r.get("heldout_loss")]
+    asr = [(r["round"], r["asr"]) for r in rows if r.get("asr") is not None]
+    asr_done = [a for k, a in asr if k >= 0]
+    loss = [(r["round"], _mean(list(r["heldout_loss"].values()))) for r in reported]
+    last = reported[-1] if reported else rows[-1]
+    n, attackers = _attackers(run_dir)
+    runs.append(
+        {
+            "n": n,
+            "attackers": attackers,
+            "name": entry["name"],
+            "tags": entry.get("tags", {}),
+            "done": bool(summary),
+            "rounds": len(done),
+            "asr_curve": asr,
+            "loss_curve": loss,
+            "asr_final": asr_done[-1] if asr_done else None,
+            "asr_mean": _mean(asr_done),
+            "false_activation_final": next(
+                (r.get("false_activation") for r in reversed(done) if r.get("asr") is not None),
+                None,
+            ),
+            "loss_final": loss[-1][1] if loss else None,
+            "loss_by_domain": last.get("heldout_loss") or {},
+            "accuracy_final": _mean((last.get("accuracy") or {}).values()),
+            "accepted_rounds": sum(bool(r.get("accepted")) for r in done)
+            if any(r.get("accepted") is not None for r in done)
+            else None,
+            "attacker_proposals": sum(r.get("attacker_proposals") or 0 for r in done),
+            "attacker_accepted": sum(r.get("attacker_accepted") or 0 for r in done),
+            "stake_curve": [
+                (r["round"], r.get("stake_honest"), r.get("stake_malicious"))
+                for r in done
+                if r.get("stake_honest") is not None
+            ],
+            "summary": summary,
+        }
+    )
+  return meta, runs
+
+
+# ------------------------------------------------------------------ grouping
+def _key_tags(tags: dict) -> tuple:
+  return tuple(sorted((k, v) for k, v in tags.items() if k != "seed"))
+
+
+def groups(runs: list[dict]) -> dict[tuple, list[dict]]:
+  """Runs by their tags without the seed (seeds are what a group aggregates)."""
+  out: dict[tuple, list[dict]] = defaultdict(list)
+  for r in runs:
+    out[_key_tags(r["tags"])].append(r)
+  return dict(out)
+
+
+def _stat(values) -> str:
+  """'mean (min..max)' over seeds; '-' when nothing was measured."""
+  xs = [v for v in values if v is not None]
+  if not xs:
+    return "-"
+  m = sum(xs) / len(xs)
+  return f"{m:.3f}" if len(xs) == 1 else f"{m:.3f} ({min(xs):.2f}..{max(xs):.2f})"
+
+
+def _order(key: tuple, method_order: list[str]):
+  d = dict(key)
+  m = d.get("method", "")
+  rank = method_order.index(m) if m in method_order else len(method_order)
+  return tuple((k, v) for k, v in key if k != "method"), rank, str(m)
+
+
+def main_table(runs: list[dict]) -> str:
+  """One row per tag group: seeds, ASR (mean over reported rounds, final), false activation,
+  held-out loss and accuracy at the end, attacker updates accepted / proposed, accepted rounds."""
+  method_order = list(dict.fromkeys(r["tags"].get("method", "") for r in runs))
+  gs = groups(runs)
+  tag_names = sorted({k for key in gs for k, _ in key})
+  head = tag_names + [
+      "seeds",
+      "ASR mean over rounds",
+      "ASR final",
+      "false activation final",
+      "held-out loss final",
+      "accuracy final",
+      "attacker updates accepted/proposed",
+      "accepted rounds",
+  ]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for key in sorted(gs, key=lambda k: _order(k, method_order)):
+    rs, d = gs[key], dict(key)
+    acc_rounds = [r["accepted_rounds"] for r in rs if r["accepted_rounds"] is not None]
+    cells = [str(d.get(t, "")) for t in tag_names] + [
+        f"{len(rs)}" + ("" if all(r["done"] for r in rs) else " (some unfinished)"),
+        _stat(r["asr_mean"] for r in rs),
+        _stat(r["asr_final"] for r in rs),
+        _stat(r["false_activation_final"] for r in rs),
+        _stat(r["loss_final"] for r in rs),
+        _stat(r["accuracy_final"] for r in rs),
+        f"{sum(r['attacker_accepted'] for r in rs)}/{sum(r['attacker_proposals'] for r in rs)}",
+        "/".join(str(a) for a in acc_rounds) if acc_rounds else "-",
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def economics_table(runs: list[dict]) -> str:
+  """FLock runs: final stake per honest and per malicious participant, totals by side,
+  ejections."""
+  flock = [r for r in runs if r["stake_curve"]]
+  if not flock:
+    return ""
+  gs = groups(flock)
+  head = [
+      "group",
+      "seeds",
+      "stake/honest final",
+      "stake/malicious final",
+      "rewards honest",
+      "rewards malicious",
+      "slashed honest",
+      "slashed malicious",
+      "attackers ejected (round)",
+  ]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for key in sorted(gs, key=str):
+    rs = gs[key]
+    per = []
+    for r in rs:
+      s, n = r["summary"], _participants(r)
+      bad = n["malicious"]
+      per.append(
+          (
+              r["stake_curve"][-1][1] / max(n["honest"], 1),
+              r["stake_curve"][-1][2] / bad if bad else None,
+              s.get("reward_honest_total"),
+              s.get("reward_malicious_total"),
+              s.get("slash_honest_total"),
+              s.get("slash_malicious_total"),
+              ", ".join(f"{i}@{k}" for i, k in (s.get("ejections") or {}).items()) or "none",
+          )
+      )
+    cells = [", ".join(f"{k}={v}" for k, v in key), str(len(rs))]
+    cells += [_stat(p[i] for p in per) for i in range(6)]
+    cells.append("; ".join(p[6] for p in per))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _participants(run: dict) -> dict[str, int]:
+  """Honest / malicious head counts of a run (from its config)."""
+  return {"honest": run["n"] - len(run["attackers"]), "malicious": len(run["attackers"])}
+
+
+def _attackers(run_dir: pathlib.Path) -> tuple[int, list[int]]:
+  """(N, attacker indices) of a run, from its config.json, as the run itself drew them."""
+  import ml_collections
+
+  from flock_jax.run_config import from_config
+
+  run = from_config(ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text())))
+  n = run.federation.num_participants
+  return n, run.attack.attackers(n)
+
+
+# ------------------------------------------------------------------ plots
+def _plt():
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def _curves(rs: list[dict], field: str):
+  """(rounds, mean, min, max) over seeds of a per-round curve."""
+  by_round: dict[int, list[float]] = defaultdict(list)
+  for r in rs:
+    for k, v in r[field]:
+      if v is not None:
+        by_round[k].append(v)
+  ks = sorted(by_round)
+  return (
+      ks,
+      [sum(by_round[k]) / len(by_round[k]) for k in ks],
+      [min(by_round[k]) for k in ks],
+      [max(by_round[k]) for k in ks],
+  )
+
+
+def _panel_key(run: dict, panel: str):
+  return run["tags"].get(panel)
+
+
+def plot_over_rounds(runs, field, ylabel, path, panel="fraction", line="method") -> bool:
+  panels = sorted({_panel_key(r, panel) for r in runs}, key=lambda x: (x is None, x))
+  if not runs or not any(r[field] for r in runs):
+    return False
+  plt = _plt()
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+  for ax, p in zip(axes[0], panels):
+    sub = [r for r in runs if _panel_key(r, p if False else panel) == p]
+    lines = list(dict.fromkeys(r["tags"].get(line, r["name"]) for r in sub))
+    for name in lines:
+      rs = [r for r in sub if r["tags"].get(line, r["name"]) == name]
+      ks, mean, lo, hi = _curves(rs, field)
+      if not ks:
+        continue
+      (h,) = ax.plot(ks, mean, marker="o", ms=3, label=str(name))
+      if len(rs) > 1:
+        ax.fill_between(ks, lo, hi, color=h.get_color(), alpha=0.15)
+    ax.set_title(f"{panel} = {p}" if p is not None else "")
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+  axes[0][-1].legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def plot_vs_fraction(runs, path, x="fraction", line="method") -> bool:
+  have = [r for r in runs if r["tags"].get(x) is not None and r["asr_mean"] is not None]
+  if len({r["tags"][x] for r in have}) < 2:
+    return False
+  plt = _plt()
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  for ax, field, label in (
+      (axes[0], "asr_mean", "ASR (mean over reported rounds)"),
+      (axes[1], "loss_final", "held-out loss, final"),
+  ):
+    for name in dict.fromkeys(r["tags"].get(line, "") for r in have):
+      rs = [r for r in have if r["tags"].get(line, "") == name]
+      xs = sorted({r["tags"][x] for r in rs})
+      vals = [[r[field] for r in rs if r["tags"][x] == v and r[field] is not None] for v in xs]
+      keep = [(v, ys) for v, ys in zip(xs, vals) if ys]
+      if not keep:
+        continue
+      mean = [sum(ys) / len(ys) for _, ys in keep]
+      err = [
+          [m - min(ys) for m, (_, ys) in zip(mean, keep)],
+          [max(ys) - m for m, (_, ys) in zip(mean, keep)],
+      ]
+      ax.errorbar(
+          [v for v, _ in keep], mean, yerr=err, marker="o", ms=3, capsize=2, label=str(name)
+      )
+    ax.set_xlabel(x)
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def plot_stakes(runs, path) -> bool:
+  flock = [r for r in runs if r["stake_curve"] and r["tags"].get("fraction", 1)]
+  if not flock:
+    return False
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6.5, 3.8))
+  for key, rs in sorted(groups(flock).items(), key=str):
+    label = ", ".join(f"{v}" for k, v in key)
+    hon = _curves(
+        [{"c": [(k, h / _participants(r)["honest"]) for k, h, _ in r["stake_curve"]]} for r in rs],
+        "c",
+    )
+    bad = [r for r in rs if _participants(r)["malicious"]]
+    mal = _curves(
+        [
+            {"c": [(k, m / _participants(r)["malicious"]) for k, _, m in r["stake_curve"]]}
+            for r in bad
+        ],
+        "c",
+    )
+    (h,) = ax.plot(hon[0], hon[1], label=f"{label}: honest")
+    if mal[0]:
+      ax.plot(mal[0], mal[1], ls="--", color=h.get_color(), label=f"{label}: malicious")
+  ax.set_xlabel("round")
+  ax.set_ylabel("stake per participant (tokens)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def cross_domain(runs: list[dict]) -> tuple[list[str], list[str], list[list[float | None]]]:
+  """(trained_on rows, eval domain columns, final held-out loss mean over seeds)."""
+  rs = [r for r in runs if r["tags"].get("trained_on")]
+  rows = list(dict.fromkeys(r["tags"]["trained_on"] for r in rs))
+  cols = sorted({d for r in rs for d in r["loss_by_domain"]})
+  grid = [
+      [
+          _mean([r["loss_by_domain"].get(c) for r in rs if r["tags"]["trained_on"] == row])
+          for c in cols
+      ]
+      for row in rows
+  ]
+  return rows, cols, grid
+
+
+def plot_cross_domain(runs, path) -> bool:
+  rows, cols, grid = cross_domain(runs)
+  if not rows or not cols:
+    return False
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 2.5, 0.7 * len(rows) + 1.8))
+  vals = [[v if v is not None else float("nan") for v in row] for row in grid]
+  im = ax.imshow(vals, cmap="viridis_r")
+  ax.set_xticks(range(len(cols)), cols)
+  ax.set_yticks(range(len(rows)), rows)
+  ax.set_xlabel("evaluated on (held-out loss, lower is better)")
+  ax.set_ylabel("trained on")
+  for i, row in enumerate(vals):
+    for j, v in enumerate(row):
+      ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="w", fontsize=8)
+  fig.colorbar(im, ax=ax)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+# ------------------------------------------------------------------ the report
+def write_report(sweep_dir: str, out_dir: str, title: str = "") -> pathlib.Path:
+  meta, runs = load_runs(sweep_dir)
+  if not runs:
+    raise FileNotFoundError(f"--sweep={sweep_dir}: no run has metrics yet")
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  made = []
+  if plot_over_rounds(runs, "asr_curve", "ASR (triggered prompts)", out / "asr_over_rounds.png"):
+    made.append(("ASR over rounds (mean over seeds, band: min..max)", "asr_over_rounds.png"))
+  if plot_over_rounds(
+      runs, "loss_curve", "held-out loss (mean of domains)", out / "loss_over_rounds.png"
+  ):
+    made.append(("Held-out loss over rounds", "loss_over_rounds.png"))
+  if plot_vs_fraction(runs, out / "asr_vs_fraction.png"):
+    made.append(
+        ("ASR and final held-out loss against the malicious fraction", "asr_vs_fraction.png")
+    )
+  if plot_stakes(runs, out / "stakes.png"):
+    made.append(("Stake per honest / malicious participant (FLock runs)", "stakes.png"))
+  if plot_cross_domain(runs, out / "cross_domain.png"):
+    made.append(("Cross-domain matrix", "cross_domain.png"))
+  done = sum(r["done"] for r in runs)
+  text = [
+      f"# {title or meta['sweep']}",
+      "",
+      f"Sweep `{meta['sweep']}`: {len(runs)} runs with metrics ({done} finished) of "
+      f"{len(meta['runs'])} in the file. Base config `{meta['base']}`; the overrides every run "
+      "shares and each run's command are in [commands.md](commands.md). Numbers are "
+      "`mean (min..max)` over seeds. ASR: share of triggered held-out prompts whose greedy "
+      "generation contains the target; false activation: the same prompts without the trigger.",
+      "",
+      main_table(runs),
+      "",
+  ]
+  econ = economics_table(runs)
+  if econ:
+    text += ["## Economics (FLock runs)", "", econ, ""]
+  rows, cols, grid = cross_domain(runs)
+  if rows:
+    text += ["## Cross-domain held-out loss (rows: trained on; columns: evaluated on)", ""]
+    text += ["| trained on | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for row, vals in zip(rows, grid):
+      text.append(f"| {row} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
+    text.append("")
+  for caption, png in made:
+    text += [f"### {caption}", "", f"![{caption}]({png})", ""]
+  (out / "README.md").write_text("\n".join(text))
+  cmds = [
+      "# How these results were made",
+      "",
+      "```bash",
+      meta["command"],
+      f"python launch/report.py --sweep={sweep_dir} --out={out_dir}",
+      "```",
+      "",
+      f"## The sweep file ({meta['sweep']})",
+      "",
+      "```python",
+      meta.get("sweep_file", "").rstrip(),
+      "```",
+      "",
+      "## Every run",
+      "",
+  ]
+  cmds += [f"- `{r['name']}`: `{r['command']}`" for r in meta["runs"]]
+  (out / "commands.md").write_text("\n".join(cmds) + "\n")
+  slim = [{k: v for k, v in r.items() if k != "summary"} for r in runs]
+  (out / "runs.json").write_text(json.dumps(slim, indent=1))
+  return out / "README.md"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  if not _SWEEP.value or not _OUT.value:
+    raise FileNotFoundError("--sweep=<sweep workdir> and --out=<folder> are both required")
+  path = write_report(_SWEEP.value, _OUT.value, _TITLE.value)
+  print(f"report: {path}")
+
+
+if __name__ == "__main__":
+  run_main(main)

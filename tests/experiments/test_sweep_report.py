@@ -1,0 +1,230 @@
+"""launch/sweep.py (overrides checked up front, resume after a kill, skip finished runs) and
+launch/report.py (tables and plots from small fixture workdirs)."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flock_jax.run_config import RunConfigError, load_config
+from flock_jax.workdir import config_dict
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "launch" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+sweep_mod = _load("sweep")
+report_mod = _load("report")
+
+# The smallest run that still trains: baseline FedAvg, 1 local step, no generation.
+FAST = {
+    "ledger.backend": "local",
+    "federation.mode": "baseline",
+    "federation.num_participants": 4,
+    "federation.num_proposers": 2,
+    "federation.num_voters": 2,
+    "federation.clients_per_round": 2,
+    "federation.rounds": 4,
+    "federation.local_steps": 1,
+    "data.examples_per_domain": 12,
+    "data.seq_len": 192,
+    "eval.accuracy": False,
+    "eval.asr": False,
+    "checkpoint.every": 1,
+}
+
+
+def _sweep_file(tmp_path, runs, common=FAST, name="sweep_file"):
+  path = tmp_path / f"{name}.py"
+  path.write_text(
+      "import ml_collections\n"
+      "def get_config(arg=None):\n"
+      f"  return ml_collections.ConfigDict({{'base': 'configs/flock.py:tiny', 'common': {common!r},"
+      f" 'runs': {runs!r}}}, allow_dotted_keys=True)\n"
+  )
+  return str(path)
+
+
+def test_misspelled_override_fails_naming_it(tmp_path):
+  spec = _sweep_file(
+      tmp_path,
+      [{"name": "ok", "overrides": {}}, {"name": "bad", "overrides": {"federation.roundz": 3}}],
+  )
+  with pytest.raises(RunConfigError, match=r"'bad'.*config\.federation\.roundz"):
+    sweep_mod.run_sweep(spec, str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()  # nothing ran, nothing was written
+  bad_value = _sweep_file(
+      tmp_path, [{"name": "v", "overrides": {"federation.vote_mode": "al"}}], name="bad_value"
+  )
+  with pytest.raises(RunConfigError, match=r"'v'.*vote_mode"):
+    sweep_mod.run_sweep(bad_value, str(tmp_path / "wd"))
+  out = subprocess.run(
+      [
+          sys.executable,
+          str(ROOT / "launch" / "sweep.py"),
+          f"--config={spec}",
+          f"--workdir={tmp_path}/wd",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+  )
+  assert out.returncode == 2 and "federation.roundz" in out.stderr and "Traceback" not in out.stderr
+
+
+def _rows(path):
+  if not path.exists():
+    return []
+  return [json.loads(x) for x in path.read_text().splitlines() if x.strip().endswith("}")]
+
+
+def test_sweep_resumes_after_a_kill(tmp_path):
+  spec = _sweep_file(
+      tmp_path,
+      [
+          {"name": "a", "tags": {"method": "fedavg"}, "overrides": {"seed": 0}},
+          {"name": "b", "tags": {"method": "fedavg"}, "overrides": {"seed": 1}},
+      ],
+  )
+  wd = tmp_path / "wd"
+  cmd = [sys.executable, str(ROOT / "launch" / "sweep.py"), f"--config={spec}", f"--workdir={wd}"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL)
+  deadline = time.time() + 500
+  try:  # kill the whole sweep (it and its train.py) once run b has finished its first round
+    while not any(r["round"] >= 0 for r in _rows(wd / "b" / "metrics.jsonl")):
+      assert proc.poll() is None, "the sweep ended before it could be killed"
+      assert time.time() < deadline
+      time.sleep(0.2)
+  finally:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+  assert (wd / "a" / "summary.json").exists() and not (wd / "b" / "summary.json").exists()
+  a_done = (wd / "a" / "summary.json").stat().st_mtime_ns
+  results = sweep_mod.run_sweep(spec, str(wd))
+  assert results == {"a": "skipped", "b": "done"}
+  assert (wd / "a" / "summary.json").stat().st_mtime_ns == a_done  # not run again
+  assert "resuming at round" in (wd / "b.log").read_text()
+  rounds = [r["round"] for r in _rows(wd / "b" / "metrics.jsonl")]
+  assert rounds == [-1, 0, 1, 2, 3]  # each round once, the killed one rerun
+  record = json.loads((wd / "sweep.json").read_text())
+  assert [r["name"] for r in record["runs"]] == ["a", "b"] and "--config.seed=1" in record["runs"][
+      1
+  ]["command"]
+
+
+# ------------------------------------------------------------------ report from fixtures
+def _fixture_run(wd, name, tags, asr, loss, stakes=None, fraction=0.0, n=10):
+  c = load_config("tiny")
+  c.federation.num_participants = n
+  c.federation.num_proposers, c.federation.num_voters = 3, 3
+  c.attack.fraction, c.attack.proposer = fraction, "backdoor"
+  run = wd / name
+  run.mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps(config_dict(c)))
+  rows = []
+  for k, (a, lo) in enumerate(zip(asr, loss)):
+    row = {
+        "round": k - 1,
+        "heldout_loss": {"finance": lo, "medical": lo + 0.5},
+        "asr": a,
+        "false_activation": 0.0,
+        "accuracy": {"finance": 0.1, "medical": 0.3},
+    }
+    if stakes and k > 0:
+      row.update(
+          stake_honest=stakes[k - 1][0],
+          stake_malicious=stakes[k - 1][1],
+          accepted=k % 2 == 0,
+          attacker_proposals=1,
+          attacker_accepted=k % 2,
+      )
+    rows.append(row)
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (run / "summary.json").write_text(json.dumps({"ejections": {}, "slash_malicious_total": 3.0}))
+  return {
+      "name": name,
+      "tags": tags,
+      "overrides": {},
+      "command": f"python launch/train.py --workdir={name}",
+  }
+
+
+def test_report_builds_from_fixture_workdirs(tmp_path):
+  wd, entries = tmp_path / "sweep", []
+  for seed in (0, 1):
+    for frac in (0.0, 0.4):
+      entries.append(
+          _fixture_run(
+              wd,
+              f"fedavg_f{frac}_s{seed}",
+              {"method": "fedavg", "fraction": frac, "seed": seed},
+              asr=[0.0, 0.5 + frac, 0.6 + frac + 0.1 * seed],
+              loss=[3.0, 2.5, 2.0],
+              fraction=frac,
+          )
+      )
+      entries.append(
+          _fixture_run(
+              wd,
+              f"flock_f{frac}_s{seed}",
+              {"method": "flock", "fraction": frac, "seed": seed},
+              asr=[0.0, 0.1, 0.2 * seed],
+              loss=[3.0, 2.6, 2.2],
+              stakes=[(600.0, 400.0), (610.0, 360.0)],
+              fraction=frac,
+          )
+      )
+  entries.append(
+      _fixture_run(wd, "local_fin", {"trained_on": "finance", "seed": 0}, [0, 0], [3.0, 1.0])
+  )
+  entries.append(
+      _fixture_run(wd, "flock_all", {"trained_on": "all", "seed": 0}, [0, 0], [3.0, 1.5])
+  )
+  (wd / "sweep.json").write_text(
+      json.dumps(
+          {
+              "sweep": "configs/sweeps/x.py",
+              "sweep_file": "# the sweep file\n",
+              "base": "configs/flock.py:tiny",
+              "command": "python launch/sweep.py --config=configs/sweeps/x.py --workdir=runs/x",
+              "runs": entries,
+          }
+      )
+  )
+  out = tmp_path / "report"
+  readme = report_mod.write_report(str(wd), str(out))
+  text = readme.read_text()
+  for png in (
+      "asr_over_rounds.png",
+      "loss_over_rounds.png",
+      "asr_vs_fraction.png",
+      "stakes.png",
+      "cross_domain.png",
+  ):
+    assert (out / png).stat().st_size > 1000 and f"({png})" in text
+  # fedavg at 0.4: ASR over rounds 0..1 = mean(0.9, 1.0) seed 0, mean(0.9, 1.1) seed 1
+  line = next(x for x in text.splitlines() if x.startswith("| 0.4 | fedavg"))
+  assert "| 2 | 0.975 (0.95..1.00) | 1.050 (1.00..1.10) |" in line
+  assert "| 2.250 (2.25..2.25) |" in line  # final held-out loss: mean of 2.0 and 2.5
+  flock = next(x for x in text.splitlines() if x.startswith("| 0.4 | flock"))
+  assert "2/4" in flock  # attacker updates accepted / proposed over both seeds
+  assert "## Economics" in text and "## Cross-domain" in text
+  assert "| finance | 1.000 | 1.500 |" in text
+  cmds = (out / "commands.md").read_text()
+  assert (
+      "python launch/sweep.py --config=configs/sweeps/x.py" in cmds
+      and "--workdir=local_fin" in cmds
+  )
+  assert len(json.loads((out / "runs.json").read_text())) == len(entries)
