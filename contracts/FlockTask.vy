@@ -487,6 +487,7 @@ def start_round():
         assert self.phase == DRAW and block.number > self.seed_block + 256, concat(
             "start_round: round ", uint2str(r - 1), " is still open; finalize it first")
         self.seed_block = block.number
+        self.phase_end = block.number + 256
         log RoundStarted(round=r - 1, global_hash=self.global_hash, reward=self.round_reward, seed_block=block.number)
         return
     assert r < self.total_rounds, concat("start_round: all ", uint2str(self.total_rounds), " rounds are done")
@@ -498,6 +499,7 @@ def start_round():
     self.round_open = True
     self.phase = DRAW
     self.seed_block = block.number
+    self.phase_end = block.number + 256  # the last block draw_roles can read the seed block's hash
     self.round_reward = self.pool // (self.total_rounds - r)
     self.num_commits = 0
     self.num_proposals = 0

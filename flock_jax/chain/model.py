@@ -283,7 +283,7 @@ class TaskModel:
           self.phase == PHASE_DRAW and block > self.seed_block + 256,
           f"start_round: round {r - 1} is still open; finalize it first",
       )
-      self.seed_block = block
+      self.seed_block, self.phase_end = block, block + 256
       return [
           _ev(
               "RoundStarted",
@@ -302,7 +302,7 @@ class TaskModel:
     self.next_round = r + 1
     self.round_open = True
     self.phase = PHASE_DRAW
-    self.seed_block = block
+    self.seed_block, self.phase_end = block, block + 256
     self.round_reward = settlement.round_reward(self.pool, self.total_rounds, r)
     self.proposers, self.voters = [], []
     self.commitments, self.proposals, self.ballots = {}, {}, {}
@@ -355,13 +355,11 @@ class TaskModel:
   def _enter(self, what: str, want: int, who: str, block: int, role: str) -> int:
     _require(self.round_open, f"{what}: no round is open")
     r = self.current_round
-    self.phase, self.phase_end = self.phase_at(block)
+    ph, end = self.phase_at(block)  # stored only if the call succeeds (a revert stores nothing)
     drawn = self.proposers if role == "proposer" else self.voters
     _require(who in drawn, f"{what}: not a drawn {role} for round {r}")
-    _require(
-        self.phase == want,
-        f"{what}: round {r} is in phase {self.phase}, this call needs phase {want}",
-    )
+    _require(ph == want, f"{what}: round {r} is in phase {ph}, this call needs phase {want}")
+    self.phase, self.phase_end = ph, end
     return r
 
   def commit_proposal(self, who: str, commitment: bytes, block: int) -> list[dict]:
