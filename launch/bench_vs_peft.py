@@ -33,6 +33,13 @@ _THREADS = flags.DEFINE_integer("threads", 2, "torch intra-op threads.")
 _REPS = flags.DEFINE_integer("reps", 1, "Timed repetitions after a warm-up.")
 _CHUNK = flags.DEFINE_integer("chunk", 0, "flock_jax loss sequence chunk (0 = whole sequence).")
 _SKIP_PEFT = flags.DEFINE_boolean("skip_peft", False, "Time flock_jax only (to compare settings).")
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    "float32",
+    ["float32", "bfloat16"],
+    "Compute dtype. bfloat16: flock_jax computes and stores the base in bf16 (f32 accumulation,"
+    " f32 LoRA masters and AdamW state); torch runs under CPU autocast(bfloat16).",
+)
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -54,7 +61,10 @@ def main(argv):
   from flock_jax.run_config import default_optim
 
   torch.set_num_threads(_THREADS.value)
+  bf16 = _DTYPE.value == "bfloat16"
   cfg = preset(_PRESET.value)
+  if bf16:
+    cfg = cfg.replace(dtype="bfloat16", param_dtype="bfloat16")
   k, e, b, t = _K.value, _E.value, _B.value, _T.value
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (k, e, b, t)).astype(np.int32)
   n_tok = k * e * b * t
@@ -81,7 +91,8 @@ def main(argv):
     for i in range(k):
       pm.set_adapter(f"c{i}")
       for s in range(e):
-        out = pm(input_ids=tt[i, s], labels=tt[i, s])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+          out = pm(input_ids=tt[i, s], labels=tt[i, s])
         out.loss.backward()
         opts[i].step()
         opts[i].zero_grad(set_to_none=True)
@@ -107,7 +118,7 @@ def main(argv):
 
   print(
       f"{_PRESET.value}: K={k} clients x E={e} steps x [{b}, {t}] tokens, LoRA r=8 on "
-      f"{len(TARGETS)} projections, AdamW; torch threads={_THREADS.value}, "
+      f"{len(TARGETS)} projections, AdamW, {_DTYPE.value}; torch threads={_THREADS.value}, "
       f"jax devices={jax.devices()}",
       flush=True,
   )

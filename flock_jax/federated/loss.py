@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from flock_jax.model.config import LlamaConfig
+from flock_jax.model.layers import dense
 from flock_jax.model.llama import Params, hidden_states, lm_head
 from flock_jax.model.lora import LoraConfig
 
@@ -49,7 +50,7 @@ def next_token_targets(batch: Batch) -> tuple[jax.Array, jax.Array]:
 
 def _nll_sum(hidden, w_head, targets, weights):
   """sum of weights * -log p(target): hidden [B, c, D], w_head [D, V] -> float32 scalar."""
-  logits = jnp.einsum("btd,dv->btv", hidden, w_head, preferred_element_type=jnp.float32)
+  logits = dense(hidden, w_head, jnp.float32)  # its backward: dhidden in the compute dtype
   lse = jax.nn.logsumexp(logits, axis=-1)
   tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return jnp.sum((lse - tgt) * weights)
@@ -59,7 +60,7 @@ def nll_from_hidden(
     params: Params, hidden, targets, weights, cfg: LlamaConfig, chunk_size: int | None = None
 ) -> jax.Array:
   """Weighted NLL sum (float32 scalar) of hidden [B, T, D] under the lm head."""
-  w_head = lm_head(params, cfg).astype(cfg.compute_dtype)
+  w_head = lm_head(params, cfg)
   b, t, d = hidden.shape
   if not chunk_size or chunk_size >= t:
     return _nll_sum(hidden, w_head, targets, weights)

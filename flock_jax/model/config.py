@@ -33,7 +33,9 @@ class LlamaConfig:
 
   Attributes mirror Hugging Face's LlamaConfig; `dtype` is the compute dtype,
   `param_dtype` the storage dtype of the frozen base; `remat` is one of
-  'none' | 'full' | 'dots' (save matmul outputs, recompute the rest).
+  'none' | 'full' | 'dots' (save matmul outputs, recompute the rest);
+  `quantize` 'int8' stores the decoder projections of the frozen base as int8
+  with per-channel scales (flock_jax/model/quant.py), 'none' keeps param_dtype.
   """
 
   vocab_size: int = 256
@@ -57,6 +59,7 @@ class LlamaConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
+  quantize: str = "none"
 
   def __post_init__(self):
     if self.hidden_size <= 0 or self.num_layers <= 0 or self.vocab_size <= 0:
@@ -77,6 +80,8 @@ class LlamaConfig:
         raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
     if self.remat not in ("none", "full", "dots"):
       raise ConfigError(f"remat={self.remat!r}; expected 'none', 'full' or 'dots'")
+    if self.quantize not in ("none", "int8"):
+      raise ConfigError(f"quantize={self.quantize!r}; expected 'none' or 'int8'")
     if self.rope_scaling.kind not in ("default", "linear", "llama3"):
       raise ConfigError(f"rope_scaling kind {self.rope_scaling.kind!r} is not supported")
 
@@ -325,3 +330,45 @@ def preset(name: str, **overrides) -> LlamaConfig:
   if name not in PRESETS:
     raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
   return PRESETS[name].replace(**overrides)
+
+
+# ---------------------------------------------------------------- model FLOPs
+def matmul_flops(
+    cfg: LlamaConfig,
+    batch: int,
+    seq: int,
+    *,
+    lora_rank: int = 0,
+    lora_targets: tuple[str, ...] = (),
+    train: bool = False,
+) -> float:
+  """Matmul FLOPs (2 per multiply-add) of one forward on [batch, seq] tokens, or of one LoRA
+  training step (train=True) with a frozen base.
+
+  Counted: the seven projections, attention's QK^T and PV over the full [seq, seq] square
+  (no causal halving: the kernels compute it), the lm head at every position, LoRA's two
+  skinny matmuls per target. A training step adds the backward: dx through every matmul
+  (the same count as the forward), dQ/dK/dV of attention (twice the forward's), and LoRA's
+  dA and dB; never dW of the frozen base or of the lm head. This is the useful work that
+  benchmarks divide by seconds and by a measured matmul peak.
+  """
+  n = batch * seq
+  d, f = cfg.hidden_size, cfg.intermediate_size
+  dims = {
+      "q": (d, cfg.q_dim),
+      "k": (d, cfg.kv_dim),
+      "v": (d, cfg.kv_dim),
+      "o": (cfg.q_dim, d),
+      "gate": (d, f),
+      "up": (d, f),
+      "down": (f, d),
+  }
+  proj = sum(i * o for i, o in dims.values())
+  attn = 2 * 2 * batch * seq * seq * cfg.q_dim  # QK^T and PV per layer
+  lora = sum(lora_rank * (dims[t][0] + dims[t][1]) for t in lora_targets)
+  fwd_layers = cfg.num_layers * (2 * n * proj + attn + 2 * n * lora)
+  head = 2 * n * d * cfg.vocab_size
+  if not train:
+    return float(fwd_layers + head)
+  bwd = cfg.num_layers * (2 * n * proj + 2 * attn + 2 * 2 * n * lora) + head
+  return float(fwd_layers + head + bwd)

@@ -6,12 +6,50 @@ K kv heads, G = H/K query heads per kv head, Dh head dim, F mlp hidden.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
 from flock_jax.model.config import LlamaConfig, RopeScaling
+
+# ------------------------------------------------------------------ matmuls
+# Every matmul runs in the compute dtype with float32 accumulation
+# (`preferred_element_type=float32`): XLA:CPU's fast bf16 path (AMX / AVX-512
+# BF16) is taken only when f32 accumulation is asked for (bf16 x bf16 -> bf16
+# ran ~5x slower on the machines in docs/speed.md), and accumulating in f32 is
+# what bounds the error. In float32 this changes nothing.
+F32 = jnp.float32
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense(x, w, out_dtype=None):
+  """x [..., in] @ w [in, out] -> [..., out] in out_dtype (default x.dtype), f32 accumulation.
+
+  Written with its own backward so that the backward matmuls also run as
+  x.dtype x x.dtype -> f32 (autodiff would transpose the f32-output dot into a
+  mixed f32 x bf16 dot, the slow path). dw is only formed when w is
+  differentiated (the frozen base never is: XLA drops the dead dot).
+  """
+  y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype), preferred_element_type=F32)
+  return y.astype(out_dtype or x.dtype)
+
+
+def _dense_fwd(x, w, out_dtype):
+  return dense(x, w, out_dtype), (x, w)
+
+
+def _dense_bwd(out_dtype, res, dy):
+  del out_dtype
+  x, w = res
+  dy = dy.astype(x.dtype)
+  dx = jnp.einsum("...o,io->...i", dy, w.astype(x.dtype), preferred_element_type=F32)
+  dw = jnp.einsum("...i,...o->io", x, dy, preferred_element_type=F32)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def rms_norm(x, weight, eps: float):
@@ -72,8 +110,8 @@ def attention(q, k, v, mask):
   scores = scores / jnp.sqrt(jnp.float32(dh))
   scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-  return out.reshape(b, t, h, dh)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=F32)
+  return out.reshape(b, t, h, dh).astype(v.dtype)
 
 
 def swiglu(gate, up):

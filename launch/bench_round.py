@@ -1,0 +1,455 @@
+"""One whole FLock round in flock_jax against the same round as an OpenFedLLM-style torch loop.
+
+  python launch/bench_round.py --model=tiny|smollm2 --dtype=float32|bfloat16 [--rounds=2]
+  python launch/bench_round.py --model=tiny --breakdown=10,100,1000   # round-time breakdown
+
+Both sides do the same work on the same tokens, in one process, rounds interleaved:
+  flock_jax  engine.build + rounds.flock_round on the 'local' ledger (no EVM): P proposers
+             train E AdamW steps on [B, T] batches (vmapped, one jitted call), the candidate
+             is aggregated and hashed, V voters score G_r and C_r on n held-out [B, T]
+             batches (L_j(G_r) comes from the (voter, hash) cache when G did not change);
+             per-domain reporting off (config.eval.every=0).
+  peer       Hugging Face transformers LlamaForCausalLM + peft (torch, --threads threads),
+             the OpenFedLLM loop: per proposer load the global adapter, train E steps with
+             a fresh AdamW (the same clipping), return the adapter; FedAvg; each voter
+             computes its held-out loss of the old and of the candidate adapter.
+Roles and batches of the peer's round r are those flock_jax drew for round r. bfloat16:
+flock_jax stores the base in bf16 and computes in bf16 with float32 accumulation (f32
+LoRA masters and optimizer state); torch runs under CPU autocast(bfloat16) (its usual
+mixed precision). Round 0 compiles and is not timed; rounds 1..R are, the mean reported.
+
+Prints per-phase seconds of both, the ratio, the training step's matmul FLOP/s as a
+percentage of a matmul peak measured in the same run (jax, 2048^2, same dtype), and the
+number of compilations during the timed rounds (should be 0). Last line: JSON.
+
+--breakdown=N1,N2,..: one round at each participant count N (P and V fixed) on the
+in-process EVM chain (eth-tester), with the adapter store and a run-state checkpoint:
+seconds of training, scoring, hashing + serialization, chain and checkpoint.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from flock_jax.timing import use_one_cpu_device  # noqa: E402
+
+use_one_cpu_device()
+
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+_MODEL = flags.DEFINE_enum("model", "tiny", ["tiny", "smollm2"], "tiny random Llama or SmolLM2.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_P = flags.DEFINE_integer("proposers", 4, "Proposers P.")
+_V = flags.DEFINE_integer("voters", 4, "Voters V.")
+_N = flags.DEFINE_integer("participants", 8, "Participants N (>= P + V).")
+_E = flags.DEFINE_integer("steps", 2, "Local steps E.")
+_B = flags.DEFINE_integer("batch", 4, "Batch size B (training and scoring).")
+_T = flags.DEFINE_integer("seq", 128, "Sequence length T.")
+_NB = flags.DEFINE_integer("eval_batches", 1, "Held-out batches n per voter.")
+_R = flags.DEFINE_integer("rounds", 2, "Timed rounds after the compiling round 0.")
+_THREADS = flags.DEFINE_integer("threads", 2, "torch intra-op threads.")
+_PEER = flags.DEFINE_boolean("peer", True, "Also run the torch peer.")
+_BREAKDOWN = flags.DEFINE_list("breakdown", [], "Participant counts for the breakdown section.")
+_QUANT = flags.DEFINE_enum("quantize", "none", ["none", "int8"], "flock_jax frozen base storage.")
+
+
+# ------------------------------------------------------------------ set-up
+def _config(n: int, rounds: int, backend: str):
+  """The run config both sides follow (configs/flock.py variant, overridden)."""
+  import importlib.util
+
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  spec = importlib.util.spec_from_file_location("flock_config", os.path.join(path, "flock.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("smollm2" if _MODEL.value == "smollm2" else "tiny")
+  c.model.weights = ""  # the base is passed in (see _base)
+  c.model.tokenizer = "byte"
+  c.lora.rank, c.lora.alpha = 8, 16.0
+  c.federation.update(
+      num_participants=n,
+      num_proposers=_P.value,
+      num_voters=_V.value,
+      rounds=rounds,
+      local_steps=_E.value,
+      batch_size=_B.value,
+      eval_batches=_NB.value,
+      eval_batch_size=_B.value,
+  )
+  c.data.seq_len = _T.value
+  c.ledger.backend = backend
+  c.eval.every = 0  # per-domain reporting off the round (round -1 only, not called here)
+  c.checkpoint.every = 0
+  return c
+
+
+def _base(cfg):
+  """(cfg, float32 base params): SmolLM2's real weights or the tiny preset's random init."""
+  import jax
+
+  from flock_jax.model.llama import init_params
+
+  if _MODEL.value == "smollm2":
+    from flock_jax.checkpoint.smollm2 import load_smollm2
+
+    cfg32, base, _ = load_smollm2(tokenizer=False)
+    return cfg32, base
+  return cfg, init_params(cfg, jax.random.key(0))
+
+
+def _population(n: int, cfg, rounds: int):
+  from flock_jax.federated.population import synthetic_population
+
+  e, b = _E.value, _B.value
+  return synthetic_population(
+      n,
+      seq_len=_T.value,
+      vocab=min(cfg.vocab_size, 4096),
+      train_rows=e * b * (rounds + 1),
+      heldout_rows=_NB.value * b,
+      eval_rows=b,
+      strides=(1, 3, 5, 7),
+  )
+
+
+class CompileCounter:
+  """Counts XLA compilations (jax.monitoring's backend-compile events) while `active`."""
+
+  EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __init__(self):
+    import jax
+
+    self.count, self.active = 0, False
+    jax.monitoring.register_event_duration_secs_listener(self._on)
+
+  def _on(self, event, duration, **kw):
+    del duration, kw
+    if self.active and event == self.EVENT:
+      self.count += 1
+
+
+def matmul_peak(dtype: str, size: int = 2048, reps: int = 5) -> tuple[float, float]:
+  """(jax, torch) best matmul FLOP/s at [size, size]^2 in dtype (jax: f32 accumulation)."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+
+  jdt = jnp.dtype(dtype)
+  x = jnp.ones((size, size), jdt)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  f(x, x).block_until_ready()
+  tj = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(x, x).block_until_ready()
+    tj = min(tj, time.perf_counter() - t)
+  tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+  a = torch.ones(size, size, dtype=tdt)
+  a @ a
+  tt = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    a @ a
+    tt = min(tt, time.perf_counter() - t)
+  flops = 2.0 * size**3
+  return flops / tj, flops / tt
+
+
+# ------------------------------------------------------------------ the torch peer
+class TorchPeer:
+  """An OpenFedLLM-style FL loop over HF transformers + peft, on the same weights."""
+
+  TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+  def __init__(self, cfg, base32, run, dtype: str, threads: int):
+    import numpy as np
+    import peft
+    import torch
+    import transformers
+
+    from flock_jax.checkpoint.hf_names import hf_tensor_map
+
+    torch.set_num_threads(threads)
+    self.torch, self.np = torch, np
+    self.bf16 = dtype == "bfloat16"
+    hf = cfg.to_hf_dict()
+    for key in ("architectures", "model_type", "torch_dtype"):
+      hf.pop(key)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf)).float()
+    state = {}
+    for name, slot in hf_tensor_map(cfg).items():
+      x = base32
+      for k in slot.path:
+        x = x[k]
+      x = np.asarray(x if slot.layer is None else x[slot.layer], np.float32)
+      state[name] = torch.from_numpy(np.array(x.T if slot.transpose else x, order="C"))
+    if cfg.tie_word_embeddings:
+      state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True)
+    lc = run.lora
+    pcfg = peft.LoraConfig(
+        r=lc.rank,
+        lora_alpha=lc.alpha,
+        lora_dropout=0.0,
+        target_modules=list(self.TARGETS),
+        task_type="CAUSAL_LM",
+    )
+    self.pm = peft.get_peft_model(model, pcfg)
+    self.lora_params = {n: p for n, p in self.pm.named_parameters() if p.requires_grad}
+    self.optim = run.optim
+    self.global_sd = {n: p.detach().clone() for n, p in self.lora_params.items()}
+
+  def _load(self, sd):
+    with self.torch.no_grad():
+      for n, p in self.lora_params.items():
+        p.copy_(sd[n])
+
+  def _loss(self, batch, s):
+    """Masked next-token mean loss of batch row-block s (HF shifts the labels)."""
+    torch = self.torch
+    tokens = torch.as_tensor(batch["tokens"][s], dtype=torch.long)
+    labels = tokens.masked_fill(torch.as_tensor(batch["loss_mask"][s]) == 0, -100)
+    attn = torch.as_tensor(batch["segment_ids"][s] != 0, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+      out = self.pm(input_ids=tokens, attention_mask=attn, labels=labels)
+    return out.loss, int((labels[:, 1:] != -100).sum())
+
+  def train_client(self, batches):
+    """batches {key: [E, B, T]} -> the client's adapter state (a dict of tensors)."""
+    torch = self.torch
+    self._load(self.global_sd)
+    params = list(self.lora_params.values())
+    opt = torch.optim.AdamW(
+        params,
+        lr=self.optim.lr,
+        betas=(self.optim.b1, self.optim.b2),
+        eps=self.optim.eps,
+        weight_decay=self.optim.weight_decay,
+    )
+    self.pm.train()
+    for s in range(batches["tokens"].shape[0]):
+      loss, _ = self._loss(batches, s)
+      loss.backward()
+      if self.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip)
+      opt.step()
+      opt.zero_grad(set_to_none=True)
+    return {n: p.detach().clone() for n, p in self.lora_params.items()}
+
+  def heldout(self, sd, batches) -> float:
+    """Token-weighted mean held-out loss of adapter `sd` over batches {key: [n, B, T]}."""
+    self._load(sd)
+    self.pm.eval()
+    total = count = 0.0
+    with self.torch.no_grad():
+      for s in range(batches["tokens"].shape[0]):
+        loss, c = self._loss(batches, s)
+        total += float(loss) * c
+        count += c
+    return total / max(count, 1.0)
+
+  def round(self, population, proposers, voters, run, round_index) -> dict:
+    """One OpenFedLLM round + FLock voting; returns per-phase seconds."""
+    fed = run.federation
+    times = {}
+    t = time.perf_counter()
+    batches = population.train_batches(
+        proposers, fed.local_steps, fed.batch_size, seed=run.seed, round_index=round_index
+    )
+    local = [
+        self.train_client({k: v[i] for k, v in batches.items()}) for i in range(len(proposers))
+    ]
+    times["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cand = {n: sum(sd[n] for sd in local) / len(local) for n in self.global_sd}  # FedAvg
+    times["aggregate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    held = population.heldout_batches(voters, fed.eval_batches, fed.eval_batch_size)
+    approve = 0
+    for j in range(len(voters)):
+      hj = {k: v[j] for k, v in held.items()}
+      approve += self.heldout(self.global_sd, hj) - self.heldout(cand, hj) >= fed.tau
+    times["eval"] = time.perf_counter() - t
+    if approve * 2 > len(voters):
+      self.global_sd = cand
+    times["round"] = sum(times.values())
+    return times
+
+
+# ------------------------------------------------------------------ main comparison
+def compare():
+  import dataclasses
+
+  import jax
+  import numpy as np
+
+  from flock_jax.federated import rounds as rd
+  from flock_jax.federated.engine import build, make_ledger
+  from flock_jax.model.config import matmul_flops
+  from flock_jax.model.quant import prepare_base
+  from flock_jax.run_config import from_config
+
+  n_rounds = 1 + _R.value
+  run = from_config(_config(_N.value, n_rounds, "local"))
+  cfg32, base32 = _base(run.model.cfg)
+  cfg = cfg32.replace(dtype=_DTYPE.value, param_dtype=_DTYPE.value, quantize=_QUANT.value)
+  pop = _population(_N.value, cfg, n_rounds)
+  run = dataclasses.replace(run, model=dataclasses.replace(run.model, cfg=cfg))
+  cfg, base = prepare_base(cfg, cfg32, base32)  # bf16 / int8 as cfg says
+  engine, state = build(run, population=pop, base=base)
+  ledger = make_ledger(run, state.global_hash)
+  peer = TorchPeer(cfg32, base32, run, _DTYPE.value, _THREADS.value) if _PEER.value else None
+  counter = CompileCounter()
+  fed = run.federation
+  print(
+      f"{_MODEL.value} ({cfg.num_layers} layers, D={cfg.hidden_size}, V={cfg.vocab_size}) "
+      f"{_DTYPE.value}{' int8 base' if _QUANT.value == 'int8' else ''}: N={fed.num_participants}"
+      f" P={fed.num_proposers} V={fed.num_voters} E={fed.local_steps} [B, T]=[{fed.batch_size},"
+      f" {_T.value}] n={fed.eval_batches}; LoRA r={run.lora.rank} on {len(run.lora.targets)} "
+      f"projections; jax {jax.devices()}, torch threads={_THREADS.value}",
+      flush=True,
+  )
+  peak_j, peak_t = matmul_peak(_DTYPE.value)
+  t = time.perf_counter()
+  state, m = rd.flock_round(engine, state, ledger)  # round 0: compiles
+  msg = f"round 0 (warm-up, not timed): flock_jax {time.perf_counter() - t:.1f} s (compiles)"
+  if peer is not None:
+    msg += f", peer {peer.round(pop, m.proposers, m.voters, run, 0)['round']:.1f} s"
+  print(msg, flush=True)
+  jx, pt = [], []
+  for _ in range(_R.value):
+    r = state.round
+    counter.active = True
+    state, m = rd.flock_round(engine, state, ledger)
+    counter.active = False
+    jx.append({k[5:-2]: v for k, v in m.to_dict().items() if k.startswith("time_")})
+    if peer is not None:
+      pt.append(peer.round(pop, m.proposers, m.voters, run, r))
+    print(
+        f"round {r}: flock_jax {jx[-1]['round']:.2f} s"
+        + (f", peer {pt[-1]['round']:.2f} s" if pt else ""),
+        flush=True,
+    )
+  peak_j2, peak_t2 = matmul_peak(_DTYPE.value)
+  peak_j, peak_t = max(peak_j, peak_j2), max(peak_t, peak_t2)
+  mean = lambda rows, k: float(np.mean([row.get(k, 0.0) for row in rows])) if rows else 0.0
+  train_flops = (
+      fed.num_proposers
+      * fed.local_steps
+      * matmul_flops(
+          cfg,
+          fed.batch_size,
+          _T.value,
+          lora_rank=run.lora.rank,
+          lora_targets=run.lora.targets,
+          train=True,
+      )
+  )
+  j_train = mean(jx, "train")
+  pct = 100.0 * train_flops / j_train / peak_j
+  print(f"\n{'phase':<10} {'flock_jax s':>12} {'peer s':>10}")
+  for k in ("train", "hash", "eval", "chain", "report", "round"):
+    pk = {"hash": "aggregate"}.get(k, k)
+    print(f"{k:<10} {mean(jx, k):>12.3f} {mean(pt, pk) if pk in (pt or [{}])[0] else 0:>10.3f}")
+  j_round, p_round = mean(jx, "round"), mean(pt, "round")
+  ratio = p_round / j_round if pt else float("nan")
+  print(
+      f"\nmatmul peak {_DTYPE.value} 2048^2: jax {peak_j / 1e9:.0f} GFLOP/s, torch "
+      f"{peak_t / 1e9:.0f} GFLOP/s"
+  )
+  print(
+      f"flock_jax training: {train_flops / j_train / 1e9:.0f} GFLOP/s = {pct:.0f}% of the jax "
+      f"peak"
+      + (f"; peer training {train_flops / mean(pt, 'train') / 1e9:.1f} GFLOP/s" if pt else "")
+  )
+  print(f"compilations during the timed rounds: {counter.count}")
+  print(f"round: flock_jax {j_round:.2f} s, peer {p_round:.2f} s, ratio {ratio:.2f}x")
+  print(
+      json.dumps(
+          {
+              "model": _MODEL.value,
+              "dtype": _DTYPE.value,
+              "flock_jax_round_s": round(j_round, 3),
+              "peer_round_s": round(p_round, 3),
+              "ratio": round(ratio, 3),
+              "train_pct_of_peak": round(pct, 1),
+          }
+      )
+  )
+
+
+# ------------------------------------------------------------------ breakdown vs N
+def breakdown():
+  import dataclasses
+
+  import jax
+
+  from flock_jax.chain import AdapterStore
+  from flock_jax.checkpoint import RunCheckpointer
+  from flock_jax.federated import rounds as rd
+  from flock_jax.federated import run_state
+  from flock_jax.federated.engine import build, make_ledger
+  from flock_jax.model.lora import lora_shapes
+  from flock_jax.model.quant import prepare_base
+  from flock_jax.run_config import from_config
+
+  print(
+      f"{'N':>6} {'train':>8} {'score':>8} {'hash+io':>8} {'chain':>8} {'ckpt':>8} "
+      f"{'round':>8} {'chain+ckpt %':>13}"
+  )
+  cfg32 = base32 = None
+  for n in map(int, _BREAKDOWN.value):
+    run = from_config(_config(n, 2, "eth_tester"))
+    if base32 is None:
+      cfg32, base32 = _base(run.model.cfg)
+    cfg = cfg32.replace(dtype=_DTYPE.value, param_dtype=_DTYPE.value)
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, cfg=cfg))
+    per = sum(int(x.size) for x in jax.tree.leaves(lora_shapes(cfg, run.lora))) * 4 * 3
+    if per * n > 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+      print(
+          f"{n:>6} skipped: client state (adapter + AdamW) {per * n / 2**30:.1f} GiB exceeds"
+          " 60% of this machine's memory"
+      )
+      continue
+    cfg, base = prepare_base(cfg, cfg32, base32)
+    engine, state = build(run, population=_population(n, cfg, 2), base=base)
+    t = time.perf_counter()
+    ledger = make_ledger(run, state.global_hash)
+    setup = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+      store = AdapterStore(os.path.join(tmp, "store"))
+      ckpt = RunCheckpointer(os.path.join(tmp, "ckpt"), max_to_keep=1)
+      state, _ = rd.flock_round(engine, state, ledger, store)  # compiles
+      state, m = rd.flock_round(engine, state, ledger, store)
+      t = time.perf_counter()
+      ckpt.save(
+          state.round,
+          run_state.checkpoint_tree(state, ledger),
+          run_state.checkpoint_meta(state, m, run, ledger),
+      )
+      t_ck = time.perf_counter() - t
+      ckpt.close()
+    total = m.time_round_s + t_ck
+    print(
+        f"{n:>6} {m.time_train_s:>8.2f} {m.time_eval_s:>8.2f} {m.time_hash_s:>8.2f} "
+        f"{m.time_chain_s:>8.2f} {t_ck:>8.2f} {total:>8.2f} "
+        f"{100 * (m.time_chain_s + t_ck) / total:>12.1f}%  (chain set-up {setup:.0f} s)",
+        flush=True,
+    )
+
+
+def main(argv):
+  del argv
+  if _BREAKDOWN.value:
+    breakdown()
+  else:
+    compare()
+
+
+if __name__ == "__main__":
+  app.run(main)
