@@ -5,7 +5,7 @@ test_seed_ignores_the_candidate / test_draw_fairness_*, 4 copy_commitment + dupl
 5 split_committee, 6 copy_vote, 7 test_parameters_over_the_gas_bound_are_refused /
 test_worst_case_round_fits_a_block, 8 close, 9 test_throwaway_registrations_leave_the_list,
 10 test_holdings_are_capped (and test_token.py), 11 test_unbounded_parameters_are_refused,
-12 test_committed_invalid_update_is_excluded (+ the tiny run in tests/chain/test_invalid_run.py),
+12 test_committed_invalid_update_is_excluded (+ the round loop in tests/federated/test_rounds.py),
 13 tests/chain/test_audit.py (anchor, genesis, malformed blobs) and test_revert_reasons_are_read.
 The main ones also run on a hardhat node (test_jsonrpc.py).
 """
