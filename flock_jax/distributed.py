@@ -21,7 +21,8 @@ be done by every process is anything with a side effect outside the devices:
 
 `initialize` reads the cluster from flags or the environment (`cluster_env`):
 explicit `--coordinator/--num_processes/--process_id` (or FLOCK_COORDINATOR,
-FLOCK_NUM_PROCESSES, FLOCK_PROCESS_ID), SLURM (srun sets SLURM_*), or a Cloud
+FLOCK_NUM_PROCESSES, FLOCK_PROCESS_ID), FLOCK_CLUSTER=tpu|slurm|auto (set by
+launch/pod/*: jax's own cluster detection), SLURM (srun sets SLURM_*), or a Cloud
 TPU pod slice (TPU_WORKER_HOSTNAMES / TPU_WORKER_ID; jax asks the metadata
 server). One process and no cluster: nothing to initialise.
 """
@@ -45,7 +46,7 @@ from flock_jax.pytree import PyTree
 
 @dataclasses.dataclass(frozen=True)
 class ClusterSpec:
-  """How this process joins the job. kind: 'single' | 'explicit' | 'slurm' | 'tpu'."""
+  """How this process joins the job. kind: 'single' | 'explicit' | 'slurm' | 'tpu' | 'auto'."""
 
   kind: str
   coordinator: str | None = None
@@ -116,6 +117,11 @@ def cluster_env(
     if num_processes == 1:
       return ClusterSpec("single")
     return ClusterSpec("explicit", coordinator, num_processes, process_id)
+  forced = env.get("FLOCK_CLUSTER", "")
+  if forced:  # set by launch/pod/*: jax's own detection (TPU metadata server, SLURM_*) fills in
+    if forced not in ("tpu", "slurm", "auto"):
+      raise ValueError(f"FLOCK_CLUSTER={forced!r}: use tpu, slurm or auto")
+    return ClusterSpec(forced)
   ntasks = _int(env, "SLURM_NTASKS") or _int(env, "SLURM_NPROCS")
   if env.get("SLURM_JOB_ID") and ntasks and ntasks > 1:
     return ClusterSpec("slurm", None, ntasks, _int(env, "SLURM_PROCID"))
@@ -130,13 +136,21 @@ def initialize(spec: ClusterSpec | None = None, **flags) -> ClusterSpec:
   other JAX call touches a backend. Idempotent; a single process initialises nothing."""
   spec = spec or cluster_env(**flags)
   if spec.multi and not jax.distributed.is_initialized():
+    use_cpu_collectives()  # only read by the CPU backend (tests, CPU clusters)
     jax.distributed.initialize(**spec.initialize_kwargs())
   return spec
 
 
 def use_cpu_collectives() -> None:
-  """Cross-process collectives on CPU (tests, a CPU cluster): gloo, before the backend starts."""
+  """Cross-process collectives on CPU (tests, a CPU cluster): gloo, before the backend starts.
+
+  CPU programs also run synchronously: with async dispatch two eager programs that both
+  communicate (e.g. the scatters of `ClientState.put`, leaf after leaf) can run at once and
+  pair their gloo messages differently on each process; seen as a hang in round 1 of a
+  2-process run. GPU and TPU run one device's programs in order, so they are unaffected.
+  """
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
 # ------------------------------------------------------------------ the leader
@@ -203,9 +217,30 @@ def sync(name: str) -> None:
 # ------------------------------------------------------------------ the chain
 @dataclasses.dataclass
 class _Raised:
-  """An exception the leader's ledger raised, carried to the followers."""
+  """An exception the leader's ledger raised, carried to the followers as its class, args and
+  attributes (an exception whose __init__ takes other arguments than its args, like web3's,
+  does not survive pickle itself)."""
 
-  error: BaseException
+  cls: type
+  args: tuple
+  attrs: dict
+
+  @classmethod
+  def of(cls, e: BaseException) -> "_Raised":
+    attrs = {}
+    for k, v in vars(e).items():
+      try:
+        pickle.dumps(v)
+        attrs[k] = v
+      except Exception:  # noqa: BLE001 - drop what cannot travel (e.g. a connection)
+        pass
+    return cls(type(e), tuple(e.args), attrs)
+
+  def error(self) -> BaseException:
+    err = self.cls.__new__(self.cls)
+    err.args = self.args
+    err.__dict__.update(self.attrs)
+    return err
 
 
 def _protocol_members() -> tuple[frozenset, frozenset]:
@@ -249,10 +284,13 @@ class FollowerLedger:
         attr = getattr(self.inner, name)
         out = attr(*args, **kwargs) if name in self._methods else attr
       except Exception as e:  # noqa: BLE001 - every process raises what the leader got
-        out = _Raised(e)
+        self._last_error = e
+        out = _Raised.of(e)
     out = broadcast(out)
     if isinstance(out, _Raised):
-      raise out.error
+      if self.inner is not None:
+        raise getattr(self, "_last_error")
+      raise out.error()
     return out
 
   def __getattr__(self, name):
@@ -266,6 +304,14 @@ class FollowerLedger:
         f"FollowerLedger shares only the Ledger protocol; {name!r} is not in it "
         "(use `.inner` on the leader, e.g. for the audit)"
     )
+
+
+def shared_ledger(make: Callable[[], Any]):
+  """The ledger of this run on every process: `make()` itself with one process; with several,
+  a FollowerLedger over `make()`, which only the leader calls (it deploys or attaches)."""
+  if jax.process_count() == 1:
+    return make()
+  return FollowerLedger(make() if is_leader() else None)
 
 
 def unwrap(ledger):
@@ -306,16 +352,22 @@ def gather(tree: PyTree) -> PyTree:
 
 
 def checkpointable(tree: PyTree) -> PyTree:
-  """A run-state tree orbax can save from many hosts: global arrays stay (each host writes its
-  shards), per-host copies (an array on one local device, equal on every host: G, the PRNG key)
-  become numpy, which orbax writes once from the primary host. Identity with one process."""
+  """A run-state tree orbax can save (or restore into) from many hosts: global arrays stay (each
+  host writes its shards), per-host copies (an array on one local device, equal on every host:
+  G, the PRNG key, the ledger bytes) become numpy, which orbax writes once from the primary
+  host; so do restore targets (ShapeDtypeStructs) on one device. Identity with one process."""
   if jax.process_count() == 1:
     return tree
 
+  def per_host(x) -> bool:
+    sharding = getattr(x, "sharding", None)
+    return sharding is not None and len(sharding.device_set) < len(jax.devices())
+
   def one(x):
-    if isinstance(x, jax.Array) and len(x.sharding.device_set) < len(jax.devices()):
-      if x.is_fully_addressable:
-        return np.asarray(x)
+    if isinstance(x, jax.Array) and per_host(x) and x.is_fully_addressable:
+      return np.asarray(x)
+    if isinstance(x, jax.ShapeDtypeStruct) and per_host(x):  # a restore target: numpy back
+      return np.zeros(x.shape, x.dtype)
     return x
 
   return jax.tree.map(one, tree)

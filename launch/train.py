@@ -12,6 +12,11 @@ chain (eth-tester) and the LocalLedger are saved inside every checkpoint and con
 block; on a JSON-RPC node the task is attached again and the checkpoint proven against it. A
 workdir holding a run with another config is refused, naming the differing fields;
 --overwrite moves it aside. See flock_jax/workdir.py for the folder's layout.
+
+Multi-host (a TPU pod slice, a SLURM job, or --coordinator/--num_processes/--process_id):
+every host runs this same command; process 0 alone talks to the chain and writes the workdir's
+files, every host writes its shards of the checkpoints (--workdir must be shared storage).
+See docs/scale_out.md and flock_jax/distributed.py.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ _STOP_AFTER = flags.DEFINE_integer(
     "Stop after this many rounds of this invocation (preemptible jobs); the same command "
     "continues the run.",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "Multi-host: host:port of process 0 (else FLOCK_COORDINATOR, SLURM, TPU)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 _SHOW_CONFIG = flags.DEFINE_boolean(
     "show_config", False, "Print the resolved config, every field with its meaning, and exit."
 )
@@ -67,6 +77,13 @@ def main(argv):
     return
   import jax
 
+  from flock_jax import distributed as D
+
+  D.initialize(
+      coordinator=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+  )
   from flock_jax import faults
   from flock_jax.checkpoint import RunCheckpointer
   from flock_jax.federated import rounds, run_state
@@ -78,7 +95,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   run = from_config(config)  # fails here, naming the field, on a malformed config
   wd = Workdir(_WORKDIR.value) if _WORKDIR.value else None
-  status = wd.check(config, overwrite=_OVERWRITE.value) if wd else "new"
+  lead = D.is_leader()  # process 0 writes the workdir's files; every process its shards
+  status = D.broadcast(wd.check(config, overwrite=_OVERWRITE.value) if wd and lead else "new")
   if _RESUME.value and status != "continue":
     raise WorkdirError(f"--resume: --workdir={_WORKDIR.value} holds no run to continue")
   if wd and status == "continue" and wd.summary_path.exists():
@@ -88,6 +106,7 @@ def main(argv):
     return
 
   engine, state = build(run)  # loads and checks the model before anything is written
+  engine = D.for_hosts(engine)
   print(
       f"flock_jax: {run.model.preset} | mode={run.federation.mode} "
       f"vote={run.federation.vote_mode} N={run.federation.num_participants} "
@@ -98,10 +117,12 @@ def main(argv):
   flock = run.federation.mode == "flock"
   store = ckpt = None
   if wd:
-    wd.start(config, status)
+    if lead:
+      wd.start(config, status)
+    D.sync("workdir")
     from flock_jax.chain import AdapterStore
 
-    store = AdapterStore(wd / "store")
+    store = D.on_leader(AdapterStore(wd / "store"))
     if run.checkpoint_every:
       ckpt = RunCheckpointer(wd / "checkpoints", max_to_keep=run.checkpoint_keep)
 
@@ -109,9 +130,9 @@ def main(argv):
   ledger = None
   if ckpt is not None and ckpt.latest_step() is not None:
     step = ckpt.latest_step()
-    tree, meta = ckpt.restore(step, run_state.restore_target(ckpt, step, state))
+    tree, meta = ckpt.restore(step, D.checkpointable(run_state.restore_target(ckpt, step, state)))
     if flock:
-      ledger = restore_ledger(run, tree, meta, wd)
+      ledger = D.shared_ledger(lambda: restore_ledger(run, tree, meta, wd))
     state = run_state.restore_state(state, tree, meta, ledger)
     print(
         f"resuming at round {state.round} (checkpoint of chain round {meta['chain_round']}, "
@@ -120,26 +141,27 @@ def main(argv):
     )
   else:
     if flock:
-      ledger = make_ledger(run, state.global_hash)
-      if wd and isinstance(ledger, ChainLedger):
+      ledger = D.shared_ledger(lambda: make_ledger(run, state.global_hash))
+      chain = D.unwrap(ledger)
+      if wd and isinstance(chain, ChainLedger):
         wd.write_json(
-            "chain.json", {"task": ledger.chain.task.address, "rpc_url": run.ledger.rpc_url}
+            "chain.json", {"task": chain.chain.task.address, "rpc_url": run.ledger.rpc_url}
         )
     if ckpt is not None:  # round 0's boundary: the deployed chain and the initial state
       ckpt.save(
           0,
-          run_state.checkpoint_tree(state, ledger),
+          D.checkpointable(run_state.checkpoint_tree(state, ledger)),
           run_state.checkpoint_meta(state, None, run, ledger),
       )
 
-  rows = wd.metrics_rows(before_round=state.round) if wd else []
-  if wd:
+  rows = D.broadcast(wd.metrics_rows(before_round=state.round) if wd and lead else [])
+  if wd and lead:
     wd.rewrite_metrics(rows)  # rows of rounds about to be rerun (after a kill) go
   if not rows:  # round -1: where the run began
     m0 = rounds.initial_metrics(engine, state)
     print(m0.summary(), flush=True)
     rows = [m0.to_dict()]
-    if wd:
+    if wd and lead:
       wd.rewrite_metrics(rows)
 
   ran = 0
@@ -155,7 +177,7 @@ def main(argv):
       ran += 1
       print(m.summary(), flush=True)
       rows.append(m.to_dict())
-      if wd:
+      if wd and lead:
         wd.append_metrics(rows[-1])
       faults.point("metrics", m.round)
       if ckpt is not None and (
@@ -164,27 +186,29 @@ def main(argv):
         faults.point("checkpoint", m.round)
         ckpt.save(
             state.round,
-            run_state.checkpoint_tree(state, ledger),
+            D.checkpointable(run_state.checkpoint_tree(state, ledger)),
             run_state.checkpoint_meta(state, m, run, ledger),
         )
   if ckpt is not None:
     ckpt.close()
 
   ok = True
-  if isinstance(ledger, ChainLedger):
+  chain = D.unwrap(ledger)  # the leader's; None on the other processes
+  if isinstance(chain, ChainLedger):
     from flock_jax.chain.audit import audit_chain
     from flock_jax.federated.voting import candidate_bytes
 
     if wd:
-      ledger.chain.export_logs(str(wd / "chain_logs.json"))
+      chain.chain.export_logs(str(wd / "chain_logs.json"))
     report = audit_chain(
-        ledger.chain, store, aggregate=candidate_bytes, require_blobs=store is not None
+        chain.chain, store, aggregate=candidate_bytes, require_blobs=store is not None
     )
     print(f"audit: {report.summary()}", flush=True)
     ok = report.ok
+  ok = D.broadcast(ok)
   summary = rounds.summarize(rows, run)
   print(summary["line"], flush=True)
-  if wd:
+  if wd and lead:
     wd.write_json("summary.json", summary)
     print(f"metrics: {wd.metrics_path}")
   if not ok:

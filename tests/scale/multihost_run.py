@@ -49,8 +49,10 @@ def local_shard_reads(cfg) -> dict:
       return out
 
   mesh = S.make_mesh({"fsdp": len(jax.devices())})
-  params_from_source(cfg, Counting(tensors), mesh, dtype=np.float32)
-  return {"read": Counting.count, "total": int(sum(t.size for t in tensors.values()))}
+  params = params_from_source(cfg, Counting(tensors), mesh, dtype=np.float32)
+  replicated = sum(x.size for x in jax.tree.leaves(params) if x.sharding.is_fully_replicated)
+  total = int(sum(t.size for t in tensors.values()))
+  return {"read": Counting.count, "total": total, "replicated": int(replicated)}
 
 
 def main(argv=None) -> int:

@@ -31,6 +31,7 @@ from flock_jax.federated.ledger import LedgerError, LocalLedger
         ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, {}, ("single", None, None, None)),
         ({"TPU_WORKER_HOSTNAMES": "a,b,c,d", "TPU_WORKER_ID": "2"}, {}, ("tpu", None, 4, 2)),
         ({"TPU_WORKER_HOSTNAMES": "a"}, {}, ("single", None, None, None)),
+        ({"FLOCK_CLUSTER": "tpu"}, {}, ("tpu", None, None, None)),  # launch/pod/tpu.sh
     ],
 )  # fmt: skip
 def test_cluster_env(env, flags, want):
@@ -44,6 +45,8 @@ def test_cluster_env_errors():
     D.cluster_env({}, coordinator="h:1", num_processes=2)
   with pytest.raises(ValueError, match="not in"):
     D.cluster_env({}, coordinator="h:1", num_processes=2, process_id=2)
+  with pytest.raises(ValueError, match="use tpu, slurm or auto"):
+    D.cluster_env({"FLOCK_CLUSTER": "k8s"})
   with pytest.raises(ValueError, match="FLOCK_NUM_PROCESSES='two'"):
     D.cluster_env({"FLOCK_NUM_PROCESSES": "two"})
 
@@ -112,3 +115,35 @@ def test_process_rows_and_global_batch():
 def test_for_hosts_is_the_engine_itself_on_one_process():
   engine = object()
   assert D.for_hosts(engine) is engine
+
+
+def test_checkpointable_turns_per_host_leaves_into_numpy(monkeypatch):
+  """With several processes, arrays and restore targets on a single device become numpy (orbax
+  cannot write or read a host-local jax.Array), arrays over the whole mesh stay."""
+  mesh = S.make_mesh({"fsdp": 8})
+  glob = jax.device_put(np.ones((8, 2), np.float32), NamedSharding(mesh, P("fsdp")))
+  local = jax.numpy.arange(3.0)
+  target = jax.ShapeDtypeStruct((4,), np.uint8, sharding=local.sharding)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  out = D.checkpointable({"g": glob, "l": local, "t": target})
+  assert out["g"] is glob
+  assert isinstance(out["l"], np.ndarray) and out["l"].tolist() == [0.0, 1.0, 2.0]
+  assert isinstance(out["t"], np.ndarray) and out["t"].shape == (4,) and out["t"].dtype == np.uint8
+
+
+class _Revert(Exception):
+  """Like web3's errors: __init__ takes other arguments than the exception's args."""
+
+  def __init__(self, call, reason):
+    super().__init__(f"{call}: {reason}")
+    self.reason = reason
+
+
+def test_leader_error_survives_the_broadcast():
+  import pickle
+
+  e = _Revert("commit_proposal", "no round is open")
+  with pytest.raises(TypeError):
+    pickle.loads(pickle.dumps(e))  # why the class, args and attributes travel instead
+  back = pickle.loads(pickle.dumps(D._Raised.of(e))).error()
+  assert type(back) is _Revert and str(back) == str(e) and back.reason == "no round is open"
