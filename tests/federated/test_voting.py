@@ -126,3 +126,15 @@ def test_bitmask_round_trip():
   assert voting.int_to_bits(voting.bits_to_int(many), 300).tolist() == many
   with pytest.raises(ValueError, match="does not fit"):
     voting.int_to_bits(0b100000, 5)
+
+
+def test_candidate_bytes_with_a_zero_genesis():
+  """No stored G_0 (a task created with a zero genesis hash): G = 0, so the candidate is
+  the mean of the proposals; the audit rebuilt it from b'' and failed with 'bad magic' in v1."""
+  from flock_jax.federated import hashing
+
+  d = [{"a": np.full((2, 2), v, np.float32)} for v in (1.0, 3.0)]
+  got = hashing.tree_from_canonical_bytes(
+      voting.candidate_bytes(b"", [hashing.canonical_bytes(x) for x in d])
+  )
+  np.testing.assert_array_equal(np.asarray(got["a"]), np.full((2, 2), 2.0, np.float32))
