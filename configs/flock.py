@@ -109,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
       prompts_per_domain=8,  # exact-answer prompts per domain
       asr_prompts=16,  # triggered held-out prompts (taken in turn from each domain)
       generate_max_new_tokens=48,  # greedy tokens per generation
+      domains="",  # report on these domains' fresh examples ('' = pooled held-out of data.domains)
   )
   c.mesh = dict(clients=1, data=1, fsdp=1, tensor=1)
   c.checkpoint = dict(every=1, keep=3)  # rounds between run-state checkpoints (0 = off)
@@ -199,6 +200,8 @@ FIELD_HELP = {
     "eval.prompts_per_domain": "held-out prompts with an exact answer per domain (accuracy)",
     "eval.asr_prompts": "triggered held-out prompts, taken in turn from each domain",
     "eval.generate_max_new_tokens": "greedy tokens generated per prompt",
+    "eval.domains": "report on fresh examples of these domains, the same whatever the run trains"
+    " on (cross-domain matrix); '' = the pooled held-out examples of data.domains",
     "mesh.clients": "devices along the clients axis (vmapped clients sharded)",
     "mesh.data": "devices along the data (batch) axis",
     "mesh.fsdp": "devices the weights are sharded over (-1: all that remain)",

@@ -154,6 +154,7 @@ class EvalSpec:
   prompts_per_domain: int
   asr_prompts: int
   generate_max_new_tokens: int
+  domains: tuple[str, ...]  # () = the pooled held-out examples of data.domains
 
 
 @dataclasses.dataclass(frozen=True)
@@ -570,6 +571,8 @@ def _attack(config, n: int, seed: int) -> AttackSpec:
 
 def from_config(config: Any) -> RunConfig:
   """Checked, typed view of a run config (see configs/flock.py for every field)."""
+  from flock_jax.data.registry import DOMAINS
+
   top = set(config.keys())
   allowed = {
       "seed",
@@ -598,8 +601,24 @@ def from_config(config: Any) -> RunConfig:
   ev = _section(
       config,
       "eval",
-      ("every", "accuracy", "asr", "prompts_per_domain", "asr_prompts", "generate_max_new_tokens"),
+      (
+          "every",
+          "accuracy",
+          "asr",
+          "prompts_per_domain",
+          "asr_prompts",
+          "generate_max_new_tokens",
+          "domains",
+      ),
   )
+  eval_domains = ()
+  if _get(ev, "eval", "domains", (str, list, tuple)):
+    eval_domains = _names(ev["domains"], "config.eval.domains")
+    bad = [x for x in eval_domains if x not in DOMAINS]
+    if bad:
+      raise RunConfigError(
+          f"config.eval.domains: {bad[0]!r} is not a registry domain; use one of {sorted(DOMAINS)}"
+      )
   for name in ("mesh", "checkpoint"):
     if name not in config:
       raise RunConfigError(f"config.{name} is missing (configs/flock.py sets every field)")
@@ -641,6 +660,7 @@ def from_config(config: Any) -> RunConfig:
           prompts_per_domain=_get(ev, "eval", "prompts_per_domain", int, lo=1),
           asr_prompts=_get(ev, "eval", "asr_prompts", int, lo=0),
           generate_max_new_tokens=_get(ev, "eval", "generate_max_new_tokens", int, lo=1),
+          domains=eval_domains,
       ),
       mesh={k: v for k, v in mesh.items() if v != 1},
       checkpoint_every=_get(ck, "checkpoint", "every", int, lo=0),

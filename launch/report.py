@@ -227,7 +227,16 @@ def _attackers(run_dir: pathlib.Path) -> tuple[int, list[int]]:
 
   from flock_jax.run_config import from_config
 
-  run = from_config(ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text())))
+  from flock_jax.run_config import load_config
+
+  # fields added after the run was made keep their defaults
+  config = load_config("tiny").to_dict()
+  for section, values in json.loads((run_dir / "config.json").read_text()).items():
+    if isinstance(values, dict) and isinstance(config.get(section), dict):
+      config[section].update(values)
+    else:
+      config[section] = values
+  run = from_config(ml_collections.ConfigDict(config))
   n = run.federation.num_participants
   return n, run.attack.attackers(n)
 

@@ -144,16 +144,10 @@ def status(workdir: pathlib.Path, name: str) -> str:
   return "partial" if (run / "config.json").exists() else "new"
 
 
-def _eta(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+def bar(done: int, total: int, elapsed: float) -> str:
+  from flock_jax.federated.metrics import progress_bar
 
-
-def bar(done: int, total: int, elapsed: float, width: int = 24) -> str:
-  """'[#####.....] 3/10 elapsed 0:01:12 ETA 0:02:48' (ETA from the mean time per run)."""
-  fill = int(width * done / max(total, 1))
-  eta = _eta(elapsed / done * (total - done)) if done else "?"
-  return f"[{'#' * fill}{'.' * (width - fill)}] {done}/{total} elapsed {_eta(elapsed)} ETA {eta}"
+  return progress_bar(done, total, elapsed, "runs")
 
 
 def run_sweep(

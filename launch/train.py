@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from absl import flags, logging
 
@@ -87,6 +88,7 @@ def main(argv):
   from flock_jax import faults
   from flock_jax.checkpoint import RunCheckpointer
   from flock_jax.federated import rounds, run_state
+  from flock_jax.federated.metrics import progress_bar
   from flock_jax.federated.engine import build, make_ledger, restore_ledger
   from flock_jax.federated.ledger import ChainLedger
   from flock_jax.run_config import from_config
@@ -164,7 +166,7 @@ def main(argv):
     if wd and lead:
       wd.rewrite_metrics(rows)
 
-  ran = 0
+  ran, started = 0, time.perf_counter()
   with engine.mesh_context():
     while state.round < run.federation.rounds:
       if _STOP_AFTER.value is not None and ran >= _STOP_AFTER.value:
@@ -176,6 +178,8 @@ def main(argv):
         state, m = rounds.baseline_round(engine, state)
       ran += 1
       print(m.summary(), flush=True)
+      left = run.federation.rounds - state.round  # ETA from this invocation's rounds
+      print(progress_bar(ran, ran + left, time.perf_counter() - started, "rounds"), flush=True)
       rows.append(m.to_dict())
       if wd and lead:
         wd.append_metrics(rows[-1])

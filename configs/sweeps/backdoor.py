@@ -1,7 +1,9 @@
 """Experiment 1: backdoor defence. FLock (whole and per-proposal voting) against FedAvg, Krum,
 Multi-Krum, Median, Trimmed Mean, FLTrust and FLAME, at malicious proposer fractions 0, 20 and
 40% (arg 'tiny:full' adds 10 and 30%), seeds 0 and 1; every method sees the same data, seeds
-and attackers (drawn with the seed).
+and attackers (drawn with the seed). 'smollm2': the headline on SmolLM2-135M-Instruct sized
+for ~2 hours on 2 CPU cores (FedAvg and both FLock votes at 30%, 2 seeds); 'smollm2:full': every
+method and fraction (about 90 runs: a pod's job).
 
   python launch/sweep.py --config=configs/sweeps/backdoor.py --workdir=runs/backdoor_tiny
   python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2 --workdir=runs/backdoor_smollm2
@@ -19,7 +21,20 @@ def get_config(arg=None):
   scale, _, full = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"
-  fractions = (0.0, 0.1, 0.2, 0.3, 0.4) if full == "full" or scale == "smollm2" else (0.0, 0.2, 0.4)
+  if scale == "smollm2" and full != "full":
+    # The headline at SmolLM2 scale, sized for ~2 hours on a 2-core CPU (about 20 minutes a
+    # run): the reference's setting (3 of 10 attackers), FedAvg against both FLock votes.
+    runs = [
+        {
+            "name": f"{m}_f0.3_s{seed}",
+            "tags": {"method": m, "fraction": 0.3, "seed": seed},
+            "overrides": {**common.METHODS[m], "attack.fraction": 0.3, "seed": seed},
+        }
+        for seed in (0, 1)
+        for m in ("fedavg", "flock", "flock_pp")
+    ]
+    return common.sweep(base, shared, runs)
+  fractions = (0.0, 0.1, 0.2, 0.3, 0.4) if full == "full" else (0.0, 0.2, 0.4)
   # In order of priority (a sweep cut short leaves a coherent subset): FLock and FedAvg first,
   # the robust aggregators under attack next, their attack-free runs last.
   first = ("flock", "flock_pp", "fedavg")

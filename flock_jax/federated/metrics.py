@@ -221,6 +221,23 @@ def summary_extras(rows: list[dict], attackers: list[int]) -> dict[str, Any]:
   return out
 
 
+def _clock(seconds: float) -> str:
+  s = int(seconds)
+  return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def progress_bar(done: int, total: int, elapsed: float, unit: str = "", width: int = 24) -> str:
+  """'[######..................] 3/12 rounds elapsed 0:01:12 ETA 0:04:48': the ETA is the mean
+  time per finished step times the steps left (of a run: rounds; of a sweep: runs)."""
+  fill = int(width * done / max(total, 1))
+  eta = _clock(elapsed / done * (total - done)) if done else "?"
+  unit = f" {unit}" if unit else ""
+  return (
+      f"[{'#' * fill}{'.' * (width - fill)}] {done}/{total}{unit} elapsed {_clock(elapsed)} "
+      f"ETA {eta}"
+  )
+
+
 def _tokens(x: int | None) -> str:
   return "-" if x is None else f"{x / 1e18:+.3g}"
 

@@ -91,6 +91,20 @@ class Population:
 
 
 # ------------------------------------------------------------------ from the data package
+EVAL_SEED_OFFSET = 10_000  # generated domains: config.eval.domains' examples use seed + this
+
+
+def _eval_examples(name: str, d, seed: int):
+  """Reporting examples of domain `name` that no participant holds: a generated domain drawn
+  with another seed; a fixed set, its examples after the first data.examples_per_domain."""
+  from flock_jax.data.registry import load_domain
+
+  if name in ("finance", "medical"):
+    return load_domain(name, n=d.eval_examples_per_domain, seed=seed + EVAL_SEED_OFFSET)
+  got = load_domain(name, limit=d.examples_per_domain + d.eval_examples_per_domain)
+  return got[d.examples_per_domain :]
+
+
 def build_population(run, tokenizer) -> Population:
   """Load run.data.domains, partition among N participants (private train / held-out),
   poison the training sets of 'backdoor' participants, and tokenize."""
@@ -155,13 +169,17 @@ def build_population(run, tokenizer) -> Population:
           f"tokenization at seq_len={d.seq_len}: raise data.seq_len or "
           f"data.examples_per_domain"
       )
+  ev = run.eval
   evals, pooled_by_domain = {}, {}
-  for dom in sorted({e.domain for e in examples}):
-    pooled = [e for p in parts for e in p.heldout if e.domain == dom][: d.eval_examples_per_domain]
+  for dom in ev.domains or sorted({e.domain for e in examples}):
+    if ev.domains:  # the same fresh examples whatever the run trains on (cross-domain matrix)
+      pooled = _eval_examples(dom, d, run.seed)
+    else:
+      pooled = [e for p in parts for e in p.heldout if e.domain == dom]
+    pooled = pooled[: d.eval_examples_per_domain]
     if pooled:
       evals[dom] = dict(tok(pooled, 0))
       pooled_by_domain[dom] = pooled
-  ev = run.eval
   prompts = build_eval_prompts(
       pooled_by_domain,
       tokenizer,

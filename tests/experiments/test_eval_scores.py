@@ -172,3 +172,26 @@ def test_screen_flags_norm_and_direction():
   flags = np.array([False, True])
   assert screening.screened(np.array([[True, True]]), flags, True).tolist() == [[True, False]]
   assert screening.screened(np.array([True, True]), flags, False).tolist() == [False, False]
+
+
+def test_eval_domains_are_the_same_whatever_a_run_trains_on():
+  """config.eval.domains: every run reports on the same fresh examples of every listed domain
+  (the cross-domain matrix), including domains it does not train on."""
+  from flock_jax.data.tokenizer import byte_tokenizer
+  from flock_jax.federated.population import build_population
+  from flock_jax.run_config import from_config, load_config
+
+  tok, pops = byte_tokenizer(), []
+  for trained in ("finance", "medical", "finance,medical"):
+    c = load_config("tiny")
+    c.data.domains, c.eval.domains = trained, "finance,medical"
+    c.data.examples_per_domain, c.data.eval_examples_per_domain = 24, 6
+    c.federation.num_participants, c.federation.num_proposers, c.federation.num_voters = 4, 2, 2
+    pops.append(build_population(from_config(c), tok))
+  for p in pops:
+    assert sorted(p.eval_sets) == ["finance", "medical"] and sorted(p.prompts.domains) == sorted(p.eval_sets)
+    for d in p.eval_sets:
+      np.testing.assert_array_equal(p.eval_sets[d]["tokens"], pops[0].eval_sets[d]["tokens"])
+      assert p.prompts.domains[d] == pops[0].prompts.domains[d]
+  train_prompts = {tok.decode(r) for r in pops[2].train[0]["tokens"]}
+  assert not any(q in t for q in pops[2].prompts.domains["finance"][0] for t in train_prompts)

@@ -1,0 +1,34 @@
+"""Experiment 4: malicious voters. Every attacker poisons its data when drawn to propose and
+votes maliciously when drawn to vote (attack.proposer=backdoor, attack.voter=<behaviour>), at
+attacker fractions up to and past half of the (equal) voting stake; whole-candidate voting.
+
+  colluding       approves exactly the candidates holding a fellow attacker's update
+  always_approve  approves everything
+  always_reject   rejects everything (stalls training; slashed whenever honest voters win)
+
+  python launch/sweep.py --config=configs/sweeps/voters.py --workdir=runs/voters_tiny
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+
+def get_config(arg=None):
+  base, shared = common.scale(arg)
+  shared.update({"attack.proposer": "backdoor", **common.METHODS["flock"]})
+  runs = []
+  for seed in (0, 1):
+    for behaviour in ("colluding", "always_approve", "always_reject"):
+      for frac in (0.3, 0.6):
+        runs.append(
+            {
+                "name": f"{behaviour}_f{common.fmt(frac)}_s{seed}",
+                "tags": {"method": behaviour, "fraction": frac, "seed": seed},
+                "overrides": {"attack.voter": behaviour, "attack.fraction": frac, "seed": seed},
+            }
+        )
+  return common.sweep(base, shared, runs)
