@@ -9,8 +9,8 @@ The part after ':' is `TOPOLOGY[,MODEL][,int8]`:
   TOPOLOGY  v5p-64 (32 chips, 8 hosts), v5e-256 (256 chips, 64 hosts),
             8xh100 (one host), 16xh100 (two hosts of 8)
   MODEL     llama3_70b (default) | llama31_70b
-  int8      the frozen base in int8 with per-channel scales (config.model.quant, when the
-            build has flock_jax/model/quant.py wired in; the plan counts 1 byte per weight)
+  int8      the frozen base's projections in int8 with per-channel scales
+            (LlamaConfig.quantize, flock_jax/model/quant.py); the plan counts 1 byte per weight
 
 The mesh is not written here: it is what the memory plan chooses for this
 topology, K = num_proposers clients (the proposers train at once), the
@@ -89,15 +89,8 @@ def get_config(arg: str | None = None):
   c = _flock().get_config("llama3_70b")
   c.model.preset = model
   c.model.weights = "hf:" + os.environ.get("FLOCK_HF_DIR", "<set --config.model.weights=hf:FOLDER>")
-  c.model.overrides = {"remat": REMAT}
+  c.model.overrides = {"remat": REMAT, **({"quantize": "int8"} if int8 else {})}
   c.model.loss_chunk = LOSS_CHUNK
-  if int8:
-    if "quant" not in c.model:
-      raise ValueError(
-          "configs/pods.py: ',int8' needs config.model.quant, which this build's configs/flock.py "
-          "does not have yet"
-      )
-    c.model.quant = "int8"
   c.data.seq_len = SEQ_LEN
   c.federation.num_participants = PARTICIPANTS
   c.federation.num_proposers = PROPOSERS

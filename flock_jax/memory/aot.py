@@ -26,6 +26,24 @@ from flock_jax.model.llama import abstract_params, param_axes
 from flock_jax.model.lora import LoraConfig, lora_axes, lora_shapes
 
 
+def base_abstract(cfg: LlamaConfig) -> tuple[dict, dict]:
+  """(ShapeDtypeStructs, logical axes) of the frozen base as the engine holds it: with
+  cfg.quantize == 'int8' each decoder projection is {'q': int8 [L, in, out], 'scale':
+  float32 [L, out]} (flock_jax/model/quant.py), the scale on the weight's output axis."""
+  base, axes = abstract_params(cfg), param_axes(cfg)
+  if getattr(cfg, "quantize", "none") != "int8":
+    return base, axes
+  from flock_jax.model.quant import quantize_params
+
+  qbase = jax.eval_shape(quantize_params, base)
+  layers = dict(axes["layers"])
+  for name, leaf in qbase["layers"].items():
+    if isinstance(leaf, dict) and "q" in leaf:
+      names = layers[name]
+      layers[name] = {"q": names, "scale": (names[0], names[-1])}
+  return qbase, {**axes, "layers": layers}
+
+
 def train_step_args(
     cfg: LlamaConfig,
     lcfg: LoraConfig,
@@ -55,7 +73,8 @@ def train_step_args(
         is_leaf=lambda x: isinstance(x, NamedSharding),
     )
 
-  base, base_sh = abstract_params(cfg), S.tree_shardings(param_axes(cfg), mesh)
+  base, axes = base_abstract(cfg)
+  base_sh = S.tree_shardings(axes, mesh)
   S.check_divisible(base, base_sh)
   start_sh = S.tree_shardings(lora_axes(cfg, lcfg), mesh)
   state = jax.eval_shape(lambda: init_client_state(cfg, lcfg, tx, jax.random.key(0), clients))
@@ -128,7 +147,9 @@ def aot_memory_analysis(
       # XLA:CPU has no bf16 dots: it converts the stacked bf16 weight shards to f32 once,
       # outside the layer scan (seen in the optimized HLO: f32[80, 1024, 28672] for 70B on
       # fsdp 8). GPUs and TPUs multiply bf16 directly and never hold that copy.
-      base_b = S.per_device_bytes(abstract_params(cfg), jax.tree.map(lambda a: a.sharding, args[0]))
+      base_b = S.per_device_bytes(
+          base_abstract(cfg)[0], jax.tree.map(lambda a: a.sharding, args[0])
+      )
       out["cpu_f32_weight_copy_bytes"] = base_b * 4 // jnp.dtype(cfg.storage_dtype).itemsize
     out["peak_without_cpu_copy_bytes"] = (
         out["peak_estimate_bytes"] - out["cpu_f32_weight_copy_bytes"]

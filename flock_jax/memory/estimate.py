@@ -254,7 +254,10 @@ def plan_memory(
 ) -> MemoryPlan:
   """Per-device memory of a K-client vmapped LoRA step on `topology` (see module docstring).
 
-  weight_bytes: bytes per frozen projection weight (None: the storage dtype; 1: int8)."""
+  weight_bytes: bytes per frozen projection weight (None: 1 when cfg.quantize is 'int8',
+  else the storage dtype)."""
+  if weight_bytes is None and getattr(cfg, "quantize", "none") == "int8":
+    weight_bytes = 1
   mesh_shape = full_mesh_shape(mesh_shape or default_mesh_shape(topology, cfg), topology.chips)
   mesh = abstract_mesh(mesh_shape)
   base_b, base_how = base_bytes(cfg, mesh_shape, weight_bytes)

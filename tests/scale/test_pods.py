@@ -10,7 +10,7 @@ from flock_jax.run_config import from_config
 
 
 @pytest.mark.parametrize(
-    "variant", ["v5p-64", "v5e-256", "8xh100", "16xh100", "16xh100,llama31_70b"]
+    "variant", ["v5p-64", "v5e-256", "8xh100", "16xh100", "16xh100,llama31_70b", "8xh100,int8"]
 )
 def test_pod_config_builds_with_the_plans_mesh(variant):
   run = from_config(pods.get_config(variant))
@@ -23,10 +23,11 @@ def test_pod_config_builds_with_the_plans_mesh(variant):
   assert run.federation.num_proposers % mesh["clients"] == 0  # K clients split evenly
   assert run.federation.batch_size == batch
   assert run.model.cfg.remat == "full" and run.model.loss_chunk == pods.LOSS_CHUNK
-  assert run.model.preset == (variant.split(",")[1] if "," in variant else "llama3_70b")
+  assert run.model.preset == ("llama31_70b" if "llama31" in variant else "llama3_70b")
   # The stated memory: recompute the plan for the config as built, independently of the choice.
+  assert run.model.cfg.quantize == ("int8" if "int8" in variant else "none")
   plan = M.plan_memory(
-      preset(run.model.preset).replace(remat="full"),
+      preset(run.model.preset).replace(remat="full", quantize=run.model.cfg.quantize),
       run.lora,
       topo,
       mesh,
@@ -63,3 +64,11 @@ def test_pod_config_errors():
     pods.get_config("v9-8")
   with pytest.raises(ValueError, match="unknown part"):
     pods.get_config("v5p-64,llama2")
+
+
+def test_int8_base_lets_the_plan_pick_a_cheaper_mesh_or_batch():
+  """On 8 x H100 the int8 base frees half the base's memory; the plan's total drops by it."""
+  _, bf16 = pods.plan("8xh100")
+  _, int8 = pods.plan("8xh100,int8")
+  assert int8.plan.row("frozen base") < 0.55 * bf16.plan.row("frozen base")
+  assert int8.plan.total < bf16.plan.total

@@ -242,3 +242,29 @@ def test_launch_script_chooses_mesh(capsys):
   out = capsys.readouterr().out
   assert "mesh choice:" in out and "why:" in out and "float32 scale per output channel" in out
   assert "mesh clients:4" in out and "=> FITS" in out
+
+
+def test_aot_int8_base_matches_the_plans_int8_row():
+  """The engine's step compiled with an int8 base (cfg.quantize): XLA's argument bytes equal
+  the plan's rows, whose base row counts 1 byte per projection weight plus the scales."""
+  cfg = preset("tiny", num_layers=1, quantize="int8")
+  lcfg = LoraConfig(rank=4)
+  mesh = S.make_mesh({"fsdp": 4, "tensor": 2})
+  k, b, t = 2, 4, 16
+  res = M.aot_memory_analysis(cfg, lcfg, mesh, clients=k, batch=b, seq_len=t)
+  plan = M.plan_memory(
+      cfg, lcfg, M.parse_topology("8xh100"), dict(mesh.shape), clients=k, batch=b, seq_len=t
+  )
+  float_plan = M.plan_memory(
+      cfg.replace(quantize="none"),
+      lcfg,
+      M.parse_topology("8xh100"),
+      dict(mesh.shape),
+      clients=k,
+      batch=b,
+      seq_len=t,
+  )
+  assert plan.row("frozen base") < float_plan.row("frozen base")  # counted as int8 by default
+  tokens = 4 * k * (b // 4) * t * 4
+  exact = plan.row("frozen base") + plan.row("adapters") // k + plan.row("optimizer")
+  assert res["argument_size_in_bytes"] == exact + tokens
