@@ -62,6 +62,13 @@ def parse_args(argv):
       "with float32 per-channel scales)",
   )
   p.add_argument(
+      "--quantize",
+      default=None,
+      choices=["none", "int8"],
+      help="frozen base storage (LlamaConfig.quantize): int8 is counted at 1 B/weight and "
+      "compiled as int8 by the AOT step",
+  )
+  p.add_argument(
       "--choose_mesh",
       action="store_true",
       help="let the plan choose the mesh (and print every candidate and why)",
@@ -118,6 +125,8 @@ def main(argv=None) -> int:
   cfg = preset(args.model)
   if args.remat:
     cfg = cfg.replace(remat=args.remat)
+  if args.quantize:
+    cfg = cfg.replace(quantize=args.quantize)
   lcfg = LoraConfig(
       rank=args.lora_rank,
       alpha=2.0 * args.lora_rank,
@@ -136,6 +145,7 @@ def main(argv=None) -> int:
       return 1
     mesh_shape = choice.mesh
   base = "" if args.weight_bytes is None else f", base {args.weight_bytes:g} B/weight"
+  base += ", int8 base" if cfg.quantize == "int8" else ""
   plan = M.plan_memory(
       cfg,
       lcfg,
@@ -170,7 +180,13 @@ def main(argv=None) -> int:
   print(
       M.format_aot(
           M.aot_memory_analysis(
-              cfg, lcfg, mesh, clients=args.clients, batch=args.batch, seq_len=args.seq_len
+              cfg,
+              lcfg,
+              mesh,
+              clients=args.clients,
+              batch=args.batch,
+              seq_len=args.seq_len,
+              chunk_size=args.logits_chunk or None,
           )
       )
   )
