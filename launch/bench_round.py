@@ -54,6 +54,9 @@ _R = flags.DEFINE_integer("rounds", 2, "Timed rounds after the compiling round 0
 _THREADS = flags.DEFINE_integer("threads", 2, "torch intra-op threads.")
 _PEER = flags.DEFINE_boolean("peer", True, "Also run the torch peer.")
 _BREAKDOWN = flags.DEFINE_list("breakdown", [], "Participant counts for the breakdown section.")
+_PACKING = flags.DEFINE_boolean(
+    "packing", False, "Packing section: rows and real tokens of the same examples, packed or not."
+)
 _QUANT = flags.DEFINE_enum("quantize", "none", ["none", "int8"], "flock_jax frozen base storage.")
 
 
@@ -257,6 +260,7 @@ class TorchPeer:
     """One OpenFedLLM round + FLock voting; returns per-phase seconds."""
     fed = run.federation
     times = {}
+    cpu = time.process_time()
     t = time.perf_counter()
     batches = population.train_batches(
         proposers, fed.local_steps, fed.batch_size, seed=run.seed, round_index=round_index
@@ -278,7 +282,18 @@ class TorchPeer:
     if approve * 2 > len(voters):
       self.global_sd = cand
     times["round"] = sum(times.values())
+    times["cpu"] = time.process_time() - cpu
     return times
+
+  def warm_up(self, population, proposers, voters, run) -> float:
+    """One local step and one held-out batch (torch's first calls set up kernels)."""
+    t = time.perf_counter()
+    b = population.train_batches(proposers[:1], 1, run.federation.batch_size, seed=1, round_index=0)
+    self.train_client({k: v[0] for k, v in b.items()})
+    held = population.heldout_batches(voters[:1], 1, run.federation.eval_batch_size)
+    self.heldout(self.global_sd, {k: v[0] for k, v in held.items()})
+    self._load(self.global_sd)
+    return time.perf_counter() - t
 
 
 # ------------------------------------------------------------------ main comparison
@@ -319,15 +334,18 @@ def compare():
   state, m = rd.flock_round(engine, state, ledger)  # round 0: compiles
   msg = f"round 0 (warm-up, not timed): flock_jax {time.perf_counter() - t:.1f} s (compiles)"
   if peer is not None:
-    msg += f", peer {peer.round(pop, m.proposers, m.voters, run, 0)['round']:.1f} s"
+    msg += f", peer warm-up {peer.warm_up(pop, m.proposers, m.voters, run):.1f} s"
   print(msg, flush=True)
   jx, pt = [], []
   for _ in range(_R.value):
     r = state.round
     counter.active = True
+    cpu = time.process_time()
     state, m = rd.flock_round(engine, state, ledger)
+    cpu = time.process_time() - cpu
     counter.active = False
     jx.append({k[5:-2]: v for k, v in m.to_dict().items() if k.startswith("time_")})
+    jx[-1]["cpu"] = cpu
     if peer is not None:
       pt.append(peer.round(pop, m.proposers, m.voters, run, r))
     print(
@@ -368,6 +386,10 @@ def compare():
       + (f"; peer training {train_flops / mean(pt, 'train') / 1e9:.1f} GFLOP/s" if pt else "")
   )
   print(f"compilations during the timed rounds: {counter.count}")
+  print(
+      f"process CPU seconds per round (both threads; wall time is what counts, CPU time shows"
+      f" what a loaded machine did to it): flock_jax {mean(jx, 'cpu'):.1f}, peer {mean(pt, 'cpu'):.1f}"
+  )
   print(f"round: flock_jax {j_round:.2f} s, peer {p_round:.2f} s, ratio {ratio:.2f}x")
   print(
       json.dumps(
@@ -443,9 +465,47 @@ def breakdown():
     )
 
 
+# ------------------------------------------------------------------ packing
+def packing():
+  """The same examples (config.data's domains, the model's tokenizer) at T: rows and share
+  of real tokens unpacked (one example per row, padded: what the peer computes) and packed
+  (segment ids, first fit: what flock_jax can compute). Training cost is per row, so
+  'same examples' time = 'same tokens' time x packed rows / unpacked rows."""
+  from flock_jax.data.registry import load_domain
+  from flock_jax.data.tokenization import tokenize_examples
+  from flock_jax.run_config import from_config
+
+  run = from_config(_config(_N.value, 1, "local"))
+  if _MODEL.value == "smollm2":
+    from flock_jax.checkpoint.smollm2 import load_smollm2
+
+    tok = load_smollm2(tokenizer=True)[2]
+  else:
+    from flock_jax.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("byte")
+  d = run.data
+  examples = []
+  for name in ("finance", "medical"):
+    examples.extend(load_domain(name, n=d.examples_per_domain, seed=run.seed))
+  rows = {}
+  for pack in (False, True):
+    arr = tokenize_examples(examples, tok, _T.value, pack=pack, system=d.system or None)
+    real = float((arr["segment_ids"] != 0).mean())
+    rows[pack] = arr["tokens"].shape[0]
+    print(
+        f"{'packed' if pack else 'unpacked':>9}: {len(examples)} examples -> {rows[pack]} rows"
+        f" of {_T.value} tokens, {100 * real:.0f}% real tokens",
+        flush=True,
+    )
+  print(f"same examples: packed rows / unpacked rows = {rows[True] / rows[False]:.3f}")
+
+
 def main(argv):
   del argv
-  if _BREAKDOWN.value:
+  if _PACKING.value:
+    packing()
+  elif _BREAKDOWN.value:
     breakdown()
   else:
     compare()

@@ -11,6 +11,13 @@ same work: K clients x E local steps x [B, T] tokens, all tokens in the loss.
   flock_jax the engine's jitted `local_train`: K clients vmapped in one call
 Prints training tokens/s of both and the ratio, in one process, on the CPU
 (JAX on one device; torch with --threads intra-op threads).
+
+  python launch/bench_vs_peft.py --device=gpu [--preset=llama3_8b] [--clients=1]
+                                 [--batch=4] [--seq=2048] [--peak_tflops=989]
+
+On one accelerator (no torch peer): tokens/s and MFU of the flock_jax LoRA step in
+bf16, MFU against the nominal dense bf16 peak (--peak_tflops; H100/H200 SXM: 989) and
+against an 8192^2 bf16 matmul measured in the same run. Last line: JSON.
 """
 
 import os
@@ -19,7 +26,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flock_jax.timing import best_time, use_one_cpu_device  # noqa: E402
 
-use_one_cpu_device()
+if "--device=gpu" not in sys.argv:
+  use_one_cpu_device()
 
 
 from absl import app, flags  # noqa: E402
@@ -33,6 +41,9 @@ _THREADS = flags.DEFINE_integer("threads", 2, "torch intra-op threads.")
 _REPS = flags.DEFINE_integer("reps", 1, "Timed repetitions after a warm-up.")
 _CHUNK = flags.DEFINE_integer("chunk", 0, "flock_jax loss sequence chunk (0 = whole sequence).")
 _SKIP_PEFT = flags.DEFINE_boolean("skip_peft", False, "Time flock_jax only (to compare settings).")
+_DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "cpu: vs PEFT; gpu: MFU only.")
+_PEAK = flags.DEFINE_float("peak_tflops", 989.0, "--device=gpu: nominal dense bf16 peak.")
+_LAYERS = flags.DEFINE_integer("layers", 0, "Override the preset's num_layers (0: keep).")
 _DTYPE = flags.DEFINE_enum(
     "dtype",
     "float32",
@@ -44,8 +55,73 @@ _DTYPE = flags.DEFINE_enum(
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def gpu_mfu():
+  """tokens/s and MFU of K clients x E LoRA steps of the preset in bf16 on one accelerator."""
+  import json
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from flock_jax.federated import clients as cl
+  from flock_jax.model.config import matmul_flops, preset
+  from flock_jax.model.llama import init_params
+  from flock_jax.model.lora import LoraConfig, init_lora
+  from flock_jax.optim import make_optimizer
+  from flock_jax.run_config import default_optim
+
+  preset_name = "llama3_8b" if _PRESET.value == "smollm2_135m" else _PRESET.value
+  cfg = preset(preset_name, dtype="bfloat16", param_dtype="bfloat16")
+  if _LAYERS.value:
+    cfg = cfg.replace(num_layers=_LAYERS.value)
+  k, e, b, t = _K.value, _E.value, _B.value, _T.value
+  lcfg = LoraConfig(rank=8, alpha=16.0)
+  tx = make_optimizer(default_optim(name="adamw", lr=1e-3, weight_decay=0.0))
+  base = init_params(cfg, jax.random.key(0))
+  g = init_lora(cfg, lcfg, jax.random.key(1))
+  state = cl.init_client_state(cfg, lcfg, tx, jax.random.key(2), k, global_lora=g)
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (k, e, b, t)).astype(np.int32)
+  ones = np.ones_like(tokens)
+  batches = {
+      "tokens": jnp.asarray(tokens),
+      "loss_mask": jnp.asarray(ones, jnp.float32),
+      "segment_ids": jnp.asarray(ones),
+      "positions": jnp.asarray(np.broadcast_to(np.arange(t, dtype=np.int32), tokens.shape)),
+  }
+  keys = jax.random.split(jax.random.key(3), k)
+  local_train = cl.make_local_train(cfg, lcfg, tx, donate=False, chunk_size=_CHUNK.value or None)
+  step = lambda: jax.block_until_ready(local_train(base, g, state.opt_state, batches, keys))
+  secs = best_time(step, max(_REPS.value, 3))
+  x = jnp.ones((8192, 8192), jnp.bfloat16)
+  mm = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
+  t_mm = best_time(lambda: mm(x).block_until_ready(), 5)
+  peak_measured = 2 * 8192**3 / t_mm
+  flops = k * e * matmul_flops(cfg, b, t, lora_rank=8, lora_targets=lcfg.targets, train=True)
+  mfu = flops / secs / (_PEAK.value * 1e12)
+  print(
+      f"{preset_name} ({cfg.num_layers} layers) bf16 on {jax.devices()[0].device_kind}: K={k} x "
+      f"E={e} x [{b}, {t}], remat={cfg.remat}: {k * e * b * t / secs:,.0f} tokens/s, "
+      f"{flops / secs / 1e12:.0f} TFLOP/s = {100 * mfu:.1f}% MFU of {_PEAK.value:.0f} TFLOP/s "
+      f"({100 * flops / secs / peak_measured:.1f}% of the measured matmul peak "
+      f"{peak_measured / 1e12:.0f} TFLOP/s)"
+  )
+  print(
+      json.dumps(
+          {
+              "model": preset_name,
+              "device": jax.devices()[0].device_kind,
+              "tokens_per_s": round(k * e * b * t / secs, 1),
+              "mfu": round(mfu, 4),
+              "matmul_peak_tflops": round(peak_measured / 1e12, 1),
+          }
+      )
+  )
+
+
 def main(argv):
   del argv
+  if _DEVICE.value == "gpu":
+    return gpu_mfu()
   import jax
   import jax.numpy as jnp
   import numpy as np
