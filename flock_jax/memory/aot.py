@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -146,11 +147,15 @@ def aot_memory_analysis(
     if out["platform"] == "cpu" and jnp.dtype(cfg.storage_dtype).itemsize < 4:
       # XLA:CPU has no bf16 dots: it converts the stacked bf16 weight shards to f32 once,
       # outside the layer scan (seen in the optimized HLO: f32[80, 1024, 28672] for 70B on
-      # fsdp 8). GPUs and TPUs multiply bf16 directly and never hold that copy.
-      base_b = S.per_device_bytes(
-          base_abstract(cfg)[0], jax.tree.map(lambda a: a.sharding, args[0])
+      # fsdp 8). GPUs and TPUs multiply bf16 directly and never hold that copy. Only the
+      # 16-bit float leaves count: an int8 projection is converted per layer, inside the scan.
+      leaves = jax.tree.leaves(args[0])
+      small_b = sum(
+          int(np.prod(a.sharding.shard_shape(a.shape))) * a.dtype.itemsize
+          for a in leaves
+          if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize < 4
       )
-      out["cpu_f32_weight_copy_bytes"] = base_b * 4 // jnp.dtype(cfg.storage_dtype).itemsize
+      out["cpu_f32_weight_copy_bytes"] = small_b * 4 // jnp.dtype(cfg.storage_dtype).itemsize
     out["peak_without_cpu_copy_bytes"] = (
         out["peak_estimate_bytes"] - out["cpu_f32_weight_copy_bytes"]
     )
