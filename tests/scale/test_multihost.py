@@ -38,13 +38,18 @@ def _spawn(out, *args):
 
 
 def _wait(procs, timeout=900):
+  """Waits for all `procs` within `timeout` seconds in all; kills them all past it."""
+  import time
+
+  deadline = time.monotonic() + timeout
   for p, _ in procs:
     try:
-      p.wait(timeout=timeout)
+      p.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
       for q, _ in procs:
         q.kill()
-      pytest.fail("a process of the multi-host run timed out")
+      logs = "\n".join(f"--- {log}:\n{log.read_text()[-1500:]}" for _, log in procs)
+      pytest.fail(f"a process of the multi-host run timed out after {timeout} s\n{logs}")
   for p, log in procs:
     assert p.returncode == 0, log.read_text()[-4000:]
 
