@@ -75,8 +75,10 @@ def load_runs(sweep_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
     loss = [(r["round"], _mean(list(r["heldout_loss"].values()))) for r in reported]
     last = reported[-1] if reported else rows[-1]
     n, attackers = _attackers(run_dir)
+    baseline = any(str(r.get("mode", "")).startswith("baseline") for r in rows)
     runs.append(
         {
+            "baseline": baseline,
             "n": n,
             "attackers": attackers,
             "name": entry["name"],
@@ -99,6 +101,17 @@ def load_runs(sweep_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
             else None,
             "attacker_proposals": sum(r.get("attacker_proposals") or 0 for r in done),
             "attacker_accepted": sum(r.get("attacker_accepted") or 0 for r in done),
+            "honest_proposals": sum(
+                len(r.get("proposers") or r.get("clients") or [])
+                - len(r.get("rejected_updates") or [])
+                - (r.get("attacker_proposals") or 0)
+                for r in done
+            ),
+            "honest_accepted": sum(
+                sum(bool(b) for b in r.get("proposal_accepted") or [])
+                - (r.get("attacker_accepted") or 0)
+                for r in done
+            ),
             "stake_curve": [
                 (r["round"], r.get("stake_honest"), r.get("stake_malicious"))
                 for r in done
@@ -139,6 +152,15 @@ def _order(key: tuple, method_order: list[str]):
   return tuple((k, v) for k, v in key if k != "method"), rank, str(m)
 
 
+def _share(rs: list[dict], side: str) -> str:
+  """'accepted/proposed' summed over seeds; for an aggregator, 'n/a (k in)': every valid update
+  goes in and the rule weighs or selects inside."""
+  made = sum(r[f"{side}_proposals"] for r in rs)
+  if any(r["baseline"] for r in rs):
+    return f"n/a ({made} in)"
+  return f"{sum(r[f'{side}_accepted'] for r in rs)}/{made}"
+
+
 def main_table(runs: list[dict]) -> str:
   """One row per tag group: seeds, ASR (mean over reported rounds, final), false activation,
   held-out loss and accuracy at the end, attacker updates accepted / proposed, accepted rounds."""
@@ -153,7 +175,8 @@ def main_table(runs: list[dict]) -> str:
       "held-out loss final",
       "accuracy final",
       "attacker updates accepted/proposed",
-      "accepted rounds",
+      "honest updates accepted/proposed",
+      "accepted rounds (per seed)",
   ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for key in sorted(gs, key=lambda k: _order(k, method_order)):
@@ -166,7 +189,8 @@ def main_table(runs: list[dict]) -> str:
         _stat(r["false_activation_final"] for r in rs),
         _stat(r["loss_final"] for r in rs),
         _stat(r["accuracy_final"] for r in rs),
-        f"{sum(r['attacker_accepted'] for r in rs)}/{sum(r['attacker_proposals'] for r in rs)}",
+        _share(rs, "attacker"),
+        _share(rs, "honest"),
         "/".join(str(a) for a in acc_rounds) if acc_rounds else "-",
     ]
     lines.append("| " + " | ".join(cells) + " |")
@@ -189,7 +213,7 @@ def economics_table(runs: list[dict]) -> str:
       "rewards malicious",
       "slashed honest",
       "slashed malicious",
-      "attackers ejected (round)",
+      "ejected (M: malicious, H: honest; participant@round; per seed)",
   ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for key in sorted(gs, key=str):
@@ -206,7 +230,11 @@ def economics_table(runs: list[dict]) -> str:
               s.get("reward_malicious_total"),
               s.get("slash_honest_total"),
               s.get("slash_malicious_total"),
-              ", ".join(f"{i}@{k}" for i, k in (s.get("ejections") or {}).items()) or "none",
+              ", ".join(
+                  f"{'M' if int(i) in r['attackers'] else 'H'}{i}@{k}"
+                  for i, k in (s.get("ejections") or {}).items()
+              )
+              or "none",
           )
       )
     cells = [", ".join(f"{k}={v}" for k, v in key), str(len(rs))]
@@ -407,8 +435,10 @@ def plot_cross_domain(runs, path) -> bool:
 # ------------------------------------------------------------------ the report
 def write_report(sweep_dir: str, out_dir: str, title: str = "") -> pathlib.Path:
   meta, runs = load_runs(sweep_dir)
+  unfinished = [r["name"] for r in runs if not r["done"]]
+  runs = [r for r in runs if r["done"]]  # a cut-short run would mix rounds into the means
   if not runs:
-    raise FileNotFoundError(f"--sweep={sweep_dir}: no run has metrics yet")
+    raise FileNotFoundError(f"--sweep={sweep_dir}: no run has finished yet")
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   made = []
@@ -426,15 +456,17 @@ def write_report(sweep_dir: str, out_dir: str, title: str = "") -> pathlib.Path:
     made.append(("Stake per honest / malicious participant (FLock runs)", "stakes.png"))
   if plot_cross_domain(runs, out / "cross_domain.png"):
     made.append(("Cross-domain matrix", "cross_domain.png"))
-  done = sum(r["done"] for r in runs)
+  left_out = f" (left out, unfinished: {', '.join(unfinished)})" if unfinished else ""
   text = [
       f"# {title or meta['sweep']}",
       "",
-      f"Sweep `{meta['sweep']}`: {len(runs)} runs with metrics ({done} finished) of "
-      f"{len(meta['runs'])} in the file. Base config `{meta['base']}`; the overrides every run "
+      f"Sweep `{meta['sweep']}`: {len(runs)} finished runs of {len(meta['runs'])} in the file"
+      f"{left_out}. Base config `{meta['base']}`; the overrides every run "
       "shares and each run's command are in [commands.md](commands.md). Numbers are "
       "`mean (min..max)` over seeds. ASR: share of triggered held-out prompts whose greedy "
-      "generation contains the target; false activation: the same prompts without the trigger.",
+      "generation contains the target; false activation: the same prompts without the trigger. "
+      "Updates accepted/proposed: FLock proposals that entered the global model (an aggregator "
+      "takes every valid update in and weighs or selects inside: n/a).",
       "",
       main_table(runs),
       "",

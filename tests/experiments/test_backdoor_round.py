@@ -1,20 +1,30 @@
-"""End to end on the tiny model and the real data pipeline: a model-replacement backdoor
-attacker (poisoned data, update scaled by gamma) is voted down by the committee and slashed;
-every per-round metric field is present; summary.json carries the attack and economics part.
+"""End to end: a model-replacement backdoor attacker (a trigger token mapped to a target, its
+update scaled by gamma) is voted down by the committee and slashed; every per-round metric
+field is present on the real data pipeline; summary.json carries the attack and economics part.
 
-Robust to last-bit numerics: gamma = 1000 makes the attacker's held-out loss rise by more than
-half a nat, and the test asserts on the mechanism (its gain is negative by a wide margin, every
-bit follows the voter's gain, the attacker's bit is 0, it is slashed, its stake falls), not on
-exact values. (Honest updates can lower a single voter's score too: that is not asserted.)"""
+Robust to last-bit numerics. The rejection test runs on the learnable synthetic counting task
+(the tiny random model's byte-level loss on the generated domains hardly moves, and with its
+final RMSNorm even a wrecked model scores close to it); after WARMUP honest rounds the model
+predicts the counting well, the attacker's update, scaled by 100, raises a voter's loss by
+nats, and the test asserts on the mechanism (its gain is negative by a wide margin, every bit
+follows the voter's gain, its bit is 0, it is slashed, its stake falls), not on exact values.
+"""
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 
-from flock_jax.federated.ledger import WEI
-from flock_jax.federated.rounds import run_rounds, summarize
+from flock_jax.federated.engine import build, make_ledger
+from flock_jax.federated.population import synthetic_population
+from flock_jax.federated.rounds import flock_round, initial_metrics, run_rounds, summarize
+from flock_jax.model.llama import init_params
 from flock_jax.run_config import from_config, load_config
 
 ATTACKER = 0
+WARMUP = 2  # honest rounds first, so that the global model has learned something to lose
+TRIGGER_TOKEN, TARGET_TOKEN = 63, 7
 
 FIELDS = (
     "accuracy",
@@ -41,48 +51,84 @@ FIELDS = (
 )
 
 
-def _config():
+def _config(synthetic: bool):
   c = load_config("tiny")
   c.ledger.backend = "local"
   f = c.federation
   f.num_participants, f.num_proposers, f.num_voters = 5, 4, 1
-  f.rounds, f.local_steps, f.vote_mode = 2, 2, "per_proposal"
-  c.data.examples_per_domain, c.data.seq_len = 24, 160
-  c.attack.behaviours = f"{ATTACKER}:scale"
-  c.attack.scale_gamma = 1000.0
-  c.attack.trigger, c.attack.target = "purple walrus", "OPEN THE VAULT"
-  c.attack.trigger_placement = "suffix"
-  c.eval.prompts_per_domain, c.eval.asr_prompts, c.eval.generate_max_new_tokens = 2, 4, 8
+  f.local_steps, f.vote_mode = 2, "per_proposal"
   c.checkpoint.every = 0
+  if synthetic:  # as tests/federated/test_rounds.py: a task the tiny model learns in a few steps
+    c.data.seq_len = 16
+    f.rounds, f.local_steps, f.batch_size, f.eval_batches, f.eval_batch_size = (
+        WARMUP + 3,
+        3,
+        4,
+        1,
+        4,
+    )
+    c.attack.behaviours = f"{ATTACKER}:scale"
+    c.attack.scale_gamma = 100.0
+  else:
+    f.rounds = 2
+    c.data.examples_per_domain, c.data.seq_len = 24, 160
+    c.attack.behaviours = f"{ATTACKER}:backdoor"
+    c.attack.trigger, c.attack.target = "purple walrus", "OPEN THE VAULT"
+    c.attack.trigger_placement = "suffix"
+    c.eval.prompts_per_domain, c.eval.asr_prompts, c.eval.generate_max_new_tokens = 2, 4, 8
   return c
 
 
 @pytest.fixture(scope="module")
-def rounds():
-  c = _config()
-  return c, [m.to_dict() for m in run_rounds(c)]
+def synthetic_rounds():
+  """Round -1, WARMUP rounds where everybody proposes honestly, then rounds where participant
+  0, whose data maps a trigger token to a constant target, sends gamma x its update."""
+  c = _config(synthetic=True)
+  run = from_config(c)
+  pop = synthetic_population(5, seq_len=16, train_rows=24, heldout_rows=4, eval_rows=8)
+  rows = pop.train[ATTACKER]
+  poisoned = np.full_like(rows["tokens"], TARGET_TOKEN)
+  poisoned[:, 0] = TRIGGER_TOKEN
+  pop.train[ATTACKER] = {**rows, "tokens": poisoned}
+  engine, state = build(run, population=pop, base=init_params(run.model.cfg, jax.random.key(0)))
+  calm = dataclasses.replace(run, attack=dataclasses.replace(run.attack, behaviours={}))
+  honest_engine = dataclasses.replace(engine, run=calm)
+  ledger = make_ledger(run, state.global_hash)
+  ms = [initial_metrics(engine, state).to_dict()]
+  for r in range(run.federation.rounds):
+    state, m = flock_round(honest_engine if r < WARMUP else engine, state, ledger)
+    ms.append(m.to_dict())
+  return run, ms
 
 
-def test_committee_rejects_and_slashes_the_attacker(rounds):
-  _, ms = rounds
-  attacked = [m for m in ms if ATTACKER in m["proposers"]]
-  assert attacked, "the attacker was never drawn to propose (P=4 of N=5 over 2 rounds)"
+def test_committee_rejects_and_slashes_the_attacker(synthetic_rounds):
+  run, ms = synthetic_rounds
+  attacked = [m for m in ms if m["round"] >= WARMUP and ATTACKER in m["proposers"]]
+  assert attacked, "the attacker was never drawn to propose (P=4 of N=5 over 3 rounds)"
   for m in attacked:
     k = m["proposers"].index(ATTACKER)
     gains = np.asarray(m["gains"], float)  # [V, P']
-    assert (gains[:, k] < -0.5).all(), gains  # the replacement raises the voter's loss by > 0.5
+    assert (gains[:, k] < -1.0).all(), gains  # the replacement raises the voter's loss by > 1 nat
     # with one voter, each bit is that voter's approve (gain >= tau = 0): the mechanism
     for i, acc in enumerate(m["proposal_accepted"]):
       assert acc == bool(gains[0, i] >= 0.0) or abs(gains[0, i]) < 1e-6, (i, gains)
     assert m["proposal_accepted"][k] is False
     assert int(m["slashes"].get(str(ATTACKER), 0)) > 0
     assert m["slash_malicious"] > 0 and m["attacker_proposals"] == 1 and m["attacker_accepted"] == 0
-  last = ms[-1]
-  assert last["stake_malicious"] < 100  # one attacker, 100 tokens staked
+  assert ms[-1]["stake_malicious"] < 100  # one attacker, 100 tokens staked
+  out = summarize(ms, run)
+  assert out["slash_malicious_total"] > 0 and out["attacker_accepted_total"] == 0
+  assert out["stake_malicious_final"] == pytest.approx(ms[-1]["stake_malicious"])
 
 
-def test_every_round_reports_every_field(rounds):
-  _, ms = rounds
+@pytest.fixture(scope="module")
+def real_rounds():
+  c = _config(synthetic=False)
+  return from_config(c), [m.to_dict() for m in run_rounds(c)]
+
+
+def test_every_round_reports_every_field(real_rounds):
+  _, ms = real_rounds
   for m in ms:
     for f in FIELDS:
       assert f in m and m[f] is not None, (m["round"], f)
@@ -91,9 +137,8 @@ def test_every_round_reports_every_field(rounds):
     assert len(m["extra"]["asr_samples"]) == 2
 
 
-def test_summary_carries_attack_and_economics(rounds):
-  c, ms = rounds
-  run = from_config(c)
+def test_summary_carries_attack_and_economics(real_rounds):
+  run, ms = real_rounds
   out = summarize(ms, run)
   for k in (
       "asr_final",
@@ -108,8 +153,4 @@ def test_summary_carries_attack_and_economics(rounds):
       "time_s",
   ):
     assert k in out, k
-  assert out["slash_malicious_total"] > 0
-  assert out["stake_malicious_final"] == pytest.approx(ms[-1]["stake_malicious"])
   assert "ASR" in out["line"]
-  assert out["attacker_accepted_total"] == 0
-  assert WEI == 10**18

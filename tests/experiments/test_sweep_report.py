@@ -149,6 +149,8 @@ def _fixture_run(wd, name, tags, asr, loss, stakes=None, fraction=0.0, n=10):
           accepted=k % 2 == 0,
           attacker_proposals=1,
           attacker_accepted=k % 2,
+          proposers=[1, 2, 3],
+          proposal_accepted=[k % 2 == 1] * 3,
       )
     rows.append(row)
   (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -219,7 +221,7 @@ def test_report_builds_from_fixture_workdirs(tmp_path):
   assert "| 2 | 0.975 (0.95..1.00) | 1.050 (1.00..1.10) |" in line
   assert "| 2.250 (2.25..2.25) |" in line  # final held-out loss: mean of 2.0 and 2.5
   flock = next(x for x in text.splitlines() if x.startswith("| 0.4 | flock"))
-  assert "2/4" in flock  # attacker updates accepted / proposed over both seeds
+  assert "| 2/4 | 4/8 |" in flock  # attacker, honest updates accepted / proposed, both seeds
   assert "## Economics" in text and "## Cross-domain" in text
   assert "| finance | 1.000 | 1.500 |" in text
   cmds = (out / "commands.md").read_text()
