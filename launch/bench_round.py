@@ -410,6 +410,9 @@ def breakdown():
   import dataclasses
 
   import jax
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
 
   from flock_jax.chain import AdapterStore
   from flock_jax.checkpoint import RunCheckpointer
