@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
       rpc_url="",  # 'jsonrpc': the node, e.g. http://127.0.0.1:8545
-      vote_window=64,  # blocks a round stays open for votes
+      vote_window=64,  # blocks per phase (propose, reveal, vote, vote reveal)
       task="",  # 'jsonrpc': attach to this deployed FlockTask (resume) instead of deploying
       stake=100,
       min_stake=10,
@@ -171,7 +171,7 @@ FIELD_HELP = {
     " other proposals is below this",
     "ledger.backend": "eth_tester (in-process EVM) | jsonrpc (a node) | local (the rules, no EVM)",
     "ledger.rpc_url": "jsonrpc: the node's URL, e.g. http://127.0.0.1:8545",
-    "ledger.vote_window": "blocks a round stays open for votes",
+    "ledger.vote_window": "blocks per phase of a round (commit, reveal, vote, vote reveal)",
     "ledger.task": "jsonrpc: attach to this deployed FlockTask instead of deploying one",
     "ledger.stake": "whole tokens each participant stakes",
     "ledger.min_stake": "minimum stake (whole tokens); below it a participant is ejected",

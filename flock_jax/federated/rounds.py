@@ -85,6 +85,31 @@ def _screen(engine: Engine, who: Sequence[int], deltas: PyTree, like: PyTree):
   return valid_ids, valid, errors
 
 
+def _screen_revealed(proposers, updates, revealed: dict, like: PyTree, store=None):
+  """What every honest voter decides about the revealed proposals, deterministically:
+  (valid ids, their updates, error messages, invalid flag per proposer). A proposal is
+  invalid when its blob is missing from the store or check_update rejects it (NaN/Inf,
+  wrong structure or shape); a hash two proposers revealed is a duplicate, excluded but not
+  flagged (the contract excludes and slashes both itself)."""
+  valid_ids, valid, errors, flags = [], [], [], []
+  seen = list(revealed.values())
+  for i, d in zip(proposers, updates):
+    h = revealed.get(i)
+    err = None
+    if h is not None and seen.count(h) == 1:
+      if store is not None and h not in store:
+        err = f"participant {i}: the blob of its revealed proposal 0x{h.hex()} is missing"
+      else:
+        err = check_update(d, like, client=i)
+    flags.append(err is not None)
+    if err is not None:
+      errors.append(str(err))
+    elif h is not None and seen.count(h) == 1:
+      valid_ids.append(i)
+      valid.append(d)
+  return valid_ids, valid, errors, tuple(flags)
+
+
 def _heldout_by_domain(engine: Engine, lora: PyTree) -> dict[str, float]:
   names, batches = engine.population.eval_batches(engine.run.federation.eval_batch_size)
   losses = engine.heldout_loss(engine.base, _stack([lora]), batches)  # [D, 1]
@@ -164,14 +189,21 @@ def flock_round(
   with timer("train"):
     state, deltas, train_losses = _train(engine, state, proposers)
   faults.point("trained", roles.round)
+  # Every proposer commits, an attacker's NaN or wrong-shaped update too (protocol v2).
   with timer("hash"):
-    valid_ids, valid, errors = _screen(engine, proposers, deltas, G)
-    hashes = [hashing.tree_hash(d) for d in valid]
-    _put(store, G, *valid)
+    updates = attack_updates(att, proposers, _unstack(deltas, len(proposers)))
+    hashes = [hashing.tree_hash(d) for d in updates]
   with timer("chain"):
-    for i, h in zip(valid_ids, hashes):
+    for i, h in zip(proposers, hashes):
       ledger.propose(i, h)
   faults.point("proposed", roles.round)
+  # Reveal, then publish the bytes (published earlier, a hash could be copied before its commit).
+  with timer("chain"):
+    revealed = ledger.reveal_proposals(proposers)
+  _put(store, G, *[u for i, u in zip(proposers, updates) if i in revealed])
+  # Voters check every revealed proposal alike: valid ones enter the candidate, invalid ones
+  # are flagged in each vote (a strict majority of voting stake excludes and slashes them).
+  valid_ids, valid, errors, flags = _screen_revealed(proposers, updates, revealed, G, store)
 
   # 3. Candidate in canonical (address) order; voters score it on private held-out data.
   honest, gains, cand_hash, candidate, suspect = None, [], None, None, None
@@ -194,20 +226,22 @@ def flock_round(
   # 4. Vote (on chain); 5. finalize: tally and settle.
   approvals = []
   with timer("chain"):
-    if valid:
+    if revealed:  # with no valid proposal the vote only flags the invalid ones
+      no_valid = np.zeros((len(voters), 0) if per_proposal else len(voters), bool)
       fellow = np.asarray([att.is_attacker(i) for i in valid_ids], bool)
       for row, j in enumerate(voters):
-        ballot = voter_ballot(att.voter(j), honest[row], fellow)
+        ballot = voter_ballot(att.voter(j), honest[row] if valid else no_valid[row], fellow)
         approvals.append(None if ballot is None else np.asarray(ballot).tolist())
         if ballot is None:
           continue
-        if per_proposal:  # bit i names roles.proposers[i]; bits of dropped proposals stay 0
+        if per_proposal:  # bit i names roles.proposers[i]; bits of excluded proposals stay 0
           bits = [False] * len(proposers)
           for k, i in enumerate(valid_ids):
             bits[proposers.index(i)] = bool(ballot[k])
-          ledger.vote(j, b"\x00" * 32, bits=tuple(bits))
+          ledger.vote(j, b"\x00" * 32, bits=tuple(bits), invalid=flags)
         else:
-          ledger.vote(j, cand_hash, approve=bool(ballot))
+          named = cand_hash if valid else hashing.tree_hash(G)
+          ledger.vote(j, named, approve=bool(ballot) and bool(valid), invalid=flags)
     faults.point("voted", roles.round)
     outcome: Outcome = ledger.finalize()
     faults.point("finalized", roles.round)

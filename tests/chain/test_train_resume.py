@@ -43,7 +43,8 @@ def test_train_stops_resumes_on_the_same_task_and_audits_clean(node_url, tmp_pat
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["round"] for r in rows] == [-1, 0, 1, 2]  # -1: the starting model
   assert json.loads((tmp_path / "chain.json").read_text())["task"] == task
-  # The latest checkpoint is now round 2's: resuming proves it against the chain and
-  # finds nothing left to run.
+  # The run is finished: the same command again finds nothing left to run and sends nothing.
+  logs = (tmp_path / "chain_logs.json").read_text()
   third = _train(tmp_path, node_url, "--resume")
-  assert "resuming at round 3" in third and "nothing left to run" in third
+  assert "nothing left to run" in third
+  assert (tmp_path / "chain_logs.json").read_text() == logs
