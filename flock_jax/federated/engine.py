@@ -154,7 +154,9 @@ def restore_ledger(run, tree: dict, meta: dict, workdir=None) -> Ledger:
         "resume on a JSON-RPC node: the task address is unknown; set --config.ledger.task=0x... "
         "(the FlockTask this run deployed)"
     )
-  return ChainLedger.attach(backend, n, task)
+  from flock_jax.federated.rejoin import RejoinLedger  # replays or rejoins what the node moved on
+
+  return RejoinLedger(ChainLedger.attach(backend, n, task).chain, int(meta["next_round"]))
 
 
 @functools.lru_cache(maxsize=8)

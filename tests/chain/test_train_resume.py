@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.hardhat
 
 
-def _train(workdir, url, *extra):
+def _train(workdir, url, *extra, kill_at=None):
   cmd = [
       sys.executable,
       str(ROOT / "launch" / "train.py"),
@@ -27,9 +27,12 @@ def _train(workdir, url, *extra):
       "--config.federation.local_steps=2",
       *extra,
   ]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = {k: v for k, v in os.environ.items() if k != "FLOCK_JAX_KILL_AT"}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  if kill_at:
+    env["FLOCK_JAX_KILL_AT"] = kill_at
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert out.returncode == (-9 if kill_at else 0), out.stdout[-3000:] + out.stderr[-3000:]
   return out.stdout
 
 
@@ -48,3 +51,24 @@ def test_train_stops_resumes_on_the_same_task_and_audits_clean(node_url, tmp_pat
   third = _train(tmp_path, node_url, "--resume")
   assert "nothing left to run" in third
   assert (tmp_path / "chain_logs.json").read_text() == logs
+
+
+def test_sigkill_mid_round_and_after_finalize_then_the_run_continues_on_the_node(
+    node_url, tmp_path  # noqa: F811
+):
+  """Killed after its votes (round 1 open on the node), then right after round 1 was
+  finalized (the checkpoint is a round behind the node): each time the same command rejoins
+  or replays what the node already holds, its recomputed commitments match the ones on
+  chain, and the finished run audits clean from the node's logs alone."""
+  _train(tmp_path, node_url, kill_at="1:voted")
+  _train(tmp_path, node_url, kill_at="1:finalized")
+  out = _train(tmp_path, node_url)
+  assert "resuming at round 1" in out
+  assert "audit: audit OK: 3 rounds" in out, out
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["round"] for r in rows] == [-1, 0, 1, 2]
+  for r in rows[1:]:  # the run's global model is the chain's, round by round
+    if r["accepted"]:
+      assert r["global_hash"] == r["chain_global_hash"] == r["candidate_hash"]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["rounds"] == 3
