@@ -332,7 +332,10 @@ def compare():
   peak_j, peak_t = matmul_peak(_DTYPE.value)
   t = time.perf_counter()
   state, m = rd.flock_round(engine, state, ledger)  # round 0: compiles
-  msg = f"round 0 (warm-up, not timed): flock_jax {time.perf_counter() - t:.1f} s (compiles)"
+  msg = (
+      f"round 0 ({'accepted' if m.accepted else 'rejected'}; warm-up, not timed): flock_jax "
+      f"{time.perf_counter() - t:.1f} s (compiles)"
+  )
   if peer is not None:
     msg += f", peer warm-up {peer.warm_up(pop, m.proposers, m.voters, run):.1f} s"
   print(msg, flush=True)
@@ -349,7 +352,8 @@ def compare():
     if peer is not None:
       pt.append(peer.round(pop, m.proposers, m.voters, run, r))
     print(
-        f"round {r}: flock_jax {jx[-1]['round']:.2f} s"
+        f"round {r} ({'accepted' if m.accepted else 'rejected'}; compilations so far"
+        f" {counter.count}): flock_jax {jx[-1]['round']:.2f} s"
         + (f", peer {pt[-1]['round']:.2f} s" if pt else ""),
         flush=True,
     )
