@@ -76,3 +76,20 @@ def test_int8_base_lora_gradients_equal_dequantized_base_in_f32():
   a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g8)])
   b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(gf)])
   assert rel_rms(a, b) <= 1e-5, rel_rms(a, b)
+
+
+def test_prepare_base_applies_the_configured_storage():
+  """What engine.build does to a loaded base: param_dtype cast, then int8 projections (their
+  scales stay float32); an already quantized base is left as it is."""
+  from flock_jax.model.quant import is_quantized, prepare_base
+
+  cfg, p32 = _params(8)
+  want = cfg.replace(dtype="bfloat16", param_dtype="bfloat16", quantize="int8")
+  got_cfg, base = prepare_base(want, cfg, jax.tree.map(jnp.asarray, p32))
+  assert (got_cfg.dtype, got_cfg.param_dtype, got_cfg.quantize) == ("bfloat16", "bfloat16", "int8")
+  assert base["embed"].dtype == jnp.bfloat16 and base["layers"]["attn_norm"].dtype == jnp.bfloat16
+  for n in PROJECTIONS:
+    assert is_quantized(base["layers"][n]) and base["layers"][n]["scale"].dtype == jnp.float32
+  _, again = prepare_base(want, cfg, base)
+  for x, y in zip(jax.tree.leaves(base), jax.tree.leaves(again)):
+    assert x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))
