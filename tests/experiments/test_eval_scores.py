@@ -189,7 +189,9 @@ def test_eval_domains_are_the_same_whatever_a_run_trains_on():
     c.federation.num_participants, c.federation.num_proposers, c.federation.num_voters = 4, 2, 2
     pops.append(build_population(from_config(c), tok))
   for p in pops:
-    assert sorted(p.eval_sets) == ["finance", "medical"] and sorted(p.prompts.domains) == sorted(p.eval_sets)
+    assert sorted(p.eval_sets) == ["finance", "medical"] and sorted(p.prompts.domains) == sorted(
+        p.eval_sets
+    )
     for d in p.eval_sets:
       np.testing.assert_array_equal(p.eval_sets[d]["tokens"], pops[0].eval_sets[d]["tokens"])
       assert p.prompts.domains[d] == pops[0].prompts.domains[d]
