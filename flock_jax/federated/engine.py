@@ -18,6 +18,7 @@ from flock_jax.federated.ledger import WEI, ChainLedger, Ledger, LocalLedger
 from flock_jax.federated.population import Population
 from flock_jax.model.llama import Params
 from flock_jax.model.lora import init_lora
+from flock_jax.model.quant import prepare_base
 from flock_jax.optim import make_optimizer
 from flock_jax.pytree import PyTree
 
@@ -185,6 +186,8 @@ def build(run, *, population: Population | None = None, base: Params | None = No
       population = build_population_from(run, tok)
   elif population is None:
     raise ValueError("build(base=...) needs population=... too")
+  # the configured numerics (dtype, param_dtype, remat, int8 base) over the loaded shapes
+  cfg, base = prepare_base(run.model.cfg, cfg, base)
   fed = run.federation
   agg = get_aggregator(fed.aggregator, fed.aggregator_hparams)  # flock mode: only fedprox's mu
   mu = run.optim.prox_mu or float(agg.hparams.get("mu", 0.0) if agg.name == "fedprox" else 0.0)
