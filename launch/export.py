@@ -48,9 +48,12 @@ from flock_jax.checkpoint.run_state import lora_config_from_meta  # noqa: E402
 from flock_jax.model.lora import merge  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run", None, "A run's --workdir: export its global adapter (see --format).")
-flags.DEFINE_enum("format", "peft", ["peft", "merged"], "With --run: what to write to --out.")
-flags.DEFINE_string("out", None, "With --run: the output folder.")
+try:
+  flags.DEFINE_string("run", None, "A run's --workdir: export its global adapter (see --format).")
+  flags.DEFINE_enum("format", "peft", ["peft", "merged"], "With --run: what to write to --out.")
+  flags.DEFINE_string("out", None, "With --run: the output folder.")
+except flags.DuplicateFlagError:  # another launch module defined them in this process (tests)
+  pass
 flags.DEFINE_string("base", None, "Base model: HF folder or hub id, a .gguf file, or 'smollm2'.")
 flags.DEFINE_string("run_dir", None, "Orbax run checkpoint folder (RunCheckpointer).")
 flags.DEFINE_integer("step", -1, "Step to export from --run_dir; -1 for the latest.")
