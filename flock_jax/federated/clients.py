@@ -45,11 +45,25 @@ class ClientState:
 
   def take(self, idx) -> "ClientState":
     """Rows `idx` (int[K]) of every leaf: the selected clients' state [K, ...]."""
-    return jax.tree.map(lambda x: x[jnp.asarray(idx)], self)
+    return _take(self, jnp.asarray(idx, jnp.int32))
 
   def put(self, idx, rows: "ClientState") -> "ClientState":
     """This state with rows `idx` replaced by `rows` [K, ...]."""
-    return jax.tree.map(lambda x, y: x.at[jnp.asarray(idx)].set(y), self, rows)
+    return _put(self, jnp.asarray(idx, jnp.int32), rows)
+
+
+# One program per call, not one eager gather/scatter per leaf: on a multi-process
+# CPU job each eager op is its own cross-process program, and many small ones in a
+# row are where 2-device-per-process runs were seen to hang (docs/scale_out.md).
+# idx is traced, so a new selection of the same size never recompiles.
+@jax.jit
+def _take(state: ClientState, idx: jax.Array) -> ClientState:
+  return jax.tree.map(lambda x: x[idx], state)
+
+
+@jax.jit
+def _put(state: ClientState, idx: jax.Array, rows: ClientState) -> ClientState:
+  return jax.tree.map(lambda x, y: x.at[idx].set(y), state, rows)
 
 
 def opt_state_axes(tx: optax.GradientTransformation, adapter_axes: PyTree, opt_abstract: PyTree):

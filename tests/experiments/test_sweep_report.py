@@ -90,6 +90,23 @@ def _rows(path):
   return [json.loads(x) for x in path.read_text().splitlines() if x.strip().endswith("}")]
 
 
+def _wait_group_gone(pgid: int, timeout: float = 60.0) -> None:
+  """Until no process of the killed group is still running (zombies aside): the sweep's
+  train.py child can outlive proc.wait() by a moment and still hold the run's workdir lock."""
+
+  def running(stat: pathlib.Path) -> bool:
+    try:
+      fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+      return False
+    return int(fields[2]) == pgid and fields[0] != "Z"  # fields: state, ppid, pgrp, ...
+
+  deadline = time.time() + timeout
+  while any(running(p) for p in pathlib.Path("/proc").glob("[0-9]*/stat")):
+    assert time.time() < deadline, "the killed sweep's processes did not exit"
+    time.sleep(0.1)
+
+
 def test_sweep_resumes_after_a_kill(tmp_path):
   spec = _sweep_file(
       tmp_path,
@@ -110,6 +127,7 @@ def test_sweep_resumes_after_a_kill(tmp_path):
   finally:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _wait_group_gone(proc.pid)
   assert (wd / "a" / "summary.json").exists() and not (wd / "b" / "summary.json").exists()
   a_done = (wd / "a" / "summary.json").stat().st_mtime_ns
   results = sweep_mod.run_sweep(spec, str(wd))

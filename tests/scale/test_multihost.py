@@ -2,11 +2,12 @@
 FLock rounds of the tiny model on the in-process chain, and end where one process ends: the
 same global hash every round, the same stakes, rewards and metrics.
 
-The driver (tests/scale/multihost_run.py) runs 1 device per process on a clients:2 mesh (one
-client group per host; see docs/scale_out.md, "Known limits", for the intermittent CPU hang
-seen with 2 devices per process in it); the main job itself runs 2 devices per process on
-clients:2 x fsdp:2, the pod layout (client groups across hosts, FSDP inside a host). The
-proposers' updates are gathered to every host for hashing; only process 0 drives the chain.
+The driver (tests/scale/multihost_run.py) and the main job run 1 device per process on a
+clients:2 mesh (one client group per host). The pod layout with several devices per host
+(clients:2 x fsdp:2, FSDP inside a host) runs as a slow test: XLA:CPU's cross-process
+collectives with 2 devices per process hang now and then (docs/scale_out.md, "Known limits"),
+which a default run on a shared CI machine cannot afford. The proposers' updates are gathered
+to every host for hashing; only process 0 drives the chain.
 """
 
 import json
@@ -132,13 +133,13 @@ TRAIN_FLAGS = [
     "--config.federation.num_proposers=2",
     "--config.federation.local_steps=2",
     "--config.mesh.clients=2",
-    "--config.mesh.fsdp=2",
     "--config.eval.accuracy=False",
     "--config.eval.asr=False",
 ]
 
 
 def _train(workdir, devices, *extra):
+  """launch/train.py with `devices` CPU devices in this process, logging to a file."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
   log = workdir.parent / f"{workdir.name}_{len(list(workdir.parent.glob(workdir.name + '_*')))}.log"
@@ -153,22 +154,19 @@ def _train(workdir, devices, *extra):
   return proc, log
 
 
-def _hosts(workdir, *extra):
+def _hosts(workdir, devices, *extra):
   port = _free_port()
   flags = [f"--coordinator=127.0.0.1:{port}", "--num_processes=2"]
-  return [_train(workdir, 2, *flags, f"--process_id={i}", *extra) for i in (0, 1)]
+  return [_train(workdir, devices, *flags, f"--process_id={i}", *extra) for i in (0, 1)]
 
 
-def test_main_job_on_two_hosts_stops_resumes_and_matches_one(tmp_path):
-  """launch/train.py on 2 processes (eth-tester chain, audit at the end), stopped after round
-  0 and continued from the multi-host orbax checkpoint, writes the metrics, chain logs and
-  summary of the same job run on one process with 4 devices."""
+def _stop_resume_and_match_one(tmp_path, per_host: int, *mesh):
   multi, single = tmp_path / "multi", tmp_path / "single"
-  ref = _train(single, 4)
-  _wait(_hosts(multi, "--stop_after=1"))
+  ref = _train(single, 2 * per_host, *mesh)
+  _wait(_hosts(multi, per_host, "--stop_after=1", *mesh))
   rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
   assert [r["round"] for r in rows(multi)] == [-1, 0]
-  _wait(_hosts(multi) + [ref])
+  _wait(_hosts(multi, per_host, *mesh) + [ref])
   logs = sorted(tmp_path.glob("multi_*.log"))
   assert all("resuming at round 1" in p.read_text() for p in logs[2:])
   assert "audit: audit OK" in logs[2].read_text()  # the leader audits the whole chain
@@ -180,3 +178,16 @@ def test_main_job_on_two_hosts_stops_resumes_and_matches_one(tmp_path):
   assert chain_logs(multi) == chain_logs(single)
   summary = lambda d: _no_times([json.loads((d / "summary.json").read_text())])
   assert summary(multi) == summary(single)
+
+
+def test_main_job_on_two_hosts_stops_resumes_and_matches_one(tmp_path):
+  """launch/train.py on 2 processes (eth-tester chain, audit at the end), stopped after round
+  0 and continued from the multi-host orbax checkpoint, writes the metrics, chain logs and
+  summary of the same job run on one process with 2 devices."""
+  _stop_resume_and_match_one(tmp_path, 1)
+
+
+@pytest.mark.slow
+def test_pod_layout_two_devices_per_host(tmp_path):
+  """The same with clients:2 x fsdp:2: client groups across hosts, FSDP inside each host."""
+  _stop_resume_and_match_one(tmp_path, 2, "--config.mesh.fsdp=2")
