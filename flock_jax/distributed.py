@@ -419,20 +419,67 @@ def batch_sharding(mesh, shape: tuple[int, ...]):
   return NamedSharding(mesh, P(*dims))
 
 
+@dataclasses.dataclass(frozen=True)
+class HostRows:
+  """A local-training batch not built yet: the global shape [K, E, B, T] of each key and
+  `build(block)`, which makes only `block` (one slice per dimension) of every key."""
+
+  shape: tuple[int, int, int, int]
+  build: Callable[[tuple[slice, ...]], dict]
+
+  def block(self, rows: tuple[slice, ...]) -> dict:
+    return self.build(rows)
+
+
+class _HostPopulation:
+  """A population whose `train_batches` returns `HostRows`: each host later builds only the
+  block of the batch its devices hold (clients k0..k1, and rows of B when B is split)."""
+
+  def __init__(self, population):
+    self._population = population
+    self.blocks: list[tuple[tuple[int, ...], tuple[slice, ...]]] = []  # (shape, block) built
+
+  def _build(self, build, shape, rows):
+    self.blocks.append((shape, rows))
+    return build(block=rows)
+
+  def __getattr__(self, name):
+    return getattr(self._population, name)
+
+  def train_batches(self, idx, num_steps, batch_size, *, seed, round_index):
+    pop = self._population
+    shape = (len(idx), num_steps, batch_size, pop.seq_len())
+    build = functools.partial(
+        pop.train_batches, idx, num_steps, batch_size, seed=seed, round_index=round_index
+    )
+    return HostRows(shape, functools.partial(self._build, build, shape))
+
+
 def for_hosts(engine):
   """The engine of a multi-host run (the engine itself with one process).
 
-  Its `local_train` takes each host's rows of the batch
-  ([K, E, B, T] split as `batch_sharding` says, through `global_batch`) and
-  returns the deltas and losses gathered to every host (`gather`), ready for
-  hashing and aggregation; the new adapters and optimizer states stay sharded.
+  Its population hands out `HostRows`, and its `local_train` builds only this
+  host's block of the batch ([K, E, B, T] split as `batch_sharding` says,
+  through `jax.make_array_from_process_local_data`) and returns the deltas and
+  losses gathered to every host (`gather`), ready for hashing and aggregation;
+  the new adapters and optimizer states stay sharded.
   """
   if jax.process_count() == 1:
     return engine
   inner = engine.local_train
 
   def local_train(base, start, opt_states, batches, keys, start_stacked=False):
-    if engine.mesh is not None:
+    if isinstance(batches, HostRows):
+      if engine.mesh is None:
+        batches = batches.block((slice(None),) * 4)
+      else:
+        sharding = batch_sharding(engine.mesh, batches.shape)
+        local = batches.block(process_rows(sharding, batches.shape))
+        batches = {
+            k: jax.make_array_from_process_local_data(sharding, v, batches.shape)
+            for k, v in local.items()
+        }
+    elif engine.mesh is not None:
       shape = np.shape(batches["tokens"])
       batches = global_batch(batches, batch_sharding(engine.mesh, shape))
     adapters, deltas, opt, losses = inner(
@@ -440,4 +487,6 @@ def for_hosts(engine):
     )
     return adapters, gather(deltas), opt, gather(losses)
 
-  return dataclasses.replace(engine, local_train=local_train)
+  population = getattr(engine, "population", None)
+  hosts = _HostPopulation(population) if population is not None else None
+  return dataclasses.replace(engine, local_train=local_train, population=hosts)

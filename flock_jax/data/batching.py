@@ -36,9 +36,14 @@ def client_steps(
     *,
     seed: int,
     round_index: int = 0,
+    positions: Sequence[int] | None = None,
 ) -> TokenArrays:
   """All local steps at once: each array [E, K, B, T] (E = num_steps), ready
-  for a `lax.scan` over steps and a `vmap` over clients."""
+  for a `lax.scan` over steps and a `vmap` over clients.
+
+  Client k's rows are drawn from (seed, round_index, positions[k]) (default k): a host
+  that builds only clients k0..k1 of a selection passes positions=range(k0, k1) and gets
+  exactly those clients' rows of the whole selection's batch."""
   if not client_arrays:
     raise ValueError("no clients")
   lengths = {a["tokens"].shape[1] for a in client_arrays}
@@ -48,7 +53,8 @@ def client_steps(
         f"tokenize every client with the same seq_len"
     )
   picks = []
-  for k, arrays in enumerate(client_arrays):
+  positions = range(len(client_arrays)) if positions is None else positions
+  for k, arrays in zip(positions, client_arrays):
     rng = np.random.default_rng([seed, round_index, k])
     rows = sample_rows(arrays["tokens"].shape[0], batch_size * num_steps, rng)
     picks.append(rows.reshape(num_steps, batch_size))

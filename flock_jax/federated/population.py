@@ -64,15 +64,37 @@ class Population:
     return np.asarray([a["tokens"].shape[0] for a in self.train], np.float32)
 
   def train_batches(
-      self, idx: Sequence[int], num_steps: int, batch_size: int, *, seed: int, round_index: int
+      self,
+      idx: Sequence[int],
+      num_steps: int,
+      batch_size: int,
+      *,
+      seed: int,
+      round_index: int,
+      block: tuple[slice, ...] | None = None,
   ) -> dict[str, np.ndarray]:
-    """Stacked local-step batches of participants `idx`: each array [K, E, B, T]."""
+    """Stacked local-step batches of participants `idx`: each array [K, E, B, T].
+
+    With `block` (one slice per dimension of [K, E, B, T]) only that block, built from
+    the clients it covers alone: what one host of a multi-host run holds."""
     from flock_jax.data.batching import client_steps
 
+    block = block or (slice(None),) * 4
+    ks = range(len(idx))[block[0]]
     steps = client_steps(
-        [self.train[i] for i in idx], batch_size, num_steps, seed=seed, round_index=round_index
+        [self.train[idx[k]] for k in ks],
+        batch_size,
+        num_steps,
+        seed=seed,
+        round_index=round_index,
+        positions=ks,
     )
-    return {k: np.ascontiguousarray(np.swapaxes(steps[k], 0, 1)) for k in KEYS}
+    rest = (slice(None),) + tuple(block[1:])
+    return {k: np.ascontiguousarray(np.swapaxes(steps[k], 0, 1)[rest]) for k in KEYS}
+
+  def seq_len(self) -> int:
+    """T of every tokenized row."""
+    return int(self.train[0]["tokens"].shape[1])
 
   def heldout_batches(
       self, idx: Sequence[int], num_batches: int, batch_size: int

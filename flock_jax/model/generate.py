@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flock_jax import distributed
 from flock_jax.model import llama
 from flock_jax.model.config import LlamaConfig
 from flock_jax.model.sampling import Sampling, SamplingMode, sample_with
@@ -473,7 +474,7 @@ def chat_generate(
         pad_id=pad,
         **_batch_kw(kw, i),
     )
-    answers += _decode(tokenizer, np.asarray(out.tokens), count, stops)
+    answers += _decode(tokenizer, distributed.fetch(out.tokens), count, stops)
   return answers
 
 
@@ -498,7 +499,7 @@ def chat_generate_clients(
   for i, count, tokens, valid, pad in _chat_batches(
       tokenizer, cfg, prompts, system, batch_size, min_bucket
   ):
-    out = np.asarray(
+    out = distributed.fetch(
         generate_clients(
             params,
             cfg,

@@ -94,9 +94,8 @@ def main(argv=None) -> int:
   c.data.examples_per_domain = 48
   c.ledger.backend = a.backend
   c.checkpoint.every = 0
-  for k in ("accuracy", "asr"):  # generation reports: not yet multi-host (docs/scale_out.md)
-    if k in c.eval:
-      c.eval[k] = False
+  c.eval.prompts_per_domain, c.eval.asr_prompts = 4, 4  # generation reports gather tokens
+  c.attack.fraction, c.attack.proposer = 0.25, "backdoor"  # so ASR has a trigger to report
   mesh = dict(part.split(":") for part in a.mesh.split(",") if part)
   c.mesh = {k: int(mesh.get(k, 1)) for k in ("clients", "data", "fsdp", "tensor")}
   run = from_config(c)
@@ -144,6 +143,11 @@ def main(argv=None) -> int:
       "checkpoint_roundtrip": all(jax.tree.leaves(same)),
       "checkpoint_round": meta.get("round"),
       "store_blobs": len(list((out / "store").glob("*"))) if store is not None else None,
+      # (global [K, E, B, T], the block this host built) of every local-training batch
+      "train_blocks": [
+          [list(shape), [[r.start, r.stop] for r in rows]]
+          for shape, rows in getattr(engine.population, "blocks", [])
+      ],
   }
   (out / f"process_{D.process_index()}.json").write_text(json.dumps(report, indent=1))
   D.sync("done")

@@ -147,3 +147,28 @@ def test_leader_error_survives_the_broadcast():
     pickle.loads(pickle.dumps(e))  # why the class, args and attributes travel instead
   back = pickle.loads(pickle.dumps(D._Raised.of(e))).error()
   assert type(back) is _Revert and str(back) == str(e) and back.reason == "no round is open"
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        (slice(1, 3), slice(None), slice(None), slice(None)),  # clients 1..2 (clients axis)
+        (slice(2, 4), slice(0, 2), slice(2, 4), slice(0, 16)),  # and half of B (data axis)
+    ],
+)
+def test_a_hosts_block_equals_that_block_of_the_whole_batch(block):
+  """Each host builds its clients' rows from those clients alone (per-host data), and gets
+  exactly the rows a single process would give them: the same draw, position by position."""
+  from flock_jax.federated.population import synthetic_population
+
+  pop = synthetic_population(6, seq_len=16, train_rows=12)
+  idx, kw = [5, 0, 3, 2], dict(seed=3, round_index=7)
+  whole = pop.train_batches(idx, 2, 4, **kw)
+  part = pop.train_batches(idx, 2, 4, block=block, **kw)
+  for k, v in whole.items():
+    np.testing.assert_array_equal(part[k], v[block])
+  hosts = D._HostPopulation(pop)
+  rows = hosts.train_batches(idx, 2, 4, **kw)
+  assert rows.shape == (4, 2, 4, 16)
+  np.testing.assert_array_equal(rows.block(block)["tokens"], whole["tokens"][block])
+  assert hosts.blocks == [((4, 2, 4, 16), block)] and hosts.num_participants == 6

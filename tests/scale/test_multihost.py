@@ -93,6 +93,26 @@ def test_same_rounds_as_one_process(runs):
   assert len({m["global_hash"] for m in single["metrics"]}) == 2  # the model moved each round
 
 
+def test_each_host_builds_only_its_clients_rows(runs):
+  leader, follower, single, _ = runs
+  assert single["train_blocks"] == []  # one process builds whole batches
+  for i, r in enumerate((leader, follower)):
+    assert len(r["train_blocks"]) == 2  # one local-training batch a round
+    for shape, block in r["train_blocks"]:
+      k, e, b, t = shape
+      assert k == 2  # P = 2 clients over clients:2, one per host: host i builds client i only
+      assert block == [[i, i + 1], [0, e], [0, b], [0, t]]
+
+
+def test_generation_reports_gather_across_hosts(runs):
+  leader, follower, single, _ = runs
+  pick = lambda r: [(m["accuracy"], m["asr"], m["false_activation"]) for m in r["metrics"]]
+  for acc, asr, clean in pick(single):
+    assert set(acc) and 0.0 <= asr <= 1.0 and 0.0 <= clean <= 1.0
+  for r in (leader, follower):  # every host gets the answers one process gets
+    assert pick(r) == pick(single)
+
+
 def test_only_the_leader_writes(runs):
   leader, follower, single, multi = runs
   assert follower["store_blobs"] is None
