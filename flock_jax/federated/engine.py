@@ -188,6 +188,8 @@ def build(run, *, population: Population | None = None, base: Params | None = No
     raise ValueError("build(base=...) needs population=... too")
   # the configured numerics (dtype, param_dtype, remat, int8 base) over the loaded shapes
   cfg, base = prepare_base(run.model.cfg, cfg, base)
+  if mesh is None:
+    base = commit(base)
   fed = run.federation
   agg = get_aggregator(fed.aggregator, fed.aggregator_hparams)  # flock mode: only fedprox's mu
   mu = run.optim.prox_mu or float(agg.hparams.get("mu", 0.0) if agg.name == "fedprox" else 0.0)
@@ -210,6 +212,8 @@ def build(run, *, population: Population | None = None, base: Params | None = No
   clients = init_client_state(
       cfg, lcfg, tx, key, population.num_participants, global_lora=g0, mesh=mesh
   )
+  if mesh is None:
+    g0, clients = commit((g0, clients))
   state = RunState(
       round=0,
       global_lora=g0,
@@ -219,6 +223,16 @@ def build(run, *, population: Population | None = None, base: Params | None = No
       global_hash=hashing.tree_hash(g0),
   )
   return engine, state
+
+
+def commit(tree: PyTree) -> PyTree:
+  """`tree` committed to the default device (one-device runs; a mesh places arrays itself).
+
+  A jitted function compiles once per placement of its arguments: an uncommitted G in
+  round 0 and a committed one (computed from the committed base) in round 1 compiled
+  local_train twice. The base, G and the client state all start committed instead, and
+  everything computed from them stays so."""
+  return jax.device_put(tree, jax.devices()[0])
 
 
 def build_population_from(run, tokenizer) -> Population:

@@ -264,7 +264,9 @@ def flock_round(
           f"but the candidate voters scored is {_hex(cand_hash)}"
       )
   if outcome.accepted and candidate is not None:
-    G = jax.tree.map(lambda c, g: c.astype(g.dtype), candidate, G)
+    # Placed where G was (the candidate is built on the host): a committed and an
+    # uncommitted G would be two compilations of every function that takes it.
+    G = jax.tree.map(lambda c, g: jax.device_put(c, g.sharding).astype(g.dtype), candidate, G)
     state = dataclasses.replace(state, global_lora=G, global_hash=cand_hash)
 
   econ = run_metrics.economics(

@@ -51,6 +51,13 @@ def restore_state(fresh: RunState, tree: dict, meta: dict, ledger: Ledger | None
       key=jax.random.wrap_key_data(tree["key"]),
       global_hash=unhex(meta["global_hash"]),
   )
+  if jax.process_count() == 1:  # placed as the fresh state is, so nothing compiles again
+    place = lambda new, old: jax.device_put(new, old.sharding) if hasattr(old, "sharding") else new
+    state = dataclasses.replace(
+        state,
+        global_lora=jax.tree.map(place, state.global_lora, fresh.global_lora),
+        clients=jax.tree.map(place, state.clients, fresh.clients),
+    )
   if hashing.tree_hash(state.global_lora) != state.global_hash:
     raise ResumeError(
         f"checkpoint global adapter does not hash to {meta['global_hash']}: "

@@ -37,11 +37,19 @@ def _config(vote_mode):
   return c
 
 
-@pytest.mark.parametrize("vote_mode", ["whole", "per_proposal"])
-def test_no_compilation_after_round_0(vote_mode):
+@pytest.mark.parametrize(
+    "vote_mode, committed",
+    [("whole", True), ("per_proposal", True), ("whole", False)],
+)
+def test_no_compilation_after_round_0(vote_mode, committed):
+  """`committed`: the base placed on a device as a loaded checkpoint is (a committed and an
+  uncommitted argument are two compilations of the same function)."""
   run = from_config(_config(vote_mode))
   pop = synthetic_population(6, seq_len=16, train_rows=24, heldout_rows=4, eval_rows=8)
-  engine, state = build(run, population=pop, base=init_params(run.model.cfg, jax.random.key(0)))
+  base = init_params(run.model.cfg, jax.random.key(0))
+  if committed:
+    base = jax.device_put(base, jax.devices()[0])
+  engine, state = build(run, population=pop, base=base)
   ledger = make_ledger(run, state.global_hash)
   compiles = []
   counting = [False]
