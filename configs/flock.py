@@ -113,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.mesh = dict(clients=1, data=1, fsdp=1, tensor=1)
   c.checkpoint = dict(every=1, keep=3)  # rounds between run-state checkpoints (0 = off)
+  c.log = dict(tensorboard=False)  # TensorBoard scalars of every metrics row
   return c
 
 
@@ -208,6 +209,7 @@ FIELD_HELP = {
     "mesh.tensor": "devices of tensor parallelism",
     "checkpoint.every": "rounds between run-state checkpoints (0 = never)",
     "checkpoint.keep": "checkpoints kept (the newest)",
+    "log.tensorboard": "also write every metrics row as TensorBoard scalars to <workdir>/tensorboard",
 }
 
 

@@ -53,6 +53,28 @@ def one_line(e: BaseException) -> str:
   return " ".join(msg.replace("\\n", " ").split())
 
 
+def info_logging() -> None:
+  """absl logging at INFO for flock_jax's own records (launch/ and the package); every other
+  library's records only from WARNING up (orbax logs each file it reads or writes at INFO)."""
+  import logging as pylog
+  import pathlib
+
+  from absl import logging
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  own = (str(root / "flock_jax"), str(root / "launch"))
+
+  class OwnRecords(pylog.Filter):
+
+    def filter(self, record: pylog.LogRecord) -> bool:
+      return record.levelno >= pylog.WARNING or str(record.pathname).startswith(own)
+
+  logging.set_verbosity(logging.INFO)
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, OwnRecords) for f in handler.filters):
+    handler.addFilter(OwnRecords())
+
+
 def fail(msg: str) -> None:
   print(f"error: {msg}", file=sys.stderr, flush=True)
   sys.exit(2)

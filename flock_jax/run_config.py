@@ -171,6 +171,7 @@ class RunConfig:
   mesh: dict  # mesh axis -> size; {} = no mesh
   checkpoint_every: int  # rounds between run-state checkpoints (0 = never)
   checkpoint_keep: int
+  tensorboard: bool  # scalar event files of every metrics row under <workdir>/tensorboard
 
 
 # ------------------------------------------------------------------ helpers
@@ -586,6 +587,7 @@ def from_config(config: Any) -> RunConfig:
       "eval",
       "mesh",
       "checkpoint",
+      "log",
   }
   if top - allowed:
     raise RunConfigError(
@@ -631,6 +633,8 @@ def from_config(config: Any) -> RunConfig:
     if not isinstance(v, int) or (v < 1 and v != -1):
       raise RunConfigError(f"config.mesh.{k}={v!r}: expected a positive size or -1")
   ck = _section(config, "checkpoint", ("every", "keep"))
+  # optional: configs written before it existed run unchanged
+  lg = _section(config, "log", ("tensorboard",)) if "log" in config else {"tensorboard": False}
   if model.tokenizer == "byte":
     from flock_jax.data.tokenizer import BYTE_VOCAB_SIZE
 
@@ -665,4 +669,5 @@ def from_config(config: Any) -> RunConfig:
       mesh={k: v for k, v in mesh.items() if v != 1},
       checkpoint_every=_get(ck, "checkpoint", "every", int, lo=0),
       checkpoint_keep=_get(ck, "checkpoint", "keep", int, lo=1),
+      tensorboard=_get(lg, "log", "tensorboard", bool),
   )

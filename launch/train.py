@@ -94,7 +94,9 @@ def main(argv):
   from flock_jax.run_config import from_config
   from flock_jax.workdir import Workdir, WorkdirError
 
-  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  from flock_jax.cli import info_logging
+
+  info_logging()  # our INFO records on stderr, other libraries' from WARNING up
   run = from_config(config)  # fails here, naming the field, on a malformed config
   wd = Workdir(_WORKDIR.value) if _WORKDIR.value else None
   lead = D.is_leader()  # process 0 writes the workdir's files; every process its shards
@@ -145,6 +147,8 @@ def main(argv):
     if flock:
       ledger = D.shared_ledger(lambda: make_ledger(run, state.global_hash))
       chain = D.unwrap(ledger)
+      if isinstance(chain, ChainLedger):
+        logging.info("FlockTask deployed at %s", chain.chain.task.address)
       if wd and isinstance(chain, ChainLedger):
         wd.write_json(
             "chain.json", {"task": chain.chain.task.address, "rpc_url": run.ledger.rpc_url}
@@ -159,12 +163,19 @@ def main(argv):
   rows = D.broadcast(wd.metrics_rows(before_round=state.round) if wd and lead else [])
   if wd and lead:
     wd.rewrite_metrics(rows)  # rows of rounds about to be rerun (after a kill) go
+  events = None
+  if run.tensorboard and wd and lead:
+    from flock_jax.tensorboard import EventWriter
+
+    events = EventWriter(wd / "tensorboard")
   if not rows:  # round -1: where the run began
     m0 = rounds.initial_metrics(engine, state)
     print(m0.summary(), flush=True)
     rows = [m0.to_dict()]
     if wd and lead:
       wd.rewrite_metrics(rows)
+    if events:
+      events.write_row(rows[0])
 
   ran, started = 0, time.perf_counter()
   with engine.mesh_context():
@@ -183,11 +194,14 @@ def main(argv):
       rows.append(m.to_dict())
       if wd and lead:
         wd.append_metrics(rows[-1])
+      if events:
+        events.write_row(rows[-1])
       faults.point("metrics", m.round)
       if ckpt is not None and (
           state.round % run.checkpoint_every == 0 or state.round == run.federation.rounds
       ):
         faults.point("checkpoint", m.round)
+        logging.info("checkpoint of round %d -> %s", m.round, ckpt.directory)
         ckpt.save(
             state.round,
             D.checkpointable(run_state.checkpoint_tree(state, ledger)),

@@ -232,7 +232,7 @@ def commit(tree: PyTree) -> PyTree:
   round 0 and a committed one (computed from the committed base) in round 1 compiled
   local_train twice. The base, G and the client state all start committed instead, and
   everything computed from them stays so."""
-  return jax.device_put(tree, jax.devices()[0])
+  return jax.device_put(tree, jax.local_devices()[0])
 
 
 def build_population_from(run, tokenizer) -> Population:

@@ -47,6 +47,13 @@ def _unstack(tree: PyTree, k: int) -> list[PyTree]:
   return [jax.tree.map(lambda x: x[i], tree) for i in range(k)]
 
 
+def _placed_like(engine: Engine, x: jax.Array, like: jax.Array) -> jax.Array:
+  """x (built on the host) placed where `like` is in a one-device run (engine.commit placed
+  the state there): a committed and an uncommitted G would be two compilations of every
+  function that takes it. Under a mesh the jitted functions place G themselves."""
+  return jax.device_put(x, like.sharding) if engine.mesh is None else x
+
+
 def _stack(trees: Sequence[PyTree]) -> PyTree:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -264,9 +271,7 @@ def flock_round(
           f"but the candidate voters scored is {_hex(cand_hash)}"
       )
   if outcome.accepted and candidate is not None:
-    # Placed where G was (the candidate is built on the host): a committed and an
-    # uncommitted G would be two compilations of every function that takes it.
-    G = jax.tree.map(lambda c, g: jax.device_put(c, g.sharding).astype(g.dtype), candidate, G)
+    G = jax.tree.map(lambda c, g: _placed_like(engine, c, g).astype(g.dtype), candidate, G)
     state = dataclasses.replace(state, global_lora=G, global_hash=cand_hash)
 
   econ = run_metrics.economics(

@@ -52,7 +52,9 @@ def restore_state(fresh: RunState, tree: dict, meta: dict, ledger: Ledger | None
       global_hash=unhex(meta["global_hash"]),
   )
   if jax.process_count() == 1:  # placed as the fresh state is, so nothing compiles again
-    place = lambda new, old: jax.device_put(new, old.sharding) if hasattr(old, "sharding") else new
+    place = lambda new, old: (
+        jax.device_put(new, old.sharding) if getattr(old, "committed", False) else new
+    )
     state = dataclasses.replace(
         state,
         global_lora=jax.tree.map(place, state.global_lora, fresh.global_lora),

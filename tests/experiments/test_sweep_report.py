@@ -112,7 +112,11 @@ def test_sweep_resumes_after_a_kill(tmp_path):
       tmp_path,
       [
           {"name": "a", "tags": {"method": "fedavg"}, "overrides": {"seed": 0}},
-          {"name": "b", "tags": {"method": "fedavg"}, "overrides": {"seed": 1}},
+          {
+              "name": "b",
+              "tags": {"method": "fedavg"},
+              "overrides": {"seed": 1, "log.tensorboard": True},
+          },
       ],
   )
   wd = tmp_path / "wd"
@@ -136,6 +140,19 @@ def test_sweep_resumes_after_a_kill(tmp_path):
   assert "resuming at round" in (wd / "b.log").read_text()
   rounds = [r["round"] for r in _rows(wd / "b" / "metrics.jsonl")]
   assert rounds == [-1, 0, 1, 2, 3]  # each round once, the killed one rerun
+  # TensorBoard: one event file per invocation; a rerun round's latest event is its row
+  from tests.test_tensorboard import read_events
+
+  files = sorted((wd / "b" / "tensorboard").glob("events.out.tfevents.*"))
+  assert len(files) == 2 and not (wd / "a" / "tensorboard").exists()
+  last = {}
+  for f in files:
+    for e in read_events(f)[1:]:
+      last[e.step] = {v.tag: v.simple_value for v in e.summary.value}
+  rows = _rows(wd / "b" / "metrics.jsonl")
+  assert sorted(last) == [r["round"] for r in rows]
+  for r in rows[1:]:
+    assert last[r["round"]]["train_loss"] == pytest.approx(r["train_loss"], rel=1e-6)  # float32
   record = json.loads((wd / "sweep.json").read_text())
   assert [r["name"] for r in record["runs"]] == ["a", "b"] and "--config.seed=1" in record["runs"][
       1
