@@ -427,9 +427,6 @@ class HostRows:
   shape: tuple[int, int, int, int]
   build: Callable[[tuple[slice, ...]], dict]
 
-  def block(self, rows: tuple[slice, ...]) -> dict:
-    return self.build(rows)
-
 
 class _HostPopulation:
   """A population whose `train_batches` returns `HostRows`: each host later builds only the
@@ -471,10 +468,10 @@ def for_hosts(engine):
   def local_train(base, start, opt_states, batches, keys, start_stacked=False):
     if isinstance(batches, HostRows):
       if engine.mesh is None:
-        batches = batches.block((slice(None),) * 4)
+        batches = batches.build((slice(None),) * 4)
       else:
         sharding = batch_sharding(engine.mesh, batches.shape)
-        local = batches.block(process_rows(sharding, batches.shape))
+        local = batches.build(process_rows(sharding, batches.shape))
         batches = {
             k: jax.make_array_from_process_local_data(sharding, v, batches.shape)
             for k, v in local.items()
@@ -487,6 +484,6 @@ def for_hosts(engine):
     )
     return adapters, gather(deltas), opt, gather(losses)
 
-  population = getattr(engine, "population", None)
-  hosts = _HostPopulation(population) if population is not None else None
-  return dataclasses.replace(engine, local_train=local_train, population=hosts)
+  return dataclasses.replace(
+      engine, local_train=local_train, population=_HostPopulation(engine.population)
+  )

@@ -230,8 +230,9 @@ def commit(tree: PyTree) -> PyTree:
 
   A jitted function compiles once per placement of its arguments: an uncommitted G in
   round 0 and a committed one (computed from the committed base) in round 1 compiled
-  local_train twice. The base, G and the client state all start committed instead, and
-  everything computed from them stays so."""
+  local_train twice. The base, G and the client state all start committed instead,
+  everything computed from them stays so, and what the round builds on the host (the
+  accepted candidate) is committed too."""
   return jax.device_put(tree, jax.local_devices()[0])
 
 

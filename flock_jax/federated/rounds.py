@@ -28,7 +28,7 @@ from flock_jax.federated.ledger import WEI
 from flock_jax.federated.screening import screen_flags, screened
 from flock_jax.federated.aggregators import apply_delta
 from flock_jax.federated.clients import ClientState
-from flock_jax.federated.engine import Engine, RunState, build, make_ledger
+from flock_jax.federated.engine import Engine, RunState, build, commit, make_ledger
 from flock_jax.federated.ledger import Ledger, Outcome, Roles
 from flock_jax.federated.metrics import RoundMetrics
 from flock_jax.federated.population import Population
@@ -45,13 +45,6 @@ def _hex(b: bytes | None) -> str:
 
 def _unstack(tree: PyTree, k: int) -> list[PyTree]:
   return [jax.tree.map(lambda x: x[i], tree) for i in range(k)]
-
-
-def _placed_like(engine: Engine, x: jax.Array, like: jax.Array) -> jax.Array:
-  """x (built on the host) placed where `like` is in a one-device run (engine.commit placed
-  the state there): a committed and an uncommitted G would be two compilations of every
-  function that takes it. Under a mesh the jitted functions place G themselves."""
-  return jax.device_put(x, like.sharding) if engine.mesh is None else x
 
 
 def _stack(trees: Sequence[PyTree]) -> PyTree:
@@ -271,7 +264,9 @@ def flock_round(
           f"but the candidate voters scored is {_hex(cand_hash)}"
       )
   if outcome.accepted and candidate is not None:
-    G = jax.tree.map(lambda c, g: _placed_like(engine, c, g).astype(g.dtype), candidate, G)
+    G = jax.tree.map(lambda c, g: c.astype(g.dtype), candidate, G)
+    if engine.mesh is None:  # built on the host: placed as build() placed the state
+      G = commit(G)
     state = dataclasses.replace(state, global_lora=G, global_hash=cand_hash)
 
   econ = run_metrics.economics(

@@ -170,5 +170,5 @@ def test_a_hosts_block_equals_that_block_of_the_whole_batch(block):
   hosts = D._HostPopulation(pop)
   rows = hosts.train_batches(idx, 2, 4, **kw)
   assert rows.shape == (4, 2, 4, 16)
-  np.testing.assert_array_equal(rows.block(block)["tokens"], whole["tokens"][block])
+  np.testing.assert_array_equal(rows.build(block)["tokens"], whole["tokens"][block])
   assert hosts.blocks == [((4, 2, 4, 16), block)] and hosts.num_participants == 6
