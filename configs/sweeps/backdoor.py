@@ -30,8 +30,9 @@ def get_config(arg=None):
             "tags": {"method": m, "fraction": 0.3, "seed": seed},
             "overrides": {**common.METHODS[m], "attack.fraction": 0.3, "seed": seed},
         }
-        for seed in (0, 1)
-        for m in ("fedavg", "flock", "flock_pp")
+        # FedAvg and the whole vote over both seeds first: a sweep cut short keeps the headline.
+        for m, seed in [("fedavg", 0), ("flock", 0), ("fedavg", 1), ("flock", 1)]
+        + [("flock_pp", 0), ("flock_pp", 1)]
     ]
     return common.sweep(base, shared, runs)
   fractions = (0.0, 0.1, 0.2, 0.3, 0.4) if full == "full" else (0.0, 0.2, 0.4)

@@ -48,10 +48,14 @@ SMOLLM2 = {
     "lora.rank": 8,
     "attack.trigger_placement": "random",
     "attack.poison_fraction": 0.5,
-    "eval.every": 1,
-    "eval.prompts_per_domain": 16,
+    # Sized for a 2-core CPU: every example fits 192 tokens (finance 113-176, medical 61-136
+    # with the chat template), and a report every 2 rounds with 32 new tokens holds the target
+    # and the final answer. Measured: ~240 s a round at seq 256 with a report each round.
+    "data.seq_len": 192,
+    "eval.every": 2,
+    "eval.prompts_per_domain": 8,
     "eval.asr_prompts": 32,
-    "eval.generate_max_new_tokens": 64,
+    "eval.generate_max_new_tokens": 32,
     "checkpoint.every": 1,
 }
 

@@ -1,6 +1,8 @@
 """What a run measures beyond held-out loss: generation-based metrics of the global model.
 
 scores.py   attack success rate (target contained / exact) and exact-match accuracy
+code_exec.py  HumanEval pass@k: generated code run against its unit tests in a guarded,
+            resource-limited subprocess
 prompts.py  the evaluation prompts of a run: clean per domain, triggered and untriggered
 report.py   `generation_report(engine, lora)`: every domain's prompts in one batched
             KV-cache generation call, scored; what each round's metrics row carries

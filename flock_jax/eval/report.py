@@ -1,12 +1,14 @@
-"""The generation-based part of a round's report: exact-match accuracy per domain, attack
-success rate with and without the trigger. One batched KV-cache generation call per domain
-(all its prompts at once) and one for the triggered and untriggered prompts together."""
+"""The generation-based part of a round's report: exact-match accuracy per domain (pass@1 for
+a code domain), attack success rate with and without the trigger. One batched KV-cache
+generation call per domain (all its prompts at once) and one for the triggered and untriggered
+prompts together."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from flock_jax.eval import code_exec
 from flock_jax.eval.scores import accuracy, attack_success
 from flock_jax.model.generate import chat_generate
 from flock_jax.pytree import PyTree
@@ -30,7 +32,8 @@ def _generate(engine, lora: PyTree, prompts: list[str]) -> list[str]:
 def generation_report(engine, lora: PyTree) -> dict[str, Any]:
   """RoundMetrics fields for the global adapter `lora` (greedy decoding).
 
-  accuracy {domain: exact-match share} (config.eval.accuracy); asr / asr_exact (triggered
+  accuracy {domain: exact-match share; for a code domain, pass@1 of the greedy completion run
+  against the example's unit tests in a sandboxed subprocess} (config.eval.accuracy); asr / asr_exact (triggered
   prompts: target contained / generation equal to the target) and false_activation /
   false_activation_exact (the same prompts without the trigger) (config.eval.asr);
   asr_samples: the first two triggered generations; time_generate_s. {} when the population
@@ -46,6 +49,13 @@ def generation_report(engine, lora: PyTree) -> dict[str, Any]:
         d: accuracy(_generate(engine, lora, prompts), answers)
         for d, (prompts, answers) in p.domains.items()
     }
+    for d, (prompts, tests) in p.code.items():
+      gens = _generate(engine, lora, prompts)
+      programs = [
+          code_exec.humaneval_program(q, g, test, entry)
+          for q, g, (test, entry) in zip(prompts, gens, tests)
+      ]
+      out["accuracy"][d] = code_exec.pass_rate(programs)[0]
   if ev.asr and p.triggered:
     gens = _generate(engine, lora, p.triggered + p.untriggered)
     trig, clean = gens[: len(p.triggered)], gens[len(p.triggered) :]

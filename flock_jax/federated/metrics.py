@@ -22,7 +22,7 @@ class RoundMetrics:
   heldout_loss: the global model's loss per domain after the round.
 
   Generation-based report (flock_jax.eval, on report rounds): accuracy {domain: exact-match
-  share}; asr / asr_exact: triggered held-out prompts whose greedy generation contains / equals
+  share, or pass@1 against the unit tests for a code domain (HumanEval)}; asr / asr_exact: triggered held-out prompts whose greedy generation contains / equals
   the attack's target; false_activation(_exact): the same prompts without the trigger.
   Economics (FLock rounds, whole tokens, after settlement): stake_honest / stake_malicious
   (sums over participants, attackers = any non-honest behaviour), reward_* / slash_* (this
