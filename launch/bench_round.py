@@ -33,8 +33,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flock_jax.timing import use_one_cpu_device  # noqa: E402
 
-use_one_cpu_device()
-
 import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -58,6 +56,12 @@ _PACKING = flags.DEFINE_boolean(
     "packing", False, "Packing section: rows and real tokens of the same examples, packed or not."
 )
 _QUANT = flags.DEFINE_enum("quantize", "none", ["none", "int8"], "flock_jax frozen base storage.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices",
+    1,
+    "flock_jax on this many CPU devices with the clients (proposers, voters) sharded over "
+    "them (mesh clients=n): each device runs its clients on its own thread.",
+)
 
 
 # ------------------------------------------------------------------ set-up
@@ -84,6 +88,7 @@ def _config(n: int, rounds: int, backend: str):
       eval_batch_size=_B.value,
   )
   c.data.seq_len = _T.value
+  c.mesh.clients = _CPU_DEVICES.value
   c.ledger.backend = backend
   c.eval.every = 0  # per-domain reporting off the round (round -1 only, not called here)
   c.checkpoint.every = 0
@@ -404,6 +409,7 @@ def compare():
               "peer_round_s": round(p_round, 3),
               "ratio": round(ratio, 3),
               "train_pct_of_peak": round(pct, 1),
+              "cpu_devices": _CPU_DEVICES.value,
           }
       )
   )
@@ -510,6 +516,7 @@ def packing():
 
 def main(argv):
   del argv
+  use_one_cpu_device(_CPU_DEVICES.value)  # before the first jax import
   if _PACKING.value:
     packing()
   elif _BREAKDOWN.value:

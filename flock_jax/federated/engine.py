@@ -186,6 +186,10 @@ def build(run, *, population: Population | None = None, base: Params | None = No
       population = build_population_from(run, tok)
   elif population is None:
     raise ValueError("build(base=...) needs population=... too")
+  elif mesh is not None:  # a base loaded elsewhere: placed by the same rules as a loaded one
+    from flock_jax.model.llama import param_axes
+
+    base = jax.device_put(base, shd.tree_shardings(param_axes(cfg), mesh))
   # the configured numerics (dtype, param_dtype, remat, int8 base) over the loaded shapes
   cfg, base = prepare_base(run.model.cfg, cfg, base)
   if mesh is None:

@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 EVENT = "/jax/core/compile/backend_compile_duration"
 
 
-def _config(vote_mode):
+def _config(vote_mode, mesh_clients=0):
   spec = importlib.util.spec_from_file_location("flock_config", ROOT / "configs" / "flock.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
@@ -34,17 +34,20 @@ def _config(vote_mode):
   f.num_participants, f.num_proposers, f.num_voters = 6, 2, 3
   f.rounds, f.local_steps, f.batch_size, f.eval_batches, f.eval_batch_size = 3, 2, 4, 1, 4
   f.vote_mode = vote_mode
+  if mesh_clients:
+    c.mesh.clients, c.mesh.fsdp = mesh_clients, -1  # the rest of the devices shard the base
   return c
 
 
 @pytest.mark.parametrize(
-    "vote_mode, committed",
-    [("whole", True), ("per_proposal", True), ("whole", False)],
+    "vote_mode, committed, mesh_clients",
+    [("whole", True, 0), ("per_proposal", True, 0), ("whole", False, 0), ("whole", True, 2)],
 )
-def test_no_compilation_after_round_0(vote_mode, committed):
+def test_no_compilation_after_round_0(vote_mode, committed, mesh_clients):
   """`committed`: the base placed on a device as a loaded checkpoint is (a committed and an
-  uncommitted argument are two compilations of the same function)."""
-  run = from_config(_config(vote_mode))
+  uncommitted argument are two compilations of the same function). `mesh_clients`: clients
+  sharded over that many devices, the base given on one device (build places it)."""
+  run = from_config(_config(vote_mode, mesh_clients))
   pop = synthetic_population(6, seq_len=16, train_rows=24, heldout_rows=4, eval_rows=8)
   base = init_params(run.model.cfg, jax.random.key(0))
   if committed:
