@@ -116,12 +116,19 @@ def _assert_same_run(a, b):
 @pytest.mark.parametrize(
     "backend,kills",
     [
-        # Every point of a round, a kill inside a checkpoint write, then a random moment.
-        (
+        # Before and after the chain's round, inside a checkpoint write, after the metrics row;
+        # then a random moment.
+        ("local", ["0:proposed", "1:checkpoint", "2:metrics"]),
+        ("eth_tester", ["1:finalized"]),
+        # Every point of a round (slow: nine more processes).
+        pytest.param(
             "local",
             ["0:trained", "0:proposed", "1:voted", "1:finalized", "1:checkpoint", "2:metrics"],
+            marks=pytest.mark.slow,
         ),
-        ("eth_tester", ["0:trained", "1:finalized", "2:proposed"]),
+        pytest.param(
+            "eth_tester", ["0:trained", "1:finalized", "2:proposed"], marks=pytest.mark.slow
+        ),
     ],
 )
 def test_sigkill_anywhere_then_the_same_command_continues_bit_for_bit(tmp_path, backend, kills):
