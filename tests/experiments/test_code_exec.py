@@ -3,6 +3,7 @@ solutions, its limits and guard played by hostile programs, and pass@k against h
 estimator read from its wheel and against the binomial definition."""
 
 import ast
+import os
 import itertools
 import math
 import types
@@ -172,3 +173,26 @@ def test_a_run_on_humaneval_reports_pass_at_1_prompts():
     e = by_prompt[q]
     assert (test, entry) == (e.meta["test"], e.meta["entry_point"])
     assert code_exec.run_program(_program(e, e.response), FAST).passed
+
+
+def test_generate_cli_scores_humaneval(tmp_path):
+  """launch/generate.py --humaneval=N: a random tiny model writes no working code (pass@1 0,
+  each problem's failure named); sampling several completions needs a temperature."""
+  import json
+  import pathlib
+  import subprocess
+  import sys
+
+  root = pathlib.Path(__file__).resolve().parents[2]
+  cmd = [sys.executable, str(root / "launch" / "generate.py"), "--model=tiny", "--humaneval=3"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  out = subprocess.run(
+      cmd + ["--max_new_tokens=4"], cwd=root, env=env, capture_output=True, text=True
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert json.loads(lines[-1])["pass@1"] == 0.0 and json.loads(lines[-1])["humaneval"] == 3
+  assert [l.split(":")[0] for l in lines[-4:-1]] == [f"HumanEval/{i}" for i in range(3)]
+  assert all("0/1 passed (first sample: " in l for l in lines[-4:-1])
+  bad = subprocess.run(cmd + ["--samples=2"], cwd=root, env=env, capture_output=True, text=True)
+  assert bad.returncode != 0 and "--temperature" in bad.stderr
