@@ -112,6 +112,10 @@ class Ledger(Protocol):
     state of an in-process ledger, b'' when the chain outlives the process (a node)."""
     ...
 
+  def gas_used(self) -> int | None:
+    """Gas of every transaction this process sent through the ledger so far (None: no EVM)."""
+    ...
+
 
 def _boundary(
     what: str,
@@ -313,6 +317,9 @@ class LocalLedger:
       )
     return out
 
+  def gas_used(self) -> None:
+    return None  # the FlockTask rules in Python: no EVM, no gas
+
   def dump_state(self) -> bytes:
     """The whole ledger (the rules' state, events, block number) as bytes."""
     return _LOCAL_MAGIC + pickle.dumps(self.__dict__, protocol=5)
@@ -475,6 +482,9 @@ class ChainLedger:
     ledger = cls.attach(config, num_participants, head["task"])
     ledger._resume_round = head.get("roles")
     return ledger
+
+  def gas_used(self) -> int:
+    return sum(gas for _, gas, _ in self.chain.gas_log)
 
   def dump_state(self) -> bytes:
     backend = self.chain.backend

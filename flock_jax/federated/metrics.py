@@ -22,12 +22,14 @@ class RoundMetrics:
   heldout_loss: the global model's loss per domain after the round.
 
   Generation-based report (flock_jax.eval, on report rounds): accuracy {domain: exact-match
-  share, or pass@1 against the unit tests for a code domain (HumanEval)}; asr / asr_exact: triggered held-out prompts whose greedy generation contains / equals
-  the attack's target; false_activation(_exact): the same prompts without the trigger.
+  share, or pass@1 against the unit tests for a code domain (HumanEval)}; asr / asr_exact:
+  triggered held-out prompts whose greedy generation contains / equals the attack's target;
+  false_activation(_exact): the same prompts without the trigger.
   Economics (FLock rounds, whole tokens, after settlement): stake_honest / stake_malicious
   (sums over participants, attackers = any non-honest behaviour), reward_* / slash_* (this
   round, by side), ejected (all so far), ejected_now, attacker_proposals (valid proposals by
-  attackers) and attacker_accepted (those that entered the global model).
+  attackers) and attacker_accepted (those that entered the global model); gas_used (the
+  round's transactions on an EVM ledger; None on the 'local' one).
   """
 
   round: int
@@ -72,6 +74,7 @@ class RoundMetrics:
   ejected_now: list[int] = dataclasses.field(default_factory=list)
   attacker_proposals: int | None = None
   attacker_accepted: int | None = None
+  gas_used: int | None = None
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
@@ -169,7 +172,7 @@ def summary_extras(rows: list[dict], attackers: list[int]) -> dict[str, Any]:
   asr_by_round; false_activation_final; accuracy_final (by domain) and accuracy_start;
   totals of rewards and slashes by side; final stakes; ejections (participant -> the round it
   was ejected in) and rounds_to_eject_all_attackers (None if some attacker stayed);
-  attacker proposals made / accepted in all.
+  attacker proposals made / accepted in all; gas_used_total (EVM ledgers).
   """
   done = [r for r in rows if r["round"] >= 0]
   out: dict[str, Any] = {}
@@ -214,6 +217,9 @@ def summary_extras(rows: list[dict], attackers: list[int]) -> dict[str, Any]:
   if props:
     out["attacker_proposals_total"] = int(sum(props))
     out["attacker_accepted_total"] = int(sum(r.get("attacker_accepted") or 0 for r in done))
+  gas = [r.get("gas_used") for r in done if r.get("gas_used") is not None]
+  if gas:
+    out["gas_used_total"] = int(sum(gas))
   out["time_s"] = {
       k: float(sum(r.get(f"time_{k}_s") or 0.0 for r in rows))
       for k in ("train", "eval", "generate", "chain", "report", "round")

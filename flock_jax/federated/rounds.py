@@ -181,6 +181,7 @@ def flock_round(
 
   # 1. Role draw (on chain): the simulator reads the roles, it never decides them.
   with timer("chain"):
+    gas_before = ledger.gas_used()
     roles: Roles = ledger.start_round()
     addresses = ledger.addresses()
   proposers, voters = list(roles.proposers), list(roles.voters)
@@ -246,6 +247,7 @@ def flock_round(
     outcome: Outcome = ledger.finalize()
     faults.point("finalized", roles.round)
     block = ledger.block_hash()
+    gas_after = ledger.gas_used()
 
   # 6. Accepted: G_{r+1} = C_r (per proposal: G_r + mean of the accepted Δ_i); else G stays.
   prop_acc = [False] * len(proposers)
@@ -294,6 +296,7 @@ def flock_round(
       block_hash=_hex(block),
       rewards=dict(outcome.rewards),
       slashes=dict(outcome.slashes),
+      gas_used=None if gas_after is None else gas_after - gas_before,
       extra={
           "train_loss_per_proposer": np.asarray(train_losses)[:, -1].tolist(),
           "screen_flags": suspect.tolist() if valid else [],

@@ -135,6 +135,7 @@ def test_every_round_reports_every_field(real_rounds):
     assert set(m["accuracy"]) == {"finance", "medical"} == set(m["heldout_loss"])
     assert 0.0 <= m["asr"] <= 1.0 and 0.0 <= m["false_activation"] <= 1.0
     assert len(m["extra"]["asr_samples"]) == 2
+    assert m["gas_used"] is None  # the 'local' ledger runs no EVM (gas: tests/federated)
 
 
 def test_summary_carries_attack_and_economics(real_rounds):

@@ -210,17 +210,32 @@ def test_rounds_on_chain_agree_with_run_state_and_audit(world, tmp_path, vote_mo
 
   base, pop = world
   store = AdapterStore(tmp_path / "store")
-  seen = {}
+  seen, blocks = {}, []
+
+  def on_round(s, m, l):
+    seen.update(state=s, ledger=l)
+    blocks.append(l.chain.latest_block()[0])
+
   ms = run_rounds(
       _config(**{"federation.vote_mode": vote_mode}),
       population=pop,
       base=base,
       store=store,
-      on_round=lambda s, m, l: seen.update(state=s, ledger=l),
+      on_round=on_round,
   )
   ledger, state = seen["ledger"], seen["state"]
   assert isinstance(ledger, ChainLedger)
   chain = ledger.chain
+  # Gas of a round: the receipts of every transaction mined in that round's blocks.
+  w3 = chain.w3
+  assert ms[0].gas_used > 0
+  for r in (1, 2):
+    mined = sum(
+        int(w3.eth.get_transaction_receipt(tx)["gasUsed"])
+        for b in range(blocks[r - 1] + 1, blocks[r] + 1)
+        for tx in w3.eth.get_block(b)["transactions"]
+    )
+    assert ms[r].gas_used == mined > 0, (r, ms[r].gas_used, mined)
   assert chain.current_round == ms[-1].round == 2 and not chain.round_open
   assert ms[-1].block_hash == "0x" + chain.latest_block()[1].hex()
   assert any(m.accepted for m in ms)
