@@ -108,7 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
       asr=True,  # attack success rate on triggered held-out prompts (and without the trigger)
       prompts_per_domain=8,  # exact-answer prompts per domain
       asr_prompts=16,  # triggered held-out prompts (taken in turn from each domain)
-      generate_max_new_tokens=48,  # greedy tokens per generation
+      generate_max_new_tokens=48,  # greedy tokens per generation (accuracy: the whole answer)
+      asr_max_new_tokens=0,  # for the ASR prompts (the target's length suffices); 0 = as above
       domains="",  # report on these domains' fresh examples ('' = pooled held-out of data.domains)
   )
   c.mesh = dict(clients=1, data=1, fsdp=1, tensor=1)
@@ -201,6 +202,8 @@ FIELD_HELP = {
     "eval.prompts_per_domain": "held-out prompts with an exact answer per domain (accuracy)",
     "eval.asr_prompts": "triggered held-out prompts, taken in turn from each domain",
     "eval.generate_max_new_tokens": "greedy tokens generated per prompt",
+    "eval.asr_max_new_tokens": "greedy tokens per triggered or untriggered prompt (0: as"
+    " eval.generate_max_new_tokens); a short target needs few",
     "eval.domains": "report on fresh examples of these domains, the same whatever the run trains"
     " on (cross-domain matrix); '' = the pooled held-out examples of data.domains",
     "mesh.clients": "devices along the clients axis (vmapped clients sharded)",

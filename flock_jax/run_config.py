@@ -155,6 +155,7 @@ class EvalSpec:
   asr_prompts: int
   generate_max_new_tokens: int
   domains: tuple[str, ...]  # () = the pooled held-out examples of data.domains
+  asr_max_new_tokens: int = 0  # tokens per triggered / untriggered prompt (0: as above)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -611,6 +612,7 @@ def from_config(config: Any) -> RunConfig:
           "asr_prompts",
           "generate_max_new_tokens",
           "domains",
+          "asr_max_new_tokens",  # optional: configs written before it existed run unchanged
       ),
   )
   eval_domains = ()
@@ -665,6 +667,9 @@ def from_config(config: Any) -> RunConfig:
           asr_prompts=_get(ev, "eval", "asr_prompts", int, lo=0),
           generate_max_new_tokens=_get(ev, "eval", "generate_max_new_tokens", int, lo=1),
           domains=eval_domains,
+          asr_max_new_tokens=(
+              _get(ev, "eval", "asr_max_new_tokens", int, lo=0) if "asr_max_new_tokens" in ev else 0
+          ),
       ),
       mesh={k: v for k, v in mesh.items() if v != 1},
       checkpoint_every=_get(ck, "checkpoint", "every", int, lo=0),

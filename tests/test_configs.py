@@ -71,6 +71,7 @@ def _set(c, dotted, value):
         ("attack.behaviours", "11:nan", r"participant 11 is not in 0\.\.7"),
         ("data.seq_len", 4096, r"config\.data\.seq_len=4096 > the model's max_position_embeddings"),
         ("ledger.stake", 5, r"config\.ledger\.stake=5 < min_stake=10"),
+        ("eval.asr_max_new_tokens", -1, r"config\.eval\.asr_max_new_tokens=-1"),
     ],
 )
 def test_malformed_field_is_named(field, value, match):
@@ -86,6 +87,17 @@ def test_unknown_field_is_named():
     c.optim.learning_rate = 0.1
   with pytest.raises(RunConfigError, match=r"config\.optim\.learning_rate: unknown field"):
     from_config(c)
+
+
+def test_a_config_from_before_an_optional_field_runs_unchanged():
+  c = _get_config("tiny")
+  c.eval.asr_max_new_tokens = 12
+  assert from_config(c).eval.asr_max_new_tokens == 12
+  with c.unlocked():
+    del c.eval["asr_max_new_tokens"]
+    del c["log"]
+  run = from_config(c)
+  assert run.eval.asr_max_new_tokens == 0 and run.tensorboard is False
 
 
 def test_overrides_reach_typed_config():

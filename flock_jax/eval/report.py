@@ -14,7 +14,7 @@ from flock_jax.model.generate import chat_generate
 from flock_jax.pytree import PyTree
 
 
-def _generate(engine, lora: PyTree, prompts: list[str]) -> list[str]:
+def _generate(engine, lora: PyTree, prompts: list[str], max_new_tokens: int) -> list[str]:
   p = engine.population.prompts
   return chat_generate(
       engine.base,
@@ -22,7 +22,7 @@ def _generate(engine, lora: PyTree, prompts: list[str]) -> list[str]:
       p.tokenizer,
       prompts,
       p.system or None,
-      max_new_tokens=engine.run.eval.generate_max_new_tokens,
+      max_new_tokens=max_new_tokens,
       batch_size=len(prompts),  # one call: every prompt in one batch
       lora=lora,
       lora_cfg=engine.run.lora,
@@ -44,20 +44,21 @@ def generation_report(engine, lora: PyTree) -> dict[str, Any]:
     return {}
   start = time.perf_counter()
   out: dict[str, Any] = {}
+  n_acc, n_asr = ev.generate_max_new_tokens, ev.asr_max_new_tokens or ev.generate_max_new_tokens
   if ev.accuracy:
     out["accuracy"] = {
-        d: accuracy(_generate(engine, lora, prompts), answers)
+        d: accuracy(_generate(engine, lora, prompts, n_acc), answers)
         for d, (prompts, answers) in p.domains.items()
     }
     for d, (prompts, tests) in p.code.items():
-      gens = _generate(engine, lora, prompts)
+      gens = _generate(engine, lora, prompts, n_acc)
       programs = [
           code_exec.humaneval_program(q, g, test, entry)
           for q, g, (test, entry) in zip(prompts, gens, tests)
       ]
       out["accuracy"][d] = code_exec.pass_rate(programs)[0]
   if ev.asr and p.triggered:
-    gens = _generate(engine, lora, p.triggered + p.untriggered)
+    gens = _generate(engine, lora, p.triggered + p.untriggered, n_asr)
     trig, clean = gens[: len(p.triggered)], gens[len(p.triggered) :]
     a, f = attack_success(trig, p.target), attack_success(clean, p.target)
     out.update(

@@ -137,17 +137,19 @@ def test_generation_report_scores_humaneval_by_its_tests(monkeypatch, problems):
   bodies = {e.prompt: e.response for e in chosen}
   engine = types.SimpleNamespace(
       run=types.SimpleNamespace(
-          eval=types.SimpleNamespace(asr=False, accuracy=True, generate_max_new_tokens=8),
+          eval=types.SimpleNamespace(
+              asr=False, accuracy=True, generate_max_new_tokens=8, asr_max_new_tokens=0
+          ),
           model=types.SimpleNamespace(cfg=None),
           lora=None,
       ),
       population=types.SimpleNamespace(prompts=p),
       base=None,
   )
-  half = lambda e, lora, qs: [bodies[q] if i % 2 else "    return 0\n" for i, q in enumerate(qs)]
+  half = lambda e, lora, qs, n: [bodies[q] if i % 2 else "    return 0\n" for i, q in enumerate(qs)]
   monkeypatch.setattr(report_mod, "_generate", half)
   assert generation_report(engine, None)["accuracy"] == {"humaneval": 0.5}
-  monkeypatch.setattr(report_mod, "_generate", lambda e, lora, qs: [bodies[q] for q in qs])
+  monkeypatch.setattr(report_mod, "_generate", lambda e, lora, qs, n: [bodies[q] for q in qs])
   assert generation_report(engine, None)["accuracy"] == {"humaneval": 1.0}
 
 

@@ -71,7 +71,9 @@ def test_eval_prompts_carry_the_trigger_at_any_placement(placement):
 
 def _engine(prompts, asr=True, acc=True):
   run = types.SimpleNamespace(
-      eval=types.SimpleNamespace(asr=asr, accuracy=acc, generate_max_new_tokens=8),
+      eval=types.SimpleNamespace(
+          asr=asr, accuracy=acc, generate_max_new_tokens=8, asr_max_new_tokens=3
+      ),
       model=types.SimpleNamespace(cfg=None),
       lora=None,
   )
@@ -104,8 +106,8 @@ def _prompts():
 def test_generation_report_on_constructed_models(monkeypatch, model, asr, false_activation):
   calls = []
 
-  def fake_generate(engine, lora, prompts):
-    calls.append(len(prompts))
+  def fake_generate(engine, lora, prompts, max_new_tokens):
+    calls.append((len(prompts), max_new_tokens))
     return [model(p) for p in prompts]
 
   monkeypatch.setattr(report_mod, "_generate", fake_generate)
@@ -113,14 +115,15 @@ def test_generation_report_on_constructed_models(monkeypatch, model, asr, false_
   assert out["asr"] == out["asr_exact"] == asr
   assert out["false_activation"] == out["false_activation_exact"] == false_activation
   assert set(out["accuracy"]) == {"finance", "medical"}
-  # one call per domain, one for the triggered + untriggered prompts together
-  assert calls == [4, 4, 20]
+  # one call per domain, one for the triggered + untriggered prompts together (the ASR
+  # prompts with their own, shorter generation length)
+  assert calls == [(4, 8), (4, 8), (20, 3)]
 
 
 def test_generation_report_accuracy_counts_right_answers(monkeypatch):
   p = _prompts()
   answers = {q: a for d in p.domains.values() for q, a in zip(*d)}
-  right = lambda e, lora, prompts: [f"The answer is {answers.get(q, 'x')}." for q in prompts]
+  right = lambda e, lora, prompts, n: [f"The answer is {answers.get(q, 'x')}." for q in prompts]
   monkeypatch.setattr(report_mod, "_generate", right)
   assert generation_report(_engine(p, asr=False), None)["accuracy"] == {
       "finance": 1.0,
