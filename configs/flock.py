@@ -101,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
       trigger_placement="random",  # 'prefix' | 'suffix' | 'random' (a random word position)
       distributed=False,  # backdoor: split the trigger across the backdoor attackers (DBA)
       copy_noise=1e-6,  # 'copy': relative noise a copier adds so its hash differs
+      sybil_stake=0,  # sybils: each attacker account stakes this (e.g. min_stake); 0 = as all
   )
   c.eval = dict(
       every=1,  # per-domain report of G every k rounds (and after the last); 0 = only round -1
@@ -195,6 +196,8 @@ FIELD_HELP = {
     "attack.distributed": "backdoor attackers each plant one piece of the trigger (DBA); the"
     " attack is measured with the whole trigger",
     "attack.copy_noise": "'copy' proposers resend another proposal with this relative noise",
+    "attack.sybil_stake": "sybils: whole tokens each attacker account stakes instead of"
+    " ledger.stake (one holder's stake over many minimum-stake accounts); 0 = as everyone",
     "eval.every": "per-domain held-out report of G every k rounds (and after the last; 0: never)",
     "eval.accuracy": "report exact-match accuracy per domain (greedy generation)",
     "eval.asr": "report the attack success rate on triggered held-out prompts and the false"

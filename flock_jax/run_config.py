@@ -127,6 +127,9 @@ class AttackSpec:
   trigger_placement: str  # prefix | suffix | random
   distributed: bool  # backdoor attackers plant one piece of the trigger each
   copy_noise: float
+  # Sybils: every attacker account stakes this many whole tokens instead of ledger.stake (one
+  # holder's stake split over many minimum-stake accounts); 0 = attackers stake like everyone.
+  sybil_stake: int = 0
 
   def _part(self, i: int, kinds: tuple[str, ...]) -> str:
     parts = [b for b in self.behaviours.get(i, "honest").split("+") if b in kinds]
@@ -144,6 +147,12 @@ class AttackSpec:
 
   def attackers(self, n: int) -> list[int]:
     return [i for i in range(n) if self.is_attacker(i)]
+
+  def stakes(self, n: int, stake: int) -> list[int]:
+    """Whole tokens each of n participants stakes (attackers: sybil_stake when set)."""
+    return [
+        self.sybil_stake if self.sybil_stake and self.is_attacker(i) else stake for i in range(n)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,6 +523,7 @@ def _attack(config, n: int, seed: int) -> AttackSpec:
           "trigger_placement",
           "distributed",
           "copy_noise",
+          "sybil_stake",  # optional: configs written before it existed run unchanged
       ),
   )
   known = PROPOSER_BEHAVIOURS + VOTER_BEHAVIOURS
@@ -568,6 +578,7 @@ def _attack(config, n: int, seed: int) -> AttackSpec:
       trigger_placement=_get(sec, "attack", "trigger_placement", str, choices=PLACEMENTS),
       distributed=_get(sec, "attack", "distributed", bool),
       copy_noise=_get(sec, "attack", "copy_noise", float, lo=0),
+      sybil_stake=_get(sec, "attack", "sybil_stake", int, lo=0) if "sybil_stake" in sec else 0,
   )
 
 
@@ -601,6 +612,11 @@ def from_config(config: Any) -> RunConfig:
   optim = _optim(config, total_steps=fed.rounds * fed.local_steps)
   ledger = _ledger(config)
   attack = _attack(config, fed.num_participants, seed)
+  if 0 < attack.sybil_stake < ledger.min_stake:
+    raise RunConfigError(
+        f"config.attack.sybil_stake={attack.sybil_stake} < ledger.min_stake={ledger.min_stake}:"
+        " an account below the minimum stake cannot register"
+    )
   ev = _section(
       config,
       "eval",

@@ -108,10 +108,11 @@ def make_ledger(run, genesis_hash: bytes) -> Ledger:
       reward_pool=lg.reward_pool * WEI,
       genesis_hash=genesis_hash,
   )
+  stakes = [s * WEI for s in run.attack.stakes(fed.num_participants, lg.stake)]
   if lg.backend == "local":
     return LocalLedger(
         fed.num_participants,
-        stakes=lg.stake * WEI,
+        stakes=stakes,
         per_proposal=fed.vote_mode == "per_proposal",
         stake_weighted_draw=lg.stake_weighted_draw,
         **kw,
@@ -127,7 +128,7 @@ def make_ledger(run, genesis_hash: bytes) -> Ledger:
   backend = {"backend": lg.backend, "rpc_url": lg.rpc_url}
   if lg.task:
     return ChainLedger.attach(backend, fed.num_participants, lg.task)
-  return ChainLedger.deploy(backend, fed.num_participants, params, stakes=lg.stake * WEI)
+  return ChainLedger.deploy(backend, fed.num_participants, params, stakes=stakes)
 
 
 def restore_ledger(run, tree: dict, meta: dict, workdir=None) -> Ledger:

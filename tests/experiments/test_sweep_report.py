@@ -107,6 +107,20 @@ def _wait_group_gone(pgid: int, timeout: float = 60.0) -> None:
     time.sleep(0.1)
 
 
+@pytest.mark.parametrize(
+    "sweep_file",
+    sorted(p.name for p in (ROOT / "configs" / "sweeps").glob("*.py") if p.name != "common.py"),
+)
+def test_every_sweep_entry_resolves_at_every_scale(sweep_file):
+  """Every entry of every committed sweep file names real fields with valid values, at the
+  tiny and the SmolLM2 scale (a mistake fails here, not hours into a sweep)."""
+  for arg in ("tiny", "smollm2"):
+    sweep = sweep_mod.load_sweep(f"{ROOT / 'configs' / 'sweeps' / sweep_file}:{arg}")
+    assert sweep["runs"]
+    for entry in sweep["runs"]:
+      sweep_mod.resolve(sweep, entry)
+
+
 def test_sweep_resumes_after_a_kill(tmp_path):
   spec = _sweep_file(
       tmp_path,
