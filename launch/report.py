@@ -197,6 +197,33 @@ def main_table(runs: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def asr_round_table(runs: list[dict]) -> str:
+  """ASR at every reported round (round -1: the starting model), one row per tag group: the
+  mean over seeds, then each seed's value ('' when no run reports ASR)."""
+  if not any(len(r["asr_curve"]) > 1 for r in runs):
+    return ""
+  method_order = list(dict.fromkeys(r["tags"].get("method", "") for r in runs))
+  gs = groups(runs)
+  rounds = sorted({k for r in runs for k, _ in r["asr_curve"]})
+  tag_names = sorted({k for key in gs for k, _ in key})
+  head = tag_names + [f"round {k}" for k in rounds]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for key in sorted(gs, key=lambda k: _order(k, method_order)):
+    rs, d = sorted(gs[key], key=lambda r: r["tags"].get("seed", 0)), dict(key)
+    cells = [str(d.get(t, "")) for t in tag_names]
+    for k in rounds:
+      vals = [dict(r["asr_curve"]).get(k) for r in rs]
+      got = [v for v in vals if v is not None]
+      cells.append(
+          "-"
+          if not got
+          else f"{sum(got) / len(got):.2f}"
+          + (" (" + "/".join("-" if v is None else f"{v:.2f}" for v in vals) + ")") * (len(rs) > 1)
+      )
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def economics_table(runs: list[dict]) -> str:
   """FLock runs: final stake per honest and per malicious participant, totals by side,
   ejections."""
@@ -471,6 +498,14 @@ def write_report(sweep_dir: str, out_dir: str, title: str = "") -> pathlib.Path:
       main_table(runs),
       "",
   ]
+  by_round = asr_round_table(runs)
+  if by_round:
+    text += [
+        "## ASR at every reported round (mean over seeds; each seed in brackets)",
+        "",
+        by_round,
+        "",
+    ]
   econ = economics_table(runs)
   if econ:
     text += ["## Economics (FLock runs)", "", econ, ""]

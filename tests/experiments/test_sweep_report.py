@@ -272,6 +272,10 @@ def test_report_builds_from_fixture_workdirs(tmp_path):
   flock = next(x for x in text.splitlines() if x.startswith("| 0.4 | flock"))
   assert "| 2/4 | 4/8 |" in flock  # attacker, honest updates accepted / proposed, both seeds
   assert "## Economics" in text and "## Cross-domain" in text
+  # ASR per reported round, fedavg at 0.4: seeds 0 and 1 at round 1 are 1.0 and 1.1
+  part = text.split("## ASR at every reported round")[1].split("##")[0]
+  by_round = next(x for x in part.splitlines() if x.startswith("| 0.4 | fedavg"))
+  assert "| 1.05 (1.00/1.10) |" in by_round and "| 0.00 (0.00/0.00) |" in by_round
   assert "| finance | 1.000 | 1.500 |" in text
   cmds = (out / "commands.md").read_text()
   assert (
