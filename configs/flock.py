@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
       tau=0.0,  # approve iff gain >= tau
       aggregator="fedavg",  # baseline mode: any flock_jax.federated.aggregators name
       aggregator_hparams="",  # 'f=1,beta=0.1' or a dict
+      client_state="persistent",  # keep each client's adapter + optimizer | 'fresh' each round
       screen="none",  # FLock voters screen proposals first: 'none' | 'norm' | 'cosine' | 'both'
       screen_norm_factor=2.0,  # 'norm': flag a proposal whose norm > factor x the median norm
       screen_min_cosine=0.0,  # 'cosine': flag a proposal whose median cosine to the others < this
@@ -167,6 +168,9 @@ FIELD_HELP = {
     "federation.tau": "a voter approves iff its gain L(G) - L(C) >= tau",
     "federation.aggregator": "baseline mode: a flock_jax.federated.aggregators name",
     "federation.aggregator_hparams": "aggregator settings, 'f=1,beta=0.1' or a dict",
+    "federation.client_state": "'persistent': each participant keeps its adapter and optimizer"
+    " state across rounds ([N, ...]); 'fresh': a fresh optimizer from G each round, nothing"
+    " kept per participant (memory independent of N)",
     "federation.screen": "FLock voters screen proposals before scoring: none | norm | cosine | both"
     " (a flagged proposal is rejected; whole mode: the candidate is)",
     "federation.screen_norm_factor": "norm screen: flag a proposal whose norm > factor x median",

@@ -30,6 +30,7 @@ PROPOSER_BEHAVIOURS = (
 )
 VOTER_BEHAVIOURS = ("honest", "always_approve", "always_reject", "absent", "colluding")
 SCREENS = ("none", "norm", "cosine", "both")
+CLIENT_STATES = ("persistent", "fresh")
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
 
@@ -97,6 +98,10 @@ class FederationSpec:
   screen: str  # FLock voters' screen of proposals before scoring: none | norm | cosine | both
   screen_norm_factor: float
   screen_min_cosine: float
+  # 'persistent': each participant keeps its adapter and optimizer state across rounds
+  # ([N, ...] in ClientState); 'fresh': a fresh optimizer each round from G and nothing kept
+  # per participant (OpenFedLLM's loop; memory independent of N)
+  client_state: str = "persistent"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,6 +421,7 @@ def _federation(config) -> FederationSpec:
           "screen",
           "screen_norm_factor",
           "screen_min_cosine",
+          "client_state",  # optional: configs written before it existed run unchanged
       ),
   )
   w = "federation"
@@ -436,6 +442,16 @@ def _federation(config) -> FederationSpec:
   k = _get(sec, w, "clients_per_round", int, lo=1)
   if k > n:
     raise RunConfigError(f"config.federation.clients_per_round={k} > num_participants={n}")
+  client_state = (
+      _get(sec, w, "client_state", str, choices=CLIENT_STATES)
+      if "client_state" in sec
+      else "persistent"
+  )
+  if client_state == "fresh" and agg == "local":  # the one isolated aggregator
+    raise RunConfigError(
+        f"config.federation.client_state='fresh' with aggregator={agg!r}: isolated clients "
+        "train their own adapters across rounds and need client_state='persistent'"
+    )
   return FederationSpec(
       mode=_get(sec, w, "mode", str, choices=MODES),
       num_participants=n,
@@ -456,6 +472,7 @@ def _federation(config) -> FederationSpec:
       screen=_get(sec, w, "screen", str, choices=SCREENS),
       screen_norm_factor=_get(sec, w, "screen_norm_factor", float, lo=0, lo_open=True),
       screen_min_cosine=_get(sec, w, "screen_min_cosine", float, lo=-1, hi=1),
+      client_state=client_state,
   )
 
 

@@ -2,6 +2,7 @@
 
   python launch/bench_round.py --model=tiny|smollm2 --dtype=float32|bfloat16 [--rounds=2]
   python launch/bench_round.py --model=tiny --breakdown=10,100,1000   # round-time breakdown
+  python launch/bench_round.py --model=smollm2 --breakdown=10,100,1000 --client_state=fresh
 
 Both sides do the same work on the same tokens, in one process, rounds interleaved:
   flock_jax  engine.build + rounds.flock_round on the 'local' ledger (no EVM): P proposers
@@ -56,6 +57,13 @@ _PACKING = flags.DEFINE_boolean(
     "packing", False, "Packing section: rows and real tokens of the same examples, packed or not."
 )
 _QUANT = flags.DEFINE_enum("quantize", "none", ["none", "int8"], "flock_jax frozen base storage.")
+_CLIENT_STATE = flags.DEFINE_enum(
+    "client_state",
+    "persistent",
+    ["persistent", "fresh"],
+    "flock_jax's federation.client_state: 'fresh' is the peer's algorithm exactly (a fresh AdamW"
+    " each round) and keeps no [N, ...] state, so --breakdown reaches N = 1000 with SmolLM2.",
+)
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices",
     1,
@@ -89,6 +97,7 @@ def _config(n: int, rounds: int, backend: str):
   )
   c.data.seq_len = _T.value
   c.mesh.clients = _CPU_DEVICES.value
+  c.federation.client_state = _CLIENT_STATE.value
   c.ledger.backend = backend
   c.eval.every = 0  # per-domain reporting off the round (round -1 only, not called here)
   c.checkpoint.every = 0
@@ -445,6 +454,8 @@ def breakdown():
     cfg = cfg32.replace(dtype=_DTYPE.value, param_dtype=_DTYPE.value)
     run = dataclasses.replace(run, model=dataclasses.replace(run.model, cfg=cfg))
     per = sum(int(x.size) for x in jax.tree.leaves(lora_shapes(cfg, run.lora))) * 4 * 3
+    if _CLIENT_STATE.value == "fresh":
+      per = 0  # nothing kept per participant
     if per * n > 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
       print(
           f"{n:>6} skipped: client state (adapter + AdamW) {per * n / 2**30:.1f} GiB exceeds"

@@ -115,6 +115,14 @@ def init_client_state(
   return jax.jit(make, out_shardings=out)(key)
 
 
+@functools.partial(jax.jit, static_argnames=("tx", "num_clients"))
+def fresh_opt_state(tx: optax.GradientTransformation, global_lora: PyTree, num_clients: int):
+  """[K]-stacked fresh optimizer states of K clients that start from `global_lora`
+  (client_state='fresh': nothing is kept per participant between rounds)."""
+  ad = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_clients,) + x.shape), global_lora)
+  return jax.vmap(tx.init)(ad)
+
+
 # ------------------------------------------------------------------ local training
 def _client_steps(
     base: Params,

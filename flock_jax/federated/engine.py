@@ -214,9 +214,8 @@ def build(run, *, population: Population | None = None, base: Params | None = No
   )
   key = jax.random.key(run.seed)
   g0 = init_lora(cfg, lcfg, jax.random.fold_in(key, 1))
-  clients = init_client_state(
-      cfg, lcfg, tx, key, population.num_participants, global_lora=g0, mesh=mesh
-  )
+  kept = population.num_participants if fed.client_state == "persistent" else 0
+  clients = init_client_state(cfg, lcfg, tx, key, kept, global_lora=g0, mesh=mesh)
   if mesh is None:
     g0, clients = commit((g0, clients))
   state = RunState(

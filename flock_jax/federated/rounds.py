@@ -27,7 +27,7 @@ from flock_jax.federated.attacks import attack_updates, voter_ballot
 from flock_jax.federated.ledger import WEI
 from flock_jax.federated.screening import screen_flags, screened
 from flock_jax.federated.aggregators import apply_delta
-from flock_jax.federated.clients import ClientState
+from flock_jax.federated.clients import ClientState, fresh_opt_state
 from flock_jax.federated.engine import Engine, RunState, build, commit, make_ledger
 from flock_jax.federated.ledger import Ledger, Outcome, Roles
 from flock_jax.federated.metrics import RoundMetrics
@@ -59,8 +59,13 @@ def _train(engine: Engine, state: RunState, who: Sequence[int], start_stacked=Fa
   batches = engine.population.train_batches(
       who, fed.local_steps, fed.batch_size, seed=run.seed, round_index=state.round
   )
-  rows = state.clients.take(who)
   keys = jax.random.split(jax.random.fold_in(state.key, state.round), len(who))
+  if fed.client_state == "fresh":  # from G with a fresh optimizer; nothing kept per client
+    opt = fresh_opt_state(engine.tx, state.global_lora, len(who))
+    _, deltas, _, losses = engine.local_train(engine.base, state.global_lora, opt, batches, keys)
+    jax.block_until_ready(losses)
+    return state, deltas, losses
+  rows = state.clients.take(who)
   start = rows.adapters if start_stacked else state.global_lora
   adapters, deltas, opt, losses = engine.local_train(
       engine.base, start, rows.opt_state, batches, keys, start_stacked=start_stacked
@@ -368,7 +373,7 @@ def _root_update(engine: Engine, state: RunState) -> PyTree:
   batches = root.train_batches(
       [0], fed.local_steps, fed.batch_size, seed=engine.run.seed, round_index=state.round
   )
-  opt = jax.vmap(engine.tx.init)(_stack([state.global_lora]))
+  opt = fresh_opt_state(engine.tx, state.global_lora, 1)
   keys = jax.random.split(jax.random.fold_in(state.key, 10**6 + state.round), 1)
   _, delta, _, _ = engine.local_train(engine.base, state.global_lora, opt, batches, keys)
   return jax.tree.map(lambda x: x[0], delta)

@@ -46,7 +46,9 @@ def restore_state(fresh: RunState, tree: dict, meta: dict, ledger: Ledger | None
           fresh.clients,
           adapters=tree["clients"]["adapters"],
           opt_state=tree["clients"]["opt_state"],
-      ),
+      )
+      if "clients" in tree
+      else fresh.clients,
       agg_state=tree.get("agg_state", fresh.agg_state),
       key=jax.random.wrap_key_data(tree["key"]),
       global_hash=unhex(meta["global_hash"]),
@@ -74,11 +76,9 @@ def checkpoint_tree(state: RunState, ledger: Ledger | None = None) -> dict:
   state and the chain state are written (and restored) together, atomically."""
   import numpy as np
 
-  tree = {
-      "global_lora": state.global_lora,
-      "clients": {"adapters": state.clients.adapters, "opt_state": state.clients.opt_state},
-      "key": jax.random.key_data(state.key),
-  }
+  tree = {"global_lora": state.global_lora, "key": jax.random.key_data(state.key)}
+  if state.clients.num_clients:  # client_state='fresh' keeps none (orbax saves no empty array)
+    tree["clients"] = {"adapters": state.clients.adapters, "opt_state": state.clients.opt_state}
   if jax.tree.leaves(state.agg_state):
     tree["agg_state"] = state.agg_state
   if ledger is not None:
