@@ -7,9 +7,6 @@ rounds differ only through the optimizer state a participant carried. A fresh-mo
 checkpointed and resumed ends where the uninterrupted one does.
 """
 
-import importlib.util
-import pathlib
-
 import jax
 import numpy as np
 import pytest
@@ -18,17 +15,13 @@ from flock_jax.federated.engine import build
 from flock_jax.federated.population import synthetic_population
 from flock_jax.federated.rounds import run_rounds
 from flock_jax.model.llama import init_params
-from flock_jax.run_config import RunConfigError, from_config
+from flock_jax.run_config import RunConfigError, from_config, load_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 N = 6
 
 
 def _config(client_state="fresh", n=N, **fed):
-  spec = importlib.util.spec_from_file_location("flock_config", ROOT / "configs" / "flock.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("tiny")
+  c = load_config("tiny")
   c.data.seq_len = 16
   c.ledger.backend = "local"
   c.checkpoint.every = 0
