@@ -105,7 +105,11 @@ def main(argv):
     raise WorkdirError(f"--resume: --workdir={_WORKDIR.value} holds no run to continue")
   if wd and status == "continue" and wd.summary_path.exists():
     s = json.loads(wd.summary_path.read_text())
-    print(f"done: all {run.federation.rounds} rounds were already run; nothing left to run")
+    if "ended_early" in s:
+      e = s["ended_early"]
+      print(f"done: the task ended before round {e['round']}: {e['reason']}; nothing left to run")
+    else:
+      print(f"done: all {run.federation.rounds} rounds were already run; nothing left to run")
     print(s["line"])
     return
 
@@ -177,12 +181,17 @@ def main(argv):
     if events:
       events.write_row(rows[0])
 
-  ran, started = 0, time.perf_counter()
+  ran, started, ended = 0, time.perf_counter(), None
   with engine.mesh_context():
     while state.round < run.federation.rounds:
       if _STOP_AFTER.value is not None and ran >= _STOP_AFTER.value:
         print(f"stopped after {ran} rounds; run the same command to continue", flush=True)
         return
+      ended = rounds.cannot_continue(run, ledger) if flock else None
+      if ended:
+        ended = {"round": state.round, "reason": ended}
+        print(f"the task ended before round {state.round}: {ended['reason']}", flush=True)
+        break
       if flock:
         state, m = rounds.flock_round(engine, state, ledger, store)
       else:
@@ -225,6 +234,8 @@ def main(argv):
     ok = report.ok
   ok = D.broadcast(ok)
   summary = rounds.summarize(rows, run)
+  if ended:
+    summary["ended_early"] = ended
   print(summary["line"], flush=True)
   if wd and lead:
     wd.write_json("summary.json", summary)

@@ -262,3 +262,35 @@ def test_export_from_a_run_loads_in_peft_with_the_same_logits(tmp_path):
       # fp32 forward of a 2-layer model, different op order: budget ~1e-5 relative to the
       # logits' scale (a few units), as in tests/model/test_parity.py.
       np.testing.assert_allclose(theirs, ours, atol=2e-4, rtol=0)
+
+
+# ------------------------------------------------------------------ the task ends
+def test_a_task_out_of_participants_ends_the_run_cleanly(tmp_path):
+  """Every voter always rejects and one slash ejects (min stake 95 of 100): round 0's two
+  proposers are ejected, 6 of 8 participants stay, a round needs P + V = 6 + 1. The run ends
+  there as the task does (the contract would refuse start_round), exit 0, the reason in
+  summary.json; the same command again ends the same way and changes nothing."""
+  wd = tmp_path / "run"
+  flags = (
+      "--config.federation.num_proposers=2",
+      "--config.federation.num_voters=5",
+      "--config.ledger.min_stake=95",
+      "--config.attack.fraction=1.0",
+      "--config.attack.voter=always_reject",
+      "--config.eval.every=0",
+  )
+  out = _train(wd, *flags, backend="eth_tester")
+  assert "the task ended before round 1: 6 participants are still staked" in out.stdout
+  assert "audit: audit OK: 1 rounds" in out.stdout, out.stdout[-2000:]
+  rows = _rows(wd)
+  assert [r["round"] for r in rows] == [-1, 0] and rows[1]["accepted"] is False
+  assert sorted(rows[1]["ejected_now"]) == sorted(rows[1]["proposers"])
+  summary = json.loads((wd / "summary.json").read_text())
+  assert summary["ended_early"] == {
+      "round": 1,
+      "reason": "6 participants are still staked, a round needs P + V = 7",
+  }
+  metrics = (wd / "metrics.jsonl").read_bytes()
+  again = _train(wd, *flags, backend="eth_tester")
+  assert "the task ended before round 1" in again.stdout
+  assert (wd / "metrics.jsonl").read_bytes() == metrics

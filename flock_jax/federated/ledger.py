@@ -116,6 +116,10 @@ class Ledger(Protocol):
     """Gas of every transaction this process sent through the ledger so far (None: no EVM)."""
     ...
 
+  def active_participants(self) -> int:
+    """Accounts that can still be drawn: staked at least the minimum and not ejected."""
+    ...
+
 
 def _boundary(
     what: str,
@@ -320,6 +324,9 @@ class LocalLedger:
   def gas_used(self) -> None:
     return None  # the FlockTask rules in Python: no EVM, no gas
 
+  def active_participants(self) -> int:
+    return len(self.model.participants)
+
   def dump_state(self) -> bytes:
     """The whole ledger (the rules' state, events, block number) as bytes."""
     return _LOCAL_MAGIC + pickle.dumps(self.__dict__, protocol=5)
@@ -485,6 +492,10 @@ class ChainLedger:
 
   def gas_used(self) -> int:
     return sum(gas for _, gas, _ in self.chain.gas_log)
+
+  def active_participants(self) -> int:
+    b, floor = self.chain.balances(), self.chain.params.min_stake
+    return sum(1 for s, e in zip(b.stakes, b.ejected) if s >= floor and not e)
 
   def dump_state(self) -> bytes:
     backend = self.chain.backend

@@ -443,6 +443,17 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
   return dataclasses.replace(state, round=state.round + 1), metrics
 
 
+def cannot_continue(run, ledger) -> str | None:
+  """Why the next FLock round cannot start (None: it can). Fewer than P + V participants are
+  still staked (the rest were ejected): the contract refuses start_round, and anyone may
+  close the task (PROTOCOL.md, Liveness). The run ends there, as the task does."""
+  need = run.federation.num_proposers + run.federation.num_voters
+  active = ledger.active_participants()
+  if active < need:
+    return f"{active} participants are still staked, a round needs P + V = {need}"
+  return None
+
+
 def run_rounds(
     config,
     *,
@@ -476,6 +487,8 @@ def run_rounds(
   out = []
   with engine.mesh_context():
     for _ in range(state.round, run.federation.rounds):
+      if flock and cannot_continue(run, ledger):
+        break
       state, m = (
           flock_round(engine, state, ledger, store) if flock else baseline_round(engine, state)
       )

@@ -301,3 +301,15 @@ def test_resume_continues_on_the_same_chain_and_refuses_a_mismatch(world, tmp_pa
   assert rest[0].mean_heldout_loss == pytest.approx(full[-1].mean_heldout_loss, abs=1e-6)
   with pytest.raises(ResumeError, match="is at round 2"):  # the chain has moved on
     run_rounds(_config(), population=pop, base=base, ledger=ledger, resume=lambda _: (tree, meta))
+
+
+def test_run_rounds_stops_when_the_task_runs_out_of_participants(world):
+  """Voters always reject and one slash ejects: after round 0 fewer than P + V participants
+  are staked, so no further round starts (the contract would refuse it)."""
+  base, pop = world
+  c = _config(**{"ledger.min_stake": 95, "ledger.backend": "local"})
+  c.attack.fraction, c.attack.voter = 1.0, "always_reject"
+  seen = {}
+  ms = run_rounds(c, population=pop, base=base, on_round=lambda s, m, l: seen.update(ledger=l))
+  assert [m.round for m in ms] == [0] and ms[0].accepted is False
+  assert seen["ledger"].active_participants() == N - P < P + V
