@@ -31,6 +31,14 @@ PROPOSER_BEHAVIOURS = (
 VOTER_BEHAVIOURS = ("honest", "always_approve", "always_reject", "absent", "colluding")
 SCREENS = ("none", "norm", "cosine", "both")
 CLIENT_STATES = ("persistent", "fresh")
+# Fields added after runs were made with configs that lack them: absent means this default,
+# so such a config (and a workdir's config.json) runs, and continues, unchanged.
+OPTIONAL_FIELDS = {
+    "eval.asr_max_new_tokens": 0,
+    "attack.sybil_stake": 0,
+    "federation.client_state": "persistent",
+    "log.tensorboard": False,
+}
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
 
@@ -445,7 +453,7 @@ def _federation(config) -> FederationSpec:
   client_state = (
       _get(sec, w, "client_state", str, choices=CLIENT_STATES)
       if "client_state" in sec
-      else "persistent"
+      else OPTIONAL_FIELDS["federation.client_state"]
   )
   if client_state == "fresh" and agg == "local":  # the one isolated aggregator
     raise RunConfigError(
@@ -595,7 +603,11 @@ def _attack(config, n: int, seed: int) -> AttackSpec:
       trigger_placement=_get(sec, "attack", "trigger_placement", str, choices=PLACEMENTS),
       distributed=_get(sec, "attack", "distributed", bool),
       copy_noise=_get(sec, "attack", "copy_noise", float, lo=0),
-      sybil_stake=_get(sec, "attack", "sybil_stake", int, lo=0) if "sybil_stake" in sec else 0,
+      sybil_stake=(
+          _get(sec, "attack", "sybil_stake", int, lo=0)
+          if "sybil_stake" in sec
+          else OPTIONAL_FIELDS["attack.sybil_stake"]
+      ),
   )
 
 
@@ -669,7 +681,11 @@ def from_config(config: Any) -> RunConfig:
       raise RunConfigError(f"config.mesh.{k}={v!r}: expected a positive size or -1")
   ck = _section(config, "checkpoint", ("every", "keep"))
   # optional: configs written before it existed run unchanged
-  lg = _section(config, "log", ("tensorboard",)) if "log" in config else {"tensorboard": False}
+  lg = (
+      _section(config, "log", ("tensorboard",))
+      if "log" in config
+      else {"tensorboard": OPTIONAL_FIELDS["log.tensorboard"]}
+  )
   if model.tokenizer == "byte":
     from flock_jax.data.tokenizer import BYTE_VOCAB_SIZE
 

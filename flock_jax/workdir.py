@@ -52,12 +52,18 @@ def config_dict(config: Any) -> dict:
 
 
 def config_diff(old: dict, new: dict) -> list[str]:
-  """'field: old -> new' for every field that differs (MAY_DIFFER excepted)."""
+  """'field: old -> new' for every field that differs (MAY_DIFFER excepted; a field added
+  later, absent on one side and at its default on the other, is the same run)."""
+  from flock_jax.run_config import OPTIONAL_FIELDS
+
   a, b = flatten(old), flatten(new)
   out = []
   for k in sorted(set(a) | set(b)):
     if k in MAY_DIFFER or a.get(k) == b.get(k):
       continue
+    if k in OPTIONAL_FIELDS and (k not in a or k not in b):
+      if a.get(k, b.get(k)) == OPTIONAL_FIELDS[k]:
+        continue
     out.append(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}")
   return out
 

@@ -3,6 +3,8 @@
 import importlib.util
 import pathlib
 
+import json
+
 import pytest
 
 from flock_jax.run_config import RunConfigError, from_config
@@ -98,6 +100,21 @@ def test_a_config_from_before_an_optional_field_runs_unchanged():
     del c["log"]
   run = from_config(c)
   assert run.eval.asr_max_new_tokens == 0 and run.tensorboard is False
+
+
+def test_a_workdir_from_before_an_optional_field_continues():
+  from flock_jax.run_config import OPTIONAL_FIELDS
+  from flock_jax.workdir import config_diff, config_dict
+
+  new = config_dict(_get_config("tiny"))
+  old = json.loads(json.dumps(new))
+  for dotted in OPTIONAL_FIELDS:
+    sec, key = dotted.split(".")
+    del old[sec][key]
+  assert config_diff(old, new) == []
+  changed = json.loads(json.dumps(new))
+  changed["federation"]["client_state"] = "fresh"
+  assert config_diff(old, changed) == ["federation.client_state: '<absent>' -> 'fresh'"]
 
 
 def test_overrides_reach_typed_config():
