@@ -88,6 +88,9 @@ def load_model(spec: str, tokenizer: str | None, seed: int, dtype: str | None):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; give prompts with --prompt")
+  from flock_jax.cli import info_logging
+
+  info_logging()  # other libraries' INFO records (jax's backend probing) stay quiet
   import jax
   from flock_jax.model.generate import chat_generate
 
