@@ -498,6 +498,16 @@ def write_report(sweep_dir: str, out_dir: str, title: str = "") -> pathlib.Path:
       main_table(runs),
       "",
   ]
+  ended = [
+      (r["name"], r["summary"]["ended_early"]) for r in runs if r["summary"].get("ended_early")
+  ]
+  if ended:
+    text += [
+        "Ended early (the task ran out of staked participants; PROTOCOL.md, Liveness): "
+        + "; ".join(f"`{name}` before round {e['round']} ({e['reason']})" for name, e in ended)
+        + ".",
+        "",
+    ]
   by_round = asr_round_table(runs)
   if by_round:
     text += [

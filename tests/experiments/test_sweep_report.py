@@ -203,7 +203,10 @@ def _fixture_run(wd, name, tags, asr, loss, stakes=None, fraction=0.0, n=10):
       )
     rows.append(row)
   (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  (run / "summary.json").write_text(json.dumps({"ejections": {}, "slash_malicious_total": 3.0}))
+  summary = {"ejections": {}, "slash_malicious_total": 3.0}
+  if name == "flock_f0.4_s1":  # hypothetical: this run's task ran out of participants
+    summary["ended_early"] = {"round": 2, "reason": "5 participants are still staked"}
+  (run / "summary.json").write_text(json.dumps(summary))
   return {
       "name": name,
       "tags": tags,
@@ -272,6 +275,7 @@ def test_report_builds_from_fixture_workdirs(tmp_path):
   flock = next(x for x in text.splitlines() if x.startswith("| 0.4 | flock"))
   assert "| 2/4 | 4/8 |" in flock  # attacker, honest updates accepted / proposed, both seeds
   assert "## Economics" in text and "## Cross-domain" in text
+  assert "`flock_f0.4_s1` before round 2 (5 participants are still staked)" in text
   # ASR per reported round, fedavg at 0.4: seeds 0 and 1 at round 1 are 1.0 and 1.1
   part = text.split("## ASR at every reported round")[1].split("##")[0]
   by_round = next(x for x in part.splitlines() if x.startswith("| 0.4 | fedavg"))
