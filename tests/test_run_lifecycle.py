@@ -294,3 +294,21 @@ def test_a_task_out_of_participants_ends_the_run_cleanly(tmp_path):
   again = _train(wd, *flags, backend="eth_tester")
   assert "the task ended before round 1" in again.stdout
   assert (wd / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_a_baseline_run_stopped_and_continued_is_the_uninterrupted_one(tmp_path):
+  """Baseline mode (FedAvg, no ledger) with client_state='fresh' (no per-client state in the
+  checkpoint): --stop_after=1, then the same command, ends exactly where one invocation
+  does. The checkpoint records the hash of the G it holds, and the resume checks it."""
+  import jax
+
+  flags = ("--config.federation.mode=baseline", "--config.federation.client_state=fresh")
+  ref, run = tmp_path / "ref", tmp_path / "run"
+  _train(ref, *flags)
+  assert "stopped after 1 rounds" in _train(run, *flags, "--stop_after=1").stdout
+  assert "resuming at round 1" in _train(run, *flags).stdout
+  assert _rows(ref) == _rows(run)
+  (step_a, tree_a, meta_a), (step_b, tree_b, meta_b) = _final_tree(ref), _final_tree(run)
+  assert step_a == step_b == 3 and meta_a == meta_b and "clients" not in tree_a
+  for x, y in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)):
+    assert np.array_equal(np.asarray(x), np.asarray(y))

@@ -426,6 +426,7 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
     else:
       heldout = {}
   samples = gen.pop("asr_samples", [])
+  g_hash = hashing.tree_hash(G)
   metrics = RoundMetrics(
       round=state.round,
       mode=f"baseline:{agg.name}",
@@ -434,13 +435,14 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
       clients=who,
       proposal_accepted=[i in valid_ids for i in who],
       rejected_updates=errors,
-      global_hash=_hex(hashing.tree_hash(G)),
+      global_hash=_hex(g_hash),
       extra={**extra, "asr_samples": samples},
       **run_metrics.attackers_in(run.attack, who, [i in valid_ids for i in who]),
       **gen,
       **timer.metrics(),
   )
-  return dataclasses.replace(state, round=state.round + 1), metrics
+  # the hash a checkpoint records (and a resume checks the restored G against)
+  return dataclasses.replace(state, round=state.round + 1, global_hash=g_hash), metrics
 
 
 def cannot_continue(run, ledger) -> str | None:
