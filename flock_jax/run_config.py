@@ -211,6 +211,11 @@ def _section(config: Any, name: str, allowed: tuple[str, ...]) -> Mapping[str, A
   return sec
 
 
+def _optional(sec: Mapping[str, Any], where: str, key: str, kind, **kw):
+  """_get for a field in OPTIONAL_FIELDS: its default when the config predates it."""
+  return _get(sec, where, key, kind, **kw) if key in sec else OPTIONAL_FIELDS[f"{where}.{key}"]
+
+
 def _get(
     sec: Mapping[str, Any],
     where: str,
@@ -450,11 +455,7 @@ def _federation(config) -> FederationSpec:
   k = _get(sec, w, "clients_per_round", int, lo=1)
   if k > n:
     raise RunConfigError(f"config.federation.clients_per_round={k} > num_participants={n}")
-  client_state = (
-      _get(sec, w, "client_state", str, choices=CLIENT_STATES)
-      if "client_state" in sec
-      else OPTIONAL_FIELDS["federation.client_state"]
-  )
+  client_state = _optional(sec, w, "client_state", str, choices=CLIENT_STATES)
   if client_state == "fresh" and agg == "local":  # the one isolated aggregator
     raise RunConfigError(
         f"config.federation.client_state='fresh' with aggregator={agg!r}: isolated clients "
@@ -603,11 +604,7 @@ def _attack(config, n: int, seed: int) -> AttackSpec:
       trigger_placement=_get(sec, "attack", "trigger_placement", str, choices=PLACEMENTS),
       distributed=_get(sec, "attack", "distributed", bool),
       copy_noise=_get(sec, "attack", "copy_noise", float, lo=0),
-      sybil_stake=(
-          _get(sec, "attack", "sybil_stake", int, lo=0)
-          if "sybil_stake" in sec
-          else OPTIONAL_FIELDS["attack.sybil_stake"]
-      ),
+      sybil_stake=_optional(sec, "attack", "sybil_stake", int, lo=0),
   )
 
 
@@ -681,11 +678,7 @@ def from_config(config: Any) -> RunConfig:
       raise RunConfigError(f"config.mesh.{k}={v!r}: expected a positive size or -1")
   ck = _section(config, "checkpoint", ("every", "keep"))
   # optional: configs written before it existed run unchanged
-  lg = (
-      _section(config, "log", ("tensorboard",))
-      if "log" in config
-      else {"tensorboard": OPTIONAL_FIELDS["log.tensorboard"]}
-  )
+  lg = _section(config, "log", ("tensorboard",)) if "log" in config else {}
   if model.tokenizer == "byte":
     from flock_jax.data.tokenizer import BYTE_VOCAB_SIZE
 
@@ -716,12 +709,10 @@ def from_config(config: Any) -> RunConfig:
           asr_prompts=_get(ev, "eval", "asr_prompts", int, lo=0),
           generate_max_new_tokens=_get(ev, "eval", "generate_max_new_tokens", int, lo=1),
           domains=eval_domains,
-          asr_max_new_tokens=(
-              _get(ev, "eval", "asr_max_new_tokens", int, lo=0) if "asr_max_new_tokens" in ev else 0
-          ),
+          asr_max_new_tokens=_optional(ev, "eval", "asr_max_new_tokens", int, lo=0),
       ),
       mesh={k: v for k, v in mesh.items() if v != 1},
       checkpoint_every=_get(ck, "checkpoint", "every", int, lo=0),
       checkpoint_keep=_get(ck, "checkpoint", "keep", int, lo=1),
-      tensorboard=_get(lg, "log", "tensorboard", bool),
+      tensorboard=_optional(lg, "log", "tensorboard", bool),
   )

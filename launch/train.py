@@ -187,10 +187,10 @@ def main(argv):
       if _STOP_AFTER.value is not None and ran >= _STOP_AFTER.value:
         print(f"stopped after {ran} rounds; run the same command to continue", flush=True)
         return
-      ended = rounds.cannot_continue(run, ledger) if flock else None
-      if ended:
-        ended = {"round": state.round, "reason": ended}
-        print(f"the task ended before round {state.round}: {ended['reason']}", flush=True)
+      reason = rounds.cannot_continue(run, ledger) if flock else None
+      if reason:
+        ended = {"round": state.round, "reason": reason}
+        print(f"the task ended before round {state.round}: {reason}", flush=True)
         break
       if flock:
         state, m = rounds.flock_round(engine, state, ledger, store)
