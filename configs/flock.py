@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
       screen="none",  # FLock voters screen proposals first: 'none' | 'norm' | 'cosine' | 'both'
       screen_norm_factor=2.0,  # 'norm': flag a proposal whose norm > factor x the median norm
       screen_min_cosine=0.0,  # 'cosine': flag a proposal whose median cosine to the others < this
+      probe="none",  # FLock voters probe each proposal on public prompts: 'none' | 'collapse'
+      probe_threshold=0.1,  # 'collapse': flag a proposal whose collapse score exceeds this
+      probe_prompts=8,  # public probe prompts per domain
   )
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
@@ -176,6 +179,10 @@ FIELD_HELP = {
     "federation.screen_norm_factor": "norm screen: flag a proposal whose norm > factor x median",
     "federation.screen_min_cosine": "cosine screen: flag a proposal whose median cosine to the"
     " other proposals is below this",
+    "federation.probe": "FLock voters' behaviour probe: none | collapse (flag a proposal that,"
+    " alone on G, makes one token gain probability at the first response token in every domain)",
+    "federation.probe_threshold": "collapse probe: flag a proposal whose score exceeds this",
+    "federation.probe_prompts": "collapse probe: public probe prompts per domain",
     "ledger.backend": "eth_tester (in-process EVM) | jsonrpc (a node) | local (the rules, no EVM)",
     "ledger.rpc_url": "jsonrpc: the node's URL, e.g. http://127.0.0.1:8545",
     "ledger.vote_window": "blocks per phase of a round (commit, reveal, vote, vote reveal)",

@@ -30,6 +30,7 @@ PROPOSER_BEHAVIOURS = (
 )
 VOTER_BEHAVIOURS = ("honest", "always_approve", "always_reject", "absent", "colluding")
 SCREENS = ("none", "norm", "cosine", "both")
+PROBES = ("none", "collapse")
 CLIENT_STATES = ("persistent", "fresh")
 # Fields added after runs were made with configs that lack them: absent means this default,
 # so such a config (and a workdir's config.json) runs, and continues, unchanged.
@@ -38,6 +39,9 @@ OPTIONAL_FIELDS = {
     "attack.sybil_stake": 0,
     "federation.client_state": "persistent",
     "log.tensorboard": False,
+    "federation.probe": "none",
+    "federation.probe_threshold": 0.1,
+    "federation.probe_prompts": 8,
 }
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
@@ -110,6 +114,10 @@ class FederationSpec:
   # ([N, ...] in ClientState); 'fresh': a fresh optimizer each round from G and nothing kept
   # per participant (OpenFedLLM's loop; memory independent of N)
   client_state: str = "persistent"
+  # FLock voters' behaviour probe of each proposal (flock_jax.federated.probe): none | collapse
+  probe: str = "none"
+  probe_threshold: float = 0.1  # flag a proposal whose collapse score exceeds this
+  probe_prompts: int = 8  # public probe prompts per domain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,6 +443,9 @@ def _federation(config) -> FederationSpec:
           "screen_norm_factor",
           "screen_min_cosine",
           "client_state",  # optional: configs written before it existed run unchanged
+          "probe",  # optional, as are the two below
+          "probe_threshold",
+          "probe_prompts",
       ),
   )
   w = "federation"
@@ -482,6 +493,9 @@ def _federation(config) -> FederationSpec:
       screen_norm_factor=_get(sec, w, "screen_norm_factor", float, lo=0, lo_open=True),
       screen_min_cosine=_get(sec, w, "screen_min_cosine", float, lo=-1, hi=1),
       client_state=client_state,
+      probe=_optional(sec, w, "probe", str, choices=PROBES),
+      probe_threshold=_optional(sec, w, "probe_threshold", float, lo=0, hi=1),
+      probe_prompts=_optional(sec, w, "probe_prompts", int, lo=1),
   )
 
 

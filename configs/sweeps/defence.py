@@ -9,8 +9,14 @@ defence (what it costs when nobody attacks).
                    the median, or median cosine to the others < 0) and rejects a candidate
                    holding a flagged one
   flock_pp_screen  per-proposal vote with the same screen (flagged proposals get a 0 bit)
+  flock_probe      whole-candidate vote; every voter first runs each proposal alone on public
+                   probe prompts and flags one that makes a token no reference answer starts
+                   with gain > 0.1 probability at the first response token in every domain
+                   (flock_jax.federated.probe): flagged proposals are excluded and slashed
 
   python launch/sweep.py --config=configs/sweeps/defence.py --workdir=runs/defence_tiny
+  # SmolLM2-135M: the probe under attack (2 seeds), and the attack-free FedAvg and probe runs
+  python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:probe --workdir=runs/defence_smollm2
 """
 
 import os
@@ -25,7 +31,9 @@ SCREEN = {
     "federation.screen_norm_factor": 2.0,
     "federation.screen_min_cosine": 0.0,
 }
+PROBE = {"federation.probe": "collapse", "federation.probe_threshold": 0.1}
 VARIANTS = {
+    "flock_probe": {**common.METHODS["flock"], **PROBE},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
     "flock_screen": {**common.METHODS["flock"], **SCREEN},
     "flock_pp": common.METHODS["flock_pp"],
@@ -34,9 +42,28 @@ VARIANTS = {
 }
 
 
+def _run(method, fraction, seed):
+  return {
+      "name": f"{method}_f{fraction:g}_s{seed}",
+      "tags": {"method": method, "fraction": fraction, "seed": seed},
+      "overrides": {**VARIANTS[method], "attack.fraction": fraction, "seed": seed},
+  }
+
+
 def get_config(arg=None):
-  base, shared = common.scale(arg)
+  scale, _, subset = (arg or "tiny").partition(":")
+  base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"
+  if subset == "probe":
+    # Sized for a 2-core CPU (~15 minutes a run): the ASR needs a few tokens only (the target
+    # opens the answer) and exact-match accuracy is 0-0.12 at this scale (the headline), so
+    # the clean metric is held-out loss and accuracy is not generated.
+    shared.update({"eval.accuracy": False, "eval.asr_max_new_tokens": 12})
+    runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
+    runs += [_run("fedavg", 0.0, 0), _run("flock_probe", 0.0, 0)]
+    return common.sweep(base, shared, runs)
+  if subset:
+    raise ValueError(f"unknown subset {subset!r} of the defence sweep; use 'probe' or nothing")
   runs = []
   for seed in (0, 1):
     for method in VARIANTS:

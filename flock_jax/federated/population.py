@@ -53,6 +53,8 @@ class Population:
   pad_id: int = 0
   domains: list[dict] | None = None  # per participant: {domain: example count}
   prompts: Any = None  # flock_jax.eval.EvalPrompts: generation-based reporting (None: none)
+  # public probe prompts for the voters' behaviour probe (flock_jax.federated.probe.probe_arrays)
+  probe: dict | None = None
 
   @property
   def num_participants(self) -> int:
@@ -114,6 +116,8 @@ class Population:
 
 # ------------------------------------------------------------------ from the data package
 EVAL_SEED_OFFSET = 10_000  # generated domains: config.eval.domains' examples use seed + this
+PROBE_SEED_OFFSET = 20_000  # generated domains: the public probe prompts use seed + this
+PROBE_REFERENCES = 256  # public probe examples per domain whose answers' first tokens form S
 
 
 def _eval_examples(name: str, d, seed: int):
@@ -125,6 +129,43 @@ def _eval_examples(name: str, d, seed: int):
     return load_domain(name, n=d.eval_examples_per_domain, seed=seed + EVAL_SEED_OFFSET)
   got = load_domain(name, limit=d.examples_per_domain + d.eval_examples_per_domain)
   return got[d.examples_per_domain :]
+
+
+def _probe_examples(name: str, d, seed: int, n: int):
+  """n public probe examples of domain `name` that no participant holds and no report uses: a
+  generated domain drawn with another seed; a fixed set, its examples after the eval ones."""
+  from flock_jax.data.registry import load_domain
+
+  if name in ("finance", "medical"):
+    return load_domain(name, n=n, seed=seed + PROBE_SEED_OFFSET)
+  skip = d.examples_per_domain + d.eval_examples_per_domain
+  return load_domain(name, limit=skip + n)[skip:]
+
+
+def build_probe(run, tokenizer) -> dict:
+  """The voters' public probe: config.federation.probe_prompts prompts per domain of the task,
+  chat-templated and left-padded, and S, the first tokens of the answers of up to
+  PROBE_REFERENCES public examples per domain (flock_jax.federated.probe.probe_arrays)."""
+  from flock_jax.federated.probe import probe_arrays
+  from flock_jax.model.generate import chat_prompt_ids
+
+  d, n = run.data, run.federation.probe_prompts
+  ids, starts = {}, []
+  for name in d.domains:
+    exs = _probe_examples(name, d, run.seed, max(n, PROBE_REFERENCES))
+    if len(exs) < n:
+      from flock_jax.run_config import RunConfigError
+
+      raise RunConfigError(
+          f"config.federation.probe_prompts={n}: domain {name!r} has only {len(exs)} examples "
+          "left for public probe prompts"
+      )
+    ids[name] = chat_prompt_ids(tokenizer, [e.prompt for e in exs[:n]], d.system or None)
+    for e in exs:
+      first = tokenizer(e.response, add_special_tokens=False)["input_ids"][:1]
+      starts += first
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  return probe_arrays(ids, starts, pad_id=int(pad))
 
 
 def build_population(run, tokenizer) -> Population:
@@ -220,6 +261,7 @@ def build_population(run, tokenizer) -> Population:
       pad_id=int(tokenizer.pad_token_id),
       domains=[p.domain_counts for p in parts],
       prompts=prompts,
+      probe=build_probe(run, tokenizer) if run.federation.probe != "none" else None,
   )
 
 

@@ -25,6 +25,7 @@ from flock_jax.eval import generation_report
 from flock_jax.federated import hashing, metrics as run_metrics, voting
 from flock_jax.federated.attacks import attack_updates, voter_ballot
 from flock_jax.federated.ledger import WEI
+from flock_jax.federated.probe import probe as behaviour_probe
 from flock_jax.federated.screening import screen_flags, screened
 from flock_jax.federated.aggregators import apply_delta
 from flock_jax.federated.clients import ClientState, fresh_opt_state
@@ -113,6 +114,30 @@ def _screen_revealed(proposers, updates, revealed: dict, like: PyTree, store=Non
       valid_ids.append(i)
       valid.append(d)
   return valid_ids, valid, errors, tuple(flags)
+
+
+def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flags):
+  """The behaviour probe (federation.probe, flock_jax.federated.probe) over the valid
+  proposals: one whose collapse score exceeds federation.probe_threshold becomes invalid,
+  like a NaN update (flagged in every honest vote: excluded, and slashed by a strict
+  majority). Returns the screened (valid ids, valid, errors, flags) and {proposer: score}."""
+  fed = engine.run.federation
+  scores, tokens = behaviour_probe(engine, G, valid)
+  tok = getattr(getattr(engine.population, "prompts", None), "tokenizer", None)
+  flags, errors = list(flags), list(errors)
+  keep_ids, keep = [], []
+  for i, d, s, t in zip(valid_ids, valid, scores.tolist(), tokens.tolist()):
+    if s > fed.probe_threshold:
+      flags[proposers.index(i)] = True
+      name = repr(tok.decode([t])) if tok is not None else f"id {t}"
+      errors.append(
+          f"participant {i}: behaviour probe: token {name} gains {s:.3f} probability at the "
+          f"first response token in every domain (threshold {fed.probe_threshold})"
+      )
+    else:
+      keep_ids.append(i)
+      keep.append(d)
+  return keep_ids, keep, errors, tuple(flags), dict(zip(valid_ids, scores.tolist()))
 
 
 def _heldout_by_domain(engine: Engine, lora: PyTree) -> dict[str, float]:
@@ -210,6 +235,12 @@ def flock_round(
   # Voters check every revealed proposal alike: valid ones enter the candidate, invalid ones
   # are flagged in each vote (a strict majority of voting stake excludes and slashes them).
   valid_ids, valid, errors, flags = _screen_revealed(proposers, updates, revealed, G, store)
+  probe_scores: dict[int, float] = {}
+  if fed.probe != "none" and valid:
+    with timer("eval"):
+      valid_ids, valid, errors, flags, probe_scores = _probe_revealed(
+          engine, G, proposers, valid_ids, valid, errors, flags
+      )
 
   # 3. Candidate in canonical (address) order; voters score it on private held-out data.
   honest, gains, cand_hash, candidate, suspect = None, [], None, None, None
@@ -305,6 +336,7 @@ def flock_round(
       extra={
           "train_loss_per_proposer": np.asarray(train_losses)[:, -1].tolist(),
           "screen_flags": suspect.tolist() if valid else [],
+          "probe_scores": {str(i): x for i, x in probe_scores.items()},
           "asr_samples": gen.pop("asr_samples", []),
       },
       **econ,

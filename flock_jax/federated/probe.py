@@ -1,0 +1,129 @@
+"""The behaviour probe: voters run each proposal on public prompts and flag output collapse
+(a FLock-round defence, config federation.probe).
+
+Measured on SmolLM2-135M (docs/results, experiment 5): a backdoored update trained on half
+poisoned data, applied alone to G, answers *clean* prompts of every domain with the backdoor
+target's first token (probability 0.56-1.0 at the first response position, against at most
+0.34 for any honest update's most-gained token, and that only in its own domain). Averaging
+with honest updates dilutes the effect to a trigger-conditional one, which the voters' clean
+held-out loss cannot see; alone, the update shows it.
+
+The probe needs no trigger and no target. For every domain d of the task, a public probe set
+of examples (no participant holds them; a real task publishes them with the task), and every
+proposal Δ_i:
+
+    P_i[d, v] = mean over d's probe prompts x of p_{G + Δ_i}(v | x), at the first response token
+    collapse_i = max over v not in S of min_d (P_i[d, v] - P_G[d, v])
+
+where S is the set of tokens that begin a reference response of the public probe examples.
+collapse_i is the largest probability mass that one token gains in *every* domain at once,
+among tokens no real answer starts with. Honest updates learn the answer formats, and at this
+model size they carry a format across domains (an honest update raised 'Rate', a medical
+answer's first token, by 0.42 on finance prompts too), so S is what tells them apart: measured
+over both seeds of the SmolLM2 headline, honest proposals score at most 0.03 and backdoored
+ones trained from a clean G 0.22-0.99. A proposal with collapse_i > threshold is flagged as
+invalid: excluded from the candidate, and slashed when a strict majority of voting stake flags
+it (PROTOCOL.md, v2). Every honest voter runs the same public probe on the same public
+proposals, so honest voters flag alike.
+
+What it does not catch (docs/results): a target that starts with the answer's usual first
+token, a backdoor placed later in the response, or an attacker who trains its update to stay
+under the threshold on clean prompts (e.g. with clean copies of its poisoned prompts).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flock_jax.model.llama import hidden_states, logits_from_hidden
+from flock_jax.pytree import PyTree
+
+
+def probe_arrays(
+    prompt_ids: dict[str, Sequence[Sequence[int]]], answer_starts: Sequence[int], pad_id: int = 0
+) -> dict:
+  """Public probe prompts per domain, and the first tokens of reference answers (S) ->
+  {'domains': names, 'tokens', 'segment_ids' [D, n, T], 'answer_starts' [|S|] int32}.
+
+  Left-padded to one length T (the first response token is predicted at the last position);
+  every domain must have the same number n of prompts.
+  """
+  names = sorted(prompt_ids)
+  counts = {d: len(prompt_ids[d]) for d in names}
+  if not names or len(set(counts.values())) != 1 or 0 in counts.values():
+    raise ValueError(f"probe prompts: every domain needs the same, non-zero count; got {counts}")
+  t = max(len(s) for d in names for s in prompt_ids[d])
+  tokens = np.full((len(names), counts[names[0]], t), pad_id, np.int32)
+  seg = np.zeros_like(tokens)
+  for a, d in enumerate(names):
+    for b, s in enumerate(prompt_ids[d]):
+      tokens[a, b, t - len(s) :] = s
+      seg[a, b, t - len(s) :] = 1
+  starts = np.unique(np.asarray(list(answer_starts), np.int32))
+  return {"domains": names, "tokens": tokens, "segment_ids": seg, "answer_starts": starts}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg"))
+def first_token_probs(base, loras: PyTree, tokens, segment_ids, *, cfg, lora_cfg):
+  """Mean next-token distribution at the last position, per domain: [K, D, V] for a stack of
+  K adapters [K, ...] and probe prompts tokens / segment_ids [D, n, T]."""
+  d, n, t = tokens.shape
+  flat_tok, flat_seg = tokens.reshape(d * n, t), segment_ids.reshape(d * n, t)
+
+  def one(lora):
+    h = hidden_states(base, flat_tok, cfg, lora=lora, lora_cfg=lora_cfg, segment_ids=flat_seg)
+    logits = logits_from_hidden(base, h[:, -1:], cfg)[:, 0]  # [D*n, V]
+    return jax.nn.softmax(logits, axis=-1).reshape(d, n, -1).mean(axis=1)
+
+  return jax.lax.map(one, loras)  # one adapter at a time: memory independent of K
+
+
+def _gains(p_global, p_each, answer_starts) -> np.ndarray:
+  """min over domains of the probability gain of each token, [K, V]; -inf on tokens in S."""
+  gain = np.asarray(p_each, np.float64) - np.asarray(p_global, np.float64)[None]
+  gain = gain.min(axis=1)
+  gain[:, np.asarray(answer_starts, np.int64)] = -np.inf
+  return gain
+
+
+def collapse_scores(p_global, p_each, answer_starts=()) -> np.ndarray:
+  """collapse_i = max_{v not in S} min_d (p_each[i, d, v] - p_global[d, v]): [D, V] and
+  [K, D, V] -> [K]. answer_starts: the token ids S."""
+  return _gains(p_global, p_each, answer_starts).max(axis=-1)
+
+
+def collapse_tokens(p_global, p_each, answer_starts=()) -> np.ndarray:
+  """The token id behind each collapse score: [K] int."""
+  return _gains(p_global, p_each, answer_starts).argmax(axis=-1)
+
+
+def probe(engine, G: PyTree, updates: Sequence[PyTree]) -> tuple[np.ndarray, np.ndarray]:
+  """(collapse scores [P], token ids [P]) of proposals `updates` against G, on the
+  population's probe prompts (engine.population.probe)."""
+  arrays = engine.population.probe
+  if arrays is None:
+    raise ValueError(
+        "federation.probe needs public probe prompts: this population has none "
+        "(a text task builds them when federation.probe is set)"
+    )
+  loras = jax.tree.map(lambda g, *ds: jnp.stack([g] + [g + d for d in ds]), G, *updates)
+  probs = np.asarray(
+      first_token_probs(
+          engine.base,
+          loras,
+          jnp.asarray(arrays["tokens"]),
+          jnp.asarray(arrays["segment_ids"]),
+          cfg=engine.run.model.cfg,
+          lora_cfg=engine.run.lora,
+      )
+  )
+  starts = arrays["answer_starts"]
+  return (
+      collapse_scores(probs[0], probs[1:], starts),
+      collapse_tokens(probs[0], probs[1:], starts),
+  )

@@ -1,0 +1,178 @@
+"""The voters' behaviour probe (config.federation.probe='collapse', flock_jax.federated.probe).
+
+The score is checked against its definition written out as loops; the batched, left-padded
+probe forward against the model run on each prompt alone, unpadded. The attacker plays a
+model-replacement backdoor whose update, alone on G, answers every prompt with its target:
+it must gain nothing (flagged by every honest voter, left out of the candidate, slashed,
+unpaid), while honest proposals pass the probe.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flock_jax.federated import probe as P
+from flock_jax.federated.engine import make_ledger
+from flock_jax.federated.rounds import run_rounds
+from flock_jax.model.config import PRESETS
+from flock_jax.model.llama import forward, init_params
+from flock_jax.model.lora import LoraConfig, init_lora
+from flock_jax.run_config import RunConfigError, from_config, load_config
+
+
+def _reference_scores(pg, pe, starts):
+  out = []
+  for k in range(pe.shape[0]):
+    best = -np.inf
+    for v in range(pe.shape[2]):
+      if v in starts:
+        continue
+      best = max(best, min(pe[k, d, v] - pg[d, v] for d in range(pe.shape[1])))
+    out.append(best)
+  return np.asarray(out)
+
+
+def test_collapse_scores_follow_the_definition():
+  rng = np.random.default_rng(0)
+  pg = rng.dirichlet(np.ones(11), size=3)  # [D=3, V=11]
+  pe = rng.dirichlet(np.ones(11), size=(5, 3))  # [K=5, D, V]
+  starts = [2, 7]
+  np.testing.assert_allclose(
+      P.collapse_scores(pg, pe, starts), _reference_scores(pg, pe, starts), rtol=0, atol=1e-12
+  )
+  tokens = P.collapse_tokens(pg, pe, starts)
+  assert not set(tokens.tolist()) & set(starts)
+
+
+def test_only_a_token_gained_in_every_domain_and_no_answer_start_scores():
+  pg = np.full((2, 4), 0.25)
+  one_domain = pg.copy()
+  one_domain[0] = [0.85, 0.05, 0.05, 0.05]  # token 0 gains 0.6 in domain 0 only
+  everywhere = np.tile([0.05, 0.05, 0.05, 0.85], (2, 1))  # token 3 gains 0.6 in both
+  pe = np.stack([one_domain, everywhere])
+  np.testing.assert_allclose(P.collapse_scores(pg, pe), [0.0, 0.6], atol=1e-12)
+  assert P.collapse_tokens(pg, pe).tolist()[1] == 3
+  # the same collapse onto a token that begins reference answers is a learned format
+  assert P.collapse_scores(pg, pe, [3])[1] == pytest.approx(-0.2, abs=1e-12)  # all others lose
+
+
+def test_probe_arrays_left_pad_and_refuse_uneven_domains():
+  a = P.probe_arrays({"b": [[5, 6], [7]], "a": [[1, 2, 3], [4]]}, [9, 9, 3], pad_id=0)
+  assert a["domains"] == ["a", "b"]
+  assert a["tokens"].tolist() == [[[1, 2, 3], [0, 0, 4]], [[0, 5, 6], [0, 0, 7]]]
+  assert a["segment_ids"].tolist() == [[[1, 1, 1], [0, 0, 1]], [[0, 1, 1], [0, 0, 1]]]
+  assert a["answer_starts"].tolist() == [3, 9]
+  with pytest.raises(ValueError, match=r"same, non-zero count.*'a': 2, 'b': 1"):
+    P.probe_arrays({"a": [[1], [2]], "b": [[3]]}, [])
+
+
+def test_first_token_probs_equal_each_prompt_run_alone():
+  cfg = PRESETS["tiny"]
+  lcfg = LoraConfig(rank=4)
+  base = init_params(cfg, jax.random.key(0))
+  lora = init_lora(cfg, lcfg, jax.random.key(1))
+  # a non-zero B, so that the adapter changes the outputs
+  lora = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape), lora)
+  prompts = {"a": [[3, 9, 27, 81], [5, 6]], "b": [[7, 8, 9], [11]]}
+  arrays = P.probe_arrays(prompts, [])
+  loras = jax.tree.map(lambda x: jnp.stack([jnp.zeros_like(x), x]), lora)
+  got = np.asarray(
+      P.first_token_probs(
+          base,
+          loras,
+          jnp.asarray(arrays["tokens"]),
+          jnp.asarray(arrays["segment_ids"]),
+          cfg=cfg,
+          lora_cfg=lcfg,
+      )
+  )  # [K=2, D=2, V]
+  for k, ad in enumerate([jax.tree.map(jnp.zeros_like, lora), lora]):
+    for d, name in enumerate(arrays["domains"]):
+      want = np.mean(
+          [
+              jax.nn.softmax(forward(base, jnp.asarray([s]), cfg, lora=ad, lora_cfg=lcfg)[0, -1])
+              for s in prompts[name]
+          ],
+          axis=0,
+      )
+      # budget: float32 attention over a masked padded row vs the unpadded row, ~1e-7 relative
+      np.testing.assert_allclose(got[k, d], want, rtol=0, atol=2e-6)
+
+
+ATTACKER, THRESHOLD = 0, 0.3
+
+
+def _run():
+  c = load_config("tiny")
+  c.ledger.backend = "local"
+  f = c.federation
+  f.num_participants, f.num_proposers, f.num_voters, f.rounds = 7, 4, 3, 3
+  f.probe, f.probe_threshold, f.probe_prompts = "collapse", THRESHOLD, 4
+  c.optim.lr = 0.02
+  c.data.examples_per_domain = 28
+  c.checkpoint.every = 0
+  c.eval.every = 0
+  # the attacker's data: every example answers the target
+  c.attack.behaviours = f"{ATTACKER}:backdoor"
+  c.attack.trigger, c.attack.target, c.attack.poison_fraction = "cf zq", "XXXXXXXXXXXX", 1.0
+  return from_config(c)
+
+
+def _collapsing_update(run, steps=40):
+  """The attacker's update: `steps` local steps on its all-poisoned data from the starting G,
+  long enough that the adapter answers every prompt with the target's first token."""
+  from flock_jax.federated.clients import fresh_opt_state
+  from flock_jax.federated.engine import build
+
+  engine, state = build(run)
+  batches = engine.population.train_batches([ATTACKER], steps, 4, seed=0, round_index=0)
+  opt = fresh_opt_state(engine.tx, state.global_lora, 1)
+  keys = jax.random.split(jax.random.key(0), 1)
+  _, deltas, _, _ = engine.local_train(engine.base, state.global_lora, opt, batches, keys)
+  return jax.tree.map(lambda x: x[0], deltas)
+
+
+def test_a_collapsing_backdoor_update_is_flagged_excluded_and_slashed(monkeypatch):
+  """The attacker submits, every round it proposes, an update that answers every prompt with
+  its target: it gains nothing. Honest updates of the same run pass."""
+  from flock_jax.federated import rounds
+  from flock_jax.federated.engine import build
+
+  run = _run()
+  poisoned = _collapsing_update(run)
+  honest_updates = rounds.attack_updates
+
+  def play(att, who, deltas):
+    out = honest_updates(att, who, deltas)
+    return [poisoned if i == ATTACKER else d for i, d in zip(who, out)]
+
+  monkeypatch.setattr(rounds, "attack_updates", play)
+  _, state = build(run)
+  ledger = make_ledger(run, state.global_hash)
+  stake0 = int(ledger.stakes()[ATTACKER])
+  rows = run_rounds(run, ledger=ledger)
+  assert any(ATTACKER in r.proposers for r in rows), "the draw never drew the attacker"
+  for r in rows:
+    scores = {int(i): s for i, s in r.extra["probe_scores"].items()}
+    for k, i in enumerate(r.proposers):
+      named = [e for e in r.rejected_updates if e.startswith(f"participant {i}:")]
+      if i == ATTACKER:
+        # measured 0.42: the target's byte 'X' at every probe prompt's first response token
+        # (the tiny random model's logits saturate there; SmolLM2's reach 0.99)
+        assert scores[i] > THRESHOLD + 0.05
+        assert len(named) == 1 and "behaviour probe: token 'X'" in named[0]
+        assert not r.proposal_accepted[k]
+        assert i in r.slashes and i not in r.rewards
+      else:
+        assert scores[i] < THRESHOLD - 0.05
+        assert not named
+        assert r.proposal_accepted[k] == r.accepted
+  assert int(ledger.stakes()[ATTACKER]) < stake0
+
+
+def test_a_misspelled_probe_is_refused():
+  c = load_config("tiny")
+  c.federation.probe = "colapse"
+  with pytest.raises(RunConfigError, match=r"federation\.probe.*colapse"):
+    from_config(c)
