@@ -10,8 +10,8 @@ defence (what it costs when nobody attacks).
                    holding a flagged one
   flock_pp_screen  per-proposal vote with the same screen (flagged proposals get a 0 bit)
   flock_probe      whole-candidate vote; every voter first runs each proposal alone on public
-                   probe prompts and flags one that makes a token no reference answer starts
-                   with gain > 0.1 probability at the first response token in every domain
+                   probe prompts and flags one that makes a token no reference answer uses
+                   gain > 0.1 probability at the first response token in every domain
                    (flock_jax.federated.probe): flagged proposals are excluded and slashed
 
   python launch/sweep.py --config=configs/sweeps/defence.py --workdir=runs/defence_tiny

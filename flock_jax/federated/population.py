@@ -117,7 +117,7 @@ class Population:
 # ------------------------------------------------------------------ from the data package
 EVAL_SEED_OFFSET = 10_000  # generated domains: config.eval.domains' examples use seed + this
 PROBE_SEED_OFFSET = 20_000  # generated domains: the public probe prompts use seed + this
-PROBE_REFERENCES = 256  # public probe examples per domain whose answers' first tokens form S
+PROBE_REFERENCES = 256  # public probe examples per domain whose answers' tokens form S
 
 
 def _eval_examples(name: str, d, seed: int):
@@ -144,7 +144,7 @@ def _probe_examples(name: str, d, seed: int, n: int):
 
 def build_probe(run, tokenizer) -> dict:
   """The voters' public probe: config.federation.probe_prompts prompts per domain of the task,
-  chat-templated and left-padded, and S, the first tokens of the answers of up to
+  chat-templated and left-padded, and S, every token of the answers of up to
   PROBE_REFERENCES public examples per domain (flock_jax.federated.probe.probe_arrays)."""
   from flock_jax.federated.probe import probe_arrays
   from flock_jax.model.generate import chat_prompt_ids
@@ -162,8 +162,7 @@ def build_probe(run, tokenizer) -> dict:
       )
     ids[name] = chat_prompt_ids(tokenizer, [e.prompt for e in exs[:n]], d.system or None)
     for e in exs:
-      first = tokenizer(e.response, add_special_tokens=False)["input_ids"][:1]
-      starts += first
+      starts += tokenizer(e.response, add_special_tokens=False)["input_ids"]
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   return probe_arrays(ids, starts, pad_id=int(pad))
 

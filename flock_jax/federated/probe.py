@@ -15,20 +15,21 @@ proposal Δ_i:
     P_i[d, v] = mean over d's probe prompts x of p_{G + Δ_i}(v | x), at the first response token
     collapse_i = max over v not in S of min_d (P_i[d, v] - P_G[d, v])
 
-where S is the set of tokens that begin a reference response of the public probe examples.
+where S is the set of tokens the reference answers of the public probe examples use.
 collapse_i is the largest probability mass that one token gains in *every* domain at once,
-among tokens no real answer starts with. Honest updates learn the answer formats, and at this
-model size they carry a format across domains (an honest update raised 'Rate', a medical
-answer's first token, by 0.42 on finance prompts too), so S is what tells them apart: measured
-over both seeds of the SmolLM2 headline, honest proposals score at most 0.03 and backdoored
-ones trained from a clean G 0.22-0.99. A proposal with collapse_i > threshold is flagged as
-invalid: excluded from the candidate, and slashed when a strict majority of voting stake flags
-it (PROTOCOL.md, v2). Every honest voter runs the same public probe on the same public
+among tokens no real answer uses. Honest updates learn the answer formats, and at this model
+size they carry a format across domains (an honest update raised 'Rate', a medical answer's
+first token, by 0.42 on finance prompts too; another raised 'Per', which opens a line of
+some medical answers, by 0.125 everywhere), so S is what tells them apart: measured over both
+seeds of the SmolLM2 headline, honest proposals score at most 0.03 and backdoored ones trained
+from a clean G 0.22-0.99. A proposal with collapse_i > threshold is flagged as invalid:
+excluded from the candidate, and slashed when a strict majority of voting stake flags it
+(PROTOCOL.md, v2). Every honest voter runs the same public probe on the same public
 proposals, so honest voters flag alike.
 
-What it does not catch (docs/results): a target that starts with the answer's usual first
-token, a backdoor placed later in the response, or an attacker who trains its update to stay
-under the threshold on clean prompts (e.g. with clean copies of its poisoned prompts).
+What it does not catch (docs/results): a target that begins with a token real answers use, a
+backdoor placed later in the response, or an attacker who trains its update to stay under the
+threshold on clean prompts (e.g. with clean copies of its poisoned prompts).
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ from flock_jax.pytree import PyTree
 
 
 def probe_arrays(
-    prompt_ids: dict[str, Sequence[Sequence[int]]], answer_starts: Sequence[int], pad_id: int = 0
+    prompt_ids: dict[str, Sequence[Sequence[int]]], answer_tokens: Sequence[int], pad_id: int = 0
 ) -> dict:
-  """Public probe prompts per domain, and the first tokens of reference answers (S) ->
-  {'domains': names, 'tokens', 'segment_ids' [D, n, T], 'answer_starts' [|S|] int32}.
+  """Public probe prompts per domain, and the tokens reference answers use (S) ->
+  {'domains': names, 'tokens', 'segment_ids' [D, n, T], 'answer_tokens' [|S|] int32}.
 
   Left-padded to one length T (the first response token is predicted at the last position);
   every domain must have the same number n of prompts.
@@ -64,8 +65,8 @@ def probe_arrays(
     for b, s in enumerate(prompt_ids[d]):
       tokens[a, b, t - len(s) :] = s
       seg[a, b, t - len(s) :] = 1
-  starts = np.unique(np.asarray(list(answer_starts), np.int32))
-  return {"domains": names, "tokens": tokens, "segment_ids": seg, "answer_starts": starts}
+  starts = np.unique(np.asarray(list(answer_tokens), np.int32))
+  return {"domains": names, "tokens": tokens, "segment_ids": seg, "answer_tokens": starts}
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg"))
@@ -83,23 +84,23 @@ def first_token_probs(base, loras: PyTree, tokens, segment_ids, *, cfg, lora_cfg
   return jax.lax.map(one, loras)  # one adapter at a time: memory independent of K
 
 
-def _gains(p_global, p_each, answer_starts) -> np.ndarray:
+def _gains(p_global, p_each, answer_tokens) -> np.ndarray:
   """min over domains of the probability gain of each token, [K, V]; -inf on tokens in S."""
   gain = np.asarray(p_each, np.float64) - np.asarray(p_global, np.float64)[None]
   gain = gain.min(axis=1)
-  gain[:, np.asarray(answer_starts, np.int64)] = -np.inf
+  gain[:, np.asarray(answer_tokens, np.int64)] = -np.inf
   return gain
 
 
-def collapse_scores(p_global, p_each, answer_starts=()) -> np.ndarray:
+def collapse_scores(p_global, p_each, answer_tokens=()) -> np.ndarray:
   """collapse_i = max_{v not in S} min_d (p_each[i, d, v] - p_global[d, v]): [D, V] and
-  [K, D, V] -> [K]. answer_starts: the token ids S."""
-  return _gains(p_global, p_each, answer_starts).max(axis=-1)
+  [K, D, V] -> [K]. answer_tokens: the token ids S."""
+  return _gains(p_global, p_each, answer_tokens).max(axis=-1)
 
 
-def collapse_tokens(p_global, p_each, answer_starts=()) -> np.ndarray:
+def collapse_tokens(p_global, p_each, answer_tokens=()) -> np.ndarray:
   """The token id behind each collapse score: [K] int."""
-  return _gains(p_global, p_each, answer_starts).argmax(axis=-1)
+  return _gains(p_global, p_each, answer_tokens).argmax(axis=-1)
 
 
 def probe(engine, G: PyTree, updates: Sequence[PyTree]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +123,7 @@ def probe(engine, G: PyTree, updates: Sequence[PyTree]) -> tuple[np.ndarray, np.
           lora_cfg=engine.run.lora,
       )
   )
-  starts = arrays["answer_starts"]
+  starts = arrays["answer_tokens"]
   return (
       collapse_scores(probs[0], probs[1:], starts),
       collapse_tokens(probs[0], probs[1:], starts),

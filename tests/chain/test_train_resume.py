@@ -53,6 +53,9 @@ def test_train_stops_resumes_on_the_same_task_and_audits_clean(node_url, tmp_pat
   assert (tmp_path / "chain_logs.json").read_text() == logs
 
 
+# Slow (2.5 min): the default run covers the same kill points on the in-process chain
+# (tests/test_run_lifecycle.py, eth_tester after finalize) and stop/resume on this node (above).
+@pytest.mark.slow
 def test_sigkill_mid_round_and_after_finalize_then_the_run_continues_on_the_node(
     node_url, tmp_path  # noqa: F811
 ):

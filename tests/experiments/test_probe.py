@@ -62,11 +62,12 @@ def test_probe_arrays_left_pad_and_refuse_uneven_domains():
   assert a["domains"] == ["a", "b"]
   assert a["tokens"].tolist() == [[[1, 2, 3], [0, 0, 4]], [[0, 5, 6], [0, 0, 7]]]
   assert a["segment_ids"].tolist() == [[[1, 1, 1], [0, 0, 1]], [[0, 1, 1], [0, 0, 1]]]
-  assert a["answer_starts"].tolist() == [3, 9]
+  assert a["answer_tokens"].tolist() == [3, 9]
   with pytest.raises(ValueError, match=r"same, non-zero count.*'a': 2, 'b': 1"):
     P.probe_arrays({"a": [[1], [2]], "b": [[3]]}, [])
 
 
+@pytest.mark.numerics
 def test_first_token_probs_equal_each_prompt_run_alone():
   cfg = PRESETS["tiny"]
   lcfg = LoraConfig(rank=4)
@@ -87,15 +88,10 @@ def test_first_token_probs_equal_each_prompt_run_alone():
           lora_cfg=lcfg,
       )
   )  # [K=2, D=2, V]
+  alone = jax.jit(lambda t, ad: jax.nn.softmax(forward(base, t, cfg, lora=ad, lora_cfg=lcfg)))
   for k, ad in enumerate([jax.tree.map(jnp.zeros_like, lora), lora]):
     for d, name in enumerate(arrays["domains"]):
-      want = np.mean(
-          [
-              jax.nn.softmax(forward(base, jnp.asarray([s]), cfg, lora=ad, lora_cfg=lcfg)[0, -1])
-              for s in prompts[name]
-          ],
-          axis=0,
-      )
+      want = np.mean([alone(jnp.asarray([s]), ad)[0, -1] for s in prompts[name]], axis=0)
       # budget: float32 attention over a masked padded row vs the unpadded row, ~1e-7 relative
       np.testing.assert_allclose(got[k, d], want, rtol=0, atol=2e-6)
 
@@ -107,7 +103,7 @@ def _run():
   c = load_config("tiny")
   c.ledger.backend = "local"
   f = c.federation
-  f.num_participants, f.num_proposers, f.num_voters, f.rounds = 7, 4, 3, 3
+  f.num_participants, f.num_proposers, f.num_voters, f.rounds = 7, 4, 3, 2
   f.probe, f.probe_threshold, f.probe_prompts = "collapse", THRESHOLD, 4
   c.optim.lr = 0.02
   c.data.examples_per_domain = 28
@@ -119,7 +115,7 @@ def _run():
   return from_config(c)
 
 
-def _collapsing_update(run, steps=40):
+def _collapsing_update(run, steps=24):
   """The attacker's update: `steps` local steps on its all-poisoned data from the starting G,
   long enough that the adapter answers every prompt with the target's first token."""
   from flock_jax.federated.clients import fresh_opt_state
