@@ -337,6 +337,8 @@ def flock_round(
           "train_loss_per_proposer": np.asarray(train_losses)[:, -1].tolist(),
           "screen_flags": suspect.tolist() if valid else [],
           "probe_scores": {str(i): x for i, x in probe_scores.items()},
+          # each proposer's committed hash: its blob in the store, for re-scoring after the run
+          "proposal_hashes": {str(i): _hex(h) for i, h in zip(proposers, hashes)},
           "asr_samples": gen.pop("asr_samples", []),
       },
       **econ,

@@ -172,3 +172,49 @@ def test_a_misspelled_probe_is_refused():
   c.federation.probe = "colapse"
   with pytest.raises(RunConfigError, match=r"federation\.probe.*colapse"):
     from_config(c)
+
+
+def test_probe_proposals_rescores_a_finished_run(tmp_path):
+  """launch/probe_proposals.py reads a run's store back: one line per round naming every
+  proposer, and scores that agree whether the hashes come from the metrics or the store order."""
+  import json
+  import pathlib
+  import subprocess
+  import sys
+
+  sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "launch"))
+  from probe_proposals import proposal_hashes
+
+  root = pathlib.Path(__file__).parents[2]
+  wd = tmp_path / "run"
+  args = [
+      "--config=configs/flock.py:tiny",
+      "--config.ledger.backend=local",
+      "--config.federation.rounds=2",
+      "--config.eval.every=0",
+      "--config.data.examples_per_domain=16",
+      f"--workdir={wd}",
+  ]
+  subprocess.run([sys.executable, "launch/train.py", *args], cwd=root, check=True)
+  rows = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()][1:]
+  recorded = proposal_hashes(rows, wd / "store")
+  for r in rows:
+    del r["extra"]["proposal_hashes"]
+  assert proposal_hashes(rows, wd / "store") == recorded  # the store-order fallback agrees
+  out = subprocess.run(
+      [sys.executable, "launch/probe_proposals.py", f"--workdir={wd}", "--probe_prompts=2"],
+      cwd=root,
+      check=True,
+      capture_output=True,
+      text=True,
+  ).stdout.splitlines()
+  summary = json.loads(out[-1])
+  assert summary["proposals"] == sum(len(r["proposers"]) for r in rows)
+  assert summary["attacker_scores"] == [] and len(summary["honest_scores"]) == summary["proposals"]
+  lines = [line for line in out if line.startswith("round")]
+  assert len(lines) == len(rows)
+  for line, r in zip(lines, rows):
+    assert line.startswith(f"round {r['round']:3d}")
+    assert sorted(int(c.split("=")[0]) for c in line.split(": ", 1)[1].split(", ")) == sorted(
+        r["proposers"]
+    )

@@ -1,0 +1,110 @@
+"""Re-score every proposal of a finished FLock run with the voters' behaviour probe.
+
+  python launch/probe_proposals.py --workdir=runs/backdoor_smollm2/flock_f0.3_s0
+  python launch/probe_proposals.py --workdir=RUN --threshold=0.1 --probe_prompts=8
+
+Reads the run's config, metrics.jsonl and adapter store (every FLock run with a workdir keeps
+one), and scores each proposal against the global adapter of its round, as a voter with
+config.federation.probe='collapse' would have (flock_jax/federated/probe.py). Prints one line
+per round (attackers marked, from the run's attack config) and, last, a JSON line:
+{"proposals", "attacker_scores", "honest_scores", "max_honest", "min_attacker",
+"attackers_over", "honest_over", "threshold"}. This is how the probe's threshold was chosen
+(docs/results/README.md, experiment 5): run it on an undefended run and on an attack-free one.
+
+A run's proposal hashes are in its metrics (extra.proposal_hashes). Runs made before they were
+recorded are read in store order: every round stores its new proposals, in proposer order, then
+its candidate; the candidate's recorded hash checks the alignment.
+"""
+
+import json
+import os
+import pathlib
+import sys
+
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A finished FLock run's workdir.", required=True)
+_THRESHOLD = flags.DEFINE_float("threshold", 0.1, "Report the proposals scoring above this.")
+_PROMPTS = flags.DEFINE_integer("probe_prompts", 8, "Public probe prompts per domain.")
+
+
+def proposal_hashes(rows: list[dict], store_dir: pathlib.Path) -> list[dict[int, str]]:
+  """{proposer: hash} per round row: the recorded hashes, else the store's write order (which
+  assumes every proposer revealed a proposal no other proposer copied)."""
+  if all("proposal_hashes" in r["extra"] for r in rows):
+    return [{int(i): h for i, h in r["extra"]["proposal_hashes"].items()} for r in rows]
+  blobs = sorted(store_dir.glob("0x*.bin"), key=lambda p: p.stat().st_mtime_ns)
+  names, k, out = [p.stem for p in blobs], 1, []  # names[0]: the starting G
+  for r in rows:
+    new = len(r["proposers"])  # every revealed proposal is stored, valid or not
+    out.append(dict(zip(r["proposers"], names[k : k + new])))
+    k += new
+    if r["candidate_hash"]:
+      if k >= len(names) or names[k] != r["candidate_hash"]:
+        raise ValueError(f"round {r['round']}: the store's order does not match the metrics")
+      k += 1
+  return out
+
+
+def main(argv):
+  del argv
+  import ml_collections
+  import numpy as np
+  from flock_jax import cli
+  from flock_jax.chain.store import AdapterStore
+  from flock_jax.federated import engine as E, hashing
+  from flock_jax.federated.probe import probe
+  from flock_jax.run_config import from_config
+
+  cli.info_logging()
+  wd = pathlib.Path(_WORKDIR.value)
+  config = json.loads((wd / "config.json").read_text())
+  if config["federation"]["mode"] != "flock":
+    cli.fail(f"{wd} is a {config['federation']['mode']} run; only FLock runs have proposals")
+  config["federation"].update(probe="collapse", probe_prompts=_PROMPTS.value)
+  run = from_config(ml_collections.ConfigDict(config))
+  engine, state = E.build(run)
+  tok = engine.population.prompts.tokenizer
+  store = AdapterStore(wd / "store")
+  rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+  start, rows = rows[0], [r for r in rows if r["round"] >= 0]
+  n = run.federation.num_participants
+  bad = set(run.attack.attackers(n))
+  read = lambda h: hashing.tree_from_canonical_bytes(
+      store.get(bytes.fromhex(h[2:])), like=state.global_lora
+  )
+  g_hash, att, hon = start["global_hash"], [], []
+  with engine.mesh_context():
+    for r, hashes in zip(rows, proposal_hashes(rows, wd / "store")):
+      who = [i for i in r["proposers"] if i in hashes]
+      scores, tokens = probe(engine, read(g_hash), [read(hashes[i]) for i in who])
+      cells = []
+      for i, s, t in zip(who, scores.tolist(), tokens.tolist()):
+        (att if i in bad else hon).append(s)
+        cells.append(f"{i}{'*' if i in bad else ''}={s:.3f} {tok.decode([t])!r}")
+      print(f"round {r['round']:3d} (G {g_hash[:10]}): " + ", ".join(cells), flush=True)
+      g_hash = r["global_hash"] or g_hash
+  th = _THRESHOLD.value
+  print("* attacker (the run's attack config)")
+  print(
+      json.dumps(
+          {
+              "proposals": len(att) + len(hon),
+              "attacker_scores": [round(x, 4) for x in att],
+              "honest_scores": [round(x, 4) for x in hon],
+              "max_honest": max(hon, default=None),
+              "min_attacker": min(att, default=None),
+              "attackers_over": int(np.sum(np.asarray(att) > th)),
+              "honest_over": int(np.sum(np.asarray(hon) > th)),
+              "threshold": th,
+          }
+      )
+  )
+
+
+if __name__ == "__main__":
+  from flock_jax import cli
+
+  cli.run_main(main)
