@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import sys
 from collections import defaultdict
 
@@ -46,6 +47,18 @@ def _rows(path: pathlib.Path) -> list[dict]:
     except ValueError:
       break
   return out
+
+
+def _flagged(rows: list[dict], attackers: list[int]) -> tuple[int, int]:
+  """(attacker, honest) proposals the voters found invalid (NaN, wrong shape, missing blob, the
+  behaviour probe): the rounds' rejected_updates, each naming 'participant i: ...'."""
+  bad, out = set(attackers), [0, 0]
+  for r in rows:
+    for e in r.get("rejected_updates") or []:
+      m = re.match(r"participant (\d+):", e)
+      if m:
+        out[int(m.group(1)) not in bad] += 1
+  return out[0], out[1]
 
 
 def _mean(xs):
@@ -99,6 +112,7 @@ def load_runs(sweep_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
             "accepted_rounds": sum(bool(r.get("accepted")) for r in done)
             if any(r.get("accepted") is not None for r in done)
             else None,
+            "flagged": _flagged(done, attackers),
             "attacker_proposals": sum(r.get("attacker_proposals") or 0 for r in done),
             "attacker_accepted": sum(r.get("attacker_accepted") or 0 for r in done),
             "honest_proposals": sum(
@@ -176,6 +190,7 @@ def main_table(runs: list[dict]) -> str:
       "accuracy final",
       "attacker updates accepted/proposed",
       "honest updates accepted/proposed",
+      "updates flagged invalid (attacker/honest)",
       "accepted rounds (per seed)",
   ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -191,6 +206,7 @@ def main_table(runs: list[dict]) -> str:
         _stat(r["accuracy_final"] for r in rs),
         _share(rs, "attacker"),
         _share(rs, "honest"),
+        "/".join(str(sum(r["flagged"][k] for r in rs)) for k in (0, 1)),
         "/".join(str(a) for a in acc_rounds) if acc_rounds else "-",
     ]
     lines.append("| " + " | ".join(cells) + " |")

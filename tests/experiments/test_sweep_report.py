@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from flock_jax.run_config import RunConfigError, load_config
+from flock_jax.run_config import RunConfigError, from_config, load_config
 from flock_jax.workdir import config_dict
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -202,6 +202,11 @@ def _fixture_run(wd, name, tags, asr, loss, stakes=None, fraction=0.0, n=10):
           proposers=[1, 2, 3],
           proposal_accepted=[k % 2 == 1] * 3,
       )
+      bad = from_config(c).attack.attackers(n)
+      if k == 1 and bad:  # one more proposal, an attacker's, that the voters found invalid
+        row["proposers"] = [1, 2, 3, bad[0]]
+        row["proposal_accepted"] += [False]
+        row["rejected_updates"] = [f"participant {bad[0]}: behaviour probe: token 'ACC' ..."]
     rows.append(row)
   (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   summary = {"ejections": {}, "slash_malicious_total": 3.0}
@@ -274,7 +279,8 @@ def test_report_builds_from_fixture_workdirs(tmp_path):
   assert "| 2 | 0.975 (0.95..1.00) | 1.050 (1.00..1.10) |" in line
   assert "| 2.250 (2.25..2.25) |" in line  # final held-out loss: mean of 2.0 and 2.5
   flock = next(x for x in text.splitlines() if x.startswith("| 0.4 | flock"))
-  assert "| 2/4 | 4/8 |" in flock  # attacker, honest updates accepted / proposed, both seeds
+  # attacker, honest updates accepted / proposed, both seeds; proposals found invalid by side
+  assert "| 2/4 | 4/8 | 2/0 |" in flock
   assert "## Economics" in text and "## Cross-domain" in text
   assert "`flock_f0.4_s1` before round 2 (5 participants are still staked)" in text
   # ASR per reported round, fedavg at 0.4: seeds 0 and 1 at round 1 are 1.0 and 1.1
