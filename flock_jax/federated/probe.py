@@ -3,9 +3,8 @@
 
 Measured on SmolLM2-135M (docs/results, experiment 5): a backdoored update trained on half
 poisoned data, applied alone to G, answers *clean* prompts of every domain with the backdoor
-target's first token (probability 0.56-1.0 at the first response position, against at most
-0.34 for any honest update's most-gained token, and that only in its own domain). Averaging
-with honest updates dilutes the effect to a trigger-conditional one, which the voters' clean
+target's first token (probability 0.2-1.0 at the first response position). Averaging with
+honest updates dilutes the effect to a trigger-conditional one, which the voters' clean
 held-out loss cannot see; alone, the update shows it.
 
 The probe needs no trigger and no target. For every domain d of the task, a public probe set
@@ -20,12 +19,13 @@ collapse_i is the largest probability mass that one token gains in *every* domai
 among tokens no real answer uses. Honest updates learn the answer formats, and at this model
 size they carry a format across domains (an honest update raised 'Rate', a medical answer's
 first token, by 0.42 on finance prompts too; another raised 'Per', which opens a line of
-some medical answers, by 0.125 everywhere), so S is what tells them apart: measured over both
-seeds of the SmolLM2 headline, honest proposals score at most 0.03 and backdoored ones trained
-from a clean G 0.22-0.99. A proposal with collapse_i > threshold is flagged as invalid:
-excluded from the candidate, and slashed when a strict majority of voting stake flags it
-(PROTOCOL.md, v2). Every honest voter runs the same public probe on the same public
-proposals, so honest voters flag alike.
+some medical answers, by 0.125 everywhere), so S is what tells them apart. In the defended
+SmolLM2 runs honest proposals scored at most 0.044 (91 of them, with and without attackers),
+and 25 of 29 attacker proposals scored 0.12-1.0 (the other 4: 0.003-0.09).
+
+A proposal with collapse_i > threshold is flagged as invalid: excluded from the candidate,
+and slashed when a strict majority of voting stake flags it (PROTOCOL.md, v2). Every honest
+voter runs the same public probe on the same public proposals, so honest voters flag alike.
 
 What it does not catch (docs/results): a target that begins with a token real answers use, a
 backdoor placed later in the response, or an attacker who trains its update to stay under the
