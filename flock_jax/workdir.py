@@ -184,3 +184,21 @@ class Workdir:
     tmp = self.path / f".{name}.tmp"
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, self.path / name)
+
+
+def proposal_hashes(rows: list[dict], store_dir: str | os.PathLike) -> list[dict[int, str]]:
+  """{proposer: hash} per round row: the recorded hashes, else the store's write order (which
+  assumes every proposer revealed a proposal no other proposer copied)."""
+  if all("proposal_hashes" in r["extra"] for r in rows):
+    return [{int(i): h for i, h in r["extra"]["proposal_hashes"].items()} for r in rows]
+  blobs = sorted(pathlib.Path(store_dir).glob("0x*.bin"), key=lambda p: p.stat().st_mtime_ns)
+  names, k, out = [p.stem for p in blobs], 1, []  # names[0]: the starting G
+  for r in rows:
+    new = len(r["proposers"])  # every revealed proposal is stored, valid or not
+    out.append(dict(zip(r["proposers"], names[k : k + new])))
+    k += new
+    if r["candidate_hash"]:
+      if k >= len(names) or names[k] != r["candidate_hash"]:
+        raise ValueError(f"round {r['round']}: the store's order does not match the metrics")
+      k += 1
+  return out

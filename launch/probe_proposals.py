@@ -30,24 +30,6 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.1, "Report the proposals scoring 
 _PROMPTS = flags.DEFINE_integer("probe_prompts", 8, "Public probe prompts per domain.")
 
 
-def proposal_hashes(rows: list[dict], store_dir: pathlib.Path) -> list[dict[int, str]]:
-  """{proposer: hash} per round row: the recorded hashes, else the store's write order (which
-  assumes every proposer revealed a proposal no other proposer copied)."""
-  if all("proposal_hashes" in r["extra"] for r in rows):
-    return [{int(i): h for i, h in r["extra"]["proposal_hashes"].items()} for r in rows]
-  blobs = sorted(store_dir.glob("0x*.bin"), key=lambda p: p.stat().st_mtime_ns)
-  names, k, out = [p.stem for p in blobs], 1, []  # names[0]: the starting G
-  for r in rows:
-    new = len(r["proposers"])  # every revealed proposal is stored, valid or not
-    out.append(dict(zip(r["proposers"], names[k : k + new])))
-    k += new
-    if r["candidate_hash"]:
-      if k >= len(names) or names[k] != r["candidate_hash"]:
-        raise ValueError(f"round {r['round']}: the store's order does not match the metrics")
-      k += 1
-  return out
-
-
 def main(argv):
   del argv
   import ml_collections
@@ -57,6 +39,7 @@ def main(argv):
   from flock_jax.federated import engine as E, hashing
   from flock_jax.federated.probe import probe
   from flock_jax.run_config import from_config
+  from flock_jax.workdir import proposal_hashes
 
   cli.info_logging()
   wd = pathlib.Path(_WORKDIR.value)

@@ -182,8 +182,7 @@ def test_probe_proposals_rescores_a_finished_run(tmp_path):
   import subprocess
   import sys
 
-  sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "launch"))
-  from probe_proposals import proposal_hashes
+  from flock_jax.workdir import proposal_hashes
 
   root = pathlib.Path(__file__).parents[2]
   wd = tmp_path / "run"
