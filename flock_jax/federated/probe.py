@@ -123,8 +123,5 @@ def probe(engine, G: PyTree, updates: Sequence[PyTree]) -> tuple[np.ndarray, np.
           lora_cfg=engine.run.lora,
       )
   )
-  starts = arrays["answer_tokens"]
-  return (
-      collapse_scores(probs[0], probs[1:], starts),
-      collapse_tokens(probs[0], probs[1:], starts),
-  )
+  gains = _gains(probs[0], probs[1:], arrays["answer_tokens"])  # once for scores and tokens
+  return gains.max(axis=-1), gains.argmax(axis=-1)
