@@ -195,8 +195,9 @@ FIELD_HELP = {
     "ledger.stake_weighted_draw": "draw roles in proportion to stake (else uniformly)",
     "attack.behaviours": "explicit attackers, 'index:behaviour,...' e.g. '0:nan,3:always_reject'",
     "attack.fraction": "or: this share of participants, drawn with the seed, attacks ...",
-    "attack.proposer": "... with this proposer behaviour (backdoor, label_flip, scale,"
-    " free_rider, copy, nan, wrong_shape)",
+    "attack.proposer": "... with this proposer behaviour (backdoor, backdoor_evade: a backdoor"
+    " shrunk under the voters' behaviour probe, label_flip, scale, free_rider, copy, nan,"
+    " wrong_shape)",
     "attack.voter": "... or this voter behaviour (always_approve, always_reject, absent,"
     " colluding: approve exactly the proposals of fellow attackers)",
     "attack.scale_gamma": "model replacement: the update is scaled by gamma",

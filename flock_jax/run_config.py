@@ -21,6 +21,7 @@ VOTE_MODES = ("whole", "per_proposal")
 PROPOSER_BEHAVIOURS = (
     "honest",
     "backdoor",
+    "backdoor_evade",
     "label_flip",
     "scale",
     "free_rider",

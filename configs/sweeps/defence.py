@@ -13,6 +13,10 @@ defence (what it costs when nobody attacks).
                    probe prompts and flags one that makes a token no reference answer uses
                    gain > 0.1 probability at the first response token in every domain
                    (flock_jax.federated.probe): flagged proposals are excluded and slashed
+  flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
+                   loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
+                   voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
+                   -0.047..-0.001 once the loss flattened
 
   python launch/sweep.py --config=configs/sweeps/defence.py --workdir=runs/defence_tiny
   # SmolLM2-135M: the probe under attack (2 seeds), and the attack-free FedAvg and probe runs
@@ -34,6 +38,7 @@ SCREEN = {
 PROBE = {"federation.probe": "collapse", "federation.probe_threshold": 0.1}
 VARIANTS = {
     "flock_probe": {**common.METHODS["flock"], **PROBE},
+    "flock_probe_tol": {**common.METHODS["flock"], **PROBE, "federation.tau": -0.02},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
     "flock_screen": {**common.METHODS["flock"], **SCREEN},
     "flock_pp": common.METHODS["flock_pp"],
@@ -50,10 +55,20 @@ def _run(method, fraction, seed):
   }
 
 
+def _evade(seed):
+  run = _run("flock_probe", 0.3, seed)
+  run["overrides"]["attack.proposer"] = "backdoor_evade"
+  return {
+      **run,
+      "name": f"flock_probe_vs_evade_f0.3_s{seed}",
+      "tags": {**run["tags"], "method": "flock_probe_vs_evade"},
+  }
+
+
 def get_config(arg=None):
   scale, _, subset = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
-  shared["attack.proposer"] = "backdoor"
+  shared["attack.proposer"] = "backdoor"  # a run's own override comes after (_evade)
   if subset == "probe":
     # Sized for a 2-core CPU (~15 minutes a run): the ASR needs a few tokens only (the target
     # opens the answer) and exact-match accuracy is 0-0.12 at this scale (the headline), so
@@ -61,6 +76,10 @@ def get_config(arg=None):
     shared.update({"eval.accuracy": False, "eval.asr_max_new_tokens": 12})
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
     runs += [_run("fedavg", 0.0, 0), _run("flock_probe", 0.0, 0)]
+    # The vote's noise tolerance: the clean-loss cost of the plain vote's rejected rounds; and
+    # the adaptive attacker, which shrinks its update under the probe (attack 'backdoor_evade').
+    runs += [_run("flock_probe_tol", f, 0) for f in (0.3, 0.0)] + [_evade(0)]
+    runs += [_run("flock_probe_tol", 0.3, 1), _evade(1)]
     return common.sweep(base, shared, runs)
   if subset:
     raise ValueError(f"unknown subset {subset!r} of the defence sweep; use 'probe' or nothing")

@@ -12,10 +12,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flock_jax.federated.probe import probe
 from flock_jax.pytree import PyTree
 
-# Proposer behaviours whose update is the one it trained (the data may be poisoned).
-TRAINED = ("honest", "backdoor", "label_flip")
+# Proposer behaviours whose update is the one it trained (the data may be poisoned);
+# backdoor_evade's is then shrunk against the behaviour probe (`evade_probe`, in the round).
+TRAINED = ("honest", "backdoor", "backdoor_evade", "label_flip")
+# The adaptive attacker's search: scales 1, 2^-1/2, ..., 2^-6, and the score it aims under,
+# a fraction of the public threshold (the voters' probe in float32 equals its own to ~1e-6).
+EVADE_SCALES = tuple(2.0 ** (-k / 2) for k in range(13))
+EVADE_MARGIN = 0.8
 
 
 def attack_update(
@@ -29,7 +35,8 @@ def attack_update(
 ) -> PyTree:
   """A proposer's update after its behaviour.
 
-  honest / backdoor / label_flip: what it trained (on poisoned data for the attacks); scale:
+  honest / backdoor / backdoor_evade / label_flip: what it trained (on poisoned data for the
+  attacks; backdoor_evade's is shrunk by `evade_probe` where voters probe); scale:
   model replacement, gamma * Δ of an update trained on backdoor data;
   free_rider: zeros; copy: `source` (another proposer's update this round) times
   (1 + noise * N(0, 1)) per coordinate, drawn with `seed`, so that its hash differs (zeros
@@ -55,6 +62,18 @@ def attack_update(
   else:
     raise ValueError(f"unknown proposer behaviour {behaviour!r}")
   return jax.tree.unflatten(treedef, leaves)
+
+
+def evade_probe(engine, G: PyTree, update: PyTree, threshold: float) -> tuple[PyTree, float, float]:
+  """The adaptive backdoor against the behaviour probe (behaviour 'backdoor_evade'): it knows
+  what every voter knows (G, the public probe prompts, the threshold) and submits ``s * Δ`` with
+  the largest s in EVADE_SCALES whose collapse score is at most ``EVADE_MARGIN * threshold``
+  (the smallest s when none is). Returns (s * Δ, s, its score)."""
+  scaled = [jax.tree.map(lambda x, s=s: x * jnp.asarray(s, x.dtype), update) for s in EVADE_SCALES]
+  scores, _ = probe(engine, G, scaled)
+  passing = [k for k, sc in enumerate(scores.tolist()) if sc <= EVADE_MARGIN * threshold]
+  k = passing[0] if passing else len(EVADE_SCALES) - 1
+  return scaled[k], EVADE_SCALES[k], float(scores[k])
 
 
 def attack_updates(attack, who: list[int], deltas: list[PyTree]) -> list[PyTree]:

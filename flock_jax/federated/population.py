@@ -200,8 +200,9 @@ def build_population(run, tokenizer) -> Population:
   )
   att = run.attack
   # Backdoor data: 'backdoor' attackers, and 'scale' ones (model replacement, Bagdasaryan et al.
-  # 2020: a backdoored update scaled by gamma to survive averaging).
-  backdoor = [i for i in range(n) if att.proposer(i) in ("backdoor", "scale")]
+  # 2020: a backdoored update scaled by gamma to survive averaging), and 'backdoor_evade' ones
+  # (the update shrunk to pass the voters' behaviour probe).
+  backdoor = [i for i in range(n) if att.proposer(i) in ("backdoor", "backdoor_evade", "scale")]
   pieces = (  # distributed backdoor: attacker k plants piece k mod (pieces) of the trigger
       split_trigger(att.trigger, min(len(backdoor), len(att.trigger.split())))
       if att.distributed and backdoor

@@ -28,8 +28,11 @@ and slashed when a strict majority of voting stake flags it (PROTOCOL.md, v2). E
 voter runs the same public probe on the same public proposals, so honest voters flag alike.
 
 What it does not catch (docs/results): a target that begins with a token real answers use, a
-backdoor placed later in the response, or an attacker who trains its update to stay under the
-threshold on clean prompts (e.g. with clean copies of its poisoned prompts).
+backdoor placed later in the response, or an attacker who keeps its update under the threshold
+on clean prompts: by shrinking it (attack 'backdoor_evade', flock_jax.federated.attacks
+.evade_probe: the prompts and the threshold are public) or by training against the probe (e.g.
+with clean copies of its poisoned prompts). Whether the shrunk update still plants the backdoor
+is measured, not assumed (experiment 5).
 """
 
 from __future__ import annotations

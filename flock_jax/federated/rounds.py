@@ -23,7 +23,7 @@ import numpy as np
 from flock_jax import faults
 from flock_jax.eval import generation_report
 from flock_jax.federated import hashing, metrics as run_metrics, voting
-from flock_jax.federated.attacks import attack_updates, voter_ballot
+from flock_jax.federated.attacks import attack_updates, evade_probe, voter_ballot
 from flock_jax.federated.ledger import WEI
 from flock_jax.federated.probe import probe as behaviour_probe
 from flock_jax.federated.screening import screen_flags, screened
@@ -223,6 +223,13 @@ def flock_round(
   # Every proposer commits, an attacker's NaN or wrong-shaped update too (protocol v2).
   with timer("hash"):
     updates = attack_updates(att, proposers, _unstack(deltas, len(proposers)))
+  evade_scales: dict[int, float] = {}
+  if fed.probe != "none":  # the adaptive attacker shrinks its update under the voters' probe
+    with timer("train"):
+      for k, i in enumerate(proposers):
+        if att.proposer(i) == "backdoor_evade":
+          updates[k], evade_scales[i], _ = evade_probe(engine, G, updates[k], fed.probe_threshold)
+  with timer("hash"):
     hashes = [hashing.tree_hash(d) for d in updates]
   with timer("chain"):
     for i, h in zip(proposers, hashes):
@@ -337,6 +344,7 @@ def flock_round(
           "train_loss_per_proposer": np.asarray(train_losses)[:, -1].tolist(),
           "screen_flags": suspect.tolist() if valid else [],
           "probe_scores": {str(i): x for i, x in probe_scores.items()},
+          "evade_scales": {str(i): x for i, x in evade_scales.items()},
           # each proposer's committed hash: its blob in the store, for re-scoring after the run
           "proposal_hashes": {str(i): _hex(h) for i, h in zip(proposers, hashes)},
           "asr_samples": gen.pop("asr_samples", []),

@@ -99,7 +99,7 @@ def test_first_token_probs_equal_each_prompt_run_alone():
 ATTACKER, THRESHOLD = 0, 0.3
 
 
-def _run():
+def _run(behaviour="backdoor"):
   c = load_config("tiny")
   c.ledger.backend = "local"
   f = c.federation
@@ -110,7 +110,7 @@ def _run():
   c.checkpoint.every = 0
   c.eval.every = 0
   # the attacker's data: every example answers the target
-  c.attack.behaviours = f"{ATTACKER}:backdoor"
+  c.attack.behaviours = f"{ATTACKER}:{behaviour}"
   c.attack.trigger, c.attack.target, c.attack.poison_fraction = "cf zq", "XXXXXXXXXXXX", 1.0
   return from_config(c)
 
@@ -165,6 +165,48 @@ def test_a_collapsing_backdoor_update_is_flagged_excluded_and_slashed(monkeypatc
         assert not named
         assert r.proposal_accepted[k] == r.accepted
   assert int(ledger.stakes()[ATTACKER]) < stake0
+
+
+def test_the_adaptive_attacker_submits_the_largest_shrunk_update_the_probe_passes(monkeypatch):
+  """backdoor_evade knows what every voter knows (G, the public probe prompts, the threshold):
+  its update shrunk by the largest scale whose score is under 0.8 x threshold enters the
+  candidate unflagged. The probe alone does not stop it; whether the shrunk update still
+  plants the backdoor is what the SmolLM2 runs measure (docs/results, experiment 5)."""
+  from flock_jax.federated import rounds
+  from flock_jax.federated.attacks import EVADE_MARGIN, EVADE_SCALES, evade_probe
+  from flock_jax.federated.engine import build
+
+  run = _run()
+  poisoned = _collapsing_update(run)
+  engine, state = build(run)
+  G = state.global_lora
+  sub, s, score = evade_probe(engine, G, poisoned, THRESHOLD)
+  every = [jax.tree.map(lambda x, t=t: x * t, poisoned) for t in EVADE_SCALES]
+  scores = P.probe(engine, G, every)[0]
+  k = EVADE_SCALES.index(s)
+  assert scores[0] > THRESHOLD  # unshrunk, the probe catches it
+  assert k > 0 and scores[k] <= EVADE_MARGIN * THRESHOLD and score == pytest.approx(scores[k])
+  assert all(x > EVADE_MARGIN * THRESHOLD for x in scores[:k])  # the largest passing scale
+  for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(every[k])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  run = _run("backdoor_evade")
+  honest_updates = rounds.attack_updates
+
+  def play(att, who, deltas):
+    out = honest_updates(att, who, deltas)
+    return [poisoned if i == ATTACKER else d for i, d in zip(who, out)]
+
+  monkeypatch.setattr(rounds, "attack_updates", play)
+  rows = run_rounds(run, ledger=make_ledger(run, state.global_hash))
+  drawn = [r for r in rows if ATTACKER in r.proposers]
+  assert drawn, "the draw never drew the attacker"
+  for r in drawn:
+    k = r.proposers.index(ATTACKER)
+    assert r.extra["evade_scales"][str(ATTACKER)] < 1.0
+    assert r.extra["probe_scores"][str(ATTACKER)] <= EVADE_MARGIN * THRESHOLD + 1e-6
+    assert not [e for e in r.rejected_updates if e.startswith(f"participant {ATTACKER}:")]
+    assert r.proposal_accepted[k] == r.accepted and ATTACKER not in r.slashes
 
 
 def test_a_misspelled_probe_is_refused():
