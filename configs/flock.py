@@ -77,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
       screen="none",  # FLock voters screen proposals first: 'none' | 'norm' | 'cosine' | 'both'
       screen_norm_factor=2.0,  # 'norm': flag a proposal whose norm > factor x the median norm
       screen_min_cosine=0.0,  # 'cosine': flag a proposal whose median cosine to the others < this
-      probe="none",  # FLock voters probe each proposal on public prompts: 'none' | 'collapse'
+      probe="none",  # FLock voters probe each proposal on public prompts: 'none' | 'collapse' | 'anchored'
       probe_threshold=0.1,  # 'collapse': flag a proposal whose collapse score exceeds this
       probe_prompts=8,  # public probe prompts per domain
   )
@@ -180,7 +180,8 @@ FIELD_HELP = {
     "federation.screen_min_cosine": "cosine screen: flag a proposal whose median cosine to the"
     " other proposals is below this",
     "federation.probe": "FLock voters' behaviour probe: none | collapse (flag a proposal that,"
-    " alone on G, makes one token gain probability at the first response token in every domain)",
+    " alone on G, makes one token gain probability at the first response token in every domain)"
+    " | anchored (the same against G and against the base model: bounds a run's total collapse)",
     "federation.probe_threshold": "collapse probe: flag a proposal whose score exceeds this",
     "federation.probe_prompts": "collapse probe: public probe prompts per domain",
     "ledger.backend": "eth_tester (in-process EVM) | jsonrpc (a node) | local (the rules, no EVM)",

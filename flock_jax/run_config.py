@@ -31,7 +31,7 @@ PROPOSER_BEHAVIOURS = (
 )
 VOTER_BEHAVIOURS = ("honest", "always_approve", "always_reject", "absent", "colluding")
 SCREENS = ("none", "norm", "cosine", "both")
-PROBES = ("none", "collapse")
+PROBES = ("none", "collapse", "anchored")
 CLIENT_STATES = ("persistent", "fresh")
 # Fields added after runs were made with configs that lack them: absent means this default,
 # so such a config (and a workdir's config.json) runs, and continues, unchanged.
@@ -115,7 +115,8 @@ class FederationSpec:
   # ([N, ...] in ClientState); 'fresh': a fresh optimizer each round from G and nothing kept
   # per participant (OpenFedLLM's loop; memory independent of N)
   client_state: str = "persistent"
-  # FLock voters' behaviour probe of each proposal (flock_jax.federated.probe): none | collapse
+  # FLock voters' behaviour probe of each proposal (flock_jax.federated.probe):
+  # none | collapse (against G) | anchored (against G and the base model)
   probe: str = "none"
   probe_threshold: float = 0.1  # flag a proposal whose collapse score exceeds this
   probe_prompts: int = 8  # public probe prompts per domain

@@ -13,6 +13,10 @@ defence (what it costs when nobody attacks).
                    probe prompts and flags one that makes a token no reference answer uses
                    gain > 0.1 probability at the first response token in every domain
                    (flock_jax.federated.probe): flagged proposals are excluded and slashed
+  flock_anchored   flock_probe whose voters score each proposal against G and against the base
+                   model and keep the larger score: the adaptive attacker (backdoor_evade)
+                   shrinks each update under the plain probe, but their sum collapses G; the
+                   anchored probe bounds the collapse of the whole run
   flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
                    loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
                    voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
@@ -21,6 +25,8 @@ defence (what it costs when nobody attacks).
   python launch/sweep.py --config=configs/sweeps/defence.py --workdir=runs/defence_tiny
   # SmolLM2-135M: the probe under attack (2 seeds), and the attack-free FedAvg and probe runs
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:probe --workdir=runs/defence_smollm2
+  # SmolLM2-135M: the anchored probe against the adaptive attacker, and attack-free
+  python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:anchored --workdir=runs/anchored
 """
 
 import os
@@ -36,8 +42,10 @@ SCREEN = {
     "federation.screen_min_cosine": 0.0,
 }
 PROBE = {"federation.probe": "collapse", "federation.probe_threshold": 0.1}
+ANCHORED = {"federation.probe": "anchored", "federation.probe_threshold": 0.1}
 VARIANTS = {
     "flock_probe": {**common.METHODS["flock"], **PROBE},
+    "flock_anchored": {**common.METHODS["flock"], **ANCHORED},
     "flock_probe_tol": {**common.METHODS["flock"], **PROBE, "federation.tau": -0.02},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
     "flock_screen": {**common.METHODS["flock"], **SCREEN},
@@ -55,13 +63,13 @@ def _run(method, fraction, seed):
   }
 
 
-def _evade(seed):
-  run = _run("flock_probe", 0.3, seed)
+def _evade(seed, method="flock_probe"):
+  run = _run(method, 0.3, seed)
   run["overrides"]["attack.proposer"] = "backdoor_evade"
   return {
       **run,
-      "name": f"flock_probe_vs_evade_f0.3_s{seed}",
-      "tags": {**run["tags"], "method": "flock_probe_vs_evade"},
+      "name": f"{method}_vs_evade_f0.3_s{seed}",
+      "tags": {**run["tags"], "method": f"{method}_vs_evade"},
   }
 
 
@@ -69,11 +77,18 @@ def get_config(arg=None):
   scale, _, subset = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"  # a run's own override comes after (_evade)
-  if subset == "probe":
-    # Sized for a 2-core CPU (~15 minutes a run): the ASR needs a few tokens only (the target
+  if subset in ("probe", "anchored"):
+    # Sized for a 2-core CPU (~20 minutes a run): the ASR needs a few tokens only (the target
     # opens the answer) and exact-match accuracy is 0-0.12 at this scale (the headline), so
     # the clean metric is held-out loss and accuracy is not generated.
     shared.update({"eval.accuracy": False, "eval.asr_max_new_tokens": 12})
+  if subset == "anchored":
+    # The anchored probe against the adaptive attacker that evades the plain one, its cost
+    # when nobody attacks, and against the plain backdoor.
+    runs = [_evade(0, "flock_anchored"), _run("flock_anchored", 0.0, 0)]
+    runs += [_run("flock_anchored", 0.3, 0), _evade(1, "flock_anchored")]
+    return common.sweep(base, shared, runs)
+  if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
     runs += [_run("fedavg", 0.0, 0), _run("flock_probe", 0.0, 0)]
     # The vote's noise tolerance: the clean-loss cost of the plain vote's rejected rounds; and
@@ -82,7 +97,9 @@ def get_config(arg=None):
     runs += [_run("flock_probe_tol", 0.3, 1), _evade(1)]
     return common.sweep(base, shared, runs)
   if subset:
-    raise ValueError(f"unknown subset {subset!r} of the defence sweep; use 'probe' or nothing")
+    raise ValueError(
+        f"unknown subset {subset!r} of the defence sweep; use 'probe', 'anchored' or nothing"
+    )
   runs = []
   for seed in (0, 1):
     for method in VARIANTS:

@@ -64,13 +64,15 @@ def attack_update(
   return jax.tree.unflatten(treedef, leaves)
 
 
-def evade_probe(engine, G: PyTree, update: PyTree, threshold: float) -> tuple[PyTree, float, float]:
+def evade_probe(
+    engine, G: PyTree, update: PyTree, threshold: float, *, anchored: bool = False
+) -> tuple[PyTree, float, float]:
   """The adaptive backdoor against the behaviour probe (behaviour 'backdoor_evade'): it knows
-  what every voter knows (G, the public probe prompts, the threshold) and submits ``s * Δ`` with
-  the largest s in EVADE_SCALES whose collapse score is at most ``EVADE_MARGIN * threshold``
-  (the smallest s when none is). Returns (s * Δ, s, its score)."""
+  what every voter knows (G, the public probe prompts, the probe's mode and threshold) and
+  submits ``s * Δ`` with the largest s in EVADE_SCALES whose score is at most
+  ``EVADE_MARGIN * threshold`` (the smallest s when none is). Returns (s * Δ, s, its score)."""
   scaled = [jax.tree.map(lambda x, s=s: x * jnp.asarray(s, x.dtype), update) for s in EVADE_SCALES]
-  scores, _ = probe(engine, G, scaled)
+  scores, _ = probe(engine, G, scaled, anchored=anchored)
   passing = [k for k, sc in enumerate(scores.tolist()) if sc <= EVADE_MARGIN * threshold]
   k = passing[0] if passing else len(EVADE_SCALES) - 1
   return scaled[k], EVADE_SCALES[k], float(scores[k])

@@ -27,6 +27,15 @@ A proposal with collapse_i > threshold is flagged as invalid: excluded from the 
 and slashed when a strict majority of voting stake flags it (PROTOCOL.md, v2). Every honest
 voter runs the same public probe on the same public proposals, so honest voters flag alike.
 
+'anchored' (federation.probe='anchored') scores each proposal against G and against the base
+model (the zero adapter, the task's public starting point) and keeps the larger score:
+
+    anchored_i = max(collapse_i, max over v not in S of min_d (P_i[d, v] - P_base[d, v]))
+
+so that the collapse a run lets into G is bounded over the whole run, not per round. It answers
+the adaptive attacker below, whose shrunk updates each pass against G while their sum collapses
+G itself (docs/results: false activation 0.125 and ASR 0.41 by round 7 of such a run).
+
 What it does not catch (docs/results): a target that begins with a token real answers use, a
 backdoor placed later in the response, or an attacker who keeps its update under the threshold
 on clean prompts: by shrinking it (attack 'backdoor_evade', flock_jax.federated.attacks
@@ -106,16 +115,21 @@ def collapse_tokens(p_global, p_each, answer_tokens=()) -> np.ndarray:
   return _gains(p_global, p_each, answer_tokens).argmax(axis=-1)
 
 
-def probe(engine, G: PyTree, updates: Sequence[PyTree]) -> tuple[np.ndarray, np.ndarray]:
+def probe(
+    engine, G: PyTree, updates: Sequence[PyTree], *, anchored: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
   """(collapse scores [P], token ids [P]) of proposals `updates` against G, on the
-  population's probe prompts (engine.population.probe)."""
+  population's probe prompts (engine.population.probe); anchored: the larger of the scores
+  against G and against the base model (the zero adapter), and that score's token."""
   arrays = engine.population.probe
   if arrays is None:
     raise ValueError(
         "federation.probe needs public probe prompts: this population has none "
         "(a text task builds them when federation.probe is set)"
     )
-  loras = jax.tree.map(lambda g, *ds: jnp.stack([g] + [g + d for d in ds]), G, *updates)
+  # Rows: G, [the base model: G with B = 0 adds nothing], then G + Δ_i.
+  refs = [G, jax.tree.map(jnp.zeros_like, G)] if anchored else [G]
+  loras = jax.tree.map(lambda *xs: jnp.stack(list(xs)), *refs, *[_add(G, d) for d in updates])
   probs = np.asarray(
       first_token_probs(
           engine.base,
@@ -126,5 +140,12 @@ def probe(engine, G: PyTree, updates: Sequence[PyTree]) -> tuple[np.ndarray, np.
           lora_cfg=engine.run.lora,
       )
   )
-  gains = _gains(probs[0], probs[1:], arrays["answer_tokens"])  # once for scores and tokens
+  r = len(refs)
+  gains = _gains(probs[0], probs[r:], arrays["answer_tokens"])  # once for scores and tokens
+  if anchored:
+    gains = np.maximum(gains, _gains(probs[1], probs[r:], arrays["answer_tokens"]))
   return gains.max(axis=-1), gains.argmax(axis=-1)
+
+
+def _add(G: PyTree, update: PyTree) -> PyTree:
+  return jax.tree.map(lambda g, d: g + d, G, update)

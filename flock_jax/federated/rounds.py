@@ -122,7 +122,7 @@ def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flag
   like a NaN update (flagged in every honest vote: excluded, and slashed by a strict
   majority). Returns the screened (valid ids, valid, errors, flags) and {proposer: score}."""
   fed = engine.run.federation
-  scores, tokens = behaviour_probe(engine, G, valid)
+  scores, tokens = behaviour_probe(engine, G, valid, anchored=fed.probe == "anchored")
   tok = getattr(getattr(engine.population, "prompts", None), "tokenizer", None)
   flags, errors = list(flags), list(errors)
   keep_ids, keep = [], []
@@ -132,7 +132,9 @@ def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flag
       name = repr(tok.decode([t])) if tok is not None else f"id {t}"
       errors.append(
           f"participant {i}: behaviour probe: token {name} gains {s:.3f} probability at the "
-          f"first response token in every domain (threshold {fed.probe_threshold})"
+          f"first response token in every domain against "
+          f"{'G or the base model' if fed.probe == 'anchored' else 'G'} "
+          f"(threshold {fed.probe_threshold})"
       )
     else:
       keep_ids.append(i)
@@ -228,7 +230,9 @@ def flock_round(
     with timer("train"):
       for k, i in enumerate(proposers):
         if att.proposer(i) == "backdoor_evade":
-          updates[k], evade_scales[i], _ = evade_probe(engine, G, updates[k], fed.probe_threshold)
+          updates[k], evade_scales[i], _ = evade_probe(
+              engine, G, updates[k], fed.probe_threshold, anchored=fed.probe == "anchored"
+          )
   with timer("hash"):
     hashes = [hashing.tree_hash(d) for d in updates]
   with timer("chain"):

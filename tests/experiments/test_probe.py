@@ -1,4 +1,5 @@
-"""The voters' behaviour probe (config.federation.probe='collapse', flock_jax.federated.probe).
+"""The voters' behaviour probe (config.federation.probe='collapse' | 'anchored',
+flock_jax.federated.probe).
 
 The score is checked against its definition written out as loops; the batched, left-padded
 probe forward against the model run on each prompt alone, unpadded. The attacker plays a
@@ -96,15 +97,15 @@ def test_first_token_probs_equal_each_prompt_run_alone():
       np.testing.assert_allclose(got[k, d], want, rtol=0, atol=2e-6)
 
 
-ATTACKER, THRESHOLD = 0, 0.3
+ATTACKER, THRESHOLD = 0, 0.1
 
 
-def _run(behaviour="backdoor"):
+def _run(behaviour="backdoor", mode="collapse"):
   c = load_config("tiny")
   c.ledger.backend = "local"
   f = c.federation
   f.num_participants, f.num_proposers, f.num_voters, f.rounds = 7, 4, 3, 2
-  f.probe, f.probe_threshold, f.probe_prompts = "collapse", THRESHOLD, 4
+  f.probe, f.probe_threshold, f.probe_prompts = mode, THRESHOLD, 4
   c.optim.lr = 0.02
   c.data.examples_per_domain = 28
   c.checkpoint.every = 0
@@ -129,13 +130,14 @@ def _collapsing_update(run, steps=24):
   return jax.tree.map(lambda x: x[0], deltas)
 
 
-def test_a_collapsing_backdoor_update_is_flagged_excluded_and_slashed(monkeypatch):
+@pytest.mark.parametrize("mode", ["collapse", "anchored"])
+def test_a_collapsing_backdoor_update_is_flagged_excluded_and_slashed(monkeypatch, mode):
   """The attacker submits, every round it proposes, an update that answers every prompt with
-  its target: it gains nothing. Honest updates of the same run pass."""
+  its target: it gains nothing. Honest updates of the same run pass, in both probe modes."""
   from flock_jax.federated import rounds
   from flock_jax.federated.engine import build
 
-  run = _run()
+  run = _run(mode=mode)
   poisoned = _collapsing_update(run)
   honest_updates = rounds.attack_updates
 
@@ -154,14 +156,15 @@ def test_a_collapsing_backdoor_update_is_flagged_excluded_and_slashed(monkeypatc
     for k, i in enumerate(r.proposers):
       named = [e for e in r.rejected_updates if e.startswith(f"participant {i}:")]
       if i == ATTACKER:
-        # measured 0.42: the target's byte 'X' at every probe prompt's first response token
-        # (the tiny random model's logits saturate there; SmolLM2's reach 0.99)
+        # measured 0.36 against the starting G and 0.21 against round 1's: the target's byte
+        # 'X' at every probe prompt's first response token (SmolLM2's reach 0.99); honest
+        # proposals at most 0.022
         assert scores[i] > THRESHOLD + 0.05
         assert len(named) == 1 and "behaviour probe: token 'X'" in named[0]
         assert not r.proposal_accepted[k]
         assert i in r.slashes and i not in r.rewards
       else:
-        assert scores[i] < THRESHOLD - 0.05
+        assert scores[i] < THRESHOLD - 0.02
         assert not named
         assert r.proposal_accepted[k] == r.accepted
   assert int(ledger.stakes()[ATTACKER]) < stake0
@@ -207,6 +210,97 @@ def test_the_adaptive_attacker_submits_the_largest_shrunk_update_the_probe_passe
     assert r.extra["probe_scores"][str(ATTACKER)] <= EVADE_MARGIN * THRESHOLD + 1e-6
     assert not [e for e in r.rejected_updates if e.startswith(f"participant {ATTACKER}:")]
     assert r.proposal_accepted[k] == r.accepted and ATTACKER not in r.slashes
+
+
+def test_anchored_scores_are_the_larger_of_the_scores_against_G_and_the_base_model():
+  """probe(anchored=True) against its definition: the two references' scores computed apart,
+  from first_token_probs, for a G that differs from the base model."""
+  from flock_jax.federated.engine import build
+
+  run = _run(mode="anchored")
+  engine, state = build(run)
+  poisoned = _collapsing_update(run)
+  G = jax.tree.map(lambda g, d: g + 0.5 * d, state.global_lora, poisoned)
+  updates = [jax.tree.map(lambda x, t=t: t * x, poisoned) for t in (-0.5, 0.25, 1.0)]
+  arrays = engine.population.probe
+  rows = [jax.tree.map(jnp.zeros_like, G), G] + [jax.tree.map(jnp.add, G, u) for u in updates]
+  probs = np.asarray(
+      P.first_token_probs(
+          engine.base,
+          jax.tree.map(lambda *xs: jnp.stack(xs), *rows),
+          jnp.asarray(arrays["tokens"]),
+          jnp.asarray(arrays["segment_ids"]),
+          cfg=engine.run.model.cfg,
+          lora_cfg=engine.run.lora,
+      )
+  )
+  S = arrays["answer_tokens"]
+  vs_base = P.collapse_scores(probs[0], probs[2:], S)
+  vs_G = P.collapse_scores(probs[1], probs[2:], S)
+  got, tokens = P.probe(engine, G, updates, anchored=True)
+  # budget: the same float32 forward batched differently, probabilities to ~1e-6
+  np.testing.assert_allclose(got, np.maximum(vs_base, vs_G), rtol=0, atol=1e-5)
+  np.testing.assert_allclose(P.probe(engine, G, updates)[0], vs_G, rtol=0, atol=1e-5)
+  # -0.5 takes G back to the base model: nothing gained against either reference
+  assert got[0] < 0.05 and vs_G[0] < 0.05
+  assert tokens.shape == (3,) and not set(tokens.tolist()) & set(S.tolist())
+
+
+def test_a_backdoor_split_over_rounds_passes_the_plain_probe_but_not_the_anchored_one():
+  """The attacker plays the adaptive split: its collapsing update Δ is flagged at once, so it
+  walks G towards G + Δ in pieces, each the largest step along Δ that the probe passes with a
+  margin. Against G alone every piece passes and G ends at G + Δ, fully collapsed; the
+  anchored probe also measures each piece against the base model, so the walk stops short:
+  over the run the attacker gains no more collapse than one round's threshold."""
+  from flock_jax.federated.engine import build
+
+  run = _run(mode="anchored")
+  engine, state = build(run)
+  G0 = state.global_lora  # B = 0: the base model's outputs
+  poisoned = _collapsing_update(run)
+  full = P.probe(engine, G0, [poisoned])[0][0]
+  assert full > THRESHOLD + 0.05  # at once, flagged in either mode
+
+  def walk(anchored):
+    """(pieces as (from t, to t), their scores) of the attacker's greedy walk on a grid."""
+    grid, t, pieces, scores = np.linspace(0.0, 1.0, 41), 0.0, [], []
+    while t < 1.0:
+      G = jax.tree.map(lambda g, d: g + t * d, G0, poisoned)
+      steps = grid[grid > t + 1e-9]
+      got = P.probe(
+          engine,
+          G,
+          [jax.tree.map(lambda d, u=u: (u - t) * d, poisoned) for u in steps],
+          anchored=anchored,
+      )[0]
+      ok = np.flatnonzero(got < THRESHOLD - 0.03)
+      if not ok.size:
+        break  # every step from here is flagged
+      pieces.append((t, float(steps[ok.max()])))
+      scores.append(float(got[ok.max()]))
+      t = pieces[-1][1]
+    return pieces, scores
+
+  pieces, _ = walk(anchored=False)
+  assert pieces[-1][1] == 1.0 and len(pieces) >= 2, pieces  # G + Δ reached, piece by piece
+  # the same pieces under the anchored probe: the last one at least is flagged, since G + Δ
+  # scores `full` against the base model
+  anchored = [
+      P.probe(
+          engine,
+          jax.tree.map(lambda g, d, a=a: g + a * d, G0, poisoned),
+          [jax.tree.map(lambda d, a=a, b=b: (b - a) * d, poisoned)],
+          anchored=True,
+      )[0][0]
+      for a, b in pieces
+  ]
+  assert anchored[0] < THRESHOLD  # from the base model both probes agree
+  assert anchored[-1] > THRESHOLD + 0.05, anchored
+  # the attacker that knows the anchored rule walks as far as it lets it: never to G + Δ, and
+  # every G it reaches stays under the threshold against the base model
+  pieces, scores = walk(anchored=True)
+  assert not pieces or pieces[-1][1] < 1.0, pieces
+  assert all(x < THRESHOLD for x in scores)
 
 
 def test_a_misspelled_probe_is_refused():
