@@ -17,6 +17,7 @@ defence (what it costs when nobody attacks).
                    model and keep the larger score: the adaptive attacker (backdoor_evade)
                    shrinks each update under the plain probe, but their sum collapses G; the
                    anchored probe bounds the collapse of the whole run
+  flock_anchored_tol  flock_anchored with the vote's noise tolerance below (tau = -0.02)
   flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
                    loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
                    voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
@@ -46,6 +47,7 @@ ANCHORED = {"federation.probe": "anchored", "federation.probe_threshold": 0.1}
 VARIANTS = {
     "flock_probe": {**common.METHODS["flock"], **PROBE},
     "flock_anchored": {**common.METHODS["flock"], **ANCHORED},
+    "flock_anchored_tol": {**common.METHODS["flock"], **ANCHORED, "federation.tau": -0.02},
     "flock_probe_tol": {**common.METHODS["flock"], **PROBE, "federation.tau": -0.02},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
     "flock_screen": {**common.METHODS["flock"], **SCREEN},
@@ -83,10 +85,12 @@ def get_config(arg=None):
     # the clean metric is held-out loss and accuracy is not generated.
     shared.update({"eval.accuracy": False, "eval.asr_max_new_tokens": 12})
   if subset == "anchored":
-    # The anchored probe against the adaptive attacker that evades the plain one, its cost
-    # when nobody attacks, and against the plain backdoor.
+    # The anchored probe against the adaptive attacker that evades the plain one (2 seeds),
+    # its cost when nobody attacks, with the vote's noise tolerance, and against the plain
+    # backdoor (which it flags wherever the plain probe does: its score is never lower).
     runs = [_evade(0, "flock_anchored"), _run("flock_anchored", 0.0, 0)]
-    runs += [_run("flock_anchored", 0.3, 0), _evade(1, "flock_anchored")]
+    runs += [_evade(1, "flock_anchored"), _evade(0, "flock_anchored_tol")]
+    runs += [_run("flock_anchored", 0.3, 0)]
     return common.sweep(base, shared, runs)
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
