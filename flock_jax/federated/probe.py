@@ -129,7 +129,8 @@ def probe(
     )
   # Rows: G, [the base model: G with B = 0 adds nothing], then G + Δ_i.
   refs = [G, jax.tree.map(jnp.zeros_like, G)] if anchored else [G]
-  loras = jax.tree.map(lambda *xs: jnp.stack(list(xs)), *refs, *[_add(G, d) for d in updates])
+  rows = refs + [jax.tree.map(jnp.add, G, d) for d in updates]
+  loras = jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
   probs = np.asarray(
       first_token_probs(
           engine.base,
@@ -145,7 +146,3 @@ def probe(
   if anchored:
     gains = np.maximum(gains, _gains(probs[1], probs[r:], arrays["answer_tokens"]))
   return gains.max(axis=-1), gains.argmax(axis=-1)
-
-
-def _add(G: PyTree, update: PyTree) -> PyTree:
-  return jax.tree.map(lambda g, d: g + d, G, update)
