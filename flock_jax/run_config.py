@@ -650,6 +650,11 @@ def from_config(config: Any) -> RunConfig:
   seed = _get(config, "", "seed", int)
   model, lora = _model(config)
   data = _data(config)
+  if data.pack and model.cfg.attention == "cudnn":
+    raise RunConfigError(
+        "config.data.pack=True with config.model.overrides attention='cudnn': the fused kernel"
+        " takes right-padded rows of one sequence each; use attention='xla' to pack"
+    )
   fed = _federation(config)
   optim = _optim(config, total_steps=fed.rounds * fed.local_steps)
   ledger = _ledger(config)

@@ -64,6 +64,23 @@ _CLIENT_STATE = flags.DEFINE_enum(
     "flock_jax's federation.client_state: 'fresh' is the peer's algorithm exactly (a fresh AdamW"
     " each round) and keeps no [N, ...] state, so --breakdown reaches N = 1000 with SmolLM2.",
 )
+_DEVICE = flags.DEFINE_enum(
+    "device",
+    "cpu",
+    ["cpu", "gpu"],
+    "cpu: both sides on the CPU. gpu: flock_jax on the first accelerator, the torch peer on"
+    " cuda (autocast bf16 there), matmul peaks at 8192^2.",
+)
+_WEIGHTS = flags.DEFINE_enum(
+    "weights",
+    "real",
+    ["real", "random"],
+    "--model=smollm2: its real weights (the GGUF) or a random init of the same shapes (speed"
+    " does not depend on the values; for machines without the model file).",
+)
+_ATTN = flags.DEFINE_enum(
+    "attention", "xla", ["xla", "cudnn"], "flock_jax's LlamaConfig.attention (cudnn: GPU, bf16)."
+)
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices",
     1,
@@ -110,7 +127,7 @@ def _base(cfg):
 
   from flock_jax.model.llama import init_params
 
-  if _MODEL.value == "smollm2":
+  if _MODEL.value == "smollm2" and _WEIGHTS.value == "real":
     from flock_jax.checkpoint.smollm2 import load_smollm2
 
     cfg32, base, _ = load_smollm2(tokenizer=False)
@@ -156,6 +173,9 @@ def matmul_peak(dtype: str, size: int = 2048, reps: int = 5) -> tuple[float, flo
   import jax.numpy as jnp
   import torch
 
+  gpu = _DEVICE.value == "gpu"
+  size = 8192 if gpu else size
+
   jdt = jnp.dtype(dtype)
   x = jnp.ones((size, size), jdt)
   f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
@@ -166,12 +186,15 @@ def matmul_peak(dtype: str, size: int = 2048, reps: int = 5) -> tuple[float, flo
     f(x, x).block_until_ready()
     tj = min(tj, time.perf_counter() - t)
   tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-  a = torch.ones(size, size, dtype=tdt)
+  a = torch.ones(size, size, dtype=tdt, device="cuda" if gpu else "cpu")
+  sync = torch.cuda.synchronize if gpu else (lambda: None)
   a @ a
+  sync()
   tt = float("inf")
   for _ in range(reps):
     t = time.perf_counter()
     a @ a
+    sync()
     tt = min(tt, time.perf_counter() - t)
   flops = 2.0 * size**3
   return flops / tj, flops / tt
@@ -194,6 +217,7 @@ class TorchPeer:
     torch.set_num_threads(threads)
     self.torch, self.np = torch, np
     self.bf16 = dtype == "bfloat16"
+    self.device = "cuda" if _DEVICE.value == "gpu" else "cpu"
     hf = cfg.to_hf_dict()
     for key in ("architectures", "model_type", "torch_dtype"):
       hf.pop(key)
@@ -208,6 +232,7 @@ class TorchPeer:
     if cfg.tie_word_embeddings:
       state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True)
+    model.to(self.device)
     lc = run.lora
     pcfg = peft.LoraConfig(
         r=lc.rank,
@@ -229,10 +254,11 @@ class TorchPeer:
   def _loss(self, batch, s):
     """Masked next-token mean loss of batch row-block s (HF shifts the labels)."""
     torch = self.torch
-    tokens = torch.as_tensor(batch["tokens"][s], dtype=torch.long)
-    labels = tokens.masked_fill(torch.as_tensor(batch["loss_mask"][s]) == 0, -100)
-    attn = torch.as_tensor(batch["segment_ids"][s] != 0, dtype=torch.long)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+    dev = self.device
+    tokens = torch.as_tensor(batch["tokens"][s], dtype=torch.long, device=dev)
+    labels = tokens.masked_fill(torch.as_tensor(batch["loss_mask"][s], device=dev) == 0, -100)
+    attn = torch.as_tensor(batch["segment_ids"][s] != 0, dtype=torch.long, device=dev)
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=self.bf16):
       out = self.pm(input_ids=tokens, attention_mask=attn, labels=labels)
     return out.loss, int((labels[:, 1:] != -100).sum())
 
@@ -256,6 +282,8 @@ class TorchPeer:
         torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip)
       opt.step()
       opt.zero_grad(set_to_none=True)
+    if self.device == "cuda":
+      torch.cuda.synchronize()  # the phase's time includes its queued kernels
     return {n: p.detach().clone() for n, p in self.lora_params.items()}
 
   def heldout(self, sd, batches) -> float:
@@ -285,6 +313,8 @@ class TorchPeer:
     times["train"] = time.perf_counter() - t
     t = time.perf_counter()
     cand = {n: sum(sd[n] for sd in local) / len(local) for n in self.global_sd}  # FedAvg
+    if self.device == "cuda":
+      self.torch.cuda.synchronize()
     times["aggregate"] = time.perf_counter() - t
     t = time.perf_counter()
     held = population.heldout_batches(voters, fed.eval_batches, fed.eval_batch_size)
@@ -326,7 +356,9 @@ def compare():
   n_rounds = 1 + _R.value
   run = from_config(_config(_N.value, n_rounds, "local"))
   cfg32, base32 = _base(run.model.cfg)
-  cfg = cfg32.replace(dtype=_DTYPE.value, param_dtype=_DTYPE.value, quantize=_QUANT.value)
+  cfg = cfg32.replace(
+      dtype=_DTYPE.value, param_dtype=_DTYPE.value, quantize=_QUANT.value, attention=_ATTN.value
+  )
   pop = _population(_N.value, cfg, n_rounds)
   run = dataclasses.replace(run, model=dataclasses.replace(run.model, cfg=cfg))
   cfg, base = prepare_base(cfg, cfg32, base32)  # bf16 / int8 as cfg says
@@ -395,7 +427,7 @@ def compare():
   j_round, p_round = mean(jx, "round"), mean(pt, "round")
   ratio = p_round / j_round if pt else float("nan")
   print(
-      f"\nmatmul peak {_DTYPE.value} 2048^2: jax {peak_j / 1e9:.0f} GFLOP/s, torch "
+      f"\nmatmul peak {_DTYPE.value} {8192 if _DEVICE.value == 'gpu' else 2048}^2: jax {peak_j / 1e9:.0f} GFLOP/s, torch "
       f"{peak_t / 1e9:.0f} GFLOP/s"
   )
   print(
@@ -419,6 +451,7 @@ def compare():
               "ratio": round(ratio, 3),
               "train_pct_of_peak": round(pct, 1),
               "cpu_devices": _CPU_DEVICES.value,
+              "device": _DEVICE.value,
           }
       )
   )
@@ -527,7 +560,8 @@ def packing():
 
 def main(argv):
   del argv
-  use_one_cpu_device(_CPU_DEVICES.value)  # before the first jax import
+  if _DEVICE.value == "cpu":
+    use_one_cpu_device(_CPU_DEVICES.value)  # before the first jax import
   if _PACKING.value:
     packing()
   elif _BREAKDOWN.value:

@@ -44,6 +44,12 @@ _SKIP_PEFT = flags.DEFINE_boolean("skip_peft", False, "Time flock_jax only (to c
 _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "cpu: vs PEFT; gpu: MFU only.")
 _PEAK = flags.DEFINE_float("peak_tflops", 989.0, "--device=gpu: nominal dense bf16 peak.")
 _LAYERS = flags.DEFINE_integer("layers", 0, "Override the preset's num_layers (0: keep).")
+_ATTN = flags.DEFINE_enum(
+    "attention", "xla", ["xla", "cudnn"], "--device=gpu: LlamaConfig.attention (cudnn: fused)."
+)
+_REMAT = flags.DEFINE_enum(
+    "remat", "", ["", "none", "dots", "full"], "--device=gpu: override the preset's remat."
+)
 _DTYPE = flags.DEFINE_enum(
     "dtype",
     "float32",
@@ -71,7 +77,9 @@ def gpu_mfu():
   from flock_jax.run_config import default_optim
 
   preset_name = "llama3_8b" if _PRESET.value == "smollm2_135m" else _PRESET.value
-  cfg = preset(preset_name, dtype="bfloat16", param_dtype="bfloat16")
+  cfg = preset(preset_name, dtype="bfloat16", param_dtype="bfloat16", attention=_ATTN.value)
+  if _REMAT.value:
+    cfg = cfg.replace(remat=_REMAT.value)
   if _LAYERS.value:
     cfg = cfg.replace(num_layers=_LAYERS.value)
   k, e, b, t = _K.value, _E.value, _B.value, _T.value
@@ -100,7 +108,7 @@ def gpu_mfu():
   mfu = flops / secs / (_PEAK.value * 1e12)
   print(
       f"{preset_name} ({cfg.num_layers} layers) bf16 on {jax.devices()[0].device_kind}: K={k} x "
-      f"E={e} x [{b}, {t}], remat={cfg.remat}: {k * e * b * t / secs:,.0f} tokens/s, "
+      f"E={e} x [{b}, {t}], remat={cfg.remat}, attention={cfg.attention}: {k * e * b * t / secs:,.0f} tokens/s, "
       f"{flops / secs / 1e12:.0f} TFLOP/s = {100 * mfu:.1f}% MFU of {_PEAK.value:.0f} TFLOP/s "
       f"({100 * flops / secs / peak_measured:.1f}% of the measured matmul peak "
       f"{peak_measured / 1e12:.0f} TFLOP/s)"
@@ -110,6 +118,9 @@ def gpu_mfu():
           {
               "model": preset_name,
               "device": jax.devices()[0].device_kind,
+              "attention": cfg.attention,
+              "remat": cfg.remat,
+              "batch": [k, e, b, t],
               "tokens_per_s": round(k * e * b * t / secs, 1),
               "mfu": round(mfu, 4),
               "matmul_peak_tflops": round(peak_measured / 1e12, 1),

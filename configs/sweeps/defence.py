@@ -91,6 +91,8 @@ def get_config(arg=None):
     runs = [_evade(0, "flock_anchored"), _run("flock_anchored", 0.0, 0)]
     runs += [_evade(1, "flock_anchored"), _evade(0, "flock_anchored_tol")]
     runs += [_run("flock_anchored", 0.3, 0)]
+    # The tolerance's second seed against the adaptive attacker, and its attack-free cost.
+    runs += [_evade(1, "flock_anchored_tol"), _run("flock_anchored_tol", 0.0, 0)]
     return common.sweep(base, shared, runs)
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]

@@ -35,7 +35,11 @@ class LlamaConfig:
   `param_dtype` the storage dtype of the frozen base; `remat` is one of
   'none' | 'full' | 'dots' (save matmul outputs, recompute the rest);
   `quantize` 'int8' stores the decoder projections of the frozen base as int8
-  with per-channel scales (flock_jax/model/quant.py), 'none' keeps param_dtype.
+  with per-channel scales (flock_jax/model/quant.py), 'none' keeps param_dtype;
+  `attention` 'xla' computes attention as two einsums and a float32 softmax (any backend),
+  'cudnn' as cuDNN's fused flash attention (GPU, bf16/fp16 compute; the training and
+  scoring path only, on right-padded rows of one sequence each (no packing); decoding
+  with a KV cache stays on 'xla').
   """
 
   vocab_size: int = 256
@@ -60,6 +64,7 @@ class LlamaConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   quantize: str = "none"
+  attention: str = "xla"
 
   def __post_init__(self):
     if self.hidden_size <= 0 or self.num_layers <= 0 or self.vocab_size <= 0:
@@ -82,6 +87,13 @@ class LlamaConfig:
       raise ConfigError(f"remat={self.remat!r}; expected 'none', 'full' or 'dots'")
     if self.quantize not in ("none", "int8"):
       raise ConfigError(f"quantize={self.quantize!r}; expected 'none' or 'int8'")
+    if self.attention not in ("xla", "cudnn"):
+      raise ConfigError(f"attention={self.attention!r}; expected 'xla' or 'cudnn'")
+    if self.attention == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+      raise ConfigError(
+          f"attention='cudnn' needs dtype bfloat16 or float16 (cuDNN's fused attention has no "
+          f"float32 kernel); got dtype={self.dtype!r}"
+      )
     if self.rope_scaling.kind not in ("default", "linear", "llama3"):
       raise ConfigError(f"rope_scaling kind {self.rope_scaling.kind!r} is not supported")
 

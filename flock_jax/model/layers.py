@@ -97,12 +97,25 @@ def apply_rope(x, cos, sin):
   return out.astype(x.dtype)
 
 
-def attention(q, k, v, mask):
+def attention(q, k, v, mask, impl: str = "xla"):
   """Grouped-query attention.
 
-  q [B, T, H, Dh], k/v [B, S, K, Dh], mask bool [B, T, S] (True = attend).
-  Returns [B, T, H, Dh]. Scores and softmax in float32.
+  q [B, T, H, Dh], k/v [B, S, K, Dh]. Returns [B, T, H, Dh].
+  impl 'xla': mask bool [B, T, S] (True = attend); scores and softmax in float32, the
+  [T, S] square materialized.
+  impl 'cudnn': mask is the row lengths int32 [B] of right-padded rows that hold one
+  sequence each (T == S); cuDNN's fused flash attention (GPU, bf16/fp16), causal, padded
+  keys masked, the blocks above the diagonal skipped. Each real token sees what it sees
+  under 'xla'; padded query rows (loss-masked) differ. No arbitrary mask: cuDNN takes one
+  as a full [B, H, T, S] bias, and its batching rule (vmapped clients) needs that shape.
   """
+  if impl == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise ValueError(
+          f"attention='cudnn' runs on a GPU only; this program's backend is "
+          f"{jax.default_backend()!r} (use attention='xla')"
+      )
+    return padded_causal_attention(q, k, v, mask, implementation="cudnn")
   b, t, h, dh = q.shape
   kh = k.shape[2]
   q = q.reshape(b, t, kh, h // kh, dh)
@@ -114,8 +127,33 @@ def attention(q, k, v, mask):
   return out.reshape(b, t, h, dh).astype(v.dtype)
 
 
+def padded_causal_attention(q, k, v, lengths, implementation: str = "cudnn"):
+  """Causal attention over right-padded rows: q [B, T, H, Dh], k/v [B, T, K, Dh], lengths
+  int32 [B] (real tokens a row) -> [B, T, H, Dh]. jax.nn.dot_product_attention's arguments
+  for the fused kernel; implementation='xla' computes the same function on any backend."""
+  if q.shape[1] != k.shape[1] or lengths.shape != q.shape[:1]:
+    raise ValueError(
+        f"attention='cudnn' needs T == S and row lengths [B]; got q {q.shape}, k {k.shape},"
+        f" lengths {lengths.shape}"
+    )
+  return jax.nn.dot_product_attention(
+      q,
+      k,
+      v,
+      is_causal=True,
+      query_seq_lengths=lengths,
+      key_value_seq_lengths=lengths,
+      implementation=implementation,
+  )
+
+
 def swiglu(gate, up):
   return jax.nn.silu(gate) * up
+
+
+def row_lengths(segment_ids):
+  """[B, T] segment ids of right-padded one-sequence rows -> int32 [B] real-token counts."""
+  return jnp.sum(segment_ids != 0, axis=-1).astype(jnp.int32)
 
 
 def causal_segment_mask(segment_ids):

@@ -211,7 +211,9 @@ def _layer(cfg: LlamaConfig, lora_scale, lora_dropout, x, layer, mask, cos, sin,
     cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, kv_index, 0, 0))
     new_kv = (ck, cv)
     k, v = ck.astype(dtype), cv.astype(dtype)
-  attn = L.attention(q, k, v, mask).reshape(b, t, cfg.q_dim)
+  # The fused kernel wants T == S; decoding against a KV cache stays on the einsum path.
+  impl = cfg.attention if cache_kv is None else "xla"
+  attn = L.attention(q, k, v, mask, impl).reshape(b, t, cfg.q_dim)
   x = x + proj(attn, "o")
   h = L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
   x = x + proj(L.swiglu(proj(h, "gate"), proj(h, "up")), "down")
@@ -281,7 +283,11 @@ def hidden_states(
     segment_ids = jnp.ones(tokens.shape, jnp.int32)
   if positions is None:
     positions = default_positions(segment_ids)
-  mask = L.causal_segment_mask(segment_ids)
+  # 'cudnn' takes row lengths (one right-padded sequence a row: data.pack=False), not a mask.
+  if cfg.attention == "cudnn":
+    mask = L.row_lengths(segment_ids)
+  else:
+    mask = L.causal_segment_mask(segment_ids)
   hidden, _ = _decoder(
       params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, None, None
   )

@@ -62,10 +62,14 @@ def dequantize_params(params: dict, dtype=jnp.float32) -> dict:
 
 def prepare_base(cfg, loaded_cfg, base: dict):
   """(cfg, base) as the run config asks: the numerics of `cfg` (dtype, param_dtype, remat,
-  quantize) over the shapes of `loaded_cfg` (what the checkpoint said), the base's float
-  leaves cast to param_dtype and, with quantize='int8', its projections quantized."""
+  quantize, attention) over the shapes of `loaded_cfg` (what the checkpoint said), the base's
+  float leaves cast to param_dtype and, with quantize='int8', its projections quantized."""
   cfg = loaded_cfg.replace(
-      dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat=cfg.remat, quantize=cfg.quantize
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      remat=cfg.remat,
+      quantize=cfg.quantize,
+      attention=cfg.attention,
   )
   dt = cfg.storage_dtype
   cast = lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dt else x

@@ -1,0 +1,154 @@
+"""LlamaConfig.attention: 'xla' (two einsums, the default) and 'cudnn' (cuDNN's fused flash
+attention on a GPU). On the CPU: the option's errors. On a GPU (`JAX_PLATFORMS=cuda pytest
+tests/model/test_attention.py`): the fused path's logits against Hugging Face's float32
+PyTorch Llama within the bf16 budget, and its right-padded loss and LoRA gradients under
+vmapped clients against the einsum path's."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flock_jax.checkpoint.hf_names import params_from_state_dict
+from flock_jax.federated.loss import token_loss
+from flock_jax.model import forward
+from flock_jax.model import layers as L
+from flock_jax.model.config import ConfigError
+from flock_jax.model.lora import LoraConfig, init_lora
+from tests.model.hf_reference import random_hf_model, state_dict_numpy
+from tests.model.test_mixed_precision import U_BF16, rel_rms
+from tests.model.test_parity import tiny
+
+ON_GPU = jax.default_backend() == "gpu"
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="cuDNN's fused attention needs a CUDA GPU")
+
+
+def _cfg(**kw):
+  # Head dim 64: the fused kernel's usual shapes (multiple of 8, at most 128 on Hopper).
+  return tiny(hidden_size=256, intermediate_size=384, num_heads=4, num_kv_heads=2, **kw)
+
+
+def test_unknown_attention_is_refused_by_name():
+  with pytest.raises(ConfigError, match="attention='flash'"):
+    _cfg(attention="flash")
+
+
+def test_cudnn_attention_refuses_float32_compute():
+  with pytest.raises(ConfigError, match="needs dtype bfloat16 or float16"):
+    _cfg(attention="cudnn")
+
+
+@pytest.mark.skipif(ON_GPU, reason="the CPU's error")
+def test_cudnn_attention_on_the_cpu_says_it_needs_a_gpu():
+  cfg = _cfg(dtype="bfloat16", param_dtype="bfloat16", attention="cudnn")
+  params = params_from_state_dict(state_dict_numpy(random_hf_model(cfg, seed=0)), cfg)
+  with pytest.raises(ValueError, match="runs on a GPU only; this program's backend is 'cpu'"):
+    forward(params, np.zeros((1, 8), np.int32), cfg)
+
+
+def _padded_batch(cfg, b=3, t=64, seed=0):
+  """Right-padded rows of one sequence each, of lengths 64, 41 and 7."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, cfg.vocab_size, (b, t)).astype(np.int32)
+  seg = np.zeros((b, t), np.int32)
+  for row, n in enumerate((64, 41, 7)):
+    seg[row, :n] = 1
+  pos = np.broadcast_to(np.arange(t, dtype=np.int32), tokens.shape)
+  return {
+      "tokens": tokens,
+      "loss_mask": (seg > 0).astype(np.float32),
+      "segment_ids": seg,
+      "positions": np.ascontiguousarray(pos),
+  }
+
+
+def test_packing_with_cudnn_attention_is_refused_by_the_run_config():
+  from flock_jax.run_config import RunConfigError, from_config
+  from configs.flock import get_config
+
+  c = get_config("tiny")
+  c.model.overrides = {"dtype": "bfloat16", "param_dtype": "bfloat16", "attention": "cudnn"}
+  c.data.pack = True
+  with pytest.raises(RunConfigError, match="data.pack=True with .*attention='cudnn'"):
+    from_config(c)
+  c.data.pack = False
+  assert from_config(c).model.cfg.attention == "cudnn"
+
+
+@gpu_only
+@pytest.mark.numerics
+@pytest.mark.parametrize("seed", [4, 5])
+def test_cudnn_logits_within_the_bf16_budget_of_hf_float32(seed):
+  """Budget as in test_mixed_precision (every bf16 rounding on a logit's path, 3x), against
+  Hugging Face's float32 Llama: the fused kernel's own roundings (P in bf16, as the einsum
+  path does) are inside it."""
+  cfg = _cfg(dtype="bfloat16", param_dtype="bfloat16", attention="cudnn")
+  hf = random_hf_model(cfg, seed=seed)
+  params = params_from_state_dict(state_dict_numpy(hf), cfg)
+  tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (2, 128)).astype(np.int32)
+  import torch
+
+  with torch.no_grad():
+    ref = hf(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
+  bf = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
+  fused = np.asarray(forward(bf, tokens, cfg))
+  einsum = np.asarray(forward(bf, tokens, cfg.replace(attention="xla")))
+  budget = 3 * np.sqrt(10 * cfg.num_layers + 5) * U_BF16 / np.sqrt(3)
+  err, err_xla = rel_rms(fused, ref), rel_rms(einsum, ref)
+  assert np.isfinite(fused).all()
+  assert 0 < err <= budget, (err, err_xla, budget)
+
+
+@gpu_only
+@pytest.mark.numerics
+def test_cudnn_padded_loss_and_lora_grads_match_the_einsum_path():
+  """Right padding (cuDNN's row lengths; padded keys masked, the causal square skipped) under
+  vmapped clients, as local training runs it: loss and LoRA gradients of the fused path
+  against the einsum path, both bf16. Budget: two bf16 computations of one function differ
+  by about two bf16 budgets; gradients of a loss, up to twice that again."""
+  cfg = _cfg(dtype="bfloat16", param_dtype="bfloat16", attention="cudnn")
+  params = params_from_state_dict(state_dict_numpy(random_hf_model(cfg, seed=1)), cfg)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
+  lcfg = LoraConfig(rank=8, alpha=16.0)
+  lora = init_lora(cfg, lcfg, jax.random.key(0))
+  lora = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(1), x.shape), lora)
+  batches = jax.tree.map(
+      lambda *x: np.stack(x), _padded_batch(cfg, seed=0), _padded_batch(cfg, seed=1)
+  )
+
+  def loss_and_grad(c):
+    one = jax.value_and_grad(lambda lo, bt: token_loss(params, lo, bt, c, lcfg))
+    return jax.jit(jax.vmap(one, in_axes=(None, 0)))(lora, batches)  # [2 clients]
+
+  (l_fused, g_fused), (l_xla, g_xla) = loss_and_grad(cfg), loss_and_grad(
+      cfg.replace(attention="xla")
+  )
+  budget = 2 * 3 * np.sqrt(10 * cfg.num_layers + 5) * U_BF16 / np.sqrt(3)
+  l_fused, l_xla = np.asarray(l_fused), np.asarray(l_xla)
+  assert np.all(np.abs(l_fused - l_xla) <= budget * np.abs(l_xla)), (l_fused, l_xla, budget)
+  gf = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(g_fused)])
+  gx = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(g_xla)])
+  assert np.isfinite(gf).all() and np.abs(gx).max() > 0
+  assert rel_rms(gf, gx) <= 2 * budget, (rel_rms(gf, gx), budget)
+
+
+@pytest.mark.numerics
+def test_the_fused_call_computes_the_einsum_path_on_every_real_token():
+  """The arguments 'cudnn' gives jax.nn.dot_product_attention (causal, row lengths from the
+  segment ids), run by jax's own XLA implementation on the CPU: every real token's output
+  equals the einsum path's under the causal-segment mask (f32, the same sums in another
+  order: within 1e-5 relative); padded query rows are loss-masked and not compared."""
+  rng = np.random.default_rng(0)
+  b, t, h, kh, dh = 3, 64, 4, 2, 32
+  q = jnp.asarray(rng.standard_normal((b, t, h, dh)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((b, t, kh, dh)), jnp.float32)
+  v = jnp.asarray(rng.standard_normal((b, t, kh, dh)), jnp.float32)
+  seg = jnp.asarray(_padded_batch(_cfg())["segment_ids"])
+  ref = np.asarray(L.attention(q, k, v, L.causal_segment_mask(seg)))
+  lengths = L.row_lengths(seg)
+  assert lengths.tolist() == [64, 41, 7]
+  out = np.asarray(L.padded_causal_attention(q, k, v, lengths, implementation="xla"))
+  real = np.asarray(seg) > 0
+  np.testing.assert_allclose(out[real], ref[real], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="row lengths"):
+    L.padded_causal_attention(q, k, v, lengths[:2], implementation="xla")
