@@ -3,10 +3,12 @@ Multi-Krum, Median, Trimmed Mean, FLTrust and FLAME, at malicious proposer fract
 40% (arg 'tiny:full' adds 10 and 30%), seeds 0 and 1; every method sees the same data, seeds
 and attackers (drawn with the seed). 'smollm2': the headline on SmolLM2-135M-Instruct sized
 for ~2 hours on 2 CPU cores (FedAvg and both FLock votes at 30%, 2 seeds); 'smollm2:full': every
-method and fraction (about 90 runs: a pod's job).
+method and fraction (about 90 runs: a pod's job); 'smollm2:aggregators': the six robust
+aggregators against the headline's attack, seed 0 (~70 minutes).
 
   python launch/sweep.py --config=configs/sweeps/backdoor.py --workdir=runs/backdoor_tiny
   python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2 --workdir=runs/backdoor_smollm2
+  python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2:aggregators --workdir=runs/agg
 """
 
 import os
@@ -21,6 +23,21 @@ def get_config(arg=None):
   scale, _, full = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"
+  if scale == "smollm2" and full == "aggregators":
+    # The robust aggregators against the headline's attack (30%, seed 0), sized as the
+    # defence sweeps (~12 minutes a run on 2 cores): held-out loss, ASR on 12 new tokens.
+    shared.update({"eval.accuracy": False, "eval.asr_max_new_tokens": 12})
+    runs = [
+        {
+            "name": f"{m}_f0.3_s0",
+            "tags": {"method": m, "fraction": 0.3, "seed": 0},
+            "overrides": {**common.METHODS[m], "attack.fraction": 0.3, "seed": 0},
+        }
+        for m in ("krum", "median", "flame", "trimmed_mean", "multikrum", "fltrust")
+    ]
+    return common.sweep(base, shared, runs)
+  if scale == "smollm2" and full not in ("", "full"):
+    raise ValueError(f"unknown subset {full!r} of the backdoor sweep; use 'full' or 'aggregators'")
   if scale == "smollm2" and full != "full":
     # The headline at SmolLM2 scale, sized for ~2 hours on a 2-core CPU (about 20 minutes a
     # run): the reference's setting (3 of 10 attackers), FedAvg against both FLock votes.

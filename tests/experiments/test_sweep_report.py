@@ -114,7 +114,10 @@ def _wait_group_gone(pgid: int, timeout: float = 60.0) -> None:
 def test_every_sweep_entry_resolves_at_every_scale(sweep_file):
   """Every entry of every committed sweep file names real fields with valid values, at the
   tiny and the SmolLM2 scale (a mistake fails here, not hours into a sweep)."""
-  extra = ("smollm2:probe", "smollm2:anchored") if sweep_file == "defence.py" else ()
+  extra = {
+      "defence.py": ("smollm2:probe", "smollm2:anchored"),
+      "backdoor.py": ("smollm2:aggregators",),
+  }.get(sweep_file, ())
   args = ("tiny", "smollm2") + extra
   for arg in args:
     sweep = sweep_mod.load_sweep(f"{ROOT / 'configs' / 'sweeps' / sweep_file}:{arg}")
