@@ -17,9 +17,13 @@ blob is reported as a mismatch. Exit status 0 when the audit is clean, 1 when it
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
+
+# Runnable from a checkout without installing it (the other launch scripts do the same).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flock_jax.chain import AdapterStore, FlockChain
 from flock_jax.chain.audit import audit_chain, audit_export

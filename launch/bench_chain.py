@@ -15,11 +15,16 @@ reports every function's gas against the 30 M block limit. A figure, not a test.
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
 
 from absl import app, flags
 from eth_utils import keccak
+
+# Runnable from a checkout without installing it (the other launch scripts do the same).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flock_jax.chain import FlockChain, TaskParams, WEI
 from flock_jax.chain.backend import EthTesterBackend

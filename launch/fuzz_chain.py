@@ -9,10 +9,14 @@ printed to stderr). See flock_jax/chain/fuzz.py for what each step does and chec
 
 from __future__ import annotations
 
+import os
 import json
 import sys
 
 from absl import app, flags
+
+# Runnable from a checkout without installing it (the other launch scripts do the same).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flock_jax.chain.fuzz import Fuzzer, Violation
 
