@@ -4,7 +4,7 @@ Multi-Krum, Median, Trimmed Mean, FLTrust and FLAME, at malicious proposer fract
 and attackers (drawn with the seed). 'smollm2': the headline on SmolLM2-135M-Instruct sized
 for ~2 hours on 2 CPU cores (FedAvg and both FLock votes at 30%, 2 seeds); 'smollm2:full': every
 method and fraction (about 90 runs: a pod's job); 'smollm2:aggregators': the six robust
-aggregators against the headline's attack, seed 0 (~70 minutes).
+aggregators and per-proposal voting against the headline's attack, seed 0 (~95 minutes).
 
   python launch/sweep.py --config=configs/sweeps/backdoor.py --workdir=runs/backdoor_tiny
   python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2 --workdir=runs/backdoor_smollm2
@@ -24,8 +24,9 @@ def get_config(arg=None):
   base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"
   if scale == "smollm2" and full == "aggregators":
-    # The robust aggregators against the headline's attack (30%, seed 0), sized as the
-    # defence sweeps (~12 minutes a run on 2 cores): held-out loss, ASR on 12 new tokens.
+    # The robust aggregators and per-proposal voting against the headline's attack (30%,
+    # seed 0), sized as the defence sweeps (~12 minutes an aggregator run on 2 cores, ~20 a
+    # vote): held-out loss, ASR on 12 new tokens.
     shared.update({"eval.accuracy": False, "eval.asr_max_new_tokens": 12})
     runs = [
         {
@@ -33,7 +34,7 @@ def get_config(arg=None):
             "tags": {"method": m, "fraction": 0.3, "seed": 0},
             "overrides": {**common.METHODS[m], "attack.fraction": 0.3, "seed": 0},
         }
-        for m in ("krum", "median", "flame", "trimmed_mean", "multikrum", "fltrust")
+        for m in ("krum", "median", "flame", "trimmed_mean", "flock_pp", "fltrust", "multikrum")
     ]
     return common.sweep(base, shared, runs)
   if scale == "smollm2" and full not in ("", "full"):
