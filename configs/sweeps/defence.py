@@ -18,6 +18,7 @@ defence (what it costs when nobody attacks).
                    shrinks each update under the plain probe, but their sum collapses G; the
                    anchored probe bounds the collapse of the whole run
   flock_anchored_tol  flock_anchored with the vote's noise tolerance below (tau = -0.02)
+  flock_anchored_pp_tol  the same with per-proposal voting
   flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
                    loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
                    voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
@@ -48,6 +49,7 @@ VARIANTS = {
     "flock_probe": {**common.METHODS["flock"], **PROBE},
     "flock_anchored": {**common.METHODS["flock"], **ANCHORED},
     "flock_anchored_tol": {**common.METHODS["flock"], **ANCHORED, "federation.tau": -0.02},
+    "flock_anchored_pp_tol": {**common.METHODS["flock_pp"], **ANCHORED, "federation.tau": -0.02},
     "flock_probe_tol": {**common.METHODS["flock"], **PROBE, "federation.tau": -0.02},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
     "flock_screen": {**common.METHODS["flock"], **SCREEN},
@@ -95,6 +97,9 @@ def get_config(arg=None):
     runs += [_evade(1, "flock_anchored_tol"), _run("flock_anchored_tol", 0.0, 0)]
     # Seed 1's attack-free reference (held-out loss differs by seed: the data are drawn with it).
     runs += [_run("fedavg", 0.0, 1)]
+    # Per-proposal voting with both: the honest updates of a round that holds an attacker's
+    # are no longer rejected with it (the clean cost of the whole vote's rejections).
+    runs += [_evade(s, "flock_anchored_pp_tol") for s in (1, 0)]
     return common.sweep(base, shared, runs)
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
