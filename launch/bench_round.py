@@ -167,14 +167,19 @@ class CompileCounter:
       self.count += 1
 
 
-def matmul_peak(dtype: str, size: int = 2048, reps: int = 5) -> tuple[float, float]:
-  """(jax, torch) best matmul FLOP/s at [size, size]^2 in dtype (jax: f32 accumulation)."""
+def _peak_size() -> int:
+  """The matmul peak's [size, size]: large enough to fill the device."""
+  return 8192 if _DEVICE.value == "gpu" else 2048
+
+
+def matmul_peak(dtype: str, reps: int = 5) -> tuple[float, float]:
+  """(jax, torch) best matmul FLOP/s at [_peak_size()]^2 in dtype (jax: f32 accumulation)."""
   import jax
   import jax.numpy as jnp
   import torch
 
   gpu = _DEVICE.value == "gpu"
-  size = 8192 if gpu else size
+  size = _peak_size()
 
   jdt = jnp.dtype(dtype)
   x = jnp.ones((size, size), jdt)
@@ -218,6 +223,8 @@ class TorchPeer:
     self.torch, self.np = torch, np
     self.bf16 = dtype == "bfloat16"
     self.device = "cuda" if _DEVICE.value == "gpu" else "cpu"
+    # Phase times include their queued kernels: wait for the device before reading a clock.
+    self.sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
     hf = cfg.to_hf_dict()
     for key in ("architectures", "model_type", "torch_dtype"):
       hf.pop(key)
@@ -282,8 +289,7 @@ class TorchPeer:
         torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip)
       opt.step()
       opt.zero_grad(set_to_none=True)
-    if self.device == "cuda":
-      torch.cuda.synchronize()  # the phase's time includes its queued kernels
+    self.sync()
     return {n: p.detach().clone() for n, p in self.lora_params.items()}
 
   def heldout(self, sd, batches) -> float:
@@ -313,8 +319,7 @@ class TorchPeer:
     times["train"] = time.perf_counter() - t
     t = time.perf_counter()
     cand = {n: sum(sd[n] for sd in local) / len(local) for n in self.global_sd}  # FedAvg
-    if self.device == "cuda":
-      self.torch.cuda.synchronize()
+    self.sync()
     times["aggregate"] = time.perf_counter() - t
     t = time.perf_counter()
     held = population.heldout_batches(voters, fed.eval_batches, fed.eval_batch_size)
@@ -427,8 +432,8 @@ def compare():
   j_round, p_round = mean(jx, "round"), mean(pt, "round")
   ratio = p_round / j_round if pt else float("nan")
   print(
-      f"\nmatmul peak {_DTYPE.value} {8192 if _DEVICE.value == 'gpu' else 2048}^2: jax {peak_j / 1e9:.0f} GFLOP/s, torch "
-      f"{peak_t / 1e9:.0f} GFLOP/s"
+      f"\nmatmul peak {_DTYPE.value} {_peak_size()}^2: jax {peak_j / 1e9:.0f} GFLOP/s, "
+      f"torch {peak_t / 1e9:.0f} GFLOP/s"
   )
   print(
       f"flock_jax training: {train_flops / j_train / 1e9:.0f} GFLOP/s = {pct:.0f}% of the jax "

@@ -108,7 +108,8 @@ def gpu_mfu():
   mfu = flops / secs / (_PEAK.value * 1e12)
   print(
       f"{preset_name} ({cfg.num_layers} layers) bf16 on {jax.devices()[0].device_kind}: K={k} x "
-      f"E={e} x [{b}, {t}], remat={cfg.remat}, attention={cfg.attention}: {k * e * b * t / secs:,.0f} tokens/s, "
+      f"E={e} x [{b}, {t}], remat={cfg.remat}, attention={cfg.attention}: "
+      f"{k * e * b * t / secs:,.0f} tokens/s, "
       f"{flops / secs / 1e12:.0f} TFLOP/s = {100 * mfu:.1f}% MFU of {_PEAK.value:.0f} TFLOP/s "
       f"({100 * flops / secs / peak_measured:.1f}% of the measured matmul peak "
       f"{peak_measured / 1e12:.0f} TFLOP/s)"
