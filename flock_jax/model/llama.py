@@ -133,6 +133,70 @@ def _remat(fn, cfg: LlamaConfig):
   return jax.checkpoint(fn, policy=policy, prevent_cse=False)
 
 
+_BITS = {jnp.dtype(jnp.bfloat16): jnp.uint16, jnp.dtype(jnp.float16): jnp.int16}
+
+
+def _residuals_as_bits(fn):
+  """fn(x, layer) -> (x, ys), differentiated with its 16-bit float residuals stored as
+  same-width integers.
+
+  lax.scan stacks a layer's residuals into [L, ...] buffers with a dynamic-update-slice
+  per layer. XLA:CPU has no bf16 dynamic-update-slice: it converts the whole stacked
+  buffer to float32 and back at every layer, O(L^2) memory traffic that took ~40% of a
+  bf16 SmolLM2 training step. Integers are updated in place. The bits are the same, so the
+  gradients are too. Residuals that are the layer's own inputs (its weights) stay as they
+  are, so the scan still reads them from its operands instead of stacking copies.
+  """
+
+  @jax.custom_vjp
+  def f(x, layer):
+    return fn(x, layer)
+
+  def f_fwd(x, layer):
+    out, pullback = jax.vjp(fn, x, layer)
+    inputs = {id(leaf) for leaf in jax.tree.leaves((x, layer))}
+    leaves, tree = jax.tree.flatten(pullback)
+    packed = [
+        jax.lax.bitcast_convert_type(r, _BITS[r.dtype])
+        if id(r) not in inputs and getattr(r, "dtype", None) in _BITS
+        else r
+        for r in leaves
+    ]
+    # Which leaves were packed, and from which dtype: static, carried by the residual tree.
+    kinds = tuple(r.dtype if p is not r else None for r, p in zip(leaves, packed))
+    return out, (jax.tree.unflatten(tree, packed), _Static(kinds))
+
+  def f_bwd(res, ct):
+    packed, kinds = res
+    leaves, tree = jax.tree.flatten(packed)
+    pullback = jax.tree.unflatten(
+        tree,
+        [
+            r if k is None else jax.lax.bitcast_convert_type(r, k)
+            for r, k in zip(leaves, kinds.value)
+        ],
+    )
+    return pullback(ct)
+
+  f.defvjp(f_fwd, f_bwd)
+  return f
+
+
+class _Static:
+  """A hashable static value in a custom_vjp residual (a pytree node with no leaves)."""
+
+  def __init__(self, value):
+    self.value = value
+
+
+jax.tree_util.register_pytree_node(_Static, lambda s: ((), s.value), lambda v, _: _Static(v))
+
+
+def _stacks_bf16_by_copy(cfg: LlamaConfig) -> bool:
+  """Whether scanned bf16/f16 residuals would be copied whole at every layer (XLA:CPU)."""
+  return jnp.dtype(cfg.compute_dtype) in _BITS and jax.default_backend() == "cpu"
+
+
 @jax.custom_vjp
 def _lora_branch(x, a, b):
   """(x [B, T, in] @ a [in, r]) @ b [r, out] in x's dtype (f32 accumulation), with a
@@ -235,7 +299,10 @@ def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, 
   def body(x, layer):
     return _layer(cfg, scale, dropout, x, layer, mask, cos, sin, kv_index)
 
-  x, new_kv = jax.lax.scan(_remat(body, cfg), x, (params["layers"], lora, cache_kv, keys))
+  body = _remat(body, cfg)
+  if cache_kv is None and _stacks_bf16_by_copy(cfg):
+    body = _residuals_as_bits(body)
+  x, new_kv = jax.lax.scan(body, x, (params["layers"], lora, cache_kv, keys))
   return L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_kv
 
 

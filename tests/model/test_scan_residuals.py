@@ -1,0 +1,95 @@
+"""bf16/f16 residuals of the layer scan stored as same-width integers on the CPU
+(llama._residuals_as_bits): XLA:CPU would otherwise convert every whole stacked [L, ...]
+residual buffer to float32 and back at each layer. The gradients must not change."""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from flock_jax.federated.loss import token_loss
+from flock_jax.model import llama
+from flock_jax.model.llama import init_params
+from flock_jax.model.lora import LoraConfig, init_lora
+from flock_jax.model.quant import prepare_base
+from tests.model.test_mixed_precision import U_BF16, _batch, rel_rms
+from tests.model.test_parity import tiny
+
+L = 5  # a layer count no other dimension of the tiny model has
+_INSTR = re.compile(r"%(\S+) = (\w+)\[([\d,]*)\]\S* (\S+)\(([^)]*)\)")
+
+
+def _setup(dtype, quantize="none"):
+  cfg32 = tiny(num_layers=L)
+  base32 = init_params(cfg32, jax.random.key(0))
+  cfg, base = prepare_base(
+      cfg32.replace(dtype=dtype, param_dtype=dtype, quantize=quantize), cfg32, base32
+  )
+  lcfg = LoraConfig(rank=4, alpha=8.0, dropout=0.1)
+  lora = init_lora(cfg, lcfg, jax.random.key(1))
+  lora = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape), lora)
+  batch = {k: np.stack([v, v[::-1]]) for k, v in _batch(cfg, seed=3).items()}  # 2 clients
+  keys = jax.random.split(jax.random.key(5), 2)
+
+  def step(lora):  # vmapped clients, as local training runs them
+    one = lambda b, k: jax.value_and_grad(
+        lambda l: token_loss(base, l, b, cfg, lcfg, dropout_key=k)
+    )(lora)
+    return jax.vmap(one)(batch, keys)
+
+  return cfg, jax.jit(step), lora
+
+
+def _without_bits(monkeypatch, fn, *args):
+  with monkeypatch.context() as m:
+    m.setattr(llama, "_stacks_bf16_by_copy", lambda cfg: False)
+    return fn(*args)
+
+
+def _whole_stack_converts(hlo: str, low: str) -> list[str]:
+  """Instructions converting a whole [L, ...] buffer of `low` (bf16, f16) to float32."""
+  shapes = {m[1]: (m[2], m[3]) for m in _INSTR.finditer(hlo)}
+  out = []
+  for m in _INSTR.finditer(hlo):
+    name, dtype, dims, op, operands = m.groups()
+    if op == "convert" and dtype == "f32" and dims.startswith(f"{L},") and dims.count(",") >= 2:
+      src = shapes.get(operands.strip().lstrip("%"))
+      if src == (low, dims):
+        out.append(name)
+  return out
+
+
+@pytest.mark.parametrize(
+    "dtype,quantize", [("bfloat16", "none"), ("float16", "none"), ("bfloat16", "int8")]
+)
+def test_gradients_with_integer_residuals_equal_the_plain_scan(monkeypatch, dtype, quantize):
+  """Same forward, same bits saved: loss and every LoRA gradient agree. Budget: one
+  rounding of the 16-bit dtype in relative RMS, in case XLA fuses the two programs
+  differently (on the machine that wrote this they are bit for bit equal)."""
+  cfg, step, lora = _setup(dtype, quantize)
+  assert llama._stacks_bf16_by_copy(cfg)
+  loss1, g1 = step(lora)
+  loss0, g0 = _without_bits(monkeypatch, lambda: _setup(dtype, quantize)[1](lora))
+  u = U_BF16 if dtype == "bfloat16" else 2.0**-12
+  np.testing.assert_allclose(np.asarray(loss1), np.asarray(loss0), rtol=u)
+  a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g1)])
+  b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g0)])
+  assert np.isfinite(a).all() and np.abs(b).max() > 0
+  assert rel_rms(a, b) <= u, rel_rms(a, b)
+
+
+def test_no_whole_stack_conversion_in_the_compiled_step(monkeypatch):
+  """The mechanism: without the integer residuals, XLA:CPU's compiled bf16 step converts
+  whole [L, ...] residual stacks to f32 (the detector finds them); with them, none."""
+  cfg, step, lora = _setup("bfloat16")
+  with_bits = step.lower(lora).compile().as_text()
+  plain = _without_bits(monkeypatch, lambda: _setup("bfloat16")[1].lower(lora).compile().as_text())
+  assert _whole_stack_converts(plain, "bf16"), "detector found nothing in the plain scan"
+  assert _whole_stack_converts(with_bits, "bf16") == []
+  assert re.search(rf"u16\[{L},[\d,]+\]\S* dynamic-update-slice\(", with_bits)
+
+
+def test_only_16_bit_compute_on_the_cpu_takes_the_integer_path():
+  assert not llama._stacks_bf16_by_copy(tiny())
+  assert llama._stacks_bf16_by_copy(tiny().replace(dtype="bfloat16"))
