@@ -52,6 +52,14 @@ _NB = flags.DEFINE_integer("eval_batches", 1, "Held-out batches n per voter.")
 _R = flags.DEFINE_integer("rounds", 2, "Timed rounds after the compiling round 0.")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch intra-op threads.")
 _PEER = flags.DEFINE_boolean("peer", True, "Also run the torch peer.")
+_SCHEDULE = flags.DEFINE_enum(
+    "schedule",
+    "interleaved",
+    ["interleaved", "blocked"],
+    "interleaved: flock_jax round r, then the peer's round r. blocked: every flock_jax round,"
+    " then every peer round (each side follows its own work: on some CPUs one library's"
+    " heavy AMX / OpenMP work slows the other's next seconds).",
+)
 _BREAKDOWN = flags.DEFINE_list("breakdown", [], "Participant counts for the breakdown section.")
 _PACKING = flags.DEFINE_boolean(
     "packing", False, "Packing section: rows and real tokens of the same examples, packed or not."
@@ -390,7 +398,7 @@ def compare():
   if peer is not None:
     msg += f", peer warm-up {peer.warm_up(pop, m.proposers, m.voters, run):.1f} s"
   print(msg, flush=True)
-  jx, pt = [], []
+  jx, pt, drawn = [], [], []
   for _ in range(_R.value):
     r = state.round
     counter.active = True
@@ -400,7 +408,8 @@ def compare():
     counter.active = False
     jx.append({k[5:-2]: v for k, v in m.to_dict().items() if k.startswith("time_")})
     jx[-1]["cpu"] = cpu
-    if peer is not None:
+    drawn.append((m.proposers, m.voters, r))
+    if peer is not None and _SCHEDULE.value == "interleaved":
       pt.append(peer.round(pop, m.proposers, m.voters, run, r))
     print(
         f"round {r} ({'accepted' if m.accepted else 'rejected'}; compilations so far"
@@ -408,6 +417,10 @@ def compare():
         + (f", peer {pt[-1]['round']:.2f} s" if pt else ""),
         flush=True,
     )
+  if peer is not None and _SCHEDULE.value == "blocked":  # the same rounds, after every jax one
+    for proposers, voters, r in drawn:
+      pt.append(peer.round(pop, proposers, voters, run, r))
+      print(f"peer round {r}: {pt[-1]['round']:.2f} s", flush=True)
   peak_j2, peak_t2 = matmul_peak(_DTYPE.value)
   peak_j, peak_t = max(peak_j, peak_j2), max(peak_t, peak_t2)
   mean = lambda rows, k: float(np.mean([row.get(k, 0.0) for row in rows])) if rows else 0.0
@@ -456,6 +469,7 @@ def compare():
               "ratio": round(ratio, 3),
               "train_pct_of_peak": round(pct, 1),
               "cpu_devices": _CPU_DEVICES.value,
+              "schedule": _SCHEDULE.value,
               "device": _DEVICE.value,
           }
       )
