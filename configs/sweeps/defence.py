@@ -100,6 +100,9 @@ def get_config(arg=None):
     # Per-proposal voting with both: the honest updates of a round that holds an attacker's
     # are no longer rejected with it (the clean cost of the whole vote's rejections).
     runs += [_evade(s, "flock_anchored_pp_tol") for s in (1, 0)]
+    # The tolerance's attack-free run on seed 1: its cost under attack, measured against the
+    # same method without attackers as well as against attack-free FedAvg.
+    runs += [_run("flock_anchored_tol", 0.0, 1)]
     return common.sweep(base, shared, runs)
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
