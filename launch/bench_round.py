@@ -395,8 +395,9 @@ def compare():
       f"round 0 ({'accepted' if m.accepted else 'rejected'}; warm-up, not timed): flock_jax "
       f"{time.perf_counter() - t:.1f} s (compiles)"
   )
-  if peer is not None:
-    msg += f", peer warm-up {peer.warm_up(pop, m.proposers, m.voters, run):.1f} s"
+  warm = (m.proposers, m.voters)
+  if peer is not None and _SCHEDULE.value == "interleaved":
+    msg += f", peer warm-up {peer.warm_up(pop, *warm, run):.1f} s"
   print(msg, flush=True)
   jx, pt, drawn = [], [], []
   for _ in range(_R.value):
@@ -418,6 +419,7 @@ def compare():
         flush=True,
     )
   if peer is not None and _SCHEDULE.value == "blocked":  # the same rounds, after every jax one
+    print(f"peer warm-up {peer.warm_up(pop, *warm, run):.1f} s", flush=True)
     for proposers, voters, r in drawn:
       pt.append(peer.round(pop, proposers, voters, run, r))
       print(f"peer round {r}: {pt[-1]['round']:.2f} s", flush=True)
