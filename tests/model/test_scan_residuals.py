@@ -20,8 +20,8 @@ L = 5  # a layer count no other dimension of the tiny model has
 _INSTR = re.compile(r"%(\S+) = (\w+)\[([\d,]*)\]\S* (\S+)\(([^)]*)\)")
 
 
-def _setup(dtype, quantize="none"):
-  cfg32 = tiny(num_layers=L)
+def _setup(dtype, quantize="none", remat="none"):
+  cfg32 = tiny(num_layers=L, remat=remat)
   base32 = init_params(cfg32, jax.random.key(0))
   cfg, base = prepare_base(
       cfg32.replace(dtype=dtype, param_dtype=dtype, quantize=quantize), cfg32, base32
@@ -61,16 +61,18 @@ def _whole_stack_converts(hlo: str, low: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "dtype,quantize", [("bfloat16", "none"), ("float16", "none"), ("bfloat16", "int8")]
+    "dtype,quantize,remat",
+    [("bfloat16", "none", "none"), ("float16", "none", "none"), ("bfloat16", "int8", "none")]
+    + [("bfloat16", "none", "full"), ("bfloat16", "none", "dots")],
 )
-def test_gradients_with_integer_residuals_equal_the_plain_scan(monkeypatch, dtype, quantize):
+def test_gradients_with_integer_residuals_equal_the_plain_scan(monkeypatch, dtype, quantize, remat):
   """Same forward, same bits saved: loss and every LoRA gradient agree. Budget: one
   rounding of the 16-bit dtype in relative RMS, in case XLA fuses the two programs
   differently (on the machine that wrote this they are bit for bit equal)."""
-  cfg, step, lora = _setup(dtype, quantize)
+  cfg, step, lora = _setup(dtype, quantize, remat)
   assert llama._stacks_bf16_by_copy(cfg)
   loss1, g1 = step(lora)
-  loss0, g0 = _without_bits(monkeypatch, lambda: _setup(dtype, quantize)[1](lora))
+  loss0, g0 = _without_bits(monkeypatch, lambda: _setup(dtype, quantize, remat)[1](lora))
   u = U_BF16 if dtype == "bfloat16" else 2.0**-12
   np.testing.assert_allclose(np.asarray(loss1), np.asarray(loss0), rtol=u)
   a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g1)])
