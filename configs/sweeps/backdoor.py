@@ -4,7 +4,8 @@ Multi-Krum, Median, Trimmed Mean, FLTrust and FLAME, at malicious proposer fract
 and attackers (drawn with the seed). 'smollm2': the headline on SmolLM2-135M-Instruct sized
 for ~2 hours on 2 CPU cores (FedAvg and both FLock votes at 30%, 2 seeds); 'smollm2:full': every
 method and fraction (about 90 runs: a pod's job); 'smollm2:aggregators': the six robust
-aggregators and per-proposal voting against the headline's attack, seed 0 (~95 minutes).
+aggregators (Multi-Krum also with m = 3) and per-proposal voting against the headline's
+attack, seed 0 (~105 minutes).
 
   python launch/sweep.py --config=configs/sweeps/backdoor.py --workdir=runs/backdoor_tiny
   python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2 --workdir=runs/backdoor_smollm2
@@ -36,6 +37,20 @@ def get_config(arg=None):
         }
         for m in ("krum", "median", "flame", "trimmed_mean", "flock_pp", "fltrust", "multikrum")
     ]
+    # At K = 4 Multi-Krum's default is FedAvg (f <= (K - 3) / 2 = 0, m = K - f = 4); m = 3
+    # drops the update farthest from its 2 nearest neighbours each round.
+    runs.append(
+        {
+            "name": "multikrum_m3_f0.3_s0",
+            "tags": {"method": "multikrum_m3", "fraction": 0.3, "seed": 0},
+            "overrides": {
+                **common.METHODS["multikrum"],
+                "federation.aggregator_hparams": "m=3",
+                "attack.fraction": 0.3,
+                "seed": 0,
+            },
+        }
+    )
     return common.sweep(base, shared, runs)
   if scale == "smollm2" and full not in ("", "full"):
     raise ValueError(f"unknown subset {full!r} of the backdoor sweep; use 'full' or 'aggregators'")
