@@ -318,9 +318,10 @@ def flock_round(
       G = commit(G)
     state = dataclasses.replace(state, global_lora=G, global_hash=cand_hash)
 
-  econ = run_metrics.economics(
-      ledger, outcome, att, proposers, prop_acc, valid_ids, engine.run.ledger.min_stake * WEI
-  )
+  with timer("chain"):  # every participant's stake, read from the chain for the metrics
+    econ = run_metrics.economics(
+        ledger, outcome, att, proposers, prop_acc, valid_ids, engine.run.ledger.min_stake * WEI
+    )
   with timer("report"):
     heldout, gen = _report(engine, G) if _report_due(engine, roles.round) else ({}, {})
   metrics = RoundMetrics(
