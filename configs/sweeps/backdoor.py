@@ -51,6 +51,16 @@ def get_config(arg=None):
             },
         }
     )
+    # Second seeds for the two ends of the table: Median (lets the backdoor in at no clean
+    # cost) and Krum (keeps it out at a large one).
+    runs += [
+        {
+            "name": f"{m}_f0.3_s1",
+            "tags": {"method": m, "fraction": 0.3, "seed": 1},
+            "overrides": {**common.METHODS[m], "attack.fraction": 0.3, "seed": 1},
+        }
+        for m in ("median", "krum")
+    ]
     return common.sweep(base, shared, runs)
   if scale == "smollm2" and full not in ("", "full"):
     raise ValueError(f"unknown subset {full!r} of the backdoor sweep; use 'full' or 'aggregators'")
