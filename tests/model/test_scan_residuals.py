@@ -41,10 +41,11 @@ def _setup(dtype, quantize="none", remat="none"):
   return cfg, jax.jit(step), lora
 
 
-def _without_bits(monkeypatch, fn, *args):
+def _without_bits(monkeypatch, fn):
+  """fn() with the plain scan."""
   with monkeypatch.context() as m:
     m.setattr(llama, "_stacks_bf16_by_copy", lambda cfg: False)
-    return fn(*args)
+    return fn()
 
 
 def _whole_stack_converts(hlo: str, low: str) -> list[str]:
