@@ -5,7 +5,8 @@ and attackers (drawn with the seed). 'smollm2': the headline on SmolLM2-135M-Ins
 for ~2 hours on 2 CPU cores (FedAvg and both FLock votes at 30%, 2 seeds); 'smollm2:full': every
 method and fraction (about 90 runs: a pod's job); 'smollm2:aggregators': the six robust
 aggregators (Multi-Krum also with m = 3) and per-proposal voting against the headline's
-attack, seed 0 (~105 minutes).
+attack, seed 0 (~105 minutes), then
+seed 1 (~110 minutes more).
 
   python launch/sweep.py --config=configs/sweeps/backdoor.py --workdir=runs/backdoor_tiny
   python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2 --workdir=runs/backdoor_smollm2
@@ -51,15 +52,36 @@ def get_config(arg=None):
             },
         }
     )
-    # Second seeds for the two ends of the table: Median (lets the backdoor in at no clean
-    # cost) and Krum (keeps it out at a large one).
+    # Second seeds: first the two ends of the table, Median (lets the backdoor in at no clean
+    # cost) and Krum (keeps it out at a large one), then the rest (~90 minutes more).
     runs += [
         {
             "name": f"{m}_f0.3_s1",
             "tags": {"method": m, "fraction": 0.3, "seed": 1},
             "overrides": {**common.METHODS[m], "attack.fraction": 0.3, "seed": 1},
         }
-        for m in ("median", "krum")
+        for m in ("median", "krum", "flame", "trimmed_mean", "fltrust")
+    ]
+    runs.append(
+        {
+            "name": "multikrum_m3_f0.3_s1",
+            "tags": {"method": "multikrum_m3", "fraction": 0.3, "seed": 1},
+            "overrides": {
+                **common.METHODS["multikrum"],
+                "federation.aggregator_hparams": "m=3",
+                "attack.fraction": 0.3,
+                "seed": 1,
+            },
+        }
+    )
+    # Multi-Krum's default is FedAvg at K = 4 (above): its second seed comes last.
+    runs += [
+        {
+            "name": f"{m}_f0.3_s1",
+            "tags": {"method": m, "fraction": 0.3, "seed": 1},
+            "overrides": {**common.METHODS[m], "attack.fraction": 0.3, "seed": 1},
+        }
+        for m in ("flock_pp", "multikrum")
     ]
     return common.sweep(base, shared, runs)
   if scale == "smollm2" and full not in ("", "full"):
