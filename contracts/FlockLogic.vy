@@ -82,52 +82,72 @@ def draw(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], need: uint
                by successive sampling proportional to weight among the rest: pick k uses
                keccak256(seed ‖ uint256(k)) % remaining total (a Fenwick tree in memory).
     """
+    # Same picks as the plain statement above (flock_jax/chain/draw.py); written for the EVM:
+    # fixed arrays (no appends), `order` stored as index + 1 with 0 meaning "not moved yet"
+    # (no initialisation pass), the weight total summed inside the shuffle, and no copy of
+    # `weights` (the leftover tree is built from it and the picked indices taken out).
     n: uint256 = len(weights)
-    order: DynArray[uint256, MAX_PARTICIPANTS] = []
+    assert need <= n, "draw: not enough weight to draw from"
+    order: uint256[MAX_PARTICIPANTS] = empty(uint256[MAX_PARTICIPANTS])
     total: uint256 = 0
-    for i: uint256 in range(n, bound=MAX_PARTICIPANTS):
-        order.append(i)
-        total += weights[i]
     for k: uint256 in range(n, bound=MAX_PARTICIPANTS):
-        i: uint256 = n - 1 - k
+        i: uint256 = unsafe_sub(unsafe_sub(n, 1), k)
+        total += weights[i]
         if i == 0:
             break
-        j: uint256 = convert(keccak256(concat(seed, convert(SHUFFLE_KEY + i, bytes32))), uint256) % (i + 1)
-        t: uint256 = order[i]
-        order[i] = order[j]
-        order[j] = t
-    assert total > 0 and need <= n, "draw: not enough weight to draw from"
+        j: uint256 = convert(keccak256(concat(seed, convert(unsafe_add(SHUFFLE_KEY, i), bytes32))), uint256) % unsafe_add(i, 1)
+        oi: uint256 = order[i]
+        if oi == 0:
+            oi = unsafe_add(i, 1)
+        oj: uint256 = order[j]
+        if oj == 0:
+            oj = unsafe_add(j, 1)
+        order[i] = oj
+        order[j] = oi
+    assert total > 0, "draw: not enough weight to draw from"
     u: uint256 = convert(keccak256(concat(seed, convert(OFFSET_KEY, bytes32))), uint256) % total
     picked: DynArray[uint256, MAX_ROLES] = []
-    w: DynArray[uint256, MAX_PARTICIPANTS] = weights
     cum: uint256 = 0
     pt: uint256 = 0
-    for idx: uint256 in order:
-        cum += weights[idx]
-        hit: bool = False
-        for _: uint256 in range(MAX_ROLES):
-            if pt >= need or (u + pt * total) // need >= cum:
-                break
-            hit = True
-            pt += 1
-        if hit:
+    nxt: uint256 = u // need  # point pt, (u + pt * total) // need; u < total, pt <= need
+    for p: uint256 in range(n, bound=MAX_PARTICIPANTS):
+        idx: uint256 = order[p]
+        if idx == 0:
+            idx = p
+        else:
+            idx = unsafe_sub(idx, 1)
+        cum = unsafe_add(cum, weights[idx])
+        if nxt < cum:
             picked.append(idx)
-            w[idx] = 0
-        if pt >= need:
-            break
+            for _: uint256 in range(MAX_ROLES):
+                pt = unsafe_add(pt, 1)
+                if pt >= need:
+                    break
+                nxt = unsafe_div(unsafe_add(u, unsafe_mul(pt, total)), need)
+                if nxt >= cum:
+                    break
+            if pt >= need:
+                break
     if len(picked) == need:
         return picked
 
     # fill the seats left over, in proportion to weight among the indices not picked
-    tree: DynArray[uint256, MAX_PARTICIPANTS + 1] = [0]
-    left: uint256 = 0
-    for i: uint256 in range(n, bound=MAX_PARTICIPANTS):
-        tree.append(w[i])
-        left += w[i]
+    tree: uint256[MAX_PARTICIPANTS + 1] = empty(uint256[MAX_PARTICIPANTS + 1])
     for i: uint256 in range(1, n + 1, bound=MAX_PARTICIPANTS):
-        j: uint256 = i + (i & unsafe_sub(0, i))
+        tree[i] = unsafe_add(tree[i], weights[unsafe_sub(i, 1)])
+        j: uint256 = unsafe_add(i, i & unsafe_sub(0, i))
         if j <= n:
-            tree[j] += tree[i]
+            tree[j] = unsafe_add(tree[j], tree[i])
+    left: uint256 = total
+    for idx: uint256 in picked:
+        x: uint256 = weights[idx]
+        left = unsafe_sub(left, x)
+        i: uint256 = unsafe_add(idx, 1)
+        for _: uint256 in range(11):
+            if i > n:
+                break
+            tree[i] = unsafe_sub(tree[i], x)
+            i = unsafe_add(i, i & unsafe_sub(0, i))
     top: uint256 = 1
     for _: uint256 in range(11):
         if top * 2 > n:
@@ -145,15 +165,14 @@ def draw(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], need: uint
                 rem -= tree[pos]
             step = step >> 1
         picked.append(pos)
-        x: uint256 = w[pos]
-        left -= x
-        w[pos] = 0
+        x: uint256 = weights[pos]
+        left = unsafe_sub(left, x)
         i: uint256 = pos + 1
         for _: uint256 in range(11):
             if i > n:
                 break
-            tree[i] -= x
-            i += i & unsafe_sub(0, i)
+            tree[i] = unsafe_sub(tree[i], x)
+            i = unsafe_add(i, i & unsafe_sub(0, i))
     return picked
 
 

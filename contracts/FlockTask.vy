@@ -520,11 +520,12 @@ def draw_roles():
     bh: bytes32 = blockhash(b)
     seed: bytes32 = keccak256(concat(self.seed, convert(r, bytes32), bh))
     weights: DynArray[uint256, MAX_PARTICIPANTS] = []
-    weighted: bool = self.selection_mode == SELECT_STAKE
-    for a: address in self.participants:
-        if weighted:
+    if self.selection_mode == SELECT_STAKE:
+        for a: address in self.participants:
             weights.append(self.stake_of[a])
-        else:
+    else:
+        # a uniform draw reads no account: one storage read instead of N
+        for _: uint256 in range(len(self.participants), bound=MAX_PARTICIPANTS):
             weights.append(1)
     n_p: uint256 = self.num_proposers
     picked: DynArray[uint256, MAX_ROLES] = staticcall self.logic.draw(seed, weights, n_p + self.num_voters)

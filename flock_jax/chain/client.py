@@ -71,6 +71,8 @@ GAS = {
 MAX_UINT = 2**256 - 1
 SUPPLY = 10**9 * WEI  # default fixed supply of a StakeToken this client deploys
 SALT_SECRET = b"flock_jax simulated participants"
+# The events that change a stake; each but Withdrawn (which leaves 0) carries the new stake.
+_STAKE_EVENTS = ("Staked", "Unstaked", "Slashed", "Withdrawn")
 
 
 def as_hash(value: bytes | str) -> bytes:
@@ -109,6 +111,7 @@ class FlockChain:
         [load_contract("StakeToken").abi, load_contract("FlockTask").abi]
     )
     self.gas_log: list[tuple[str, int, float]] = []  # (call, gas used, seconds)
+    self._stake_mirror: dict | None = None  # stakes() kept in step with the logs
     self._big_gas = min(int(self.w3.eth.get_block("latest")["gasLimit"]) - 100_000, 29_000_000)
     self.last_receipt: Any = None  # receipt of the latest transaction sent
     self.logic: Any = None
@@ -556,8 +559,42 @@ class FlockChain:
     return self._call(self._fn.stake_of(self._who(i)))
 
   def stakes(self) -> list[int]:
-    """Stake of every participant, by index (for stake weighting)."""
-    return list(self._call(self._fn.accounts_of(list(self.addresses)))[0])
+    """Stake of every participant, by index.
+
+    The first call reads every account at one block (N storage reads). Later calls apply
+    the task's stake-changing events since that block, each of which carries the new stake
+    (Staked, Unstaked, Slashed; Withdrawn leaves 0): a round's read costs its events, not
+    N reads. A block that no longer has the hash it was read at (a revert or reorg), another
+    task or another account list starts over with a whole read."""
+    head = self.w3.eth.get_block("latest")
+    number, block_hash = int(head["number"]), bytes(head["hash"])
+    key = (self.task.address, self.addresses)
+    m = self._stake_mirror
+    if m is not None and m["key"] == key and m["block"] <= number:
+      if bytes(self.w3.eth.get_block(m["block"])["hash"]) != m["hash"]:
+        m = None
+    else:
+      m = None
+    if m is None:
+      stakes = self._fn.accounts_of(list(self.addresses)).call({"from": self.deployer}, number)[0]
+      m = {"key": key, "stakes": dict(zip(self.addresses, map(int, stakes)))}
+    elif number > m["block"]:
+      raw = self.w3.eth.get_logs(
+          {
+              "address": self.task.address,
+              "fromBlock": m["block"] + 1,
+              "toBlock": number,
+              "topics": [self.decoder.topics_of(_STAKE_EVENTS)],
+          }
+      )
+      raw = sorted(raw, key=lambda lg: (int(lg["blockNumber"]), int(lg["logIndex"])))
+      for e in self.decoder.decode_all(raw):
+        who = e["args"]["participant"]
+        if who in m["stakes"]:
+          m["stakes"][who] = 0 if e["event"] == "Withdrawn" else int(e["args"]["stake"])
+    m.update(block=number, hash=block_hash)
+    self._stake_mirror = m
+    return [m["stakes"][a] for a in self.addresses]
 
   def claimable(self, i: int) -> int:
     return self._call(self._fn.claimable(self._who(i)))

@@ -52,6 +52,14 @@ class EventDecoder:
         sig = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
         self._by_topic[keccak(text=sig)] = item
 
+  def topics_of(self, names: Iterable[str]) -> list[str]:
+    """The topic-0 hashes (0x-hex) of the named events, for a log filter."""
+    names = set(names)
+    out = ["0x" + t.hex() for t, item in self._by_topic.items() if item["name"] in names]
+    if len(out) != len(names):
+      raise KeyError(f"unknown events among {sorted(names)}")
+    return out
+
   def decode(self, log: Any) -> dict | None:
     """One raw log (web3 AttributeDict) -> event record, or None if unknown."""
     topics = [bytes(t) for t in log["topics"]]

@@ -494,8 +494,10 @@ class ChainLedger:
     return sum(gas for _, gas, _ in self.chain.gas_log)
 
   def active_participants(self) -> int:
-    b, floor = self.chain.balances(), self.chain.params.min_stake
-    return sum(1 for s, e in zip(b.stakes, b.ejected) if s >= floor and not e)
+    # Listed <=> stake >= min_stake: a slash below it ejects, and an ejected account cannot
+    # stake again. The stakes come from the log-synced mirror (no N-account read a round).
+    floor = self.chain.params.min_stake
+    return sum(1 for s in self.chain.stakes() if s >= floor)
 
   def dump_state(self) -> bytes:
     backend = self.chain.backend

@@ -107,9 +107,19 @@ def test_logic_draw_matches_python(chain):
 
   logic = chain.logic.functions
   rng = random.Random(1)
+  cases = []
   for _ in range(25):
     n = rng.randint(1, 70)
-    w = [rng.choice([1, 7, rng.randint(1, 10**24)]) for _ in range(n)]
-    need = rng.randint(1, min(n, 30))
+    cases.append((n, [rng.choice([1, 7, rng.randint(1, 10**24)]) for _ in range(n)]))
+  # The largest lists, stakes up to the 2**128 cap, a few whales among unit weights (seats
+  # left over after the systematic pass) and all-equal weights (the uniform draw).
+  for n in (255, 256, 257, 1024):
+    cases.append((n, [rng.randint(1, 2**128 - 1) for _ in range(n)]))
+    cases.append((n, [10**30 if rng.random() < 0.05 else 1 for _ in range(n)]))
+  cases.append((1024, [1] * 1024))
+  for n, w in cases:
+    need = rng.randint(1, min(n, 128 if n > 200 else 30))
     seed = rng.randbytes(32)
     assert list(logic.draw(seed, w, need).call()) == draw_indices(seed, w, need)
+  with pytest.raises(Exception, match="not enough weight"):
+    logic.draw(b"\0" * 32, [1, 2], 3).call()
