@@ -123,3 +123,19 @@ def test_logic_draw_matches_python(chain):
     assert list(logic.draw(seed, w, need).call()) == draw_indices(seed, w, need)
   with pytest.raises(Exception, match="not enough weight"):
     logic.draw(b"\0" * 32, [1, 2], 3).call()
+
+
+def _draw_gas(n, selection):
+  chain = make_chain(n, selection_mode=selection, total_rounds=2)
+  chain.open_round()
+  chain.draw_roles()
+  return next(g for name, g, _ in reversed(chain.gas_log) if name == "draw_roles")
+
+
+def test_uniform_draw_reads_no_account():
+  """Gas (exact, not time) of draw_roles per extra participant: a uniform draw computes over
+  the list without a storage read per account (a cold SLOAD is 2,100 gas); a stake-weighted
+  draw reads each stake."""
+  per = {sel: (_draw_gas(40, sel) - _draw_gas(20, sel)) / 20 for sel in (0, SELECT_STAKE)}
+  assert per[0] < 2_100, per
+  assert per[SELECT_STAKE] > per[0] + 2_100, per
