@@ -114,6 +114,7 @@ def test_local_keys_sign(node_url):
       ),
       stakes=20 * WEI,
   )
+  assert chain.stakes() == [20 * WEI] * 6  # the whole read; later ones follow the node's logs
   roles = chain.start_round()
   with pytest.raises(
       RevertError, match="commit_vote: round 0 is in phase 2, this call needs phase 4"
@@ -121,6 +122,7 @@ def test_local_keys_sign(node_url):
     chain.vote(roles.voters[0], blob_hash("c"), True)
   out = chain.finalize()  # waits out the commit window: nobody proposed
   assert out.void and set(out.slashes) == set(roles.proposers)
+  assert chain.stakes() == list(chain.balances().stakes) != [20 * WEI] * 6
   assert audit_chain(chain).ok
 
 
