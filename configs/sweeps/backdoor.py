@@ -21,6 +21,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
+def _aggregator_run(method: str, seed: int) -> dict:
+  """One run of 'smollm2:aggregators' at 30% attackers: a method of common.METHODS, or
+  'multikrum_m3' (Multi-Krum keeping m = 3 updates)."""
+  over = dict(common.METHODS["multikrum" if method == "multikrum_m3" else method])
+  if method == "multikrum_m3":
+    over["federation.aggregator_hparams"] = "m=3"
+  return {
+      "name": f"{method}_f0.3_s{seed}",
+      "tags": {"method": method, "fraction": 0.3, "seed": seed},
+      "overrides": {**over, "attack.fraction": 0.3, "seed": seed},
+  }
+
+
 def get_config(arg=None):
   scale, _, full = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
@@ -30,59 +43,15 @@ def get_config(arg=None):
     # seed 0), sized as the defence sweeps (~12 minutes an aggregator run on 2 cores, ~20 a
     # vote): held-out loss, ASR on 12 new tokens.
     shared.update({"eval.accuracy": False, "eval.asr_max_new_tokens": 12})
-    runs = [
-        {
-            "name": f"{m}_f0.3_s0",
-            "tags": {"method": m, "fraction": 0.3, "seed": 0},
-            "overrides": {**common.METHODS[m], "attack.fraction": 0.3, "seed": 0},
-        }
-        for m in ("krum", "median", "flame", "trimmed_mean", "flock_pp", "fltrust", "multikrum")
-    ]
     # At K = 4 Multi-Krum's default is FedAvg (f <= (K - 3) / 2 = 0, m = K - f = 4); m = 3
-    # drops the update farthest from its 2 nearest neighbours each round.
-    runs.append(
-        {
-            "name": "multikrum_m3_f0.3_s0",
-            "tags": {"method": "multikrum_m3", "fraction": 0.3, "seed": 0},
-            "overrides": {
-                **common.METHODS["multikrum"],
-                "federation.aggregator_hparams": "m=3",
-                "attack.fraction": 0.3,
-                "seed": 0,
-            },
-        }
-    )
-    # Second seeds: first the two ends of the table, Median (lets the backdoor in at no clean
-    # cost) and Krum (keeps it out at a large one), then the rest (~90 minutes more).
-    runs += [
-        {
-            "name": f"{m}_f0.3_s1",
-            "tags": {"method": m, "fraction": 0.3, "seed": 1},
-            "overrides": {**common.METHODS[m], "attack.fraction": 0.3, "seed": 1},
-        }
-        for m in ("median", "krum", "flame", "trimmed_mean", "fltrust")
-    ]
-    runs.append(
-        {
-            "name": "multikrum_m3_f0.3_s1",
-            "tags": {"method": "multikrum_m3", "fraction": 0.3, "seed": 1},
-            "overrides": {
-                **common.METHODS["multikrum"],
-                "federation.aggregator_hparams": "m=3",
-                "attack.fraction": 0.3,
-                "seed": 1,
-            },
-        }
-    )
-    # Multi-Krum's default is FedAvg at K = 4 (above): its second seed comes last.
-    runs += [
-        {
-            "name": f"{m}_f0.3_s1",
-            "tags": {"method": m, "fraction": 0.3, "seed": 1},
-            "overrides": {**common.METHODS[m], "attack.fraction": 0.3, "seed": 1},
-        }
-        for m in ("flock_pp", "multikrum")
-    ]
+    # drops the update farthest from its 2 nearest neighbours each round. Second seeds: first
+    # the two ends of the table, Median (lets the backdoor in at no clean cost) and Krum (keeps
+    # it out at a large one), then the rest (~110 minutes more), Multi-Krum's default last.
+    order = [(m, 0) for m in ("krum", "median", "flame", "trimmed_mean", "flock_pp", "fltrust")]
+    order += [("multikrum", 0), ("multikrum_m3", 0)]
+    order += [(m, 1) for m in ("median", "krum", "flame", "trimmed_mean", "fltrust")]
+    order += [("multikrum_m3", 1), ("flock_pp", 1), ("multikrum", 1)]
+    runs = [_aggregator_run(m, seed) for m, seed in order]
     return common.sweep(base, shared, runs)
   if scale == "smollm2" and full not in ("", "full"):
     raise ValueError(f"unknown subset {full!r} of the backdoor sweep; use 'full' or 'aggregators'")
