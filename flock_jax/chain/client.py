@@ -565,33 +565,41 @@ class FlockChain:
     the task's stake-changing events since that block, each of which carries the new stake
     (Staked, Unstaked, Slashed; Withdrawn leaves 0): a round's read costs its events, not
     N reads. A block that no longer has the hash it was read at (a revert or reorg), another
-    task or another account list starts over with a whole read."""
+    task, another account list or a node that refuses the log query (some cap its block
+    range) starts over with a whole read."""
     head = self.w3.eth.get_block("latest")
     number, block_hash = int(head["number"]), bytes(head["hash"])
     key = (self.task.address, self.addresses)
     m = self._stake_mirror
-    if m is not None and m["key"] == key and m["block"] <= number:
-      if bytes(self.w3.eth.get_block(m["block"])["hash"]) != m["hash"]:
-        m = None
-    else:
+    if m is not None and (
+        m["key"] != key
+        or m["block"] > number
+        or bytes(self.w3.eth.get_block(m["block"])["hash"]) != m["hash"]
+    ):
       m = None
+    events: list[dict] = []
+    if m is not None and number > m["block"]:
+      try:
+        raw = self.w3.eth.get_logs(
+            {
+                "address": self.task.address,
+                "fromBlock": m["block"] + 1,
+                "toBlock": number,
+                "topics": [self.decoder.topics_of(_STAKE_EVENTS)],
+            }
+        )
+      except Exception:  # noqa: BLE001 - a node may cap eth_getLogs' range: read it all
+        m = None
+      else:
+        raw = sorted(raw, key=lambda lg: (int(lg["blockNumber"]), int(lg["logIndex"])))
+        events = self.decoder.decode_all(raw)
     if m is None:
       stakes = self._fn.accounts_of(list(self.addresses)).call({"from": self.deployer}, number)[0]
       m = {"key": key, "stakes": dict(zip(self.addresses, map(int, stakes)))}
-    elif number > m["block"]:
-      raw = self.w3.eth.get_logs(
-          {
-              "address": self.task.address,
-              "fromBlock": m["block"] + 1,
-              "toBlock": number,
-              "topics": [self.decoder.topics_of(_STAKE_EVENTS)],
-          }
-      )
-      raw = sorted(raw, key=lambda lg: (int(lg["blockNumber"]), int(lg["logIndex"])))
-      for e in self.decoder.decode_all(raw):
-        who = e["args"]["participant"]
-        if who in m["stakes"]:
-          m["stakes"][who] = 0 if e["event"] == "Withdrawn" else int(e["args"]["stake"])
+    for e in events:
+      who = e["args"]["participant"]
+      if who in m["stakes"]:
+        m["stakes"][who] = 0 if e["event"] == "Withdrawn" else int(e["args"]["stake"])
     m.update(block=number, hash=block_hash)
     self._stake_mirror = m
     return [m["stakes"][a] for a in self.addresses]

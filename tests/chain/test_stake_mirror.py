@@ -85,3 +85,16 @@ def test_mirror_starts_over_after_a_revert():
   chain.stake(0, 1 * WEI)
   chain.backend.mine(read_at - chain.latest_block()[0] + 2)
   assert chain.stakes() == _whole_read(chain) == [12 * WEI] + [11 * WEI] * 7
+
+
+def test_mirror_reads_everything_when_the_node_refuses_the_logs(monkeypatch):
+  chain = make_chain(8, stakes=[11 * WEI] * 8, mint=20 * WEI)
+  assert chain.stakes() == [11 * WEI] * 8
+
+  def refuse(*args, **kwargs):
+    raise ValueError("query returned more than 10000 results")  # as capped nodes answer
+
+  play_round(chain, skip_vote={*range(8)})
+  monkeypatch.setattr(chain.w3.eth, "get_logs", refuse)
+  slashed = chain.stakes()
+  assert slashed == _whole_read(chain) and slashed != [11 * WEI] * 8
