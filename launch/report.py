@@ -61,6 +61,26 @@ def _flagged(rows: list[dict], attackers: list[int]) -> tuple[int, int]:
   return out[0], out[1]
 
 
+def _weighted(rows: list[dict], attackers: list[int]) -> tuple[int, int] | None:
+  """(attacker, honest) updates an aggregator gave nonzero weight, over the rounds, from each
+  round's `extra.weights` (Krum, Multi-Krum, FLAME, FLTrust record one per valid update).
+  None when a round has none (a coordinate-wise rule: median, trimmed mean, FedAvg)."""
+  bad, out = set(attackers), [0, 0]
+  for r in rows:
+    weights = (r.get("extra") or {}).get("weights")
+    rejected = {
+        int(m.group(1))
+        for e in r.get("rejected_updates") or []
+        if (m := re.match(r"participant (\d+):", e))
+    }
+    valid = [i for i in r.get("clients") or [] if i not in rejected]
+    if weights is None or len(weights) != len(valid):
+      return None
+    for i, w in zip(valid, weights):
+      out[i not in bad] += w > 0
+  return (out[0], out[1]) if rows else None
+
+
 def _mean(xs):
   xs = [x for x in xs if x is not None]
   return sum(xs) / len(xs) if xs else None
@@ -113,6 +133,7 @@ def load_runs(sweep_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
             if any(r.get("accepted") is not None for r in done)
             else None,
             "flagged": _flagged(done, attackers),
+            "weighted": _weighted(done, attackers) if baseline else None,
             "attacker_proposals": sum(r.get("attacker_proposals") or 0 for r in done),
             "attacker_accepted": sum(r.get("attacker_accepted") or 0 for r in done),
             "honest_proposals": sum(
@@ -167,10 +188,14 @@ def _order(key: tuple, method_order: list[str]):
 
 
 def _share(rs: list[dict], side: str) -> str:
-  """'accepted/proposed' summed over seeds; for an aggregator, 'n/a (k in)': every valid update
-  goes in and the rule weighs or selects inside."""
+  """'accepted/proposed' summed over seeds. For an aggregator every valid update goes in and
+  the rule weighs or selects inside: 'k/n weighted' (k given nonzero weight) where it records
+  per-update weights, else 'n/a (n in)'."""
   made = sum(r[f"{side}_proposals"] for r in rs)
   if any(r["baseline"] for r in rs):
+    if all(r["weighted"] is not None for r in rs):
+      k = sum(r["weighted"][side != "attacker"] for r in rs)
+      return f"{k}/{made} weighted"
     return f"n/a ({made} in)"
   return f"{sum(r[f'{side}_accepted'] for r in rs)}/{made}"
 
@@ -508,8 +533,10 @@ def write_report(sweep_dir: str, out_dir: str, title: str = "") -> pathlib.Path:
       "shares and each run's command are in [commands.md](commands.md). Numbers are "
       "`mean (min..max)` over seeds. ASR: share of triggered held-out prompts whose greedy "
       "generation contains the target; false activation: the same prompts without the trigger. "
-      "Updates accepted/proposed: FLock proposals that entered the global model (an aggregator "
-      "takes every valid update in and weighs or selects inside: n/a).",
+      "Updates accepted/proposed: FLock proposals that entered the global model. An aggregator "
+      "takes every valid update in and weighs or selects inside: 'k/n weighted' counts the "
+      "updates it gave nonzero weight (Krum, Multi-Krum, FLAME, FLTrust), n/a for "
+      "coordinate-wise rules (median, trimmed mean) and FedAvg.",
       "",
       main_table(runs),
       "",

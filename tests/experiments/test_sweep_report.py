@@ -298,3 +298,41 @@ def test_report_builds_from_fixture_workdirs(tmp_path):
       and "--workdir=local_fin" in cmds
   )
   assert len(json.loads((out / "runs.json").read_text())) == len(entries)
+
+
+def test_report_counts_the_updates_an_aggregator_weighted(tmp_path):
+  """A selecting aggregator's row counts the updates it gave nonzero weight, by side, from
+  each round's extra.weights (a rejected update has none); a coordinate-wise rule's says n/a."""
+  wd, entries = tmp_path / "sweep", []
+  for method in ("krum", "median"):
+    entries.append(
+        _fixture_run(
+            wd, method, {"method": method, "seed": 0}, [0.0, 0.5, 0.5], [3, 2, 1], fraction=0.3
+        )
+    )
+  c = load_config("tiny")
+  c.federation.num_participants, c.attack.fraction, c.attack.proposer = 10, 0.3, "backdoor"
+  attackers = from_config(c).attack.attackers(10)
+  honest = [i for i in range(10) if i not in attackers]
+  a, h1, h2 = attackers[0], honest[0], honest[1]
+  rounds = [
+      # Krum picks the attacker; then an honest update, with the attacker's found invalid
+      ([a, h1, h2], [], [1.0, 0.0, 0.0]),
+      ([a, h1, h2], [f"participant {a}: NaN in the update"], [0.0, 1.0]),
+  ]
+  for method in ("krum", "median"):
+    rows = [json.loads(x) for x in (wd / method / "metrics.jsonl").read_text().splitlines()]
+    for row, (who, rejected, weights) in zip(rows[1:], rounds):
+      row.update(mode="baseline", clients=who, rejected_updates=rejected)
+      row["attacker_proposals"] = sum(i in attackers for i in who) - len(rejected)
+      if method == "krum":
+        row["extra"] = {"weights": weights}
+    (wd / method / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (wd / "sweep.json").write_text(
+      json.dumps({"sweep": "x", "sweep_file": "", "base": "b", "command": "c", "runs": entries})
+  )
+  text = report_mod.write_report(str(wd), str(tmp_path / "report")).read_text()
+  krum = next(x for x in text.splitlines() if x.startswith("| krum"))
+  median = next(x for x in text.splitlines() if x.startswith("| median"))
+  assert "| 1/1 weighted | 1/4 weighted |" in krum, krum
+  assert "| n/a (1 in) | n/a (4 in) |" in median, median
