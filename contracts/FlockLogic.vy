@@ -67,9 +67,75 @@ def check_params(total_rounds: uint256, num_proposers: uint256, num_voters: uint
     return True
 
 
+@internal
+@pure
+def _shuffle(seed: bytes32, n: uint256) -> uint256[MAX_PARTICIPANTS]:
+    """
+    @notice The Fisher-Yates shuffle of 0..n-1 that `draw` states. An entry of the returned
+            order is the index + 1, 0 meaning "never moved" (the index is its position): no
+            initialisation pass.
+    """
+    order: uint256[MAX_PARTICIPANTS] = empty(uint256[MAX_PARTICIPANTS])
+    for k: uint256 in range(n, bound=MAX_PARTICIPANTS):
+        i: uint256 = unsafe_sub(unsafe_sub(n, 1), k)
+        if i == 0:
+            break
+        j: uint256 = convert(keccak256(concat(seed, convert(unsafe_add(SHUFFLE_KEY, i), bytes32))), uint256) % unsafe_add(i, 1)
+        oi: uint256 = order[i]
+        if oi == 0:
+            oi = unsafe_add(i, 1)
+        oj: uint256 = order[j]
+        if oj == 0:
+            oj = unsafe_add(j, 1)
+        order[i] = oj
+        order[j] = oi
+    return order
+
+
+@internal
+@pure
+def _uniform(seed: bytes32, n: uint256, need: uint256) -> DynArray[uint256, MAX_ROLES]:
+    """
+    @notice `draw(seed, [1] * n, need)`, without the list of ones. With unit weights the
+            running sum after position p is p + 1 and the points (u + j * n) // need are at
+            least one apart, so point j picks the index at shuffled position
+            (u + j * n) // need, and no seat is left over.
+    """
+    assert need <= n and n <= MAX_PARTICIPANTS, "draw: not enough weight to draw from"
+    assert n > 0, "draw: not enough weight to draw from"
+    order: uint256[MAX_PARTICIPANTS] = self._shuffle(seed, n)
+    u: uint256 = convert(keccak256(concat(seed, convert(OFFSET_KEY, bytes32))), uint256) % n
+    picked: DynArray[uint256, MAX_ROLES] = []
+    for j: uint256 in range(need, bound=MAX_ROLES):
+        p: uint256 = unsafe_div(unsafe_add(u, unsafe_mul(j, n)), need)
+        idx: uint256 = order[p]  # index + 1, or 0: never moved (`_shuffle`)
+        picked.append(p if idx == 0 else unsafe_sub(idx, 1))
+    return picked
+
+
+@external
+@pure
+def pick(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], n: uint256, need: uint256) -> DynArray[uint256, MAX_ROLES]:
+    """
+    @notice FlockTask's draw: `draw(seed, weights, need)`, or with no weights the uniform
+            draw over n, `draw(seed, [1] * n, need)`, computed without the list of ones.
+    """
+    if len(weights) == 0:
+        return self._uniform(seed, n, need)
+    assert len(weights) == n, "draw: n is not the number of weights"
+    return self._draw(seed, weights, need)
+
+
 @external
 @pure
 def draw(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], need: uint256) -> DynArray[uint256, MAX_ROLES]:
+    """@notice See `_draw`."""
+    return self._draw(seed, weights, need)
+
+
+@internal
+@pure
+def _draw(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], need: uint256) -> DynArray[uint256, MAX_ROLES]:
     """
     @notice `need` distinct indices into `weights` (all > 0, need <= len), in a random order.
             1. Shuffle the indices (Fisher-Yates, step i uses keccak256(seed ‖ uint256(2**128 + i))).
@@ -83,27 +149,14 @@ def draw(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], need: uint
                keccak256(seed ‖ uint256(k)) % remaining total (a Fenwick tree in memory).
     """
     # Same picks as the plain statement above (flock_jax/chain/draw.py); written for the EVM:
-    # fixed arrays (no appends), `order` stored as index + 1 with 0 meaning "not moved yet"
-    # (no initialisation pass), the weight total summed inside the shuffle, and no copy of
+    # fixed arrays (no appends), the shuffle shared with `draw_uniform`, and no copy of
     # `weights` (the leftover tree is built from it and the picked indices taken out).
     n: uint256 = len(weights)
     assert need <= n, "draw: not enough weight to draw from"
-    order: uint256[MAX_PARTICIPANTS] = empty(uint256[MAX_PARTICIPANTS])
     total: uint256 = 0
-    for k: uint256 in range(n, bound=MAX_PARTICIPANTS):
-        i: uint256 = unsafe_sub(unsafe_sub(n, 1), k)
-        total += weights[i]
-        if i == 0:
-            break
-        j: uint256 = convert(keccak256(concat(seed, convert(unsafe_add(SHUFFLE_KEY, i), bytes32))), uint256) % unsafe_add(i, 1)
-        oi: uint256 = order[i]
-        if oi == 0:
-            oi = unsafe_add(i, 1)
-        oj: uint256 = order[j]
-        if oj == 0:
-            oj = unsafe_add(j, 1)
-        order[i] = oj
-        order[j] = oi
+    for w: uint256 in weights:
+        total += w
+    order: uint256[MAX_PARTICIPANTS] = self._shuffle(seed, n)
     assert total > 0, "draw: not enough weight to draw from"
     u: uint256 = convert(keccak256(concat(seed, convert(OFFSET_KEY, bytes32))), uint256) % total
     picked: DynArray[uint256, MAX_ROLES] = []
@@ -111,11 +164,8 @@ def draw(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], need: uint
     pt: uint256 = 0
     nxt: uint256 = u // need  # point pt, (u + pt * total) // need; u < total, pt <= need
     for p: uint256 in range(n, bound=MAX_PARTICIPANTS):
-        idx: uint256 = order[p]
-        if idx == 0:
-            idx = p
-        else:
-            idx = unsafe_sub(idx, 1)
+        idx: uint256 = order[p]  # index + 1, or 0: never moved (`_shuffle`)
+        idx = p if idx == 0 else unsafe_sub(idx, 1)
         cum = unsafe_add(cum, weights[idx])
         if nxt < cum:
             picked.append(idx)

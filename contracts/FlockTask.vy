@@ -16,7 +16,7 @@
 from ethereum.ercs import IERC20
 
 interface FlockLogic:
-    def draw(seed: bytes32, weights: DynArray[uint256, 1024], need: uint256) -> DynArray[uint256, 128]: pure
+    def pick(seed: bytes32, weights: DynArray[uint256, 1024], n: uint256, need: uint256) -> DynArray[uint256, 128]: pure
     def settle(vote_mode: uint256, reward: uint256, rho: uint256, lam: uint256, global_hash: bytes32,
                p_state: DynArray[uint256, 64], p_hash: DynArray[bytes32, 64], p_stake: DynArray[uint256, 64],
                v_state: DynArray[uint256, 64], v_stake: DynArray[uint256, 64], v_cand: DynArray[bytes32, 64],
@@ -519,16 +519,12 @@ def draw_roles():
     assert block.number <= b + 256, "draw_roles: the seed block is over 256 blocks old; call start_round to re-arm"
     bh: bytes32 = blockhash(b)
     seed: bytes32 = keccak256(concat(self.seed, convert(r, bytes32), bh))
-    weights: DynArray[uint256, MAX_PARTICIPANTS] = []
+    n_p: uint256 = self.num_proposers
+    weights: DynArray[uint256, MAX_PARTICIPANTS] = []  # none: uniform, without reading N accounts
     if self.selection_mode == SELECT_STAKE:
         for a: address in self.participants:
             weights.append(self.stake_of[a])
-    else:
-        # a uniform draw reads no account: one storage read instead of N
-        for _: uint256 in range(len(self.participants), bound=MAX_PARTICIPANTS):
-            weights.append(1)
-    n_p: uint256 = self.num_proposers
-    picked: DynArray[uint256, MAX_ROLES] = staticcall self.logic.draw(seed, weights, n_p + self.num_voters)
+    picked: DynArray[uint256, MAX_ROLES] = staticcall self.logic.pick(seed, weights, len(self.participants), n_p + self.num_voters)
     tag: uint256 = (r + 1) * 4
     props: DynArray[address, MAX_PROPOSERS] = []
     for k: uint256 in range(n_p, bound=MAX_PROPOSERS):

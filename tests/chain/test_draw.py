@@ -100,7 +100,8 @@ def test_ejected_never_drawn():
 
 
 def test_logic_draw_matches_python(chain):
-  """FlockLogic.draw (a Fenwick tree in memory) picks what the linear-scan replica picks."""
+  """FlockLogic.draw and .pick (a Fenwick tree in memory, a uniform draw without the list of
+  ones) pick what the linear-scan replica picks."""
   import random
 
   from flock_jax.chain.draw import draw_indices
@@ -120,9 +121,17 @@ def test_logic_draw_matches_python(chain):
   for n, w in cases:
     need = rng.randint(1, min(n, 128 if n > 200 else 30))
     seed = rng.randbytes(32)
-    assert list(logic.draw(seed, w, need).call()) == draw_indices(seed, w, need)
+    expected = draw_indices(seed, w, need)
+    assert list(logic.draw(seed, w, need).call()) == expected
+    # FlockTask's entry: the same with the weights, and with none the uniform draw over n
+    assert list(logic.pick(seed, w, n, need).call()) == expected
+    assert list(logic.pick(seed, [], n, need).call()) == draw_indices(seed, [1] * n, need)
   with pytest.raises(Exception, match="not enough weight"):
     logic.draw(b"\0" * 32, [1, 2], 3).call()
+  with pytest.raises(Exception, match="not enough weight"):
+    logic.pick(b"\0" * 32, [], 2, 3).call()
+  with pytest.raises(Exception, match="n is not the number of weights"):
+    logic.pick(b"\0" * 32, [1, 2], 3, 1).call()
 
 
 def _draw_gas(n, selection):
