@@ -378,12 +378,19 @@ class FlockChain:
     )
 
   def commit_proposal(
-      self, i: int, proposal_hash: bytes | str, salt: bytes | None = None, commitment=None
+      self,
+      i: int,
+      proposal_hash: bytes | str,
+      salt: bytes | None = None,
+      commitment=None,
+      round_index: int | None = None,
   ) -> bytes:
     """Drawn proposer i commits keccak(sender ‖ round ‖ h ‖ salt); returns the salt (kept
-    for `reveal_proposal`). `commitment` overrides what is sent (tests of bad commits)."""
+    for `reveal_proposal`). `commitment` overrides what is sent (tests of bad commits).
+    `round_index`: the open round when the caller knows it (saves a read; a wrong one makes
+    the reveal fail)."""
     h = as_hash(proposal_hash)
-    r = self.current_round
+    r = self.current_round if round_index is None else round_index
     salt = self.salt(i, r, "proposal", h) if salt is None else as_hash(salt)
     c = proposal_commitment(self._who(i), r, h, salt) if commitment is None else as_hash(commitment)
     self._send(
@@ -399,10 +406,14 @@ class FlockChain:
   propose = commit_proposal
 
   def reveal_proposal(
-      self, i: int, proposal_hash: bytes | str | None = None, salt: bytes | None = None
+      self,
+      i: int,
+      proposal_hash: bytes | str | None = None,
+      salt: bytes | None = None,
+      round_index: int | None = None,
   ) -> None:
     """Proposer i reveals its committed hash (by default the one this client committed)."""
-    r = self.current_round
+    r = self.current_round if round_index is None else round_index
     h0, s0 = self._proposals.get((r, i), (None, None))
     h = as_hash(proposal_hash) if proposal_hash is not None else h0
     salt = as_hash(salt) if salt is not None else s0
@@ -420,8 +431,9 @@ class FlockChain:
     """Wait for the reveal phase, reveal each listed proposer's commitment, then wait
     for the vote phase. Returns {i: h} of every proposal revealed on chain this round."""
     self.advance_to(PHASE_REVEAL)
+    r = self.current_round
     for i in ids:
-      self.reveal_proposal(i)
+      self.reveal_proposal(i, round_index=r)
     self.advance_to(PHASE_VOTE)
     return self.revealed()
 
@@ -442,9 +454,11 @@ class FlockChain:
       bits: int | Sequence[bool] = 0,
       invalid: int | Sequence[bool] = 0,
       salt: bytes | None = None,
+      round_index: int | None = None,
   ) -> bytes:
-    """Drawn voter i commits its ballot (kept with its salt for `reveal_vote`)."""
-    r = self.current_round
+    """Drawn voter i commits its ballot (kept with its salt for `reveal_vote`);
+    `round_index` as in `commit_proposal`."""
+    r = self.current_round if round_index is None else round_index
     ballot = (as_hash(candidate), bool(approve), bits_of(bits), bits_of(invalid))
     if salt is None:
       salt = self.salt(i, r, "vote")
@@ -471,9 +485,9 @@ class FlockChain:
     """Per-proposal mode: voter i commits bit k = approve ``roles.proposers[k]``."""
     self.commit_vote(i, ZERO_HASH, False, bits, invalid)
 
-  def reveal_vote(self, i: int, *ballot_and_salt) -> None:
+  def reveal_vote(self, i: int, *ballot_and_salt, round_index: int | None = None) -> None:
     """Voter i reveals (candidate, approve, bits, invalid, salt); default: what it committed."""
-    r = self.current_round
+    r = self.current_round if round_index is None else round_index
     args = ballot_and_salt or self._ballots.get((r, i))
     if not args:
       raise ChainError(f"reveal_vote: participant {i} committed nothing through this client")
@@ -494,7 +508,7 @@ class FlockChain:
     if ids is None:
       ids = [j for (rr, j) in self._ballots if rr == r]
     for j in ids:
-      self.reveal_vote(j)
+      self.reveal_vote(j, round_index=r)
 
   def finalize(self, sender: str | None = None, reveal: bool = True) -> Outcome:
     """Settle the open round: reveal the votes this client committed (unless `reveal`

@@ -533,7 +533,8 @@ class ChainLedger:
     return self._roles
 
   def propose(self, i: int, h: bytes) -> None:
-    self.chain.commit_proposal(i, h)
+    roles = getattr(self, "_roles", None)  # None: no round drawn through this ledger
+    self.chain.commit_proposal(i, h, round_index=roles.round if roles else None)
 
   def reveal_proposals(self, ids: Sequence[int]) -> dict[int, bytes]:
     return self.chain.reveal_proposals(ids)
@@ -549,7 +550,7 @@ class ChainLedger:
     ballot = _ballot_args(
         self.per_proposal, j, candidate_hash, approve, bits, invalid, len(self._roles.proposers)
     )
-    self.chain.commit_vote(j, *ballot)
+    self.chain.commit_vote(j, *ballot, round_index=self._roles.round)
 
   def finalize(self) -> Outcome:
     return self.chain.finalize()
