@@ -101,8 +101,7 @@ def _uniform(seed: bytes32, n: uint256, need: uint256) -> DynArray[uint256, MAX_
             least one apart, so point j picks the index at shuffled position
             (u + j * n) // need, and no seat is left over.
     """
-    assert need <= n and n <= MAX_PARTICIPANTS, "draw: not enough weight to draw from"
-    assert n > 0, "draw: not enough weight to draw from"
+    assert 0 < n and n <= MAX_PARTICIPANTS and need <= n, "draw: not enough weight to draw from"
     order: uint256[MAX_PARTICIPANTS] = self._shuffle(seed, n)
     u: uint256 = convert(keccak256(concat(seed, convert(OFFSET_KEY, bytes32))), uint256) % n
     picked: DynArray[uint256, MAX_ROLES] = []
@@ -149,7 +148,7 @@ def _draw(seed: bytes32, weights: DynArray[uint256, MAX_PARTICIPANTS], need: uin
                keccak256(seed ‖ uint256(k)) % remaining total (a Fenwick tree in memory).
     """
     # Same picks as the plain statement above (flock_jax/chain/draw.py); written for the EVM:
-    # fixed arrays (no appends), the shuffle shared with `draw_uniform`, and no copy of
+    # fixed arrays (no appends), the shuffle shared with `_uniform`, and no copy of
     # `weights` (the leftover tree is built from it and the picked indices taken out).
     n: uint256 = len(weights)
     assert need <= n, "draw: not enough weight to draw from"

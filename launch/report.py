@@ -49,15 +49,23 @@ def _rows(path: pathlib.Path) -> list[dict]:
   return out
 
 
+def _rejected(row: dict) -> list[int]:
+  """Participants whose update a round rejected: its rejected_updates, each naming
+  'participant i: ...'."""
+  return [
+      int(m.group(1))
+      for e in row.get("rejected_updates") or []
+      if (m := re.match(r"participant (\d+):", e))
+  ]
+
+
 def _flagged(rows: list[dict], attackers: list[int]) -> tuple[int, int]:
   """(attacker, honest) proposals the voters found invalid (NaN, wrong shape, missing blob, the
-  behaviour probe): the rounds' rejected_updates, each naming 'participant i: ...'."""
+  behaviour probe)."""
   bad, out = set(attackers), [0, 0]
   for r in rows:
-    for e in r.get("rejected_updates") or []:
-      m = re.match(r"participant (\d+):", e)
-      if m:
-        out[int(m.group(1)) not in bad] += 1
+    for i in _rejected(r):
+      out[i not in bad] += 1
   return out[0], out[1]
 
 
@@ -68,11 +76,7 @@ def _weighted(rows: list[dict], attackers: list[int]) -> tuple[int, int] | None:
   bad, out = set(attackers), [0, 0]
   for r in rows:
     weights = (r.get("extra") or {}).get("weights")
-    rejected = {
-        int(m.group(1))
-        for e in r.get("rejected_updates") or []
-        if (m := re.match(r"participant (\d+):", e))
-    }
+    rejected = set(_rejected(r))
     valid = [i for i in r.get("clients") or [] if i not in rejected]
     if weights is None or len(weights) != len(valid):
       return None

@@ -448,6 +448,7 @@ class ChainLedger:
     self.chain = chain
     self.per_proposal = chain.params.vote_mode == VOTE_PER_PROPOSAL
     self._num_proposers = chain.params.num_proposers
+    self._roles: Roles | None = None  # the round drawn through this ledger
 
   @classmethod
   def deploy(
@@ -533,8 +534,8 @@ class ChainLedger:
     return self._roles
 
   def propose(self, i: int, h: bytes) -> None:
-    roles = getattr(self, "_roles", None)  # None: no round drawn through this ledger
-    self.chain.commit_proposal(i, h, round_index=roles.round if roles else None)
+    r = self._roles.round if self._roles else None
+    self.chain.commit_proposal(i, h, round_index=r)
 
   def reveal_proposals(self, ids: Sequence[int]) -> dict[int, bytes]:
     return self.chain.reveal_proposals(ids)
