@@ -29,6 +29,8 @@ defence (what it costs when nobody attacks).
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:probe --workdir=runs/defence_smollm2
   # SmolLM2-135M: the anchored probe against the adaptive attacker, and attack-free
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:anchored --workdir=runs/anchored
+  # SmolLM2-135M: does the clean gap of anchored + tolerance close with 20 rounds? (seed 1 first)
+  python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:long --workdir=runs/long
 """
 
 import os
@@ -81,7 +83,7 @@ def get_config(arg=None):
   scale, _, subset = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"  # a run's own override comes after (_evade)
-  if subset in ("probe", "anchored"):
+  if subset in ("probe", "anchored", "long"):
     # Sized for a 2-core CPU (~20 minutes a run): the ASR needs a few tokens only (the target
     # opens the answer) and exact-match accuracy is 0-0.12 at this scale (the headline), so
     # the clean metric is held-out loss and accuracy is not generated.
@@ -104,6 +106,14 @@ def get_config(arg=None):
     # same method without attackers as well as against attack-free FedAvg.
     runs += [_run("flock_anchored_tol", 0.0, 1)]
     return common.sweep(base, shared, runs)
+  if subset == "long":
+    # The clean half at 10 rounds moved by several percent with the client draw alone; 20
+    # rounds of the defence against the adaptive attacker and of its attack-free FedAvg
+    # reference show whether the gap of the rejected rounds closes (~50 and ~25 minutes).
+    shared["federation.rounds"] = 20
+    runs = [_evade(s, "flock_anchored_tol") for s in (1, 0)]
+    runs = [runs[0], _run("fedavg", 0.0, 1), runs[1], _run("fedavg", 0.0, 0)]
+    return common.sweep(base, shared, runs)
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
     runs += [_run("fedavg", 0.0, 0), _run("flock_probe", 0.0, 0)]
@@ -114,7 +124,7 @@ def get_config(arg=None):
     return common.sweep(base, shared, runs)
   if subset:
     raise ValueError(
-        f"unknown subset {subset!r} of the defence sweep; use 'probe', 'anchored' or nothing"
+        f"unknown subset {subset!r} of the defence sweep; use 'probe', 'anchored', 'long' or nothing"
     )
   runs = []
   for seed in (0, 1):
