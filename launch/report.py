@@ -34,6 +34,12 @@ from flock_jax.cli import run_main  # noqa: E402
 _SWEEP = flags.DEFINE_string("sweep", None, "The sweep's workdir (holding sweep.json).")
 _OUT = flags.DEFINE_string("out", None, "Folder for the report (docs/results/<name>).")
 _TITLE = flags.DEFINE_string("title", "", "Title of the report (default: the sweep file).")
+_REFERENCE = flags.DEFINE_string(
+    "reference",
+    "fedavg",
+    "Method tag of the attack-free run (fraction 0) that each run's final held-out loss is "
+    "compared with, seed by seed (the clean-cost table).",
+)
 
 
 # ------------------------------------------------------------------ reading
@@ -242,14 +248,15 @@ def main_table(runs: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def asr_round_table(runs: list[dict]) -> str:
-  """ASR at every reported round (round -1: the starting model), one row per tag group: the
-  mean over seeds, then each seed's value ('' when no run reports ASR)."""
-  if not any(len(r["asr_curve"]) > 1 for r in runs):
+def round_table(runs: list[dict], field: str = "asr_curve", digits: int = 2) -> str:
+  """`field` (asr_curve or loss_curve) at every reported round (round -1: the starting model),
+  one row per tag group: the mean over seeds, then each seed's value ('' when no run has more
+  than the starting point)."""
+  if not any(len(r[field]) > 1 for r in runs):
     return ""
   method_order = list(dict.fromkeys(r["tags"].get("method", "") for r in runs))
   gs = groups(runs)
-  rounds = sorted({k for r in runs for k, _ in r["asr_curve"]})
+  rounds = sorted({k for r in runs for k, _ in r[field]})
   tag_names = sorted({k for key in gs for k, _ in key})
   head = tag_names + [f"round {k}" for k in rounds]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -257,16 +264,50 @@ def asr_round_table(runs: list[dict]) -> str:
     rs, d = sorted(gs[key], key=lambda r: r["tags"].get("seed", 0)), dict(key)
     cells = [str(d.get(t, "")) for t in tag_names]
     for k in rounds:
-      vals = [dict(r["asr_curve"]).get(k) for r in rs]
+      vals = [dict(r[field]).get(k) for r in rs]
       got = [v for v in vals if v is not None]
+      each = "/".join("-" if v is None else f"{v:.{digits}f}" for v in vals)
       cells.append(
-          "-"
-          if not got
-          else f"{sum(got) / len(got):.2f}"
-          + (" (" + "/".join("-" if v is None else f"{v:.2f}" for v in vals) + ")") * (len(rs) > 1)
+          "-" if not got else f"{sum(got) / len(got):.{digits}f}" + f" ({each})" * (len(rs) > 1)
       )
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def clean_cost_table(runs: list[dict], reference: str = "fedavg") -> str:
+  """Final held-out loss of each tag group against the attack-free `reference` run (method tag,
+  fraction 0) of the same seed, in percent: the clean half of experiment 5's goal (within 1% of
+  the no-attack run). Per seed, and the mean over the seeds that have a reference; '' when the
+  sweep holds no such reference."""
+  refs = {
+      r["tags"].get("seed", 0): r["loss_final"]
+      for r in runs
+      if r["tags"].get("method") == reference and not r["tags"].get("fraction") and r["loss_final"]
+  }
+  if not refs:
+    return ""
+  method_order = list(dict.fromkeys(r["tags"].get("method", "") for r in runs))
+  gs = {key: rs for key, rs in groups(runs).items() if "method" in dict(key)}
+  tag_names = sorted({k for key in gs for k, _ in key})
+  head = tag_names + [f"final loss vs {reference} attack-free, mean", "each seed"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for key in sorted(gs, key=lambda k: _order(k, method_order)):
+    d = dict(key)
+    if d["method"] == reference and not d.get("fraction"):
+      continue  # the reference itself
+    rs = sorted(gs[key], key=lambda r: r["tags"].get("seed", 0))
+    pct = {
+        r["tags"].get("seed", 0): 100.0 * (r["loss_final"] / refs[r["tags"].get("seed", 0)] - 1)
+        for r in rs
+        if r["loss_final"] is not None and r["tags"].get("seed", 0) in refs
+    }
+    if not pct:
+      continue
+    mean = sum(pct.values()) / len(pct)
+    each = ", ".join(f"seed {s}: {v:+.1f}%" for s, v in sorted(pct.items()))
+    cells = [str(d.get(t, "")) for t in tag_names] + [f"{mean:+.1f}%", each]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def economics_table(runs: list[dict]) -> str:
@@ -505,7 +546,9 @@ def plot_cross_domain(runs, path) -> bool:
 
 
 # ------------------------------------------------------------------ the report
-def write_report(sweep_dir: str, out_dir: str, title: str = "") -> pathlib.Path:
+def write_report(
+    sweep_dir: str, out_dir: str, title: str = "", reference: str = "fedavg"
+) -> pathlib.Path:
   meta, runs = load_runs(sweep_dir)
   unfinished = [r["name"] for r in runs if not r["done"]]
   runs = [r for r in runs if r["done"]]  # a cut-short run would mix rounds into the means
@@ -555,12 +598,21 @@ def write_report(sweep_dir: str, out_dir: str, title: str = "") -> pathlib.Path:
         + ".",
         "",
     ]
-  by_round = asr_round_table(runs)
-  if by_round:
+  for field, digits, what in (("asr_curve", 2, "ASR"), ("loss_curve", 3, "Held-out loss")):
+    by_round = round_table(runs, field, digits)
+    if by_round:
+      text += [
+          f"## {what} at every reported round (mean over seeds; each seed in brackets)",
+          "",
+          by_round,
+          "",
+      ]
+  cost = clean_cost_table(runs, reference)
+  if cost:
     text += [
-        "## ASR at every reported round (mean over seeds; each seed in brackets)",
+        f"## Clean cost: final held-out loss against attack-free {reference} of the same seed",
         "",
-        by_round,
+        cost,
         "",
     ]
   econ = economics_table(runs)
@@ -581,7 +633,8 @@ def write_report(sweep_dir: str, out_dir: str, title: str = "") -> pathlib.Path:
       "",
       "```bash",
       meta["command"],
-      f"python launch/report.py --sweep={sweep_dir} --out={out_dir}",
+      f"python launch/report.py --sweep={sweep_dir} --out={out_dir}"
+      + (f" --reference={reference}" if reference != "fedavg" else ""),
       "```",
       "",
       f"## The sweep file ({meta['sweep']})",
@@ -605,7 +658,7 @@ def main(argv):
     raise ValueError(f"unexpected arguments {argv[1:]}; every option is a --flag")
   if not _SWEEP.value or not _OUT.value:
     raise FileNotFoundError("--sweep=<sweep workdir> and --out=<folder> are both required")
-  path = write_report(_SWEEP.value, _OUT.value, _TITLE.value)
+  path = write_report(_SWEEP.value, _OUT.value, _TITLE.value, _REFERENCE.value)
   print(f"report: {path}")
 
 

@@ -245,7 +245,7 @@ def test_report_builds_from_fixture_workdirs(tmp_path):
               f"flock_f{frac}_s{seed}",
               {"method": "flock", "fraction": frac, "seed": seed},
               asr=[0.0, 0.1, 0.2 * seed],
-              loss=[3.0, 2.6, 2.2],
+              loss=[3.0, 2.6, 2.2 + 0.1 * seed],
               stakes=[(600.0, 400.0), (610.0, 360.0)],
               fraction=frac,
           )
@@ -292,6 +292,16 @@ def test_report_builds_from_fixture_workdirs(tmp_path):
   by_round = next(x for x in part.splitlines() if x.startswith("| 0.4 | fedavg"))
   assert "| 1.05 (1.00/1.10) |" in by_round and "| 0.00 (0.00/0.00) |" in by_round
   assert "| finance | 1.000 | 1.500 |" in text
+  # held-out loss (mean of the two domains) per reported round, flock at 0.4: 2.45 and 2.55
+  part = text.split("## Held-out loss at every reported round")[1].split("##")[0]
+  by_round = next(x for x in part.splitlines() if x.startswith("| 0.4 | flock"))
+  assert by_round.endswith("| 2.850 (2.850/2.850) | 2.500 (2.450/2.550) |"), by_round
+  # clean cost: final loss against attack-free FedAvg of the same seed (2.25 both seeds)
+  cost = text.split("## Clean cost")[1].split("##")[0].splitlines()
+  row = next(x for x in cost if x.startswith("| 0.4 | flock"))
+  assert "| +11.1% | seed 0: +8.9%, seed 1: +13.3% |" in row, row
+  assert "| +0.0% |" in next(x for x in cost if x.startswith("| 0.4 | fedavg"))
+  assert not any(x.startswith(("| 0.0 | fedavg", "| finance", "| all")) for x in cost)
   cmds = (out / "commands.md").read_text()
   assert (
       "python launch/sweep.py --config=configs/sweeps/x.py" in cmds
