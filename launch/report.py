@@ -311,8 +311,8 @@ def clean_cost_table(runs: list[dict], reference: str = "fedavg") -> str:
 
 
 def economics_table(runs: list[dict]) -> str:
-  """FLock runs: final stake per honest and per malicious participant, totals by side,
-  ejections."""
+  """FLock runs, per honest and per malicious participant (so that sides of different sizes
+  compare): final stake, rewards earned, stake slashed; and the ejections."""
   flock = [r for r in runs if r["stake_curve"]]
   if not flock:
     return ""
@@ -322,10 +322,10 @@ def economics_table(runs: list[dict]) -> str:
       "seeds",
       "stake/honest final",
       "stake/malicious final",
-      "rewards honest",
-      "rewards malicious",
-      "slashed honest",
-      "slashed malicious",
+      "rewards/honest",
+      "rewards/malicious",
+      "slashed/honest",
+      "slashed/malicious",
       "ejected (M: malicious, H: honest; participant@round; per seed)",
   ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -334,15 +334,16 @@ def economics_table(runs: list[dict]) -> str:
     per = []
     for r in rs:
       s, n = r["summary"], _participants(r)
-      bad = n["malicious"]
+      good, bad = max(n["honest"], 1), n["malicious"]
+      each = lambda total, heads: None if total is None or not heads else total / heads
       per.append(
           (
-              r["stake_curve"][-1][1] / max(n["honest"], 1),
-              r["stake_curve"][-1][2] / bad if bad else None,
-              s.get("reward_honest_total"),
-              s.get("reward_malicious_total"),
-              s.get("slash_honest_total"),
-              s.get("slash_malicious_total"),
+              r["stake_curve"][-1][1] / good,
+              each(r["stake_curve"][-1][2], bad),
+              each(s.get("reward_honest_total"), good),
+              each(s.get("reward_malicious_total"), bad),
+              each(s.get("slash_honest_total"), good),
+              each(s.get("slash_malicious_total"), bad),
               ", ".join(
                   f"{'M' if int(i) in r['attackers'] else 'H'}{i}@{k}"
                   for i, k in (s.get("ejections") or {}).items()

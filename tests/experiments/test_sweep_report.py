@@ -286,6 +286,12 @@ def test_report_builds_from_fixture_workdirs(tmp_path):
   # attacker, honest updates accepted / proposed, both seeds; proposals found invalid by side
   assert "| 2/4 | 4/8 | 2/0 |" in flock
   assert "## Economics" in text and "## Cross-domain" in text
+  econ = next(x for x in text.splitlines() if x.startswith("| fraction=0.4, method=flock"))
+  # per participant: 4 attackers share the 3.0 slashed; stakes 610 over 6, 360 over 4
+  assert econ.endswith(
+      "| 101.667 (101.67..101.67) | 90.000 (90.00..90.00) | - | - | - | 0.750 (0.75..0.75) "
+      "| none; none |"
+  ), econ
   assert "`flock_f0.4_s1` before round 2 (5 participants are still staked)" in text
   # ASR per reported round, fedavg at 0.4: seeds 0 and 1 at round 1 are 1.0 and 1.1
   part = text.split("## ASR at every reported round")[1].split("##")[0]
