@@ -68,6 +68,34 @@ def config_diff(old: dict, new: dict) -> list[str]:
   return out
 
 
+def old_rounds(config: dict) -> Any:
+  return config.get("federation", {}).get("rounds")
+
+
+def extension_refused(old: dict, new: dict) -> str | None:
+  """Why a run config `new` that differs from the workdir's `old` only in federation.rounds
+  cannot continue it as more rounds of the same run, or None when it can. Rounds 0..R-1 of
+  an R'-round run are those of the R-round run when nothing in them depends on the total: a
+  baseline run (a FLock task was deployed for its rounds, and its round reward is
+  pool / (T - r)) with a constant learning rate (a schedule spans rounds x local steps)."""
+  a, b = old_rounds(old), old_rounds(new)
+  if not isinstance(a, int) or not isinstance(b, int) or b < a:
+    return f"federation.rounds {a!r} -> {b!r}: a run can be extended to more rounds, not fewer"
+  if new.get("federation", {}).get("mode") != "baseline":
+    return (
+        f"federation.rounds {a} -> {b}: a FLock run's task was deployed on its chain for {a} "
+        "rounds (the round reward is pool / (T - r)), so it cannot be extended; start a new "
+        "run in another --workdir"
+    )
+  if new.get("optim", {}).get("schedule") != "constant":
+    return (
+        f"federation.rounds {a} -> {b}: optim.schedule={new['optim'].get('schedule')!r} spans "
+        "rounds x local steps, so more rounds would change every step's learning rate; only "
+        "a constant schedule can be extended"
+    )
+  return None
+
+
 class Workdir:
   """Paths of a run folder and the checks before a run may write into it."""
 
@@ -113,7 +141,13 @@ class Workdir:
       raise WorkdirError(
           f"{self.config_path} is not valid JSON ({e}); pass --overwrite to move the run aside"
       ) from None
-    diff = config_diff(old, config_dict(config))
+    new = config_dict(config)
+    diff = config_diff(old, new)
+    if diff == [f"federation.rounds: {old_rounds(old)!r} -> {old_rounds(new)!r}"]:
+      why_not = extension_refused(old, new)
+      if why_not is None:
+        return "extend"
+      raise WorkdirError(f"--workdir={self.path}: {why_not}")
     if diff:
       raise WorkdirError(
           f"--workdir={self.path} holds a run with another config ({'; '.join(diff)}): run the "
@@ -124,7 +158,9 @@ class Workdir:
 
   def start(self, config: Any, status: str) -> None:
     """Creates (or, for 'overwrite', first moves aside) the folder, takes the lock and writes
-    config.json for a new run. Call only after the config and the model are validated."""
+    config.json for a new run, or for an extended one ('extend': the finished run's summary is
+    kept as summary.rounds-<old rounds>.json). Call only after the config and the model are
+    validated."""
     if status == "overwrite":
       k = 1
       while self.path.with_name(f"{self.path.name}.old-{k}").exists():
@@ -134,6 +170,9 @@ class Workdir:
       print(f"moved the old run aside to {aside}", flush=True)
     self.path.mkdir(parents=True, exist_ok=True)
     self.lock()
+    if status == "extend" and self.summary_path.exists():
+      rounds = old_rounds(json.loads(self.config_path.read_text()))
+      os.replace(self.summary_path, self.path / f"summary.rounds-{rounds}.json")
     if status != "continue":
       tmp = self.path / ".config.json.tmp"
       tmp.write_text(json.dumps(config_dict(config), indent=2, sort_keys=True))

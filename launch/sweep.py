@@ -16,7 +16,9 @@ at once, naming the entry and the field. Each entry runs as `python launch/train
 subprocess, so the sweep is exactly the commands it records (sweep.json). Run the same
 command again and finished runs (summary.json present) are skipped, half-finished ones
 continue from their last checkpoint (train.py's rule), and entries added to the file since
-run: a sweep is extended by editing its file and running it again.
+run: a sweep is extended by editing its file and running it again. A finished run whose entry
+now asks for more rounds is run again too: train.py extends a baseline run (and refuses a
+FLock run, naming why).
 """
 
 from __future__ import annotations
@@ -136,11 +138,15 @@ def display(argv: list[str]) -> str:
   return shlex.join(["python"] + [a.replace(root, "") for a in argv[1:]])
 
 
-def status(workdir: pathlib.Path, name: str) -> str:
-  """'done' (summary.json), 'partial' (a run folder without it) or 'new'."""
+def status(workdir: pathlib.Path, name: str, rounds: int | None = None) -> str:
+  """'done' (summary.json), 'partial' (a run folder without it, or a finished run with fewer
+  rounds than the entry asks: train.py extends it) or 'new'."""
   run = workdir / name
   if (run / "summary.json").exists():
-    return "done"
+    if rounds is None:
+      return "done"
+    done = json.loads((run / "config.json").read_text()).get("federation", {}).get("rounds")
+    return "partial" if isinstance(done, int) and done < rounds else "done"
   return "partial" if (run / "config.json").exists() else "new"
 
 
@@ -166,13 +172,14 @@ def run_sweep(
     if not 0 <= k < n:
       raise RunConfigError(f"--shard={shard}: expected k/n with 0 <= k < n")
     entries = entries[k::n]
-  for e in entries:  # every entry checked before anything runs
-    resolve(sweep, e)
+  # every entry checked before anything runs; its rounds tell a finished run from a shorter one
+  rounds = {e["name"]: resolve(sweep, e).federation.rounds for e in entries}
   wd = pathlib.Path(workdir).expanduser().absolute()
   cmds = {e["name"]: command(sweep, e, wd) for e in entries}
+  state = lambda name: status(wd, name, rounds[name])
   if dry_run:
     for e in entries:
-      print(f"{e['name']} [{status(wd, e['name'])}]: " + display(cmds[e["name"]]))
+      print(f"{e['name']} [{state(e['name'])}]: " + display(cmds[e["name"]]))
     return {}
   wd.mkdir(parents=True, exist_ok=True)
   record = {
@@ -193,14 +200,14 @@ def run_sweep(
       ],
   }
   (wd / "sweep.json").write_text(json.dumps(record, indent=2))
-  todo = [e for e in entries if status(wd, e["name"]) != "done"]
+  todo = [e for e in entries if state(e["name"]) != "done"]
   results = {e["name"]: "skipped" for e in entries if e not in todo}
   print(f"sweep {spec}: {len(entries)} runs, {len(results)} already done, {len(todo)} to run")
   start = time.perf_counter()
   for k, e in enumerate(todo):
     name = e["name"]
     print(
-        f"{bar(k, len(todo), time.perf_counter() - start)} | {name} " f"({status(wd, name)})",
+        f"{bar(k, len(todo), time.perf_counter() - start)} | {name} " f"({state(name)})",
         flush=True,
     )
     (wd / name).mkdir(parents=True, exist_ok=True)
@@ -211,7 +218,7 @@ def run_sweep(
         ).returncode
       except subprocess.TimeoutExpired:
         rc = "timeout"
-    results[name] = "done" if rc == 0 and status(wd, name) == "done" else f"failed ({rc})"
+    results[name] = "done" if rc == 0 and state(name) == "done" else f"failed ({rc})"
     if results[name] != "done":
       print(f"  {name}: {results[name]}; see {wd / (name + '.log')}", flush=True)
   print(f"{bar(len(todo), len(todo), time.perf_counter() - start)} | finished", flush=True)

@@ -101,7 +101,7 @@ def main(argv):
   wd = Workdir(_WORKDIR.value) if _WORKDIR.value else None
   lead = D.is_leader()  # process 0 writes the workdir's files; every process its shards
   status = D.broadcast(wd.check(config, overwrite=_OVERWRITE.value) if wd and lead else "new")
-  if _RESUME.value and status != "continue":
+  if _RESUME.value and status not in ("continue", "extend"):
     raise WorkdirError(f"--resume: --workdir={_WORKDIR.value} holds no run to continue")
   if wd and status == "continue" and wd.summary_path.exists():
     s = json.loads(wd.summary_path.read_text())
@@ -127,6 +127,8 @@ def main(argv):
   if wd:
     if lead:
       wd.start(config, status)
+      if status == "extend":
+        print(f"extending the run to {run.federation.rounds} rounds", flush=True)
     D.sync("workdir")
     from flock_jax.chain import AdapterStore
 

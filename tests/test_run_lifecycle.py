@@ -333,3 +333,63 @@ def test_a_baseline_run_stopped_and_continued_is_the_uninterrupted_one(tmp_path)
   assert step_a == step_b == 3 and meta_a == meta_b and "clients" not in tree_a
   for x, y in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)):
     assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_finished_baseline_run_extended_to_more_rounds_is_the_longer_run(tmp_path):
+  """The same command with a larger federation.rounds continues a finished baseline run from
+  its last checkpoint: its rows and final state are those of a run that long from the start,
+  and the shorter run's summary is kept beside the new one."""
+  import jax
+
+  flags = (
+      "--config.federation.mode=baseline",
+      "--config.federation.client_state=fresh",
+      "--config.eval.every=1",
+  )
+  ref, run = tmp_path / "ref", tmp_path / "run"
+  _train(ref, *flags)  # FAST: 3 rounds
+  _train(run, *flags, "--config.federation.rounds=2")
+  short = json.loads((run / "summary.json").read_text())
+  out = _train(run, *flags).stdout
+  assert "extending the run to 3 rounds" in out and "resuming at round 2" in out
+  assert json.loads((run / "summary.rounds-2.json").read_text()) == short
+  assert json.loads((run / "config.json").read_text())["federation"]["rounds"] == 3
+  assert _rows(ref) == _rows(run)
+  (step_a, tree_a, meta_a), (step_b, tree_b, meta_b) = _final_tree(ref), _final_tree(run)
+  assert step_a == step_b == 3 and meta_a == meta_b
+  for x, y in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize(
+    "old, new, says",
+    [
+        ({}, {"federation.rounds": 2}, "not fewer"),
+        ({"federation.mode": "flock"}, {"federation.rounds": 5}, "deployed on its chain for 3"),
+        ({"optim.schedule": "cosine"}, {"federation.rounds": 5}, "optim.schedule='cosine'"),
+        ({}, {"federation.rounds": 5, "optim.lr": 0.5}, "optim.lr"),
+    ],
+)
+def test_a_run_that_cannot_be_extended_is_refused_naming_why(tmp_path, old, new, says):
+  """Only federation.rounds may grow, and only where the first rounds do not depend on the
+  total: a FLock task's chain was deployed for its rounds; a schedule spans all of them."""
+  from flock_jax.run_config import load_config
+  from flock_jax.workdir import Workdir, WorkdirError, config_dict
+
+  def config(changes):
+    c = load_config("tiny")
+    c.federation.mode, c.federation.rounds = "baseline", 3
+    for field, value in changes.items():
+      section, key = field.split(".")
+      c[section][key] = value
+    return c
+
+  first = config(old)
+  wd = Workdir(tmp_path / "run")
+  wd.start(first, "new")
+  (tmp_path / "run" / "summary.json").write_text("{}")
+  before = _snapshot(tmp_path / "run")
+  with pytest.raises(WorkdirError, match=says):
+    wd.check(config({**old, **new}))
+  assert _snapshot(tmp_path / "run") == before
+  assert wd.check(config({**old, "federation.rounds": 3})) == "continue"

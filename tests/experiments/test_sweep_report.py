@@ -352,3 +352,16 @@ def test_report_counts_the_updates_an_aggregator_weighted(tmp_path):
   median = next(x for x in text.splitlines() if x.startswith("| median"))
   assert "| 1/1 weighted | 1/4 weighted |" in krum, krum
   assert "| n/a (1 in) | n/a (4 in) |" in median, median
+
+
+def test_a_finished_run_with_fewer_rounds_than_its_entry_is_run_again(tmp_path):
+  """An entry whose federation.rounds was raised is not 'done' on a shorter finished run:
+  the sweep runs it again, and train.py extends it (tests/test_run_lifecycle.py)."""
+  run = tmp_path / "a"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({"federation": {"rounds": 10}}))
+  assert sweep_mod.status(tmp_path, "a", 10) == "partial"  # no summary: unfinished
+  (run / "summary.json").write_text("{}")
+  assert sweep_mod.status(tmp_path, "a", 10) == "done"
+  assert sweep_mod.status(tmp_path, "a", 20) == "partial"
+  assert sweep_mod.status(tmp_path, "b", 20) == "new"
