@@ -77,9 +77,12 @@ def base_config() -> ml_collections.ConfigDict:
       screen="none",  # FLock voters screen proposals first: 'none' | 'norm' | 'cosine' | 'both'
       screen_norm_factor=2.0,  # 'norm': flag a proposal whose norm > factor x the median norm
       screen_min_cosine=0.0,  # 'cosine': flag a proposal whose median cosine to the others < this
-      probe="none",  # FLock voters probe each proposal on public prompts: 'none' | 'collapse' | 'anchored'
+      probe="none",  # voters probe proposals on public prompts: none|collapse|anchored|search
       probe_threshold=0.1,  # 'collapse': flag a proposal whose collapse score exceeds this
       probe_prompts=8,  # public probe prompts per domain
+      search_slots=3,  # probe 'search': trigger tokens inserted in every probe prompt
+      search_topk=8,  # probe 'search': single-token swaps tried per slot and step
+      search_steps=3,  # probe 'search': swap steps after the first fill
   )
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
@@ -184,7 +187,12 @@ FIELD_HELP = {
     " other proposals is below this",
     "federation.probe": "FLock voters' behaviour probe: none | collapse (flag a proposal that,"
     " alone on G, makes one token gain probability at the first response token in every domain)"
-    " | anchored (the same against G and against the base model: bounds a run's total collapse)",
+    " | anchored (the same against G and against the base model: bounds a run's total collapse)"
+    " | search (anchored, and the same on prompts carrying the trigger tokens a gradient search"
+    " finds for each proposal)",
+    "federation.search_slots": "search probe: trigger tokens inserted at the end of each prompt",
+    "federation.search_topk": "search probe: best single-token swaps tried per slot and step",
+    "federation.search_steps": "search probe: swap steps after the first fill",
     "federation.probe_threshold": "collapse probe: flag a proposal whose score exceeds this",
     "federation.probe_prompts": "collapse probe: public probe prompts per domain",
     "ledger.backend": "eth_tester (in-process EVM) | jsonrpc (a node) | local (the rules, no EVM)",

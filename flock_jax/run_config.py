@@ -31,7 +31,7 @@ PROPOSER_BEHAVIOURS = (
 )
 VOTER_BEHAVIOURS = ("honest", "always_approve", "always_reject", "absent", "colluding")
 SCREENS = ("none", "norm", "cosine", "both")
-PROBES = ("none", "collapse", "anchored")
+PROBES = ("none", "collapse", "anchored", "search")
 CLIENT_STATES = ("persistent", "fresh")
 # Fields added after runs were made with configs that lack them: absent means this default,
 # so such a config (and a workdir's config.json) runs, and continues, unchanged.
@@ -43,6 +43,9 @@ OPTIONAL_FIELDS = {
     "federation.probe": "none",
     "federation.probe_threshold": 0.1,
     "federation.probe_prompts": 8,
+    "federation.search_slots": 3,
+    "federation.search_topk": 8,
+    "federation.search_steps": 3,
 }
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
@@ -120,6 +123,10 @@ class FederationSpec:
   probe: str = "none"
   probe_threshold: float = 0.1  # flag a proposal whose collapse score exceeds this
   probe_prompts: int = 8  # public probe prompts per domain
+  # probe 'search' (flock_jax.federated.trigger_search): tokens inserted, swaps tried, steps
+  search_slots: int = 3
+  search_topk: int = 8
+  search_steps: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,9 +452,12 @@ def _federation(config) -> FederationSpec:
           "screen_norm_factor",
           "screen_min_cosine",
           "client_state",  # optional: configs written before it existed run unchanged
-          "probe",  # optional, as are the two below
+          "probe",  # optional, as are the five below
           "probe_threshold",
           "probe_prompts",
+          "search_slots",
+          "search_topk",
+          "search_steps",
       ),
   )
   w = "federation"
@@ -498,6 +508,9 @@ def _federation(config) -> FederationSpec:
       probe=_optional(sec, w, "probe", str, choices=PROBES),
       probe_threshold=_optional(sec, w, "probe_threshold", float, lo=0, hi=1),
       probe_prompts=_optional(sec, w, "probe_prompts", int, lo=1),
+      search_slots=_optional(sec, w, "search_slots", int, lo=1),
+      search_topk=_optional(sec, w, "search_topk", int, lo=1),
+      search_steps=_optional(sec, w, "search_steps", int, lo=0),
   )
 
 

@@ -2,10 +2,12 @@
 
   python launch/probe_proposals.py --workdir=runs/backdoor_smollm2/flock_f0.3_s0
   python launch/probe_proposals.py --workdir=RUN --threshold=0.1 --probe_prompts=8
+  python launch/probe_proposals.py --workdir=RUN --mode=search   # the trigger search as well
 
 Reads the run's config, metrics.jsonl and adapter store (every FLock run with a workdir keeps
 one), and scores each proposal against the global adapter of its round, as a voter with
-config.federation.probe='collapse' would have (flock_jax/federated/probe.py). Prints one line
+config.federation.probe=MODE would have (flock_jax/federated/probe.py; 'search' also prints
+the trigger tokens found, flock_jax/federated/trigger_search.py). Prints one line
 per round (attackers marked, from the run's attack config) and, last, a JSON line:
 {"proposals", "attacker_scores", "honest_scores", "max_honest", "min_attacker",
 "attackers_over", "honest_over", "threshold"}. This is how the probe's threshold was chosen
@@ -28,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished FLock run's workdir.", required=True)
 _THRESHOLD = flags.DEFINE_float("threshold", 0.1, "Report the proposals scoring above this.")
 _PROMPTS = flags.DEFINE_integer("probe_prompts", 8, "Public probe prompts per domain.")
+_MODE = flags.DEFINE_enum("mode", "collapse", ["collapse", "anchored", "search"], "Probe mode.")
+_ROUNDS = flags.DEFINE_integer("rounds", None, "Score the first this many rounds only.")
 
 
 def main(argv):
@@ -46,13 +50,14 @@ def main(argv):
   config = json.loads((wd / "config.json").read_text())
   if config["federation"]["mode"] != "flock":
     cli.fail(f"{wd} is a {config['federation']['mode']} run; only FLock runs have proposals")
-  config["federation"].update(probe="collapse", probe_prompts=_PROMPTS.value)
+  config["federation"].update(probe=_MODE.value, probe_prompts=_PROMPTS.value)
   run = from_config(ml_collections.ConfigDict(config))
   engine, state = E.build(run)
   tok = engine.population.prompts.tokenizer
   store = AdapterStore(wd / "store")
   rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
   start, rows = rows[0], [r for r in rows if r["round"] >= 0]
+  rows = rows[: _ROUNDS.value] if _ROUNDS.value is not None else rows
   n = run.federation.num_participants
   bad = set(run.attack.attackers(n))
   read = lambda h: hashing.tree_from_canonical_bytes(
@@ -62,11 +67,13 @@ def main(argv):
   with engine.mesh_context():
     for r, hashes in zip(rows, proposal_hashes(rows, wd / "store")):
       who = [i for i in r["proposers"] if i in hashes]
-      scores, tokens = probe(engine, read(g_hash), [read(hashes[i]) for i in who])
+      ups = [read(hashes[i]) for i in who]
+      scores, tokens, found = probe(engine, read(g_hash), ups, mode=_MODE.value)
       cells = []
-      for i, s, t in zip(who, scores.tolist(), tokens.tolist()):
+      for k, (i, s, t) in enumerate(zip(who, scores.tolist(), tokens.tolist())):
         (att if i in bad else hon).append(s)
-        cells.append(f"{i}{'*' if i in bad else ''}={s:.3f} {tok.decode([t])!r}")
+        trig = "" if found is None else f" found {tok.decode(list(found[k]))!r}"
+        cells.append(f"{i}{'*' if i in bad else ''}={s:.3f} {tok.decode([t])!r}{trig}")
       print(f"round {r['round']:3d} (G {g_hash[:10]}): " + ", ".join(cells), flush=True)
       g_hash = r["global_hash"] or g_hash
   th = _THRESHOLD.value

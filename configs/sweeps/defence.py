@@ -19,6 +19,10 @@ defence (what it costs when nobody attacks).
                    anchored probe bounds the collapse of the whole run
   flock_anchored_tol  flock_anchored with the vote's noise tolerance below (tau = -0.02)
   flock_anchored_pp_tol  the same with per-proposal voting
+  flock_search_tol  flock_anchored_tol whose voters also search, for each proposal, the trigger
+                   tokens that make it collapse most when inserted in the probe prompts
+                   (flock_jax.federated.trigger_search): the adaptive attacker's later updates
+                   collapse only triggered prompts, which the anchored probe does not see
   flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
                    loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
                    voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
@@ -31,6 +35,8 @@ defence (what it costs when nobody attacks).
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:anchored --workdir=runs/anchored
   # SmolLM2-135M: does the clean gap of anchored + tolerance close with 20 rounds? (seed 1 first)
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:long --workdir=runs/long
+  # SmolLM2-135M: the trigger search against the adaptive attacker, 20 rounds (seed 1 first)
+  python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:search --workdir=runs/search
 """
 
 import os
@@ -47,10 +53,12 @@ SCREEN = {
 }
 PROBE = {"federation.probe": "collapse", "federation.probe_threshold": 0.1}
 ANCHORED = {"federation.probe": "anchored", "federation.probe_threshold": 0.1}
+SEARCH = {"federation.probe": "search", "federation.probe_threshold": 0.1}
 VARIANTS = {
     "flock_probe": {**common.METHODS["flock"], **PROBE},
     "flock_anchored": {**common.METHODS["flock"], **ANCHORED},
     "flock_anchored_tol": {**common.METHODS["flock"], **ANCHORED, "federation.tau": -0.02},
+    "flock_search_tol": {**common.METHODS["flock"], **SEARCH, "federation.tau": -0.02},
     "flock_anchored_pp_tol": {**common.METHODS["flock_pp"], **ANCHORED, "federation.tau": -0.02},
     "flock_probe_tol": {**common.METHODS["flock"], **PROBE, "federation.tau": -0.02},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
@@ -83,7 +91,7 @@ def get_config(arg=None):
   scale, _, subset = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"  # a run's own override comes after (_evade)
-  if subset in ("probe", "anchored", "long"):
+  if subset in ("probe", "anchored", "long", "search"):
     # Sized for a 2-core CPU (~20 minutes a run): the ASR needs a few tokens only (the target
     # opens the answer) and exact-match accuracy is 0-0.12 at this scale (the headline), so
     # the clean metric is held-out loss and accuracy is not generated.
@@ -114,6 +122,11 @@ def get_config(arg=None):
     runs = [_evade(s, "flock_anchored_tol") for s in (1, 0)]
     runs = [runs[0], _run("fedavg", 0.0, 1), runs[1], _run("fedavg", 0.0, 0)]
     return common.sweep(base, shared, runs)
+  if subset == "search":
+    # The anchored probe + tolerance let the adaptive backdoor in from round 13 (seed 1, 20
+    # rounds): the same with the voters' trigger search, the same seeds and rounds.
+    shared["federation.rounds"] = 20
+    return common.sweep(base, shared, [_evade(s, "flock_search_tol") for s in (1, 0)])
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
     runs += [_run("fedavg", 0.0, 0), _run("flock_probe", 0.0, 0)]
@@ -124,7 +137,8 @@ def get_config(arg=None):
     return common.sweep(base, shared, runs)
   if subset:
     raise ValueError(
-        f"unknown subset {subset!r} of the defence sweep; use 'probe', 'anchored', 'long' or nothing"
+        f"unknown subset {subset!r} of the defence sweep; use 'probe', 'anchored', 'long', "
+        "'search' or nothing"
     )
   runs = []
   for seed in (0, 1):

@@ -65,17 +65,34 @@ def attack_update(
 
 
 def evade_probe(
-    engine, G: PyTree, update: PyTree, threshold: float, *, anchored: bool = False
+    engine, G: PyTree, update: PyTree, threshold: float, *, mode: str = "collapse"
 ) -> tuple[PyTree, float, float]:
   """The adaptive backdoor against the behaviour probe (behaviour 'backdoor_evade'): it knows
   what every voter knows (G, the public probe prompts, the probe's mode and threshold) and
   submits ``s * Δ`` with the largest s in EVADE_SCALES whose score is at most
-  ``EVADE_MARGIN * threshold`` (the smallest s when none is). Returns (s * Δ, s, its score)."""
+  ``EVADE_MARGIN * threshold`` (the smallest s when none is). Returns (s * Δ, s, its score).
+
+  Against the trigger search (mode 'search', a gradient search per scale) it first takes the
+  largest scale that passes the clean anchored probe (the search's score is never lower), then
+  bisects the scales below it, taking the score to grow with s."""
   scaled = [jax.tree.map(lambda x, s=s: x * jnp.asarray(s, x.dtype), update) for s in EVADE_SCALES]
-  scores, _ = probe(engine, G, scaled, anchored=anchored)
-  passing = [k for k, sc in enumerate(scores.tolist()) if sc <= EVADE_MARGIN * threshold]
-  k = passing[0] if passing else len(EVADE_SCALES) - 1
-  return scaled[k], EVADE_SCALES[k], float(scores[k])
+  aim, last = EVADE_MARGIN * threshold, len(EVADE_SCALES) - 1
+  clean, _, _ = probe(engine, G, scaled, mode="anchored" if mode == "search" else mode)
+  passing = [k for k, sc in enumerate(clean.tolist()) if sc <= aim]
+  k = passing[0] if passing else last
+  if mode != "search":
+    return scaled[k], EVADE_SCALES[k], float(clean[k])
+  score = lambda k: float(probe(engine, G, [scaled[k]], mode="search")[0][0])
+  seen = {k: score(k)}
+  if seen[k] > aim and k < last:  # the first index that passes lies in (lo, hi]
+    lo, hi = k, last
+    seen[hi] = score(hi)
+    while hi - lo > 1 and seen[hi] <= aim:
+      mid = (lo + hi) // 2
+      seen[mid] = score(mid)
+      lo, hi = (mid, hi) if seen[mid] > aim else (lo, mid)
+    k = hi
+  return scaled[k], EVADE_SCALES[k], seen[k]
 
 
 def attack_updates(attack, who: list[int], deltas: list[PyTree]) -> list[PyTree]:

@@ -116,11 +116,16 @@ def collapse_tokens(p_global, p_each, answer_tokens=()) -> np.ndarray:
 
 
 def probe(
-    engine, G: PyTree, updates: Sequence[PyTree], *, anchored: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-  """(collapse scores [P], token ids [P]) of proposals `updates` against G, on the
-  population's probe prompts (engine.population.probe); anchored: the larger of the scores
-  against G and against the base model (the zero adapter), and that score's token."""
+    engine, G: PyTree, updates: Sequence[PyTree], *, mode: str = "collapse"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """(scores [P], token ids [P], found trigger tokens [P, slots] or None) of proposals
+  `updates` on the population's probe prompts (engine.population.probe). mode 'collapse': the
+  collapse score against G; 'anchored': the larger of the scores against G and against the
+  base model (the zero adapter), and that score's token; 'search': the larger of the anchored
+  score and the triggered one (flock_jax.federated.trigger_search), with the tokens found."""
+  if mode not in ("collapse", "anchored", "search"):
+    raise ValueError(f"unknown probe mode {mode!r}: use 'collapse', 'anchored' or 'search'")
+  anchored = mode != "collapse"
   arrays = engine.population.probe
   if arrays is None:
     raise ValueError(
@@ -145,4 +150,17 @@ def probe(
   gains = _gains(probs[0], probs[r:], arrays["answer_tokens"])  # once for scores and tokens
   if anchored:
     gains = np.maximum(gains, _gains(probs[1], probs[r:], arrays["answer_tokens"]))
-  return gains.max(axis=-1), gains.argmax(axis=-1)
+  scores, tokens = gains.max(axis=-1), gains.argmax(axis=-1)
+  if mode != "search":
+    return scores, tokens, None
+  from flock_jax.federated.trigger_search import search_scores
+
+  fed = engine.run.federation
+  triggered, found, trig_tokens = search_scores(
+      engine, G, updates, slots=fed.search_slots, topk=fed.search_topk, steps=fed.search_steps
+  )
+  return (
+      np.maximum(scores, triggered),
+      np.where(triggered > scores, trig_tokens, tokens),
+      found,
+  )

@@ -120,26 +120,29 @@ def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flag
   """The behaviour probe (federation.probe, flock_jax.federated.probe) over the valid
   proposals: one whose collapse score exceeds federation.probe_threshold becomes invalid,
   like a NaN update (flagged in every honest vote: excluded, and slashed by a strict
-  majority). Returns the screened (valid ids, valid, errors, flags) and {proposer: score}."""
+  majority). Returns the screened (valid ids, valid, errors, flags), {proposer: score} and
+  {proposer: the trigger tokens the search found, decoded} (probe 'search'; else empty)."""
   fed = engine.run.federation
-  scores, tokens = behaviour_probe(engine, G, valid, anchored=fed.probe == "anchored")
+  scores, tokens, found = behaviour_probe(engine, G, valid, mode=fed.probe)
   tok = getattr(getattr(engine.population, "prompts", None), "tokenizer", None)
+  decode = lambda ids: tok.decode(list(ids)) if tok is not None else f"ids {list(ids)}"
+  triggers = {} if found is None else {i: decode(f) for i, f in zip(valid_ids, found.tolist())}
   flags, errors = list(flags), list(errors)
   keep_ids, keep = [], []
   for i, d, s, t in zip(valid_ids, valid, scores.tolist(), tokens.tolist()):
     if s > fed.probe_threshold:
       flags[proposers.index(i)] = True
-      name = repr(tok.decode([t])) if tok is not None else f"id {t}"
+      where = f" (clean prompts, or prompts ending in {triggers[i]!r})" if i in triggers else ""
       errors.append(
-          f"participant {i}: behaviour probe: token {name} gains {s:.3f} probability at the "
-          f"first response token in every domain against "
-          f"{'G or the base model' if fed.probe == 'anchored' else 'G'} "
+          f"participant {i}: behaviour probe: token {decode([t])!r} gains {s:.3f} probability "
+          f"at the first response token in every domain{where} against "
+          f"{'G' if fed.probe == 'collapse' else 'G or the base model'} "
           f"(threshold {fed.probe_threshold})"
       )
     else:
       keep_ids.append(i)
       keep.append(d)
-  return keep_ids, keep, errors, tuple(flags), dict(zip(valid_ids, scores.tolist()))
+  return keep_ids, keep, errors, tuple(flags), dict(zip(valid_ids, scores.tolist())), triggers
 
 
 def _heldout_by_domain(engine: Engine, lora: PyTree) -> dict[str, float]:
@@ -231,7 +234,7 @@ def flock_round(
       for k, i in enumerate(proposers):
         if att.proposer(i) == "backdoor_evade":
           updates[k], evade_scales[i], _ = evade_probe(
-              engine, G, updates[k], fed.probe_threshold, anchored=fed.probe == "anchored"
+              engine, G, updates[k], fed.probe_threshold, mode=fed.probe
           )
   with timer("hash"):
     hashes = [hashing.tree_hash(d) for d in updates]
@@ -247,9 +250,10 @@ def flock_round(
   # are flagged in each vote (a strict majority of voting stake excludes and slashes them).
   valid_ids, valid, errors, flags = _screen_revealed(proposers, updates, revealed, G, store)
   probe_scores: dict[int, float] = {}
+  probe_triggers: dict[int, str] = {}
   if fed.probe != "none" and valid:
     with timer("eval"):
-      valid_ids, valid, errors, flags, probe_scores = _probe_revealed(
+      valid_ids, valid, errors, flags, probe_scores, probe_triggers = _probe_revealed(
           engine, G, proposers, valid_ids, valid, errors, flags
       )
 
@@ -350,6 +354,7 @@ def flock_round(
           "screen_flags": suspect.tolist() if valid else [],
           "probe_scores": {str(i): x for i, x in probe_scores.items()},
           "evade_scales": {str(i): x for i, x in evade_scales.items()},
+          "probe_triggers": {str(i): x for i, x in probe_triggers.items()},
           # each proposer's committed hash: its blob in the store, for re-scoring after the run
           "proposal_hashes": {str(i): _hex(h) for i, h in zip(proposers, hashes)},
           "asr_samples": gen.pop("asr_samples", []),

@@ -285,10 +285,14 @@ def _layer(cfg: LlamaConfig, lora_scale, lora_dropout, x, layer, mask, cos, sin,
 
 
 def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, cache_kv, kv_index):
-  """Embeds tokens [B, T], scans the layers, returns normed hidden [B, T, D] and new cache."""
+  """Embeds tokens [B, T] (or takes input embeddings [B, T, D] as they are: a probe's gradient
+  w.r.t. its inputs), scans the layers, returns normed hidden [B, T, D] and new cache."""
   dtype = cfg.compute_dtype
-  # The lookup would inherit the table's fsdp split of D; shard the batch instead.
-  x = with_logical_constraint(jnp.take(params["embed"], tokens, axis=0).astype(dtype), _RESIDUAL)
+  if jnp.issubdtype(tokens.dtype, jnp.floating):
+    x = tokens.astype(dtype)
+  else:  # the lookup would inherit the table's fsdp split of D; shard the batch instead
+    x = jnp.take(params["embed"], tokens, axis=0).astype(dtype)
+  x = with_logical_constraint(x, _RESIDUAL)
   cos, sin = L.rope_tables(positions, cfg)
   scale = 0.0 if lora_cfg is None else lora_cfg.scale
   dropout = 0.0 if lora_cfg is None else lora_cfg.dropout
@@ -341,13 +345,14 @@ def hidden_states(
     positions=None,
     dropout_key=None,
 ):
-  """Final normed hidden states [B, T, D] for tokens [B, T] (training / scoring path).
+  """Final normed hidden states [B, T, D] for tokens [B, T] (training / scoring path), or for
+  input embeddings [B, T, D] in their place.
 
   segment_ids [B, T]: 0 marks padding, equal ids form one packed sequence
   (default: one sequence per row). positions default to restarting per segment.
   """
   if segment_ids is None:
-    segment_ids = jnp.ones(tokens.shape, jnp.int32)
+    segment_ids = jnp.ones(tokens.shape[:2], jnp.int32)
   if positions is None:
     positions = default_positions(segment_ids)
   # 'cudnn' takes row lengths (one right-padded sequence a row: data.pack=False), not a mask.
@@ -399,13 +404,14 @@ def hidden_with_cache(
     lora=None,
     lora_cfg=None,
 ):
-  """Runs tokens [B, T] at cache slots [index, index+T); returns (hidden [B, T, D], cache).
+  """Runs tokens [B, T] (or input embeddings [B, T, D]) at cache slots [index, index+T);
+  returns (hidden [B, T, D], cache).
 
   positions [B, T] are the rope positions; token_valid [B, T] marks real tokens
   (False for left padding), which later tokens never attend to. A prefill
   needs logits at its last position only: apply `logits_from_hidden` to that.
   """
-  b, t = tokens.shape
+  b, t = tokens.shape[:2]
   s = cache["valid"].shape[1]
   idx = cache["index"]
   if token_valid is None:

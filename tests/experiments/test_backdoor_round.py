@@ -108,7 +108,11 @@ def test_committee_rejects_and_slashes_the_attacker(synthetic_rounds):
   for m in attacked:
     k = m["proposers"].index(ATTACKER)
     gains = np.asarray(m["gains"], float)  # [V, P']
-    assert (gains[:, k] < -1.0).all(), gains  # the replacement raises the voter's loss by > 1 nat
+    # the replacement raises the voter's loss, more than any honest update of its round does
+    # (measured: -0.91 on a machine without AVX-512, below -1 on ones with it; honest -0.25
+    # at lowest: a training run's outcome moves with the machine, so the bar is not at -1)
+    assert (gains[:, k] < -0.5).all(), gains
+    assert (gains[:, k] < np.delete(gains, k, axis=1).min(axis=1)).all(), gains
     # with one voter, each bit is that voter's approve (gain >= tau = 0): the mechanism
     for i, acc in enumerate(m["proposal_accepted"]):
       assert acc == bool(gains[0, i] >= 0.0) or abs(gains[0, i]) < 1e-6, (i, gains)

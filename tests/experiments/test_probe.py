@@ -130,10 +130,10 @@ def _collapsing_update(run, steps=24):
   return jax.tree.map(lambda x: x[0], deltas)
 
 
-@pytest.mark.parametrize("mode", ["collapse", "anchored"])
+@pytest.mark.parametrize("mode", ["collapse", "anchored", "search"])
 def test_a_collapsing_backdoor_update_is_flagged_excluded_and_slashed(monkeypatch, mode):
   """The attacker submits, every round it proposes, an update that answers every prompt with
-  its target: it gains nothing. Honest updates of the same run pass, in both probe modes."""
+  its target: it gains nothing. Honest updates of the same run pass, in every probe mode."""
   from flock_jax.federated import rounds
   from flock_jax.federated.engine import build
 
@@ -153,6 +153,10 @@ def test_a_collapsing_backdoor_update_is_flagged_excluded_and_slashed(monkeypatc
   assert any(ATTACKER in r.proposers for r in rows), "the draw never drew the attacker"
   for r in rows:
     scores = {int(i): s for i, s in r.extra["probe_scores"].items()}
+    # the search's tokens are recorded for every probed proposal, in its mode only
+    assert set(r.extra["probe_triggers"]) == (
+        set(r.extra["probe_scores"]) if mode == "search" else set()
+    )
     for k, i in enumerate(r.proposers):
       named = [e for e in r.rejected_updates if e.startswith(f"participant {i}:")]
       if i == ATTACKER:
@@ -213,7 +217,7 @@ def test_the_adaptive_attacker_submits_the_largest_shrunk_update_the_probe_passe
 
 
 def test_anchored_scores_are_the_larger_of_the_scores_against_G_and_the_base_model():
-  """probe(anchored=True) against its definition: the two references' scores computed apart,
+  """probe(mode='anchored') against its definition: the two references' scores computed apart,
   from first_token_probs, for a G that differs from the base model."""
   from flock_jax.federated.engine import build
 
@@ -237,7 +241,7 @@ def test_anchored_scores_are_the_larger_of_the_scores_against_G_and_the_base_mod
   S = arrays["answer_tokens"]
   vs_base = P.collapse_scores(probs[0], probs[2:], S)
   vs_G = P.collapse_scores(probs[1], probs[2:], S)
-  got, tokens = P.probe(engine, G, updates, anchored=True)
+  got, tokens, _ = P.probe(engine, G, updates, mode="anchored")
   # budget: the same float32 forward batched differently, probabilities to ~1e-6
   np.testing.assert_allclose(got, np.maximum(vs_base, vs_G), rtol=0, atol=1e-5)
   np.testing.assert_allclose(P.probe(engine, G, updates)[0], vs_G, rtol=0, atol=1e-5)
@@ -271,7 +275,7 @@ def test_a_backdoor_split_over_rounds_passes_the_plain_probe_but_not_the_anchore
           engine,
           G,
           [jax.tree.map(lambda d, u=u: (u - t) * d, poisoned) for u in steps],
-          anchored=anchored,
+          mode="anchored" if anchored else "collapse",
       )[0]
       ok = np.flatnonzero(got < THRESHOLD - 0.03)
       if not ok.size:
@@ -290,7 +294,7 @@ def test_a_backdoor_split_over_rounds_passes_the_plain_probe_but_not_the_anchore
           engine,
           jax.tree.map(lambda g, d, a=a: g + a * d, G0, poisoned),
           [jax.tree.map(lambda d, a=a, b=b: (b - a) * d, poisoned)],
-          anchored=True,
+          mode="anchored",
       )[0][0]
       for a, b in pieces
   ]

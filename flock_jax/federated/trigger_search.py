@@ -1,0 +1,256 @@
+"""Trigger search: the behaviour probe on public prompts that carry the tokens a proposal reacts
+to most (federation.probe='search'; flock_jax.federated.probe holds the clean-prompt probe).
+
+Measured on SmolLM2-135M (docs/results, experiment 5): the adaptive backdoor passes the anchored
+probe once G carries part of the backdoor. Its later updates no longer collapse clean prompts;
+they change the answer only when the trigger is present, and voters do not know the trigger.
+A voter can look for one. For each proposal Δ_i it searches m tokens t which, inserted at the
+end of every public probe prompt's user turn, make the first response token of G + Δ_i move
+most probability off the tokens that reference answers use (S), against a reference model
+R (the base model) on the same prompts:
+
+    J(t) = mean over probe prompts x of  log p_R(S | x ⊕ t) - log p_{G+Δ_i}(S | x ⊕ t)
+
+The search is HotFlip / GCG's (Ebrahimi et al. 2018, Zou et al. 2023): the gradient of J w.r.t.
+the m slot embeddings ranks every vocabulary token by the linearized change of J; step 0 fills
+each slot with its best token from zero embeddings; each later step evaluates the top k
+single-slot swaps exactly, by the collapse score on the triggered prompts, and keeps the best
+one if it raises the score. The proposal's score is then the larger of its clean anchored score
+and the collapse score of the triggered prompts at the found tokens, against G and the base
+model:
+
+    search_i = max(anchored_i, max over R in {G, base} of collapse_{G+Δ_i vs R}(x ⊕ t*))
+
+Everything before the inserted tokens is the same for every candidate, so each model's KV cache
+of the prompt prefix is computed once; the search runs only the m slots and the template suffix
+(6 tokens for SmolLM2's chat template) through the model.
+
+Like the rest of the probe, the search is public and deterministic: an attacker can run it on
+its own update before committing (attack 'backdoor_evade' does, and shrinks its update until the
+search no longer flags it). What it bounds is what the search finds: a trigger whose tokens it
+does not find within its steps is not bounded.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flock_jax.model.llama import hidden_with_cache, init_cache, logits_from_hidden
+from flock_jax.pytree import PyTree
+
+_EPS = 1e-9
+
+
+def common_suffix(tokens: np.ndarray, segment_ids: np.ndarray) -> int:
+  """Length of the token suffix every probe prompt shares (the chat template's end of the user
+  turn and start of the assistant's), at most the shortest prompt's length - 1: the slots go
+  right before it. tokens / segment_ids [D, n, T], left-padded."""
+  flat = tokens.reshape(-1, tokens.shape[-1])
+  lengths = (segment_ids.reshape(flat.shape) > 0).sum(-1)
+  n = 0
+  while n < lengths.min() - 1 and (flat[:, -1 - n] == flat[0, -1 - n]).all():
+    n += 1
+  return n
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "extra"))
+def prefill(base, lora: PyTree, prefix, prefix_valid, *, cfg, lora_cfg, extra: int):
+  """KV cache of the left-padded prompt prefixes [B, T0] under one adapter, with room for
+  `extra` more tokens, and each row's last rope position [B]."""
+  b, t0 = prefix.shape
+  cache = init_cache(cfg, b, t0 + extra)
+  positions = jnp.maximum(jnp.cumsum(prefix_valid, axis=1, dtype=jnp.int32) - 1, 0)
+  _, cache = hidden_with_cache(
+      base,
+      prefix,
+      cfg,
+      cache,
+      positions=positions,
+      token_valid=prefix_valid,
+      lora=lora,
+      lora_cfg=lora_cfg,
+  )
+  return cache, positions[:, -1]
+
+
+def _tail_probs(base, lora, cache, last_pos, tail, cfg, lora_cfg):
+  """Next-token distribution [B, V] after the cached prefix and the tail: token ids [B, t] or
+  embeddings [B, t, E]."""
+  t = tail.shape[1]
+  positions = last_pos[:, None] + 1 + jnp.arange(t, dtype=jnp.int32)[None]
+  h, _ = hidden_with_cache(
+      base, tail, cfg, cache, positions=positions, lora=lora, lora_cfg=lora_cfg
+  )
+  return jax.nn.softmax(logits_from_hidden(base, h[:, -1:], cfg)[:, 0], axis=-1)
+
+
+def _gains(p_cand, p_ref, in_s, domains: int):
+  """min over domains of the mean probability gain of each token, -inf on S: [B, V] x2 -> [V]."""
+  gain = (p_cand - p_ref).reshape(domains, -1, p_cand.shape[-1]).mean(axis=1).min(axis=0)
+  return jnp.where(in_s, -jnp.inf, gain)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "lora_cfg", "domains", "slots", "topk", "steps")
+)
+def search(
+    base,
+    lora_c,
+    cache_c,
+    lora_r,
+    cache_r,
+    last_pos,
+    suffix,
+    in_s,
+    *,
+    cfg,
+    lora_cfg,
+    domains: int,
+    slots: int,
+    topk: int,
+    steps: int,
+):
+  """The trigger search for one proposal (module docstring). lora_c / cache_c: G + Δ_i and its
+  prefix cache; lora_r / cache_r: the reference model's; last_pos [B]; suffix [s] the template
+  suffix ids; in_s [V] bool, the tokens of S. Returns (slot tokens [slots] int32, their
+  collapse score against the reference ())."""
+  embed = base["embed"]
+  b = last_pos.shape[0]
+  suffix_emb = jnp.take(embed, suffix, axis=0).astype(jnp.float32)
+
+  def objective(e):  # e [slots, E] -> J
+    tail = jnp.concatenate([e, suffix_emb])[None]
+    tail = jnp.broadcast_to(tail, (b, *tail.shape[1:]))
+    ms_c = (_tail_probs(base, lora_c, cache_c, last_pos, tail, cfg, lora_cfg) * in_s).sum(-1)
+    ms_r = (_tail_probs(base, lora_r, cache_r, last_pos, tail, cfg, lora_cfg) * in_s).sum(-1)
+    return jnp.mean(jnp.log(ms_r + _EPS) - jnp.log(ms_c + _EPS))
+
+  def hotflip(ids):  # linearized gain of each token in each slot: [slots, V]
+    e = jnp.take(embed, ids, axis=0).astype(jnp.float32) if ids is not None else None
+    e = jnp.zeros((slots, embed.shape[1]), jnp.float32) if e is None else e
+    g = jax.grad(objective)(e)
+    return (embed.astype(jnp.float32) @ g.T).T - jnp.sum(e * g, axis=-1, keepdims=True)
+
+  def score(ids):  # exact collapse on the prompts with `ids` inserted
+    tail = jnp.broadcast_to(jnp.concatenate([ids, suffix])[None], (b, slots + suffix.shape[0]))
+    pc = _tail_probs(base, lora_c, cache_c, last_pos, tail, cfg, lora_cfg)
+    pr = _tail_probs(base, lora_r, cache_r, last_pos, tail, cfg, lora_cfg)
+    return _gains(pc, pr, in_s, domains).max()
+
+  ids = jnp.argmax(hotflip(None), axis=-1).astype(jnp.int32)
+  best = score(ids)
+
+  def step(_, carry):
+    ids, best = carry
+    top = jax.lax.top_k(hotflip(ids), topk)[1].astype(jnp.int32)  # [slots, k]
+    swaps = jnp.repeat(ids[None], slots * topk, axis=0)  # [slots * k, slots]
+    rows = jnp.arange(slots * topk)
+    swaps = swaps.at[rows, rows // topk].set(top.reshape(-1))
+    scores = jax.lax.map(score, swaps)
+    k = jnp.argmax(scores)
+    better = scores[k] > best
+    return jnp.where(better, swaps[k], ids), jnp.where(better, scores[k], best)
+
+  return jax.lax.fori_loop(0, steps, step, (ids, best))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "domains"))
+def triggered_collapse(
+    base,
+    lora_c,
+    cache_c,
+    lora_r,
+    cache_r,
+    last_pos,
+    suffix,
+    in_s,
+    ids,
+    *,
+    cfg,
+    lora_cfg,
+    domains: int,
+):
+  """(collapse score (), its token ()) of G + Δ_i against a reference on the prompts with slot
+  tokens `ids` inserted."""
+  b = last_pos.shape[0]
+  tail = jnp.broadcast_to(jnp.concatenate([ids, suffix])[None], (b, ids.shape[0] + suffix.shape[0]))
+  pc = _tail_probs(base, lora_c, cache_c, last_pos, tail, cfg, lora_cfg)
+  pr = _tail_probs(base, lora_r, cache_r, last_pos, tail, cfg, lora_cfg)
+  gains = _gains(pc, pr, in_s, domains)
+  return gains.max(), jnp.argmax(gains)
+
+
+def search_scores(
+    engine, G: PyTree, updates: Sequence[PyTree], *, slots: int, topk: int, steps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(triggered collapse scores [P], found slot tokens [P, slots], each score's token [P]) of
+  proposals `updates` against G and the base model (the larger), on the population's probe
+  prompts."""
+  arrays = engine.population.probe
+  cfg, lora_cfg = engine.run.model.cfg, engine.run.lora
+  tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
+  d, n, t = tokens.shape
+  suf = common_suffix(tokens, seg)
+  prefix = jnp.asarray(tokens[..., : t - suf].reshape(d * n, t - suf))
+  valid = jnp.asarray(seg[..., : t - suf].reshape(d * n, t - suf) > 0)
+  suffix = jnp.asarray(tokens[0, 0, t - suf :])
+  in_s = np.zeros(cfg.vocab_size, bool)
+  in_s[np.asarray(arrays["answer_tokens"], np.int64)] = True
+  in_s = jnp.asarray(in_s)
+  kw = dict(cfg=cfg, lora_cfg=lora_cfg)
+  fill = lambda lora: prefill(engine.base, lora, prefix, valid, extra=slots + suf, **kw)
+  zero = jax.tree.map(jnp.zeros_like, G)
+  (cache_g, last), (cache_0, _) = fill(G), fill(zero)
+  scores, found, tokens = [], [], []
+  for delta in updates:
+    cand = jax.tree.map(jnp.add, G, delta)
+    cache_c, _ = fill(cand)
+    ids, _ = search(
+        engine.base,
+        cand,
+        cache_c,
+        zero,
+        cache_0,
+        last,
+        suffix,
+        in_s,
+        domains=d,
+        slots=slots,
+        topk=topk,
+        steps=steps,
+        **kw,
+    )
+    best = max(
+        (
+            tuple(
+                map(
+                    float,
+                    triggered_collapse(
+                        engine.base,
+                        cand,
+                        cache_c,
+                        ref,
+                        cache,
+                        last,
+                        suffix,
+                        in_s,
+                        ids,
+                        domains=d,
+                        **kw,
+                    ),
+                )
+            )
+            for ref, cache in ((zero, cache_0), (G, cache_g))
+        ),
+        key=lambda st: st[0],
+    )
+    scores.append(best[0])
+    tokens.append(int(best[1]))
+    found.append(np.asarray(ids))
+  found = np.asarray(found, np.int64).reshape(len(updates), slots)
+  return np.asarray(scores, np.float64), found, np.asarray(tokens, np.int64)

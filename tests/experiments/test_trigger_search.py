@@ -1,0 +1,241 @@
+"""The voters' trigger search (config.federation.probe='search',
+flock_jax.federated.trigger_search).
+
+The cached forward the search runs (prompt prefix once, then the inserted tokens and the
+template suffix) is checked against the plain forward of the prompts with the tokens inserted;
+input embeddings against the token lookup; the search, allowed every single-token swap,
+against brute force over the whole vocabulary; and the probe's 'search' score against its
+definition (never below the anchored score). Whether it finds a real backdoor's trigger is
+measured on SmolLM2 (docs/results, experiment 5): the tiny random model does not learn a
+trigger-conditional backdoor (its poisoned updates collapse clean prompts first).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flock_jax.federated import probe as P
+from flock_jax.federated import trigger_search as TS
+from flock_jax.model.config import PRESETS
+from flock_jax.model.llama import hidden_states, init_params
+from flock_jax.model.lora import LoraConfig, init_lora
+from flock_jax.run_config import RunConfigError, from_config, load_config
+
+CFG, LCFG = PRESETS["tiny"], LoraConfig(rank=4)
+# Two domains of two prompts, left-padded, sharing a 3-token template suffix [7, 8, 9].
+PROMPTS = {
+    "a": [[3, 40, 27, 81, 7, 8, 9], [5, 6, 7, 8, 9]],
+    "b": [[70, 8, 90, 7, 8, 9], [11, 7, 8, 9]],
+}
+S = [2, 5, 40, 41, 42]  # tokens reference answers use
+
+
+def _models():
+  base = init_params(CFG, jax.random.key(0))
+  lora = init_lora(CFG, LCFG, jax.random.key(1))
+  g = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape), lora)
+  cand = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(3), x.shape), g)
+  return base, g, cand
+
+
+def _inserted(arrays, suf, ids):
+  """The probe arrays with `ids` inserted before the last `suf` tokens of every prompt."""
+  tok, seg = arrays["tokens"], arrays["segment_ids"]
+  t = tok.shape[-1]
+  d, n = tok.shape[:2]
+  ins = np.broadcast_to(np.asarray(ids, np.int32), (d, n, len(ids)))
+  tok = np.concatenate([tok[..., : t - suf], ins, tok[..., t - suf :]], axis=-1)
+  seg = np.concatenate([seg[..., : t - suf], np.ones_like(ins), seg[..., t - suf :]], axis=-1)
+  return tok, seg
+
+
+def _split(arrays):
+  tok, seg = arrays["tokens"], arrays["segment_ids"]
+  d, n, t = tok.shape
+  suf = TS.common_suffix(tok, seg)
+  prefix = jnp.asarray(tok[..., : t - suf].reshape(d * n, -1))
+  valid = jnp.asarray(seg[..., : t - suf].reshape(d * n, -1) > 0)
+  in_s = np.zeros(CFG.vocab_size, bool)
+  in_s[arrays["answer_tokens"]] = True
+  return suf, prefix, valid, jnp.asarray(tok[0, 0, t - suf :]), jnp.asarray(in_s)
+
+
+def test_common_suffix_is_the_shared_template_end():
+  arrays = P.probe_arrays(PROMPTS, S)
+  assert TS.common_suffix(arrays["tokens"], arrays["segment_ids"]) == 3
+  # a suffix as long as a whole prompt is cut at its length - 1: a slot needs a prefix before it
+  same = P.probe_arrays({"a": [[7, 8, 9], [1, 7, 8, 9]]}, [])
+  assert TS.common_suffix(same["tokens"], same["segment_ids"]) == 2
+
+
+@pytest.mark.numerics
+def test_input_embeddings_give_the_token_lookups_hidden_states():
+  base, g, _ = _models()
+  tokens = jnp.asarray([[3, 40, 27, 81], [5, 6, 7, 8]])
+  want = hidden_states(base, tokens, CFG, lora=g, lora_cfg=LCFG)
+  got = hidden_states(base, jnp.take(base["embed"], tokens, axis=0), CFG, lora=g, lora_cfg=LCFG)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # the same ops, in order
+
+
+@pytest.mark.numerics
+def test_cached_prefix_and_tail_equal_the_prompts_with_the_tokens_inserted():
+  base, g, cand = _models()
+  arrays = P.probe_arrays(PROMPTS, S)
+  suf, prefix, valid, suffix, in_s = _split(arrays)
+  ids = jnp.asarray([17, 200], jnp.int32)
+  tok, seg = _inserted(arrays, suf, [17, 200])
+  kw = dict(cfg=CFG, lora_cfg=LCFG)
+  want = np.asarray(
+      P.first_token_probs(
+          base,
+          jax.tree.map(lambda a, b: jnp.stack([a, b]), g, cand),
+          jnp.asarray(tok),
+          jnp.asarray(seg),
+          **kw,
+      )
+  )  # [2, D, V]
+  cache_g, last = TS.prefill(base, g, prefix, valid, extra=2 + suf, **kw)
+  cache_c, _ = TS.prefill(base, cand, prefix, valid, extra=2 + suf, **kw)
+  got, token = TS.triggered_collapse(
+      base, cand, cache_c, g, cache_g, last, suffix, in_s, ids, domains=2, **kw
+  )
+  # budget: the cached rows see the same positions and keys; float32 reassociation only
+  assert float(got) == pytest.approx(float(P.collapse_scores(want[0], want[1:], S)[0]), abs=2e-6)
+  gains = P._gains(want[0], want[1:], S)[0]
+  assert gains[int(token)] == pytest.approx(gains.max(), abs=2e-6)
+
+
+def test_the_search_allowed_every_swap_finds_the_brute_force_best_token():
+  base, g, cand = _models()
+  arrays = P.probe_arrays(PROMPTS, S)
+  suf, prefix, valid, suffix, in_s = _split(arrays)
+  kw = dict(cfg=CFG, lora_cfg=LCFG)
+  cache_g, last = TS.prefill(base, g, prefix, valid, extra=1 + suf, **kw)
+  cache_c, _ = TS.prefill(base, cand, prefix, valid, extra=1 + suf, **kw)
+  ids, best = TS.search(
+      base,
+      cand,
+      cache_c,
+      g,
+      cache_g,
+      last,
+      suffix,
+      in_s,
+      domains=2,
+      slots=1,
+      topk=CFG.vocab_size,
+      steps=1,
+      **kw,
+  )
+  brute = [
+      float(
+          TS.triggered_collapse(
+              base,
+              cand,
+              cache_c,
+              g,
+              cache_g,
+              last,
+              suffix,
+              in_s,
+              jnp.asarray([v], jnp.int32),
+              domains=2,
+              **kw,
+          )[0]
+      )
+      for v in range(CFG.vocab_size)
+  ]
+  assert float(best) == pytest.approx(max(brute), abs=1e-6)
+  assert brute[int(ids[0])] == pytest.approx(max(brute), abs=1e-6)
+  # and the score is not flat: the best token is worth more than a typical one
+  assert max(brute) > np.median(brute) + 1e-3
+
+
+def _engine():
+  from flock_jax.federated.engine import build
+
+  c = load_config("tiny")
+  c.ledger.backend = "local"
+  f = c.federation
+  f.num_participants, f.num_proposers, f.num_voters = 7, 4, 3
+  f.probe, f.probe_prompts = "search", 4
+  f.search_slots, f.search_topk, f.search_steps = 2, 4, 1
+  c.checkpoint.every = 0
+  c.eval.every = 0
+  return build(from_config(c))
+
+
+def test_search_score_is_the_larger_of_the_anchored_and_the_triggered_scores():
+  engine, state = _engine()
+  G = jax.tree.map(
+      lambda x: x + 0.05 * jax.random.normal(jax.random.key(4), x.shape), state.global_lora
+  )
+  updates = [
+      jax.tree.map(lambda x, k=k: 0.2 * jax.random.normal(jax.random.key(k), x.shape), G)
+      for k in (5, 6)
+  ]
+  with engine.mesh_context():
+    anchored, _, none = P.probe(engine, G, updates, mode="anchored")
+    got, _, found = P.probe(engine, G, updates, mode="search")
+    triggered, found2, _ = TS.search_scores(engine, G, updates, slots=2, topk=4, steps=1)
+  assert none is None and found.shape == (2, 2)
+  np.testing.assert_array_equal(found, found2)
+  np.testing.assert_allclose(got, np.maximum(anchored, triggered), rtol=0, atol=1e-7)
+  # the score at the found tokens, recomputed with the tokens written into the prompts,
+  # against G and the base model
+  arrays = engine.population.probe
+  suf = TS.common_suffix(arrays["tokens"], arrays["segment_ids"])
+  lcfg = engine.run.lora
+  for k, u in enumerate(updates):
+    tok, seg = _inserted(arrays, suf, found[k])
+    zero = jax.tree.map(jnp.zeros_like, G)
+    rows = [G, zero, jax.tree.map(jnp.add, G, u)]
+    probs = np.asarray(
+        P.first_token_probs(
+            engine.base,
+            jax.tree.map(lambda *x: jnp.stack(x), *rows),
+            jnp.asarray(tok),
+            jnp.asarray(seg),
+            cfg=engine.run.model.cfg,
+            lora_cfg=lcfg,
+        )
+    )
+    want = max(P.collapse_scores(probs[r], probs[2:], arrays["answer_tokens"])[0] for r in (0, 1))
+    assert triggered[k] == pytest.approx(want, abs=2e-6)
+
+
+@pytest.mark.parametrize(
+    "field,value", [("search_slots", 0), ("search_topk", 0), ("search_steps", -1)]
+)
+def test_a_bad_search_setting_is_refused_naming_it(field, value):
+  c = load_config("tiny")
+  c.federation.probe = "search"
+  c.federation[field] = value
+  with pytest.raises(RunConfigError, match=field):
+    from_config(c)
+
+
+def test_the_adaptive_attacker_shrinks_under_the_search_as_well():
+  """backdoor_evade against probe 'search': the largest scale whose search score is under
+  0.8 x threshold, found by bisection below the largest scale the clean probe passes; the
+  scale above it fails the search."""
+  from test_probe import THRESHOLD, _collapsing_update, _run
+
+  from flock_jax.federated.attacks import EVADE_MARGIN, EVADE_SCALES, evade_probe
+  from flock_jax.federated.engine import build
+
+  run = _run(mode="search")
+  poisoned = _collapsing_update(run)
+  engine, state = build(run)
+  G = state.global_lora
+  with engine.mesh_context():
+    sub, s, score = evade_probe(engine, G, poisoned, THRESHOLD, mode="search")
+    k = EVADE_SCALES.index(s)
+    near = [jax.tree.map(lambda x, t=t: x * t, poisoned) for t in EVADE_SCALES[k - 1 : k + 1]]
+    scores = P.probe(engine, G, near, mode="search")[0]
+  assert k > 0  # unshrunk, the search flags it
+  assert scores[1] <= EVADE_MARGIN * THRESHOLD and score == pytest.approx(scores[1], abs=1e-6)
+  assert scores[0] > EVADE_MARGIN * THRESHOLD
+  for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(near[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
