@@ -95,15 +95,23 @@ def _gains(p_cand, p_ref, in_s, domains: int):
   return jnp.where(in_s, -jnp.inf, gain)
 
 
+def _inserted_gains(base, pair, last_pos, ids, suffix, in_s, domains, cfg, lora_cfg):
+  """Token gains [V] (`_gains`) of the candidate against the reference of `pair` on the prompts
+  with slot tokens `ids` [slots] inserted."""
+  lora_c, cache_c, lora_r, cache_r = pair
+  tail = jnp.concatenate([ids, suffix])[None]
+  tail = jnp.broadcast_to(tail, (last_pos.shape[0], tail.shape[1]))
+  pc = _tail_probs(base, lora_c, cache_c, last_pos, tail, cfg, lora_cfg)
+  pr = _tail_probs(base, lora_r, cache_r, last_pos, tail, cfg, lora_cfg)
+  return _gains(pc, pr, in_s, domains)
+
+
 @functools.partial(
     jax.jit, static_argnames=("cfg", "lora_cfg", "domains", "slots", "topk", "steps")
 )
 def search(
     base,
-    lora_c,
-    cache_c,
-    lora_r,
-    cache_r,
+    pair,
     last_pos,
     suffix,
     in_s,
@@ -115,39 +123,36 @@ def search(
     topk: int,
     steps: int,
 ):
-  """The trigger search for one proposal (module docstring). lora_c / cache_c: G + Δ_i and its
-  prefix cache; lora_r / cache_r: the reference model's; last_pos [B]; suffix [s] the template
-  suffix ids; in_s [V] bool, the tokens of S. Returns (slot tokens [slots] int32, their
-  collapse score against the reference ())."""
+  """The trigger search for one proposal (module docstring). pair: (G + Δ_i, its prefix cache,
+  the reference adapter, its prefix cache); last_pos [B]; suffix [s] the template suffix ids;
+  in_s [V] bool, the tokens of S. Returns (slot tokens [slots] int32, their collapse score
+  against the reference ())."""
+  lora_c, cache_c, lora_r, cache_r = pair
   embed = base["embed"]
-  b = last_pos.shape[0]
   suffix_emb = jnp.take(embed, suffix, axis=0).astype(jnp.float32)
 
   def objective(e):  # e [slots, E] -> J
     tail = jnp.concatenate([e, suffix_emb])[None]
-    tail = jnp.broadcast_to(tail, (b, *tail.shape[1:]))
+    tail = jnp.broadcast_to(tail, (last_pos.shape[0], *tail.shape[1:]))
     ms_c = (_tail_probs(base, lora_c, cache_c, last_pos, tail, cfg, lora_cfg) * in_s).sum(-1)
     ms_r = (_tail_probs(base, lora_r, cache_r, last_pos, tail, cfg, lora_cfg) * in_s).sum(-1)
     return jnp.mean(jnp.log(ms_r + _EPS) - jnp.log(ms_c + _EPS))
 
-  def hotflip(ids):  # linearized gain of each token in each slot: [slots, V]
-    e = jnp.take(embed, ids, axis=0).astype(jnp.float32) if ids is not None else None
-    e = jnp.zeros((slots, embed.shape[1]), jnp.float32) if e is None else e
+  def hotflip(e):  # linearized gain of each token in each slot, from slot embeddings e: [slots, V]
     g = jax.grad(objective)(e)
     return (embed.astype(jnp.float32) @ g.T).T - jnp.sum(e * g, axis=-1, keepdims=True)
 
   def score(ids):  # exact collapse on the prompts with `ids` inserted
-    tail = jnp.broadcast_to(jnp.concatenate([ids, suffix])[None], (b, slots + suffix.shape[0]))
-    pc = _tail_probs(base, lora_c, cache_c, last_pos, tail, cfg, lora_cfg)
-    pr = _tail_probs(base, lora_r, cache_r, last_pos, tail, cfg, lora_cfg)
-    return _gains(pc, pr, in_s, domains).max()
+    return _inserted_gains(base, pair, last_pos, ids, suffix, in_s, domains, cfg, lora_cfg).max()
 
-  ids = jnp.argmax(hotflip(None), axis=-1).astype(jnp.int32)
+  zeros = jnp.zeros((slots, embed.shape[1]), jnp.float32)
+  ids = jnp.argmax(hotflip(zeros), axis=-1).astype(jnp.int32)
   best = score(ids)
 
   def step(_, carry):
     ids, best = carry
-    top = jax.lax.top_k(hotflip(ids), topk)[1].astype(jnp.int32)  # [slots, k]
+    e = jnp.take(embed, ids, axis=0).astype(jnp.float32)
+    top = jax.lax.top_k(hotflip(e), topk)[1].astype(jnp.int32)  # [slots, k]
     swaps = jnp.repeat(ids[None], slots * topk, axis=0)  # [slots * k, slots]
     rows = jnp.arange(slots * topk)
     swaps = swaps.at[rows, rows // topk].set(top.reshape(-1))
@@ -160,28 +165,10 @@ def search(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "domains"))
-def triggered_collapse(
-    base,
-    lora_c,
-    cache_c,
-    lora_r,
-    cache_r,
-    last_pos,
-    suffix,
-    in_s,
-    ids,
-    *,
-    cfg,
-    lora_cfg,
-    domains: int,
-):
-  """(collapse score (), its token ()) of G + Δ_i against a reference on the prompts with slot
-  tokens `ids` inserted."""
-  b = last_pos.shape[0]
-  tail = jnp.broadcast_to(jnp.concatenate([ids, suffix])[None], (b, ids.shape[0] + suffix.shape[0]))
-  pc = _tail_probs(base, lora_c, cache_c, last_pos, tail, cfg, lora_cfg)
-  pr = _tail_probs(base, lora_r, cache_r, last_pos, tail, cfg, lora_cfg)
-  gains = _gains(pc, pr, in_s, domains)
+def triggered_collapse(base, pair, last_pos, suffix, in_s, ids, *, cfg, lora_cfg, domains: int):
+  """(collapse score (), its token ()) of the candidate of `pair` (as in `search`) against its
+  reference on the prompts with slot tokens `ids` inserted."""
+  gains = _inserted_gains(base, pair, last_pos, ids, suffix, in_s, domains, cfg, lora_cfg)
   return gains.max(), jnp.argmax(gains)
 
 
@@ -212,10 +199,7 @@ def search_scores(
     cache_c, _ = fill(cand)
     ids, _ = search(
         engine.base,
-        cand,
-        cache_c,
-        zero,
-        cache_0,
+        (cand, cache_c, zero, cache_0),
         last,
         suffix,
         in_s,
@@ -230,22 +214,10 @@ def search_scores(
             tuple(
                 map(
                     float,
-                    triggered_collapse(
-                        engine.base,
-                        cand,
-                        cache_c,
-                        ref,
-                        cache,
-                        last,
-                        suffix,
-                        in_s,
-                        ids,
-                        domains=d,
-                        **kw,
-                    ),
+                    triggered_collapse(engine.base, pair, last, suffix, in_s, ids, domains=d, **kw),
                 )
             )
-            for ref, cache in ((zero, cache_0), (G, cache_g))
+            for pair in ((cand, cache_c, zero, cache_0), (cand, cache_c, G, cache_g))
         ),
         key=lambda st: st[0],
     )

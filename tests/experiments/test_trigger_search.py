@@ -61,6 +61,14 @@ def _split(arrays):
   return suf, prefix, valid, jnp.asarray(tok[0, 0, t - suf :]), jnp.asarray(in_s)
 
 
+def _pair(base, cand, ref, prefix, valid, extra):
+  """(pair for TS.search / TS.triggered_collapse, last positions): both prefix caches."""
+  kw = dict(cfg=CFG, lora_cfg=LCFG, extra=extra)
+  cache_c, last = TS.prefill(base, cand, prefix, valid, **kw)
+  cache_r, _ = TS.prefill(base, ref, prefix, valid, **kw)
+  return (cand, cache_c, ref, cache_r), last
+
+
 def test_common_suffix_is_the_shared_template_end():
   arrays = P.probe_arrays(PROMPTS, S)
   assert TS.common_suffix(arrays["tokens"], arrays["segment_ids"]) == 3
@@ -95,11 +103,8 @@ def test_cached_prefix_and_tail_equal_the_prompts_with_the_tokens_inserted():
           **kw,
       )
   )  # [2, D, V]
-  cache_g, last = TS.prefill(base, g, prefix, valid, extra=2 + suf, **kw)
-  cache_c, _ = TS.prefill(base, cand, prefix, valid, extra=2 + suf, **kw)
-  got, token = TS.triggered_collapse(
-      base, cand, cache_c, g, cache_g, last, suffix, in_s, ids, domains=2, **kw
-  )
+  pair, last = _pair(base, cand, g, prefix, valid, 2 + suf)
+  got, token = TS.triggered_collapse(base, pair, last, suffix, in_s, ids, domains=2, **kw)
   # budget: the cached rows see the same positions and keys; float32 reassociation only
   assert float(got) == pytest.approx(float(P.collapse_scores(want[0], want[1:], S)[0]), abs=2e-6)
   gains = P._gains(want[0], want[1:], S)[0]
@@ -111,41 +116,14 @@ def test_the_search_allowed_every_swap_finds_the_brute_force_best_token():
   arrays = P.probe_arrays(PROMPTS, S)
   suf, prefix, valid, suffix, in_s = _split(arrays)
   kw = dict(cfg=CFG, lora_cfg=LCFG)
-  cache_g, last = TS.prefill(base, g, prefix, valid, extra=1 + suf, **kw)
-  cache_c, _ = TS.prefill(base, cand, prefix, valid, extra=1 + suf, **kw)
+  pair, last = _pair(base, cand, g, prefix, valid, 1 + suf)
   ids, best = TS.search(
-      base,
-      cand,
-      cache_c,
-      g,
-      cache_g,
-      last,
-      suffix,
-      in_s,
-      domains=2,
-      slots=1,
-      topk=CFG.vocab_size,
-      steps=1,
-      **kw,
+      base, pair, last, suffix, in_s, domains=2, slots=1, topk=CFG.vocab_size, steps=1, **kw
   )
-  brute = [
-      float(
-          TS.triggered_collapse(
-              base,
-              cand,
-              cache_c,
-              g,
-              cache_g,
-              last,
-              suffix,
-              in_s,
-              jnp.asarray([v], jnp.int32),
-              domains=2,
-              **kw,
-          )[0]
-      )
-      for v in range(CFG.vocab_size)
-  ]
+  one = lambda v: TS.triggered_collapse(
+      base, pair, last, suffix, in_s, jnp.asarray([v], jnp.int32), domains=2, **kw
+  )
+  brute = [float(one(v)[0]) for v in range(CFG.vocab_size)]
   assert float(best) == pytest.approx(max(brute), abs=1e-6)
   assert brute[int(ids[0])] == pytest.approx(max(brute), abs=1e-6)
   # and the score is not flat: the best token is worth more than a typical one
