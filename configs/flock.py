@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
       probe_prompts=8,  # public probe prompts per domain
       search_slots=3,  # probe 'search': trigger tokens inserted in every probe prompt
       search_topk=8,  # probe 'search': single-token swaps tried per slot and step
-      search_steps=3,  # probe 'search': swap steps after the first fill
+      search_steps=2,  # probe 'search': swap steps after the first fill
   )
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)

@@ -45,7 +45,7 @@ OPTIONAL_FIELDS = {
     "federation.probe_prompts": 8,
     "federation.search_slots": 3,
     "federation.search_topk": 8,
-    "federation.search_steps": 3,
+    "federation.search_steps": 2,
 }
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
@@ -126,7 +126,7 @@ class FederationSpec:
   # probe 'search' (flock_jax.federated.trigger_search): tokens inserted, swaps tried, steps
   search_slots: int = 3
   search_topk: int = 8
-  search_steps: int = 3
+  search_steps: int = 2
 
 
 @dataclasses.dataclass(frozen=True)

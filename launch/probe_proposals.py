@@ -32,6 +32,61 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.1, "Report the proposals scoring 
 _PROMPTS = flags.DEFINE_integer("probe_prompts", 8, "Public probe prompts per domain.")
 _MODE = flags.DEFINE_enum("mode", "collapse", ["collapse", "anchored", "search"], "Probe mode.")
 _ROUNDS = flags.DEFINE_integer("rounds", None, "Score the first this many rounds only.")
+_FROM = flags.DEFINE_integer("from_round", 0, "Score rounds from this one on.")
+_SLOTS = flags.DEFINE_integer("search_slots", 3, "mode=search: trigger tokens searched.")
+_TOPK = flags.DEFINE_integer("search_topk", 8, "mode=search: swaps tried per slot and step.")
+_STEPS = flags.DEFINE_integer("search_steps", 2, "mode=search: swap steps after the first fill.")
+_KNOWN = flags.DEFINE_bool(
+    "known_trigger",
+    False,
+    "Also print each proposal's collapse on the probe prompts ending in the run's own attack"
+    " trigger (what the search would score if it found it; a voter does not know it).",
+)
+
+
+def _known_trigger_scores(engine, G, updates, run):
+  """Collapse of each G + Δ on the probe prompts ending in the run's trigger, against G and the
+  base model (the larger): the trigger search's score had it found the trigger."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flock_jax.federated import trigger_search as TS
+
+  arrays = engine.population.probe
+  cfg, lcfg = engine.run.model.cfg, engine.run.lora
+  tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
+  d, n, t = tokens.shape
+  suf = TS.common_suffix(tokens, seg)
+  trig = jnp.asarray(
+      engine.population.prompts.tokenizer(" " + run.attack.trigger, add_special_tokens=False)[
+          "input_ids"
+      ],
+      jnp.int32,
+  )
+  prefix = jnp.asarray(tokens[..., : t - suf].reshape(d * n, -1))
+  valid = jnp.asarray(seg[..., : t - suf].reshape(d * n, -1) > 0)
+  suffix = jnp.asarray(tokens[0, 0, t - suf :])
+  in_s = np.zeros(cfg.vocab_size, bool)
+  in_s[np.asarray(arrays["answer_tokens"], np.int64)] = True
+  kw = dict(cfg=cfg, lora_cfg=lcfg)
+  fill = lambda lora: TS.prefill(engine.base, lora, prefix, valid, extra=trig.shape[0] + suf, **kw)
+  zero = jax.tree.map(jnp.zeros_like, G)
+  (cache_g, last), (cache_0, _) = fill(G), fill(zero)
+  out = []
+  for u in updates:
+    cand = jax.tree.map(jnp.add, G, u)
+    cache_c, _ = fill(cand)
+    out.append(
+        max(
+            float(
+                TS.triggered_collapse(
+                    engine.base, pair, last, suffix, jnp.asarray(in_s), trig, domains=d, **kw
+                )[0]
+            )
+            for pair in ((cand, cache_c, zero, cache_0), (cand, cache_c, G, cache_g))
+        )
+    )
+  return out
 
 
 def main(argv):
@@ -50,7 +105,13 @@ def main(argv):
   config = json.loads((wd / "config.json").read_text())
   if config["federation"]["mode"] != "flock":
     cli.fail(f"{wd} is a {config['federation']['mode']} run; only FLock runs have proposals")
-  config["federation"].update(probe=_MODE.value, probe_prompts=_PROMPTS.value)
+  config["federation"].update(
+      probe=_MODE.value,
+      probe_prompts=_PROMPTS.value,
+      search_slots=_SLOTS.value,
+      search_topk=_TOPK.value,
+      search_steps=_STEPS.value,
+  )
   run = from_config(ml_collections.ConfigDict(config))
   engine, state = E.build(run)
   tok = engine.population.prompts.tokenizer
@@ -66,13 +127,20 @@ def main(argv):
   g_hash, att, hon = start["global_hash"], [], []
   with engine.mesh_context():
     for r, hashes in zip(rows, proposal_hashes(rows, wd / "store")):
+      if r["round"] < _FROM.value:
+        g_hash = r["global_hash"] or g_hash
+        continue
       who = [i for i in r["proposers"] if i in hashes]
       ups = [read(hashes[i]) for i in who]
       scores, tokens, found = probe(engine, read(g_hash), ups, mode=_MODE.value)
+      known = _known_trigger_scores(engine, read(g_hash), ups, run) if _KNOWN.value else None
       cells = []
       for k, (i, s, t) in enumerate(zip(who, scores.tolist(), tokens.tolist())):
         (att if i in bad else hon).append(s)
         trig = "" if found is None else f" found {tok.decode(list(found[k]))!r}"
+        scale = r.get("extra", {}).get("evade_scales", {}).get(str(i))  # the run's own shrink
+        trig += "" if scale is None else f" (submitted at scale {scale:.2f})"
+        trig += "" if known is None else f" [known trigger {known[k]:.3f}]"
         cells.append(f"{i}{'*' if i in bad else ''}={s:.3f} {tok.decode([t])!r}{trig}")
       print(f"round {r['round']:3d} (G {g_hash[:10]}): " + ", ".join(cells), flush=True)
       g_hash = r["global_hash"] or g_hash

@@ -357,3 +357,27 @@ def test_probe_proposals_rescores_a_finished_run(tmp_path):
     assert sorted(int(c.split("=")[0]) for c in line.split(": ", 1)[1].split(", ")) == sorted(
         r["proposers"]
     )
+  # the trigger search from round 1 on, with the run's own trigger beside it
+  out = subprocess.run(
+      [
+          sys.executable,
+          "launch/probe_proposals.py",
+          f"--workdir={wd}",
+          "--probe_prompts=2",
+          "--mode=search",
+          "--search_topk=2",
+          "--search_steps=1",
+          "--from_round=1",
+          "--known_trigger",
+      ],
+      cwd=root,
+      check=True,
+      capture_output=True,
+      text=True,
+  ).stdout.splitlines()
+  lines = [line for line in out if line.startswith("round")]
+  assert [line[:9] for line in lines] == ["round   1"]
+  # found tokens may hold ', ': count the fields rather than split on it
+  assert lines[0].count("[known trigger ") == len(rows[1]["proposers"]), lines[0]
+  assert lines[0].count(" found ") == len(rows[1]["proposers"]), lines[0]
+  assert json.loads(out[-1])["proposals"] == len(rows[1]["proposers"])
