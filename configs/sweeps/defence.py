@@ -35,7 +35,8 @@ defence (what it costs when nobody attacks).
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:anchored --workdir=runs/anchored
   # SmolLM2-135M: does the clean gap of anchored + tolerance close with 20 rounds? (seed 1 first)
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:long --workdir=runs/long
-  # SmolLM2-135M: the trigger search against the adaptive attacker, 20 rounds (seed 1 first)
+  # SmolLM2-135M: the trigger search against the adaptive attacker, 20 rounds (seed 1 first;
+  # ~3-4 hours a run on 2 cores: the attacker searches several scales of its update a round)
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:search --workdir=runs/search
 """
 
