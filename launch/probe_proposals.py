@@ -47,46 +47,11 @@ _KNOWN = flags.DEFINE_bool(
 def _known_trigger_scores(engine, G, updates, run):
   """Collapse of each G + Δ on the probe prompts ending in the run's trigger, against G and the
   base model (the larger): the trigger search's score had it found the trigger."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from flock_jax.federated import trigger_search as TS
+  from flock_jax.federated.trigger_search import search_scores
 
-  arrays = engine.population.probe
-  cfg, lcfg = engine.run.model.cfg, engine.run.lora
-  tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
-  d, n, t = tokens.shape
-  suf = TS.common_suffix(tokens, seg)
-  trig = jnp.asarray(
-      engine.population.prompts.tokenizer(" " + run.attack.trigger, add_special_tokens=False)[
-          "input_ids"
-      ],
-      jnp.int32,
-  )
-  prefix = jnp.asarray(tokens[..., : t - suf].reshape(d * n, -1))
-  valid = jnp.asarray(seg[..., : t - suf].reshape(d * n, -1) > 0)
-  suffix = jnp.asarray(tokens[0, 0, t - suf :])
-  in_s = np.zeros(cfg.vocab_size, bool)
-  in_s[np.asarray(arrays["answer_tokens"], np.int64)] = True
-  kw = dict(cfg=cfg, lora_cfg=lcfg)
-  fill = lambda lora: TS.prefill(engine.base, lora, prefix, valid, extra=trig.shape[0] + suf, **kw)
-  zero = jax.tree.map(jnp.zeros_like, G)
-  (cache_g, last), (cache_0, _) = fill(G), fill(zero)
-  out = []
-  for u in updates:
-    cand = jax.tree.map(jnp.add, G, u)
-    cache_c, _ = fill(cand)
-    out.append(
-        max(
-            float(
-                TS.triggered_collapse(
-                    engine.base, pair, last, suffix, jnp.asarray(in_s), trig, domains=d, **kw
-                )[0]
-            )
-            for pair in ((cand, cache_c, zero, cache_0), (cand, cache_c, G, cache_g))
-        )
-    )
-  return out
+  tok = engine.population.prompts.tokenizer
+  trigger = tok(" " + run.attack.trigger, add_special_tokens=False)["input_ids"]
+  return search_scores(engine, G, updates, ids=trigger)[0].tolist()
 
 
 def main(argv):

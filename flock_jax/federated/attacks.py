@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flock_jax.federated.probe import probe
+from flock_jax.federated.trigger_search import search_scores
 from flock_jax.pytree import PyTree
 
 # Proposer behaviours whose update is the one it trained (the data may be poisoned);
@@ -82,7 +83,11 @@ def evade_probe(
   k = passing[0] if passing else last
   if mode != "search":
     return scaled[k], EVADE_SCALES[k], float(clean[k])
-  score = lambda k: float(probe(engine, G, [scaled[k]], mode="search")[0][0])
+  fed = engine.run.federation
+  search = lambda k: search_scores(
+      engine, G, [scaled[k]], slots=fed.search_slots, topk=fed.search_topk, steps=fed.search_steps
+  )[0][0]
+  score = lambda k: max(float(clean[k]), float(search(k)))  # probe 'search''s score
   seen = {k: score(k)}
   if seen[k] > aim and k < last:  # the first index that passes lies in (lo, hi]
     lo, hi = k, last

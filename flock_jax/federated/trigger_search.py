@@ -173,11 +173,19 @@ def triggered_collapse(base, pair, last_pos, suffix, in_s, ids, *, cfg, lora_cfg
 
 
 def search_scores(
-    engine, G: PyTree, updates: Sequence[PyTree], *, slots: int, topk: int, steps: int
+    engine,
+    G: PyTree,
+    updates: Sequence[PyTree],
+    *,
+    slots: int = 0,
+    topk: int = 0,
+    steps: int = 0,
+    ids=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(triggered collapse scores [P], found slot tokens [P, slots], each score's token [P]) of
+  """(triggered collapse scores [P], slot tokens [P, slots], each score's token [P]) of
   proposals `updates` against G and the base model (the larger), on the population's probe
-  prompts."""
+  prompts: at the tokens the search finds, or at the given tokens `ids` [slots] (e.g. a run's
+  real trigger, which a voter does not know)."""
   arrays = engine.population.probe
   cfg, lora_cfg = engine.run.model.cfg, engine.run.lora
   tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
@@ -189,6 +197,9 @@ def search_scores(
   in_s = np.zeros(cfg.vocab_size, bool)
   in_s[np.asarray(arrays["answer_tokens"], np.int64)] = True
   in_s = jnp.asarray(in_s)
+  if ids is not None:
+    ids = jnp.asarray(ids, jnp.int32)
+    slots = ids.shape[0]
   kw = dict(cfg=cfg, lora_cfg=lora_cfg)
   fill = lambda lora: prefill(engine.base, lora, prefix, valid, extra=slots + suf, **kw)
   zero = jax.tree.map(jnp.zeros_like, G)
@@ -197,32 +208,19 @@ def search_scores(
   for delta in updates:
     cand = jax.tree.map(jnp.add, G, delta)
     cache_c, _ = fill(cand)
-    ids, _ = search(
-        engine.base,
-        (cand, cache_c, zero, cache_0),
-        last,
-        suffix,
-        in_s,
-        domains=d,
-        slots=slots,
-        topk=topk,
-        steps=steps,
-        **kw,
+    pairs = ((cand, cache_c, zero, cache_0), (cand, cache_c, G, cache_g))
+    at = ids
+    if at is None:
+      at, _ = search(
+          engine.base, pairs[0], last, suffix, in_s,
+          domains=d, slots=slots, topk=topk, steps=steps, **kw,
+      )  # fmt: skip
+    collapse = lambda pair: triggered_collapse(
+        engine.base, pair, last, suffix, in_s, at, domains=d, **kw
     )
-    best = max(
-        (
-            tuple(
-                map(
-                    float,
-                    triggered_collapse(engine.base, pair, last, suffix, in_s, ids, domains=d, **kw),
-                )
-            )
-            for pair in ((cand, cache_c, zero, cache_0), (cand, cache_c, G, cache_g))
-        ),
-        key=lambda st: st[0],
-    )
+    best = max((tuple(map(float, collapse(pair))) for pair in pairs), key=lambda st: st[0])
     scores.append(best[0])
     tokens.append(int(best[1]))
-    found.append(np.asarray(ids))
+    found.append(np.asarray(at))
   found = np.asarray(found, np.int64).reshape(len(updates), slots)
   return np.asarray(scores, np.float64), found, np.asarray(tokens, np.int64)
