@@ -12,6 +12,7 @@ spread). Writes to --out:
   asr_vs_fraction.png    ASR (mean over reported rounds) against the malicious fraction
   stakes.png             mean stake per honest / malicious participant over rounds (FLock)
   cross_domain.png       held-out loss of each trained-on group on each domain (tag trained_on)
+  (--partial)            unfinished runs too, through the rounds each has run
   commands.md            the sweep and report commands, the sweep file, every run's command
   runs.json              the per-run numbers the tables come from
 """
@@ -39,6 +40,13 @@ _REFERENCE = flags.DEFINE_string(
     "fedavg",
     "Method tag of the attack-free run (fraction 0) that each run's final held-out loss is "
     "compared with, seed by seed (the clean-cost table).",
+)
+
+_PARTIAL = flags.DEFINE_bool(
+    "partial",
+    False,
+    "Also report unfinished runs, through the rounds each has run (a long run read while it "
+    "runs); the report names them.",
 )
 
 
@@ -89,6 +97,29 @@ def _weighted(rows: list[dict], attackers: list[int]) -> tuple[int, int] | None:
     for i, w in zip(valid, weights):
       out[i not in bad] += w > 0
   return (out[0], out[1]) if rows else None
+
+
+def _probe_rounds(rows: list[dict], attackers: list[int]) -> list[dict]:
+  """Per round whose voters ran the behaviour probe (federation.probe): each scored proposal's
+  (participant, score, flagged), by side, and the adaptive attacker's submitted scales."""
+  bad, out = set(attackers), []
+  for r in rows:
+    extra = r.get("extra") or {}
+    scores = extra.get("probe_scores")
+    if not scores:
+      continue
+    flagged = set(_rejected(r))
+    cells = [(int(i), float(s), int(i) in flagged) for i, s in scores.items()]
+    out.append(
+        {
+            "round": r["round"],
+            "attacker": [c for c in cells if c[0] in bad],
+            "honest": [c for c in cells if c[0] not in bad],
+            "scales": {int(i): float(s) for i, s in (extra.get("evade_scales") or {}).items()},
+            "asr": r.get("asr"),
+        }
+    )
+  return out
 
 
 def _mean(xs):
@@ -157,6 +188,7 @@ def load_runs(sweep_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
                 - (r.get("attacker_accepted") or 0)
                 for r in done
             ),
+            "probe": _probe_rounds(done, attackers),
             "stake_curve": [
                 (r["round"], r.get("stake_honest"), r.get("stake_malicious"))
                 for r in done
@@ -383,6 +415,33 @@ def _attackers(run_dir: pathlib.Path) -> tuple[int, list[int]]:
   return n, run.attack.attackers(n)
 
 
+def probe_table(run: dict) -> str:
+  """One row per probed round of a run: the attackers' scores (at the scale the adaptive
+  attacker submitted; 'flagged' where the voters found the proposal invalid) and the honest
+  proposals' highest score and flags. '' when the run's voters did not probe."""
+  if not run["probe"]:
+    return ""
+  lines = [
+      "| round | attacker proposals: score (scale) | flagged | honest: highest score | honest "
+      "flagged | ASR |",
+      "|---|---|---|---|---|---|",
+  ]
+  for p in run["probe"]:
+    att = ", ".join(
+        f"{i}: {s:.3f}" + (f" ({p['scales'][i]:.3f})" if i in p["scales"] else "")
+        for i, s, _ in p["attacker"]
+    )
+    hon = max((s for _, s, _ in p["honest"]), default=None)
+    asr = "-" if p["asr"] is None else f"{p['asr']:.2f}"
+    lines.append(
+        f"| {p['round']} | {att or '-'} | {sum(f for *_, f in p['attacker'])}/{len(p['attacker'])}"
+        f" | {'-' if hon is None else f'{hon:.3f}'} | "
+        f"{sum(f for *_, f in p['honest'])}/{len(p['honest'])} | "
+        f"{asr} |"
+    )
+  return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ plots
 def _plt():
   import matplotlib
@@ -548,13 +607,24 @@ def plot_cross_domain(runs, path) -> bool:
 
 # ------------------------------------------------------------------ the report
 def write_report(
-    sweep_dir: str, out_dir: str, title: str = "", reference: str = "fedavg"
+    sweep_dir: str,
+    out_dir: str,
+    title: str = "",
+    reference: str = "fedavg",
+    partial: bool = False,
 ) -> pathlib.Path:
+  """The report of a sweep's finished runs; `partial` takes unfinished runs in as well, each
+  through the rounds it has run (named so in the report: a long run read while it runs)."""
   meta, runs = load_runs(sweep_dir)
   unfinished = [r["name"] for r in runs if not r["done"]]
-  runs = [r for r in runs if r["done"]]  # a cut-short run would mix rounds into the means
+  cut = [f"`{r['name']}` (through round {r['rounds'] - 1})" for r in runs if not r["done"]]
+  if not partial:  # a cut-short run would mix rounds into the means
+    runs = [r for r in runs if r["done"]]
   if not runs:
-    raise FileNotFoundError(f"--sweep={sweep_dir}: no run has finished yet")
+    raise FileNotFoundError(
+        f"--sweep={sweep_dir}: no run has finished yet"
+        + (" (--partial reports the rounds run so far)" if unfinished else "")
+    )
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   made = []
@@ -572,12 +642,16 @@ def write_report(
     made.append(("Stake per honest / malicious participant (FLock runs)", "stakes.png"))
   if plot_cross_domain(runs, out / "cross_domain.png"):
     made.append(("Cross-domain matrix", "cross_domain.png"))
-  left_out = f" (left out, unfinished: {', '.join(unfinished)})" if unfinished else ""
+  if partial:
+    left_out = f" and, unfinished, {', '.join(cut)}" if cut else ""
+    have = f"{len(runs) - len(cut)} finished runs{left_out}, of {len(meta['runs'])} in the file"
+  else:
+    left_out = f" (left out, unfinished: {', '.join(unfinished)})" if unfinished else ""
+    have = f"{len(runs)} finished runs of {len(meta['runs'])} in the file{left_out}"
   text = [
       f"# {title or meta['sweep']}",
       "",
-      f"Sweep `{meta['sweep']}`: {len(runs)} finished runs of {len(meta['runs'])} in the file"
-      f"{left_out}. Base config `{meta['base']}`; the overrides every run "
+      f"Sweep `{meta['sweep']}`: {have}. Base config `{meta['base']}`; the overrides every run "
       "shares and each run's command are in [commands.md](commands.md). Numbers are "
       "`mean (min..max)` over seeds. ASR: share of triggered held-out prompts whose greedy "
       "generation contains the target; false activation: the same prompts without the trigger. "
@@ -619,6 +693,18 @@ def write_report(
   econ = economics_table(runs)
   if econ:
     text += ["## Economics (FLock runs)", "", econ, ""]
+  for r in runs:
+    table = probe_table(r)
+    if table:
+      text += [
+          f"## The voters' behaviour probe in `{r['name']}`, round by round",
+          "",
+          "Each proposal's probe score (federation.probe; a proposal over the threshold is "
+          "invalid, excluded and slashed), the adaptive attacker's submitted scale in brackets.",
+          "",
+          table,
+          "",
+      ]
   rows, cols, grid = cross_domain(runs)
   if rows:
     text += ["## Cross-domain held-out loss (rows: trained on; columns: evaluated on)", ""]
@@ -635,7 +721,8 @@ def write_report(
       "```bash",
       meta["command"],
       f"python launch/report.py --sweep={sweep_dir} --out={out_dir}"
-      + (f" --reference={reference}" if reference != "fedavg" else ""),
+      + (f" --reference={reference}" if reference != "fedavg" else "")
+      + (" --partial" if partial else ""),
       "```",
       "",
       f"## The sweep file ({meta['sweep']})",
@@ -659,7 +746,7 @@ def main(argv):
     raise ValueError(f"unexpected arguments {argv[1:]}; every option is a --flag")
   if not _SWEEP.value or not _OUT.value:
     raise FileNotFoundError("--sweep=<sweep workdir> and --out=<folder> are both required")
-  path = write_report(_SWEEP.value, _OUT.value, _TITLE.value, _REFERENCE.value)
+  path = write_report(_SWEEP.value, _OUT.value, _TITLE.value, _REFERENCE.value, _PARTIAL.value)
   print(f"report: {path}")
 
 

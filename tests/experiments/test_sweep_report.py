@@ -365,3 +365,46 @@ def test_a_finished_run_with_fewer_rounds_than_its_entry_is_run_again(tmp_path):
   assert sweep_mod.status(tmp_path, "a", 10) == "done"
   assert sweep_mod.status(tmp_path, "a", 20) == "partial"
   assert sweep_mod.status(tmp_path, "b", 20) == "new"
+
+
+def test_report_tabulates_the_probe_and_reads_an_unfinished_run_with_partial(tmp_path):
+  """The voters' probe table (each proposal's score by side, flagged where the round found it
+  invalid, the adaptive attacker's scale); an unfinished run is left out of a report unless
+  --partial, which reports it through its last round and names it."""
+  wd = tmp_path / "sweep"
+  entry = _fixture_run(
+      wd, "flock_probe", {"method": "flock", "seed": 0}, [0.0, 0.0, 0.25], [3, 2, 1], fraction=0.3
+  )
+  c = load_config("tiny")
+  c.federation.num_participants, c.attack.fraction, c.attack.proposer = 10, 0.3, "backdoor"
+  attackers = from_config(c).attack.attackers(10)
+  honest = [i for i in range(10) if i not in attackers]
+  a, b, h1, h2 = attackers[0], attackers[1], honest[0], honest[1]
+  path = wd / "flock_probe" / "metrics.jsonl"
+  rows = [json.loads(x) for x in path.read_text().splitlines()]
+  rows[1].update(
+      proposers=[a, h1, h2],
+      rejected_updates=[],
+      extra={"probe_scores": {str(a): 0.04, str(h1): 0.078, str(h2): 0.01},
+             "evade_scales": {str(a): 0.7071}},
+  )  # fmt: skip
+  rows[2].update(
+      proposers=[a, b, h1],
+      rejected_updates=[f"participant {a}: behaviour probe: ...", f"participant {b}: ..."],
+      extra={"probe_scores": {str(a): 0.133, str(b): 0.136, str(h1): 0.007},
+             "evade_scales": {str(a): 0.015625, str(b): 0.015625}},
+  )  # fmt: skip
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (wd / "flock_probe" / "summary.json").unlink()  # still running
+  (wd / "sweep.json").write_text(
+      json.dumps({"sweep": "x", "sweep_file": "", "base": "b", "command": "c", "runs": [entry]})
+  )
+  with pytest.raises(FileNotFoundError, match="--partial"):
+    report_mod.write_report(str(wd), str(tmp_path / "r0"))
+  text = report_mod.write_report(str(wd), str(tmp_path / "r1"), partial=True).read_text()
+  assert "unfinished, `flock_probe` (through round 1)" in text
+  table = text.split("## The voters' behaviour probe in `flock_probe`")[1].split("##")[0]
+  lines = [x for x in table.splitlines() if x.startswith("| 0 |") or x.startswith("| 1 |")]
+  assert lines[0] == f"| 0 | {a}: 0.040 (0.707) | 0/1 | 0.078 | 0/2 | 0.00 |"
+  assert lines[1] == f"| 1 | {a}: 0.133 (0.016), {b}: 0.136 (0.016) | 2/2 | 0.007 | 0/1 | 0.25 |"
+  assert "--partial" in (tmp_path / "r1" / "commands.md").read_text()
