@@ -71,33 +71,52 @@ def evade_probe(
   """The adaptive backdoor against the behaviour probe (behaviour 'backdoor_evade'): it knows
   what every voter knows (G, the public probe prompts, the probe's mode and threshold) and
   submits ``s * Δ`` with the largest s in EVADE_SCALES whose score is at most
-  ``EVADE_MARGIN * threshold`` (the smallest s when none is). Returns (s * Δ, s, its score).
+  ``EVADE_MARGIN * threshold`` (the lowest-scoring s it tried when none is). Returns
+  (s * Δ, s, its score).
 
   Against the trigger search (mode 'search', a gradient search per scale) it first takes the
   largest scale that passes the clean anchored probe (the search's score is never lower), then
-  bisects the scales below it, taking the score to grow with s."""
+  searches the scales below it (`choose_scale`)."""
   scaled = [jax.tree.map(lambda x, s=s: x * jnp.asarray(s, x.dtype), update) for s in EVADE_SCALES]
-  aim, last = EVADE_MARGIN * threshold, len(EVADE_SCALES) - 1
+  aim = EVADE_MARGIN * threshold
   clean, _, _ = probe(engine, G, scaled, mode="anchored" if mode == "search" else mode)
   passing = [k for k, sc in enumerate(clean.tolist()) if sc <= aim]
-  k = passing[0] if passing else last
+  k = passing[0] if passing else int(np.argmin(clean))
   if mode != "search":
     return scaled[k], EVADE_SCALES[k], float(clean[k])
   fed = engine.run.federation
   search = lambda k: search_scores(
       engine, G, [scaled[k]], slots=fed.search_slots, topk=fed.search_topk, steps=fed.search_steps
   )[0][0]
-  score = lambda k: max(float(clean[k]), float(search(k)))  # probe 'search''s score
-  seen = {k: score(k)}
-  if seen[k] > aim and k < last:  # the first index that passes lies in (lo, hi]
-    lo, hi = k, last
-    seen[hi] = score(hi)
-    while hi - lo > 1 and seen[hi] <= aim:
-      mid = (lo + hi) // 2
-      seen[mid] = score(mid)
-      lo, hi = (mid, hi) if seen[mid] > aim else (lo, mid)
-    k = hi
-  return scaled[k], EVADE_SCALES[k], seen[k]
+  k, score = choose_scale(lambda k: max(float(clean[k]), float(search(k))), k, aim)
+  return scaled[k], EVADE_SCALES[k], score
+
+
+def choose_scale(score, first: int, aim: float) -> tuple[int, float]:
+  """(index into EVADE_SCALES, its score) the adaptive attacker submits against an expensive
+  probe, `score(k)` for scale index k, trying few scales: from `first` (the largest the cheap
+  clean probe passes), bisection on the scales below it for the largest one at or under `aim`,
+  taking the score to fall as the scale does. That fails where the update must undo what G
+  already carries (G itself scores over `aim`, so the smallest scales inherit G's score): then
+  it tries every other scale in between and submits the largest passing one, or the
+  lowest-scoring one it tried when none passes."""
+  last = len(EVADE_SCALES) - 1
+  seen = {first: score(first)}
+  if seen[first] <= aim or first == last:
+    return first, seen[first]
+  lo, hi = first, last  # the first index that passes lies in (lo, hi]
+  seen[hi] = score(hi)
+  while hi - lo > 1 and seen[hi] <= aim:
+    mid = (lo + hi) // 2
+    seen[mid] = score(mid)
+    lo, hi = (mid, hi) if seen[mid] > aim else (lo, mid)
+  if seen[hi] > aim:  # not even the smallest scale passes
+    for k in range(first + 2, last, 2):
+      if k not in seen:
+        seen[k] = score(k)
+  passing = [k for k, sc in seen.items() if sc <= aim]
+  k = min(passing) if passing else min(seen, key=seen.get)
+  return k, seen[k]
 
 
 def attack_updates(attack, who: list[int], deltas: list[PyTree]) -> list[PyTree]:

@@ -381,3 +381,36 @@ def test_probe_proposals_rescores_a_finished_run(tmp_path):
   assert lines[0].count("[known trigger ") == len(rows[1]["proposers"]), lines[0]
   assert lines[0].count(" found ") == len(rows[1]["proposers"]), lines[0]
   assert json.loads(out[-1])["proposals"] == len(rows[1]["proposers"])
+
+
+@pytest.mark.parametrize(
+    "shape, first, want",
+    [
+        ("monotone", 2, 7),  # bisection: the largest scale under the aim
+        ("first_passes", 3, 3),
+        ("u", 0, 6),  # the smallest scales keep G's own score: the middle passes
+        ("none", 1, 9),  # nothing passes: the lowest-scoring scale tried
+    ],
+)
+def test_the_adaptive_attacker_looks_between_the_scales_when_the_smallest_fails(shape, first, want):
+  """choose_scale against an expensive probe (the trigger search): score(k) of scale index k.
+  Monotone scores (the update alone carries the collapse) are bisected; where G itself
+  scores over the aim, shrinking the update keeps G's score, and the attacker must look in
+  between for a scale whose update undoes it."""
+  from flock_jax.federated.attacks import EVADE_SCALES, choose_scale
+
+  aim, n = 0.08, len(EVADE_SCALES)
+  curves = {
+      "monotone": [0.2 if k < 7 else 0.05 for k in range(n)],
+      "first_passes": [0.01] * n,
+      "u": [0.3 if k != 6 else 0.05 for k in range(n)],
+      "none": [0.5 - 0.01 * k - (0.2 if k == 9 else 0) for k in range(n)],
+  }
+  curve = curves[shape]
+  calls = []
+  k, s = choose_scale(lambda k: calls.append(k) or curve[k], first, aim)
+  assert (k, s) == (want, curve[want])
+  assert len(calls) == len(set(calls))  # no scale scored twice
+  assert all(j >= first for j in calls)  # never a larger scale than the clean probe allows
+  if shape == "monotone":
+    assert len(calls) <= 2 + int(np.ceil(np.log2(n - first)))
