@@ -65,11 +65,11 @@ def _rows(path: pathlib.Path) -> list[dict]:
 
 def _rejected(row: dict) -> list[int]:
   """Participants whose update a round rejected: its rejected_updates, each naming
-  'participant i: ...'."""
+  'participant i: ...' (the behaviour probe) or 'client i: ...' (validation: NaN, shape)."""
   return [
       int(m.group(1))
       for e in row.get("rejected_updates") or []
-      if (m := re.match(r"participant (\d+):", e))
+      if (m := re.match(r"(?:participant|client) (\d+):", e))
   ]
 
 
@@ -81,6 +81,24 @@ def _flagged(rows: list[dict], attackers: list[int]) -> tuple[int, int]:
     for i in _rejected(r):
       out[i not in bad] += 1
   return out[0], out[1]
+
+
+def _valid(rows: list[dict], attackers: list[int], malicious: bool) -> int:
+  """Valid updates proposed by one side over the rounds. FLock rows: attackers' from the row
+  (attacker_proposals also leaves out duplicates, e.g. two free riders' identical zeros);
+  honest ones are the proposers less those rejected as invalid. Baseline rows: the clients
+  less those rejected (rows before this rule counted an attacker's invalid update too)."""
+  bad, n = set(attackers), 0
+  for r in rows:
+    if r.get("proposers") and malicious:
+      n += r.get("attacker_proposals") or 0
+      continue
+    rejected = set(_rejected(r))
+    n += sum(
+        (i in bad) == malicious and i not in rejected
+        for i in r.get("proposers") or r.get("clients") or []
+    )
+  return n
 
 
 def _weighted(rows: list[dict], attackers: list[int]) -> tuple[int, int] | None:
@@ -175,14 +193,9 @@ def load_runs(sweep_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
             else None,
             "flagged": _flagged(done, attackers),
             "weighted": _weighted(done, attackers) if baseline else None,
-            "attacker_proposals": sum(r.get("attacker_proposals") or 0 for r in done),
+            "attacker_proposals": _valid(done, attackers, True),
             "attacker_accepted": sum(r.get("attacker_accepted") or 0 for r in done),
-            "honest_proposals": sum(
-                len(r.get("proposers") or r.get("clients") or [])
-                - len(r.get("rejected_updates") or [])
-                - (r.get("attacker_proposals") or 0)
-                for r in done
-            ),
+            "honest_proposals": _valid(done, attackers, False),
             "honest_accepted": sum(
                 sum(bool(b) for b in r.get("proposal_accepted") or [])
                 - (r.get("attacker_accepted") or 0)

@@ -151,13 +151,12 @@ def economics(
   }
 
 
-def attackers_in(attack, who: list[int], accepted: list[bool]) -> dict[str, int]:
-  """attacker_proposals / attacker_accepted for a baseline round (clients `who`)."""
-  bad = [attack.is_attacker(i) for i in who]
-  return {
-      "attacker_proposals": sum(bad),
-      "attacker_accepted": sum(b and a for b, a in zip(bad, accepted)),
-  }
+def attackers_in(attack, who: list[int], valid: list[bool]) -> dict[str, int]:
+  """attacker_proposals / attacker_accepted for a baseline round (clients `who`): valid
+  updates by attackers, as in a FLock round; an aggregator takes every valid update in, so
+  the two are equal (an invalid one is counted in rejected_updates)."""
+  n = sum(attack.is_attacker(i) and v for i, v in zip(who, valid))
+  return {"attacker_proposals": n, "attacker_accepted": n}
 
 
 def _mean(xs) -> float | None:

@@ -390,7 +390,10 @@ def test_report_tabulates_the_probe_and_reads_an_unfinished_run_with_partial(tmp
   )  # fmt: skip
   rows[2].update(
       proposers=[a, b, h1],
-      rejected_updates=[f"participant {a}: behaviour probe: ...", f"participant {b}: ..."],
+      rejected_updates=[  # the probe's words, and validation's
+          f"participant {a}: behaviour probe: ...",
+          f"client {b}: leaf 'down/a' contains 1 NaN/Inf values",
+      ],
       extra={"probe_scores": {str(a): 0.133, str(b): 0.136, str(h1): 0.007},
              "evade_scales": {str(a): 0.015625, str(b): 0.015625}},
   )  # fmt: skip

@@ -112,6 +112,26 @@ def test_invalid_update_among_honest_never_reaches_global(world):
       assert not any(m.proposal_accepted)
     assert all(m.slashes.get(i, 0) > 0 for i in m.proposers if i in bad)
     assert np.isfinite(m.mean_heldout_loss)
+    assert m.attacker_proposals == m.attacker_accepted == 0  # valid attacker proposals only
+
+
+def test_a_baseline_counts_valid_attacker_updates_only(world):
+  """FedAvg drops an invalid update as FLock does; attacker_proposals counts the valid ones
+  (none here), as in a FLock round, and rejected_updates names each dropped client."""
+  bad = (0, 1, 2)
+  ms = _run(
+      world,
+      **{"attack.behaviours": "0:nan,1:nan,2:nan", "federation.rounds": 3,
+         "federation.mode": "baseline", "federation.aggregator": "fedavg"},
+  )  # fmt: skip
+  assert any(i in bad for m in ms for i in m.clients)
+  for m in ms:
+    assert [int(e.split()[1][:-1]) for e in m.rejected_updates] == [
+        i for i in m.clients if i in bad
+    ]
+    assert m.attacker_proposals == m.attacker_accepted == 0
+    assert m.proposal_accepted == [i not in bad for i in m.clients]
+    assert np.isfinite(m.mean_heldout_loss)
 
 
 def test_rejecting_majority_keeps_global(world):
