@@ -324,11 +324,9 @@ def clean_cost_table(runs: list[dict], reference: str = "fedavg") -> str:
   fraction 0) of the same seed, in percent: the clean half of experiment 5's goal (within 1% of
   the no-attack run). Per seed, and the mean over the seeds that have a reference; '' when the
   sweep holds no such reference."""
-  refs = {
-      r["tags"].get("seed", 0): r["loss_final"]
-      for r in runs
-      if r["tags"].get("method") == reference and not r["tags"].get("fraction") and r["loss_final"]
-  }
+  # attack-free: no attackers in the run's own config (a sweep need not tag the fraction)
+  free = lambda r: r["tags"].get("method") == reference and not r["attackers"]
+  refs = {r["tags"].get("seed", 0): r["loss_final"] for r in runs if free(r) and r["loss_final"]}
   if not refs:
     return ""
   method_order = list(dict.fromkeys(r["tags"].get("method", "") for r in runs))
@@ -338,7 +336,7 @@ def clean_cost_table(runs: list[dict], reference: str = "fedavg") -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for key in sorted(gs, key=lambda k: _order(k, method_order)):
     d = dict(key)
-    if d["method"] == reference and not d.get("fraction"):
+    if all(free(r) for r in gs[key]):
       continue  # the reference itself
     rs = sorted(gs[key], key=lambda r: r["tags"].get("seed", 0))
     pct = {

@@ -411,3 +411,17 @@ def test_report_tabulates_the_probe_and_reads_an_unfinished_run_with_partial(tmp
   assert lines[0] == f"| 0 | {a}: 0.040 (0.707) | 0/1 | 0.078 | 0/2 | 0.00 |"
   assert lines[1] == f"| 1 | {a}: 0.133 (0.016), {b}: 0.136 (0.016) | 2/2 | 0.007 | 0/1 | 0.25 |"
   assert "--partial" in (tmp_path / "r1" / "commands.md").read_text()
+
+
+def test_the_clean_cost_needs_an_attack_free_reference(tmp_path):
+  """Runs of the reference method under attack are no reference for the clean cost, tagged
+  with a fraction or not (the attacks sweep tags the attack, not the fraction)."""
+  wd, entries = tmp_path / "sweep", []
+  for method in ("fedavg", "flock"):
+    tags = {"attack": "scale", "method": method, "seed": 0}
+    entries.append(_fixture_run(wd, method, tags, [0, 0, 0], [3, 2, 1], fraction=0.3))
+  (wd / "sweep.json").write_text(
+      json.dumps({"sweep": "x", "sweep_file": "", "base": "b", "command": "c", "runs": entries})
+  )
+  text = report_mod.write_report(str(wd), str(tmp_path / "report")).read_text()
+  assert "| scale | flock |" in text and "## Clean cost" not in text
