@@ -77,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
       screen="none",  # FLock voters screen proposals first: 'none' | 'norm' | 'cosine' | 'both'
       screen_norm_factor=2.0,  # 'norm': flag a proposal whose norm > factor x the median norm
       screen_min_cosine=0.0,  # 'cosine': flag a proposal whose median cosine to the others < this
-      probe="none",  # voters probe proposals on public prompts: none|collapse|anchored|search
+      probe="none",  # voters probe proposals: none|collapse|anchored|search|private
       probe_threshold=0.1,  # 'collapse': flag a proposal whose collapse score exceeds this
       probe_prompts=8,  # public probe prompts per domain
       search_slots=3,  # probe 'search': trigger tokens inserted in every probe prompt
@@ -189,7 +189,7 @@ FIELD_HELP = {
     " alone on G, makes one token gain probability at the first response token in every domain)"
     " | anchored (the same against G and against the base model: bounds a run's total collapse)"
     " | search (anchored, and the same on prompts carrying the trigger tokens a gradient search"
-    " finds for each proposal)",
+    " finds for each proposal) | private (search, on prompts each voter draws for itself)",
     "federation.search_slots": "search probe: trigger tokens inserted at the end of each prompt",
     "federation.search_topk": "search probe: best single-token swaps tried per slot and step",
     "federation.search_steps": "search probe: swap steps after the first fill",

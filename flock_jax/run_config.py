@@ -31,7 +31,7 @@ PROPOSER_BEHAVIOURS = (
 )
 VOTER_BEHAVIOURS = ("honest", "always_approve", "always_reject", "absent", "colluding")
 SCREENS = ("none", "norm", "cosine", "both")
-PROBES = ("none", "collapse", "anchored", "search")
+PROBES = ("none", "collapse", "anchored", "search", "private")
 CLIENT_STATES = ("persistent", "fresh")
 # Fields added after runs were made with configs that lack them: absent means this default,
 # so such a config (and a workdir's config.json) runs, and continues, unchanged.
@@ -119,7 +119,8 @@ class FederationSpec:
   # per participant (OpenFedLLM's loop; memory independent of N)
   client_state: str = "persistent"
   # FLock voters' behaviour probe of each proposal (flock_jax.federated.probe):
-  # none | collapse (against G) | anchored (against G and the base model)
+  # none | collapse (against G) | anchored (against G and the base model) | search (anchored
+  # and the trigger search) | private (search on each voter's own prompts)
   probe: str = "none"
   probe_threshold: float = 0.1  # flag a proposal whose collapse score exceeds this
   probe_prompts: int = 8  # public probe prompts per domain

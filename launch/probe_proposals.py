@@ -3,11 +3,14 @@
   python launch/probe_proposals.py --workdir=runs/backdoor_smollm2/flock_f0.3_s0
   python launch/probe_proposals.py --workdir=RUN --threshold=0.1 --probe_prompts=8
   python launch/probe_proposals.py --workdir=RUN --mode=search   # the trigger search as well
+  python launch/probe_proposals.py --workdir=RUN --mode=private --owners=4,5,6
 
 Reads the run's config, metrics.jsonl and adapter store (every FLock run with a workdir keeps
 one), and scores each proposal against the global adapter of its round, as a voter with
 config.federation.probe=MODE would have (flock_jax/federated/probe.py; 'search' also prints
-the trigger tokens found, flock_jax/federated/trigger_search.py). Prints one line
+the trigger tokens found, flock_jax/federated/trigger_search.py; 'private' runs the search on
+each of --owners' own probe prompts, as those voters would, and reports the median of their
+scores, each voter's in brackets). Prints one line
 per round (attackers marked, from the run's attack config) and, last, a JSON line:
 {"proposals", "attacker_scores", "honest_scores", "max_honest", "min_attacker",
 "attackers_over", "honest_over", "threshold"}. This is how the probe's threshold was chosen
@@ -30,7 +33,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished FLock run's workdir.", required=True)
 _THRESHOLD = flags.DEFINE_float("threshold", 0.1, "Report the proposals scoring above this.")
 _PROMPTS = flags.DEFINE_integer("probe_prompts", 8, "Public probe prompts per domain.")
-_MODE = flags.DEFINE_enum("mode", "collapse", ["collapse", "anchored", "search"], "Probe mode.")
+_MODE = flags.DEFINE_enum(
+    "mode", "collapse", ["collapse", "anchored", "search", "private"], "Probe mode."
+)
+_OWNERS = flags.DEFINE_list(
+    "owners",
+    None,
+    "mode=private: the voters whose own probe prompts score each proposal (participant"
+    " indices; default the run's first three honest participants).",
+)
 _ROUNDS = flags.DEFINE_integer("rounds", None, "Score the first this many rounds only.")
 _FROM = flags.DEFINE_integer("from_round", 0, "Score rounds from this one on.")
 _SLOTS = flags.DEFINE_integer("search_slots", 3, "mode=search: trigger tokens searched.")
@@ -90,6 +101,8 @@ def main(argv):
       store.get(bytes.fromhex(h[2:])), like=state.global_lora
   )
   g_hash, att, hon = start["global_hash"], [], []
+  att_over, hon_over, th = [], [], _THRESHOLD.value  # mode=private: voters over, per proposal
+  owners = [int(j) for j in _OWNERS.value or [i for i in range(n) if i not in bad][:3]]
   with engine.mesh_context():
     for r, hashes in zip(rows, proposal_hashes(rows, wd / "store")):
       if r["round"] < _FROM.value:
@@ -97,7 +110,18 @@ def main(argv):
         continue
       who = [i for i in r["proposers"] if i in hashes]
       ups = [read(hashes[i]) for i in who]
-      scores, tokens, found = probe(engine, read(g_hash), ups, mode=_MODE.value)
+      if _MODE.value == "private":
+        each = [
+            probe(
+                engine, read(g_hash), ups, mode="search", arrays=engine.population.private_probe(j)
+            )
+            for j in owners
+        ]
+        scores = np.median([e[0] for e in each], axis=0)
+        tokens, found = each[0][1], each[0][2]
+        per_owner = np.asarray([e[0] for e in each])  # [owners, P]
+      else:
+        scores, tokens, found = probe(engine, read(g_hash), ups, mode=_MODE.value)
       known = _known_trigger_scores(engine, read(g_hash), ups, run) if _KNOWN.value else None
       cells = []
       for k, (i, s, t) in enumerate(zip(who, scores.tolist(), tokens.tolist())):
@@ -106,10 +130,12 @@ def main(argv):
         scale = r.get("extra", {}).get("evade_scales", {}).get(str(i))  # the run's own shrink
         trig += "" if scale is None else f" (submitted at scale {scale:.2f})"
         trig += "" if known is None else f" [known trigger {known[k]:.3f}]"
+        if _MODE.value == "private":
+          trig += f" [voters {' '.join(f'{x:.3f}' for x in per_owner[:, k])}]"
+          (att_over if i in bad else hon_over).append(int((per_owner[:, k] > th).sum()))
         cells.append(f"{i}{'*' if i in bad else ''}={s:.3f} {tok.decode([t])!r}{trig}")
       print(f"round {r['round']:3d} (G {g_hash[:10]}): " + ", ".join(cells), flush=True)
       g_hash = r["global_hash"] or g_hash
-  th = _THRESHOLD.value
   print("* attacker (the run's attack config)")
   print(
       json.dumps(
@@ -122,6 +148,16 @@ def main(argv):
               "attackers_over": int(np.sum(np.asarray(att) > th)),
               "honest_over": int(np.sum(np.asarray(hon) > th)),
               "threshold": th,
+              **(
+                  {
+                      "owners": owners,
+                      # per proposal: how many of the owners' own probes flag it
+                      "attacker_flagged_by": att_over,
+                      "honest_flagged_by": hon_over,
+                  }
+                  if _MODE.value == "private"
+                  else {}
+              ),
           }
       )
   )

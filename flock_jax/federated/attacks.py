@@ -66,7 +66,13 @@ def attack_update(
 
 
 def evade_probe(
-    engine, G: PyTree, update: PyTree, threshold: float, *, mode: str = "collapse"
+    engine,
+    G: PyTree,
+    update: PyTree,
+    threshold: float,
+    *,
+    mode: str = "collapse",
+    owner: int | None = None,
 ) -> tuple[PyTree, float, float]:
   """The adaptive backdoor against the behaviour probe (behaviour 'backdoor_evade'): it knows
   what every voter knows (G, the public probe prompts, the probe's mode and threshold) and
@@ -76,17 +82,34 @@ def evade_probe(
 
   Against the trigger search (mode 'search', a gradient search per scale) it first takes the
   largest scale that passes the clean anchored probe (the search's score is never lower), then
-  searches the scales below it (`choose_scale`)."""
+  searches the scales below it (`choose_scale`).
+
+  Against the private search (mode 'private': every voter searches on prompts it drew itself)
+  it cannot run the voters' probe: it runs the same search on prompts it drew itself
+  (participant `owner`'s, Population.private_probe) and shrinks against those."""
+  arrays = None
+  if mode == "private":
+    if owner is None:
+      raise ValueError("evade_probe against the private probe needs the attacker's index")
+    arrays, mode = engine.population.private_probe(owner), "search"
   scaled = [jax.tree.map(lambda x, s=s: x * jnp.asarray(s, x.dtype), update) for s in EVADE_SCALES]
   aim = EVADE_MARGIN * threshold
-  clean, _, _ = probe(engine, G, scaled, mode="anchored" if mode == "search" else mode)
+  clean, _, _ = probe(
+      engine, G, scaled, mode="anchored" if mode == "search" else mode, arrays=arrays
+  )
   passing = [k for k, sc in enumerate(clean.tolist()) if sc <= aim]
   k = passing[0] if passing else int(np.argmin(clean))
   if mode != "search":
     return scaled[k], EVADE_SCALES[k], float(clean[k])
   fed = engine.run.federation
   search = lambda k: search_scores(
-      engine, G, [scaled[k]], slots=fed.search_slots, topk=fed.search_topk, steps=fed.search_steps
+      engine,
+      G,
+      [scaled[k]],
+      slots=fed.search_slots,
+      topk=fed.search_topk,
+      steps=fed.search_steps,
+      arrays=arrays,
   )[0][0]
   k, score = choose_scale(lambda k: max(float(clean[k]), float(search(k))), k, aim)
   return scaled[k], EVADE_SCALES[k], score

@@ -19,6 +19,7 @@ tokenizer at all (tests and the benchmark).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -55,6 +56,20 @@ class Population:
   prompts: Any = None  # flock_jax.eval.EvalPrompts: generation-based reporting (None: none)
   # public probe prompts for the voters' behaviour probe (flock_jax.federated.probe.probe_arrays)
   probe: dict | None = None
+  # federation.probe='private': participant i -> its own probe prompts' arrays (`private_probe`)
+  probe_builder: Any = None
+  _private_probes: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  def private_probe(self, owner: int) -> dict:
+    """Participant `owner`'s private probe arrays (built once): probe prompts it draws itself,
+    which nobody else knows (`build_probe(..., owner=owner)`)."""
+    if self.probe_builder is None:
+      raise ValueError(
+          "private probe prompts exist only with federation.probe='private' on a text task"
+      )
+    if owner not in self._private_probes:
+      self._private_probes[owner] = self.probe_builder(owner)
+    return self._private_probes[owner]
 
   @property
   def num_participants(self) -> int:
@@ -118,6 +133,11 @@ class Population:
 EVAL_SEED_OFFSET = 10_000  # generated domains: config.eval.domains' examples use seed + this
 PROBE_SEED_OFFSET = 20_000  # generated domains: the public probe prompts use seed + this
 PROBE_REFERENCES = 256  # public probe examples per domain whose answers' tokens form S
+# Private probe prompts (federation.probe='private'): participant i's generated ones use
+# seed + this + 1000 * (i + 1); from a fixed set it draws its own from PRIVATE_PROBE_POOL times
+# as many examples past the reporting ones.
+PRIVATE_PROBE_SEED_OFFSET = 30_000
+PRIVATE_PROBE_POOL = 8
 
 
 def _eval_examples(name: str, d, seed: int):
@@ -142,10 +162,25 @@ def _probe_examples(name: str, d, seed: int, n: int):
   return load_domain(name, limit=skip + n)[skip:]
 
 
-def build_probe(run, tokenizer) -> dict:
+def _private_probe_examples(name: str, d, seed: int, n: int, owner: int):
+  """n probe examples of domain `name` that participant `owner` draws for itself: a generated
+  domain drawn with its own seed; n of PRIVATE_PROBE_POOL * n examples of a fixed set past the
+  reporting ones, chosen with its own generator."""
+  from flock_jax.data.registry import load_domain
+
+  if name in ("finance", "medical"):
+    return load_domain(name, n=n, seed=seed + PRIVATE_PROBE_SEED_OFFSET + 1000 * (owner + 1))
+  skip = d.examples_per_domain + d.eval_examples_per_domain
+  pool = load_domain(name, limit=skip + PRIVATE_PROBE_POOL * n)[skip:]
+  rng = np.random.default_rng([seed, PRIVATE_PROBE_SEED_OFFSET, owner])
+  return [pool[k] for k in sorted(rng.permutation(len(pool))[:n].tolist())]
+
+
+def build_probe(run, tokenizer, owner: int | None = None) -> dict:
   """The voters' public probe: config.federation.probe_prompts prompts per domain of the task,
   chat-templated and left-padded, and S, every token of the answers of up to
-  PROBE_REFERENCES public examples per domain (flock_jax.federated.probe.probe_arrays)."""
+  PROBE_REFERENCES public examples per domain (flock_jax.federated.probe.probe_arrays).
+  With `owner`: participant owner's private probe, the same S on prompts it drew itself."""
   from flock_jax.federated.probe import probe_arrays
   from flock_jax.model.generate import chat_prompt_ids
 
@@ -153,14 +188,15 @@ def build_probe(run, tokenizer) -> dict:
   ids, starts = {}, []
   for name in d.domains:
     exs = _probe_examples(name, d, run.seed, max(n, PROBE_REFERENCES))
-    if len(exs) < n:
+    prompts = exs if owner is None else _private_probe_examples(name, d, run.seed, n, owner)
+    if len(prompts) < n:
       from flock_jax.run_config import RunConfigError
 
       raise RunConfigError(
-          f"config.federation.probe_prompts={n}: domain {name!r} has only {len(exs)} examples "
-          "left for public probe prompts"
+          f"config.federation.probe_prompts={n}: domain {name!r} has only {len(prompts)} "
+          f"examples left for {'public' if owner is None else 'private'} probe prompts"
       )
-    ids[name] = chat_prompt_ids(tokenizer, [e.prompt for e in exs[:n]], d.system or None)
+    ids[name] = chat_prompt_ids(tokenizer, [e.prompt for e in prompts[:n]], d.system or None)
     for e in exs:
       starts += tokenizer(e.response, add_special_tokens=False)["input_ids"]
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -262,6 +298,11 @@ def build_population(run, tokenizer) -> Population:
       domains=[p.domain_counts for p in parts],
       prompts=prompts,
       probe=build_probe(run, tokenizer) if run.federation.probe != "none" else None,
+      probe_builder=(
+          functools.partial(build_probe, run, tokenizer)
+          if run.federation.probe == "private"
+          else None
+      ),
   )
 
 

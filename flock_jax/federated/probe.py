@@ -42,6 +42,14 @@ on clean prompts: by shrinking it (attack 'backdoor_evade', flock_jax.federated.
 .evade_probe: the prompts and the threshold are public) or by training against the probe (e.g.
 with clean copies of its poisoned prompts). Whether the shrunk update still plants the backdoor
 is measured, not assumed (experiment 5).
+
+'private' (federation.probe='private') is the trigger search ('search') on prompts each voter
+draws for itself (Population.private_probe), so that nobody, the attacker included, can run
+a voter's probe before committing: the attacker runs the search on prompts it drew itself and
+shrinks against those. Voters then flag differently: each rejects (whole mode: the candidate;
+per proposal: the bit) what its own probe flags and names it invalid in its vote, and a
+proposal flagged by more than half the committee stake is excluded and slashed
+(flock_jax/federated/rounds.py).
 """
 
 from __future__ import annotations
@@ -116,17 +124,19 @@ def collapse_tokens(p_global, p_each, answer_tokens=()) -> np.ndarray:
 
 
 def probe(
-    engine, G: PyTree, updates: Sequence[PyTree], *, mode: str = "collapse"
+    engine, G: PyTree, updates: Sequence[PyTree], *, mode: str = "collapse", arrays=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
   """(scores [P], token ids [P], found trigger tokens [P, slots] or None) of proposals
   `updates` on the population's probe prompts (engine.population.probe). mode 'collapse': the
   collapse score against G; 'anchored': the larger of the scores against G and against the
   base model (the zero adapter), and that score's token; 'search': the larger of the anchored
-  score and the triggered one (flock_jax.federated.trigger_search), with the tokens found."""
+  score and the triggered one (flock_jax.federated.trigger_search), with the tokens found.
+  arrays: the probe prompts (`probe_arrays`; default the population's public ones, e.g. a
+  voter's private ones: Population.private_probe)."""
   if mode not in ("collapse", "anchored", "search"):
     raise ValueError(f"unknown probe mode {mode!r}: use 'collapse', 'anchored' or 'search'")
   anchored = mode != "collapse"
-  arrays = engine.population.probe
+  arrays = engine.population.probe if arrays is None else arrays
   if arrays is None:
     raise ValueError(
         "federation.probe needs public probe prompts: this population has none "
@@ -157,7 +167,13 @@ def probe(
 
   fed = engine.run.federation
   triggered, found, trig_tokens = search_scores(
-      engine, G, updates, slots=fed.search_slots, topk=fed.search_topk, steps=fed.search_steps
+      engine,
+      G,
+      updates,
+      slots=fed.search_slots,
+      topk=fed.search_topk,
+      steps=fed.search_steps,
+      arrays=arrays,
   )
   return (
       np.maximum(scores, triggered),

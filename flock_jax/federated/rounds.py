@@ -145,6 +145,24 @@ def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flag
   return keep_ids, keep, errors, tuple(flags), dict(zip(valid_ids, scores.tolist())), triggers
 
 
+def _private_probe(engine: Engine, G, voters, valid_ids, valid):
+  """federation.probe='private': every honest voter runs the trigger search (probe 'search') on
+  probe prompts it drew itself (Population.private_probe). Returns flags [V, P'] (True: voter
+  row flags valid proposal k; voters that are not honest run no probe and flag nothing) and
+  {honest voter: {proposer: score}}."""
+  fed, att = engine.run.federation, engine.run.attack
+  flags = np.zeros((len(voters), len(valid)), bool)
+  by_voter: dict[int, dict[int, float]] = {}
+  for row, j in enumerate(voters):
+    if att.voter(j) != "honest":
+      continue
+    arrays = engine.population.private_probe(j)
+    scores, _, _ = behaviour_probe(engine, G, valid, mode="search", arrays=arrays)
+    flags[row] = scores > fed.probe_threshold
+    by_voter[j] = dict(zip(valid_ids, scores.tolist()))
+  return flags, by_voter
+
+
 def _heldout_by_domain(engine: Engine, lora: PyTree) -> dict[str, float]:
   names, batches = engine.population.eval_batches(engine.run.federation.eval_batch_size)
   losses = engine.heldout_loss(engine.base, _stack([lora]), batches)  # [D, 1]
@@ -234,7 +252,7 @@ def flock_round(
       for k, i in enumerate(proposers):
         if att.proposer(i) == "backdoor_evade":
           updates[k], evade_scales[i], _ = evade_probe(
-              engine, G, updates[k], fed.probe_threshold, mode=fed.probe
+              engine, G, updates[k], fed.probe_threshold, mode=fed.probe, owner=i
           )
   with timer("hash"):
     hashes = [hashing.tree_hash(d) for d in updates]
@@ -251,7 +269,13 @@ def flock_round(
   valid_ids, valid, errors, flags = _screen_revealed(proposers, updates, revealed, G, store)
   probe_scores: dict[int, float] = {}
   probe_triggers: dict[int, str] = {}
-  if fed.probe != "none" and valid:
+  private_flags, by_voter = None, {}  # probe 'private': [V, P'] and {voter: {proposer: score}}
+  if fed.probe == "private" and valid:
+    with timer("eval"):
+      private_flags, by_voter = _private_probe(engine, G, voters, valid_ids, valid)
+    if by_voter:  # the honest voters' median score, for the report
+      probe_scores = {i: float(np.median([s[i] for s in by_voter.values()])) for i in valid_ids}
+  elif fed.probe != "none" and valid:
     with timer("eval"):
       valid_ids, valid, errors, flags, probe_scores, probe_triggers = _probe_revealed(
           engine, G, proposers, valid_ids, valid, errors, flags
@@ -274,6 +298,8 @@ def flock_round(
       # Optional defence: every honest voter screens the proposals alike before its vote.
       suspect = screen_flags(valid, fed.screen, fed.screen_norm_factor, fed.screen_min_cosine)
       honest = screened(honest, suspect, per_proposal)
+      if private_flags is not None:  # each voter rejects what its own probe flags
+        honest = honest & ~(private_flags if per_proposal else private_flags.any(axis=1))
 
   # 4. Vote (on chain); 5. finalize: tally and settle.
   approvals = []
@@ -286,19 +312,32 @@ def flock_round(
         approvals.append(None if ballot is None else np.asarray(ballot).tolist())
         if ballot is None:
           continue
+        invalid = list(flags)
+        if private_flags is not None:  # and what its own probe flagged
+          for k, i in enumerate(valid_ids):
+            invalid[proposers.index(i)] |= bool(private_flags[row, k])
         if per_proposal:  # bit i names roles.proposers[i]; bits of excluded proposals stay 0
           bits = [False] * len(proposers)
           for k, i in enumerate(valid_ids):
             bits[proposers.index(i)] = bool(ballot[k])
-          ledger.vote(j, b"\x00" * 32, bits=tuple(bits), invalid=flags)
+          ledger.vote(j, b"\x00" * 32, bits=tuple(bits), invalid=tuple(invalid))
         else:
           named = cand_hash if valid else hashing.tree_hash(G)
-          ledger.vote(j, named, approve=bool(ballot) and bool(valid), invalid=flags)
+          ledger.vote(j, named, approve=bool(ballot) and bool(valid), invalid=tuple(invalid))
     faults.point("voted", roles.round)
     outcome: Outcome = ledger.finalize()
     faults.point("finalized", roles.round)
     block = ledger.block_hash()
     gas_after = ledger.gas_used()
+  if private_flags is not None:  # excluded by the committee's flags (more than half its stake)
+    for k, i in enumerate(valid_ids):
+      if outcome.invalid and outcome.invalid[proposers.index(i)]:
+        who = [j for row, j in enumerate(voters) if private_flags[row, k]]
+        errors.append(
+            f"participant {i}: behaviour probe: flagged by voters {who} of {voters} on their own "
+            f"prompts (scores {[round(by_voter[j][i], 3) for j in who]}; threshold "
+            f"{fed.probe_threshold})"
+        )
 
   # 6. Accepted: G_{r+1} = C_r (per proposal: G_r + mean of the accepted Δ_i); else G stays.
   prop_acc = [False] * len(proposers)
@@ -355,6 +394,9 @@ def flock_round(
           "probe_scores": {str(i): x for i, x in probe_scores.items()},
           "evade_scales": {str(i): x for i, x in evade_scales.items()},
           "probe_triggers": {str(i): x for i, x in probe_triggers.items()},
+          "probe_scores_by_voter": {
+              str(j): {str(i): x for i, x in sc.items()} for j, sc in by_voter.items()
+          },
           # each proposer's committed hash: its blob in the store, for re-scoring after the run
           "proposal_hashes": {str(i): _hex(h) for i, h in zip(proposers, hashes)},
           "asr_samples": gen.pop("asr_samples", []),

@@ -182,12 +182,14 @@ def search_scores(
     topk: int = 0,
     steps: int = 0,
     ids=None,
+    arrays=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(triggered collapse scores [P], slot tokens [P, slots], each score's token [P]) of
   proposals `updates` against G and the base model (the larger), on the population's probe
   prompts: at the tokens the search finds, or at the given tokens `ids` [slots] (e.g. a run's
-  real trigger, which a voter does not know)."""
-  arrays = engine.population.probe
+  real trigger, which a voter does not know). arrays: other probe prompts than the public ones
+  (a voter's private ones)."""
+  arrays = engine.population.probe if arrays is None else arrays
   cfg, lora_cfg = engine.run.model.cfg, engine.run.lora
   tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
   d, n, t = tokens.shape

@@ -8,6 +8,8 @@ it must gain nothing (flagged by every honest voter, left out of the candidate, 
 unpaid), while honest proposals pass the probe.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -381,6 +383,31 @@ def test_probe_proposals_rescores_a_finished_run(tmp_path):
   assert lines[0].count("[known trigger ") == len(rows[1]["proposers"]), lines[0]
   assert lines[0].count(" found ") == len(rows[1]["proposers"]), lines[0]
   assert json.loads(out[-1])["proposals"] == len(rows[1]["proposers"])
+  # the private search as voters 2 and 3 would run it, each on its own prompts
+  out = subprocess.run(
+      [
+          sys.executable,
+          "launch/probe_proposals.py",
+          f"--workdir={wd}",
+          "--probe_prompts=2",
+          "--mode=private",
+          "--owners=2,3",
+          "--search_topk=2",
+          "--search_steps=1",
+          "--from_round=1",
+      ],
+      cwd=root,
+      check=True,
+      capture_output=True,
+      text=True,
+  ).stdout.splitlines()
+  line = next(x for x in out if x.startswith("round"))
+  voters = re.findall(r"=(\d\.\d+) .*?\[voters (\d\.\d+) (\d\.\d+)\]", line)
+  assert len(voters) == len(rows[1]["proposers"]), line
+  for med, a, b in voters:  # the reported score is the voters' median
+    assert float(med) == pytest.approx((float(a) + float(b)) / 2, abs=1.5e-3)
+  summary = json.loads(out[-1])
+  assert summary["owners"] == [2, 3] and len(summary["honest_flagged_by"]) == len(voters)
 
 
 @pytest.mark.parametrize(
