@@ -83,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
       search_slots=3,  # probe 'search': trigger tokens inserted in every probe prompt
       search_topk=8,  # probe 'search': single-token swaps tried per slot and step
       search_steps=2,  # probe 'search': swap steps after the first fill
+      search_restarts=1,  # probe 'search': searches per proposal (the others from random tokens)
   )
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
@@ -193,6 +194,8 @@ FIELD_HELP = {
     "federation.search_slots": "search probe: trigger tokens inserted at the end of each prompt",
     "federation.search_topk": "search probe: best single-token swaps tried per slot and step",
     "federation.search_steps": "search probe: swap steps after the first fill",
+    "federation.search_restarts": "search probe: searches per proposal, the first from the best"
+    " fill, the others from random tokens (a private probe's from the voter's own seed)",
     "federation.probe_threshold": "collapse probe: flag a proposal whose score exceeds this",
     "federation.probe_prompts": "collapse probe: public probe prompts per domain",
     "ledger.backend": "eth_tester (in-process EVM) | jsonrpc (a node) | local (the rules, no EVM)",

@@ -46,6 +46,7 @@ OPTIONAL_FIELDS = {
     "federation.search_slots": 3,
     "federation.search_topk": 8,
     "federation.search_steps": 2,
+    "federation.search_restarts": 1,
 }
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
@@ -128,6 +129,9 @@ class FederationSpec:
   search_slots: int = 3
   search_topk: int = 8
   search_steps: int = 2
+  # searches per proposal: the first from the zero fill, the others from random tokens (a
+  # private probe draws them from the voter's own seed)
+  search_restarts: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -459,6 +463,7 @@ def _federation(config) -> FederationSpec:
           "search_slots",
           "search_topk",
           "search_steps",
+          "search_restarts",
       ),
   )
   w = "federation"
@@ -512,6 +517,7 @@ def _federation(config) -> FederationSpec:
       search_slots=_optional(sec, w, "search_slots", int, lo=1),
       search_topk=_optional(sec, w, "search_topk", int, lo=1),
       search_steps=_optional(sec, w, "search_steps", int, lo=0),
+      search_restarts=_optional(sec, w, "search_restarts", int, lo=1),
   )
 
 

@@ -47,6 +47,9 @@ _FROM = flags.DEFINE_integer("from_round", 0, "Score rounds from this one on.")
 _SLOTS = flags.DEFINE_integer("search_slots", 3, "mode=search: trigger tokens searched.")
 _TOPK = flags.DEFINE_integer("search_topk", 8, "mode=search: swaps tried per slot and step.")
 _STEPS = flags.DEFINE_integer("search_steps", 2, "mode=search: swap steps after the first fill.")
+_RESTARTS = flags.DEFINE_integer(
+    "search_restarts", 1, "mode=search: searches per proposal (the others from random tokens)."
+)
 _KNOWN = flags.DEFINE_bool(
     "known_trigger",
     False,
@@ -72,6 +75,7 @@ def main(argv):
   from flock_jax import cli
   from flock_jax.chain.store import AdapterStore
   from flock_jax.federated import engine as E, hashing
+  from flock_jax.federated.population import PRIVATE_PROBE_SEED_OFFSET
   from flock_jax.federated.probe import probe
   from flock_jax.run_config import from_config
   from flock_jax.workdir import proposal_hashes
@@ -87,6 +91,7 @@ def main(argv):
       search_slots=_SLOTS.value,
       search_topk=_TOPK.value,
       search_steps=_STEPS.value,
+      search_restarts=_RESTARTS.value,
   )
   run = from_config(ml_collections.ConfigDict(config))
   engine, state = E.build(run)
@@ -113,7 +118,12 @@ def main(argv):
       if _MODE.value == "private":
         each = [
             probe(
-                engine, read(g_hash), ups, mode="search", arrays=engine.population.private_probe(j)
+                engine,
+                read(g_hash),
+                ups,
+                mode="search",
+                arrays=engine.population.private_probe(j),
+                seed=(run.seed, PRIVATE_PROBE_SEED_OFFSET, j, r["round"]),  # as in the round
             )
             for j in owners
         ]

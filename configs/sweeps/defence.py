@@ -23,6 +23,8 @@ defence (what it costs when nobody attacks).
                    tokens that make it collapse most when inserted in the probe prompts
                    (flock_jax.federated.trigger_search): the adaptive attacker's later updates
                    collapse only triggered prompts, which the anchored probe does not see
+  flock_private_tol flock_search_tol whose voters search on probe prompts each drew itself
+                   (federation.probe='private'), which the attacker cannot run
   flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
                    loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
                    voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
@@ -38,6 +40,8 @@ defence (what it costs when nobody attacks).
   # SmolLM2-135M: the trigger search against the adaptive attacker, 20 rounds (seed 1 first;
   # ~3-4 hours a run on 2 cores: the attacker searches several scales of its update a round)
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:search --workdir=runs/search
+  # SmolLM2-135M: the same with each voter's search on its own prompts (a pod's job)
+  python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:private --workdir=runs/private
 """
 
 import os
@@ -55,11 +59,13 @@ SCREEN = {
 PROBE = {"federation.probe": "collapse", "federation.probe_threshold": 0.1}
 ANCHORED = {"federation.probe": "anchored", "federation.probe_threshold": 0.1}
 SEARCH = {"federation.probe": "search", "federation.probe_threshold": 0.1}
+PRIVATE = {"federation.probe": "private", "federation.probe_threshold": 0.1}
 VARIANTS = {
     "flock_probe": {**common.METHODS["flock"], **PROBE},
     "flock_anchored": {**common.METHODS["flock"], **ANCHORED},
     "flock_anchored_tol": {**common.METHODS["flock"], **ANCHORED, "federation.tau": -0.02},
     "flock_search_tol": {**common.METHODS["flock"], **SEARCH, "federation.tau": -0.02},
+    "flock_private_tol": {**common.METHODS["flock"], **PRIVATE, "federation.tau": -0.02},
     "flock_anchored_pp_tol": {**common.METHODS["flock_pp"], **ANCHORED, "federation.tau": -0.02},
     "flock_probe_tol": {**common.METHODS["flock"], **PROBE, "federation.tau": -0.02},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
@@ -128,6 +134,12 @@ def get_config(arg=None):
     # rounds): the same with the voters' trigger search, the same seeds and rounds.
     shared["federation.rounds"] = 20
     return common.sweep(base, shared, [_evade(s, "flock_search_tol") for s in (1, 0)])
+  if subset == "private":
+    # The trigger search on each voter's own prompts, which the attacker cannot run (it shrinks
+    # against prompts it drew itself): the search run's seeds and rounds. A pod's job: each
+    # honest voter searches every proposal (~40 s each on 2 cores with SmolLM2).
+    shared["federation.rounds"] = 20
+    return common.sweep(base, shared, [_evade(s, "flock_private_tol") for s in (1, 0)])
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
     runs += [_run("fedavg", 0.0, 0), _run("flock_probe", 0.0, 0)]
@@ -139,7 +151,7 @@ def get_config(arg=None):
   if subset:
     raise ValueError(
         f"unknown subset {subset!r} of the defence sweep; use 'probe', 'anchored', 'long', "
-        "'search' or nothing"
+        "'search', 'private' or nothing"
     )
   runs = []
   for seed in (0, 1):

@@ -73,6 +73,7 @@ def evade_probe(
     *,
     mode: str = "collapse",
     owner: int | None = None,
+    seed=0,
 ) -> tuple[PyTree, float, float]:
   """The adaptive backdoor against the behaviour probe (behaviour 'backdoor_evade'): it knows
   what every voter knows (G, the public probe prompts, the probe's mode and threshold) and
@@ -86,7 +87,8 @@ def evade_probe(
 
   Against the private search (mode 'private': every voter searches on prompts it drew itself)
   it cannot run the voters' probe: it runs the same search on prompts it drew itself
-  (participant `owner`'s, Population.private_probe) and shrinks against those."""
+  (participant `owner`'s, Population.private_probe), with random restarts drawn from its own
+  `seed`, and shrinks against those."""
   arrays = None
   if mode == "private":
     if owner is None:
@@ -110,6 +112,8 @@ def evade_probe(
       topk=fed.search_topk,
       steps=fed.search_steps,
       arrays=arrays,
+      restarts=fed.search_restarts,
+      seed=seed,
   )[0][0]
   k, score = choose_scale(lambda k: max(float(clean[k]), float(search(k))), k, aim)
   return scaled[k], EVADE_SCALES[k], score

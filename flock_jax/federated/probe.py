@@ -124,7 +124,13 @@ def collapse_tokens(p_global, p_each, answer_tokens=()) -> np.ndarray:
 
 
 def probe(
-    engine, G: PyTree, updates: Sequence[PyTree], *, mode: str = "collapse", arrays=None
+    engine,
+    G: PyTree,
+    updates: Sequence[PyTree],
+    *,
+    mode: str = "collapse",
+    arrays=None,
+    seed=0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
   """(scores [P], token ids [P], found trigger tokens [P, slots] or None) of proposals
   `updates` on the population's probe prompts (engine.population.probe). mode 'collapse': the
@@ -132,7 +138,8 @@ def probe(
   base model (the zero adapter), and that score's token; 'search': the larger of the anchored
   score and the triggered one (flock_jax.federated.trigger_search), with the tokens found.
   arrays: the probe prompts (`probe_arrays`; default the population's public ones, e.g. a
-  voter's private ones: Population.private_probe)."""
+  voter's private ones: Population.private_probe); seed: the search's random restarts'
+  (federation.search_restarts)."""
   if mode not in ("collapse", "anchored", "search"):
     raise ValueError(f"unknown probe mode {mode!r}: use 'collapse', 'anchored' or 'search'")
   anchored = mode != "collapse"
@@ -174,6 +181,8 @@ def probe(
       topk=fed.search_topk,
       steps=fed.search_steps,
       arrays=arrays,
+      restarts=fed.search_restarts,
+      seed=seed,
   )
   return (
       np.maximum(scores, triggered),

@@ -32,7 +32,7 @@ from flock_jax.federated.clients import ClientState, fresh_opt_state
 from flock_jax.federated.engine import Engine, RunState, build, commit, make_ledger
 from flock_jax.federated.ledger import Ledger, Outcome, Roles
 from flock_jax.federated.metrics import RoundMetrics
-from flock_jax.federated.population import Population
+from flock_jax.federated.population import PRIVATE_PROBE_SEED_OFFSET, Population
 from flock_jax.federated.run_state import restore_state
 from flock_jax.federated.validate import check_update
 from flock_jax.model.llama import Params
@@ -145,9 +145,15 @@ def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flag
   return keep_ids, keep, errors, tuple(flags), dict(zip(valid_ids, scores.tolist())), triggers
 
 
-def _private_probe(engine: Engine, G, voters, valid_ids, valid):
+def _private_seed(engine: Engine, who: int, round_index: int) -> tuple[int, ...]:
+  """Participant who's own seed for its search's random restarts in a round (probe 'private')."""
+  return (engine.run.seed, PRIVATE_PROBE_SEED_OFFSET, who, round_index)
+
+
+def _private_probe(engine: Engine, G, voters, valid_ids, valid, round_index: int):
   """federation.probe='private': every honest voter runs the trigger search (probe 'search') on
-  probe prompts it drew itself (Population.private_probe). Returns flags [V, P'] (True: voter
+  probe prompts it drew itself (Population.private_probe), its random restarts from its own
+  seed (`_private_seed`). Returns flags [V, P'] (True: voter
   row flags valid proposal k; voters that are not honest run no probe and flag nothing) and
   {honest voter: {proposer: score}}."""
   fed, att = engine.run.federation, engine.run.attack
@@ -157,7 +163,8 @@ def _private_probe(engine: Engine, G, voters, valid_ids, valid):
     if att.voter(j) != "honest":
       continue
     arrays = engine.population.private_probe(j)
-    scores, _, _ = behaviour_probe(engine, G, valid, mode="search", arrays=arrays)
+    seed = _private_seed(engine, j, round_index)
+    scores, _, _ = behaviour_probe(engine, G, valid, mode="search", arrays=arrays, seed=seed)
     flags[row] = scores > fed.probe_threshold
     by_voter[j] = dict(zip(valid_ids, scores.tolist()))
   return flags, by_voter
@@ -252,7 +259,13 @@ def flock_round(
       for k, i in enumerate(proposers):
         if att.proposer(i) == "backdoor_evade":
           updates[k], evade_scales[i], _ = evade_probe(
-              engine, G, updates[k], fed.probe_threshold, mode=fed.probe, owner=i
+              engine,
+              G,
+              updates[k],
+              fed.probe_threshold,
+              mode=fed.probe,
+              owner=i,
+              seed=_private_seed(engine, i, roles.round) if fed.probe == "private" else 0,
           )
   with timer("hash"):
     hashes = [hashing.tree_hash(d) for d in updates]
@@ -272,7 +285,7 @@ def flock_round(
   private_flags, by_voter = None, {}  # probe 'private': [V, P'] and {voter: {proposer: score}}
   if fed.probe == "private" and valid:
     with timer("eval"):
-      private_flags, by_voter = _private_probe(engine, G, voters, valid_ids, valid)
+      private_flags, by_voter = _private_probe(engine, G, voters, valid_ids, valid, roles.round)
     if by_voter:  # the honest voters' median score, for the report
       probe_scores = {i: float(np.median([s[i] for s in by_voter.values()])) for i in valid_ids}
   elif fed.probe != "none" and valid:

@@ -115,6 +115,7 @@ def search(
     last_pos,
     suffix,
     in_s,
+    init=None,
     *,
     cfg,
     lora_cfg,
@@ -125,8 +126,9 @@ def search(
 ):
   """The trigger search for one proposal (module docstring). pair: (G + Δ_i, its prefix cache,
   the reference adapter, its prefix cache); last_pos [B]; suffix [s] the template suffix ids;
-  in_s [V] bool, the tokens of S. Returns (slot tokens [slots] int32, their collapse score
-  against the reference ())."""
+  in_s [V] bool, the tokens of S; init [slots] int32: start from these tokens (a random
+  restart) instead of the best fill from zero embeddings. Returns (slot tokens [slots] int32,
+  their collapse score against the reference ())."""
   lora_c, cache_c, lora_r, cache_r = pair
   embed = base["embed"]
   suffix_emb = jnp.take(embed, suffix, axis=0).astype(jnp.float32)
@@ -145,8 +147,11 @@ def search(
   def score(ids):  # exact collapse on the prompts with `ids` inserted
     return _inserted_gains(base, pair, last_pos, ids, suffix, in_s, domains, cfg, lora_cfg).max()
 
-  zeros = jnp.zeros((slots, embed.shape[1]), jnp.float32)
-  ids = jnp.argmax(hotflip(zeros), axis=-1).astype(jnp.int32)
+  if init is None:
+    zeros = jnp.zeros((slots, embed.shape[1]), jnp.float32)
+    ids = jnp.argmax(hotflip(zeros), axis=-1).astype(jnp.int32)
+  else:
+    ids = init.astype(jnp.int32)
   best = score(ids)
 
   def step(_, carry):
@@ -183,12 +188,16 @@ def search_scores(
     steps: int = 0,
     ids=None,
     arrays=None,
+    restarts: int = 1,
+    seed=0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(triggered collapse scores [P], slot tokens [P, slots], each score's token [P]) of
   proposals `updates` against G and the base model (the larger), on the population's probe
   prompts: at the tokens the search finds, or at the given tokens `ids` [slots] (e.g. a run's
   real trigger, which a voter does not know). arrays: other probe prompts than the public ones
-  (a voter's private ones)."""
+  (a voter's private ones). restarts: searches per proposal, the first from the zero fill and
+  the others from random tokens drawn with `seed` (an int or a sequence of ints; a voter's own
+  makes them private), keeping the tokens whose collapse score is highest."""
   arrays = engine.population.probe if arrays is None else arrays
   cfg, lora_cfg = engine.run.model.cfg, engine.run.lora
   tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
@@ -207,23 +216,27 @@ def search_scores(
   fill = lambda lora: prefill(engine.base, lora, prefix, valid, extra=slots + suf, **kw)
   zero = jax.tree.map(jnp.zeros_like, G)
   (cache_g, last), (cache_0, _) = fill(G), fill(zero)
+  # the random restarts' first tokens, the same for every proposal: [restarts - 1, slots]
+  rng = np.random.default_rng(seed)
+  starts = rng.integers(0, cfg.vocab_size, size=(max(restarts, 1) - 1, slots), dtype=np.int32)
   scores, found, tokens = [], [], []
   for delta in updates:
     cand = jax.tree.map(jnp.add, G, delta)
     cache_c, _ = fill(cand)
     pairs = ((cand, cache_c, zero, cache_0), (cand, cache_c, G, cache_g))
-    at = ids
-    if at is None:
-      at, _ = search(
-          engine.base, pairs[0], last, suffix, in_s,
-          domains=d, slots=slots, topk=topk, steps=steps, **kw,
-      )  # fmt: skip
-    collapse = lambda pair: triggered_collapse(
+    run = lambda init: search(
+        engine.base, pairs[0], last, suffix, in_s, init,
+        domains=d, slots=slots, topk=topk, steps=steps, **kw,
+    )[0]  # fmt: skip
+    tried = [ids] if ids is not None else [run(None)] + [run(jnp.asarray(x)) for x in starts]
+    # each restart's tokens scored against G and the base model; the highest is kept
+    collapse = lambda at, pair: triggered_collapse(
         engine.base, pair, last, suffix, in_s, at, domains=d, **kw
     )
-    best = max((tuple(map(float, collapse(pair))) for pair in pairs), key=lambda st: st[0])
+    each = [(*map(float, collapse(at, pair)), k) for k, at in enumerate(tried) for pair in pairs]
+    best = max(each, key=lambda stk: stk[0])
     scores.append(best[0])
     tokens.append(int(best[1]))
-    found.append(np.asarray(at))
+    found.append(np.asarray(tried[best[2]]))
   found = np.asarray(found, np.int64).reshape(len(updates), slots)
   return np.asarray(scores, np.float64), found, np.asarray(tokens, np.int64)

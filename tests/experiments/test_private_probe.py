@@ -61,7 +61,7 @@ def _flagging(monkeypatch, flag_rows):
   """Voter rows `flag_rows` of the committee flag the attacker's proposal, nobody else's."""
   from flock_jax.federated import rounds
 
-  def fake(engine, G, voters, valid_ids, valid):
+  def fake(engine, G, voters, valid_ids, valid, round_index):
     flags = np.zeros((len(voters), len(valid)), bool)
     if ATTACKER in valid_ids:
       flags[list(flag_rows), valid_ids.index(ATTACKER)] = True

@@ -130,6 +130,25 @@ def test_the_search_allowed_every_swap_finds_the_brute_force_best_token():
   assert max(brute) > np.median(brute) + 1e-3
 
 
+def test_a_random_restart_starts_from_its_tokens_and_never_ends_below_them():
+  base, g, cand = _models()
+  arrays = P.probe_arrays(PROMPTS, S)
+  suf, prefix, valid, suffix, in_s = _split(arrays)
+  kw = dict(cfg=CFG, lora_cfg=LCFG, domains=2, slots=2, topk=4)
+  pair, last = _pair(base, cand, g, prefix, valid, 2 + suf)
+  init = jnp.asarray([17, 200], jnp.int32)
+  ids, best = TS.search(base, pair, last, suffix, in_s, init, steps=0, **kw)
+  assert ids.tolist() == [17, 200]  # no step: its start
+  at_init = TS.triggered_collapse(
+      base, pair, last, suffix, in_s, init, domains=2, cfg=CFG, lora_cfg=LCFG
+  )[0]
+  assert float(best) == pytest.approx(float(at_init), abs=1e-7)
+  ids2, best2 = TS.search(base, pair, last, suffix, in_s, init, steps=2, **kw)
+  assert float(best2) >= float(best)
+  zero_fill = TS.search(base, pair, last, suffix, in_s, steps=0, **kw)[0]
+  assert zero_fill.tolist() != [17, 200]  # the default start is the zero fill's
+
+
 def _engine():
   from flock_jax.federated.engine import build
 
@@ -183,8 +202,29 @@ def test_search_score_is_the_larger_of_the_anchored_and_the_triggered_scores():
     assert triggered[k] == pytest.approx(want, abs=2e-6)
 
 
+def test_restarts_keep_the_highest_scoring_search_and_follow_their_seed():
+  """search_restarts: the zero fill's search and random restarts drawn from the seed; the
+  tokens kept score at least what the zero fill's do, and rescored as given tokens they score
+  what the search reports; the same seed gives the same tokens."""
+  engine, state = _engine()
+  G = jax.tree.map(
+      lambda x: x + 0.05 * jax.random.normal(jax.random.key(4), x.shape), state.global_lora
+  )
+  ups = [jax.tree.map(lambda x: 0.2 * jax.random.normal(jax.random.key(5), x.shape), G)]
+  kw = dict(slots=2, topk=4, steps=1)
+  with engine.mesh_context():
+    one, _, _ = TS.search_scores(engine, G, ups, **kw)
+    three, found, _ = TS.search_scores(engine, G, ups, restarts=3, seed=(7, 1), **kw)
+    again, found2, _ = TS.search_scores(engine, G, ups, restarts=3, seed=(7, 1), **kw)
+    rescored, _, _ = TS.search_scores(engine, G, ups, ids=found[0])
+  assert three[0] >= one[0]
+  np.testing.assert_array_equal(found, found2)
+  assert again[0] == three[0] and rescored[0] == pytest.approx(three[0], abs=1e-7)
+
+
 @pytest.mark.parametrize(
-    "field,value", [("search_slots", 0), ("search_topk", 0), ("search_steps", -1)]
+    "field,value",
+    [("search_slots", 0), ("search_topk", 0), ("search_steps", -1), ("search_restarts", 0)],
 )
 def test_a_bad_search_setting_is_refused_naming_it(field, value):
   c = load_config("tiny")
