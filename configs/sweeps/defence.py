@@ -23,8 +23,9 @@ defence (what it costs when nobody attacks).
                    tokens that make it collapse most when inserted in the probe prompts
                    (flock_jax.federated.trigger_search): the adaptive attacker's later updates
                    collapse only triggered prompts, which the anchored probe does not see
-  flock_private_tol flock_search_tol whose voters search on probe prompts each drew itself
-                   (federation.probe='private'), which the attacker cannot run
+  flock_private_tol flock_search_tol whose voters search on probe prompts each drew itself,
+                   3 times from random tokens of their own seed (federation.probe='private',
+                   search_restarts=3), which the attacker cannot run; _pp_: per proposal
   flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
                    loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
                    voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
@@ -59,13 +60,19 @@ SCREEN = {
 PROBE = {"federation.probe": "collapse", "federation.probe_threshold": 0.1}
 ANCHORED = {"federation.probe": "anchored", "federation.probe_threshold": 0.1}
 SEARCH = {"federation.probe": "search", "federation.probe_threshold": 0.1}
-PRIVATE = {"federation.probe": "private", "federation.probe_threshold": 0.1}
+# Offline on the search run's round 15, 3 restarts found the target where one search did not.
+PRIVATE = {
+    "federation.probe": "private",
+    "federation.probe_threshold": 0.1,
+    "federation.search_restarts": 3,
+}
 VARIANTS = {
     "flock_probe": {**common.METHODS["flock"], **PROBE},
     "flock_anchored": {**common.METHODS["flock"], **ANCHORED},
     "flock_anchored_tol": {**common.METHODS["flock"], **ANCHORED, "federation.tau": -0.02},
     "flock_search_tol": {**common.METHODS["flock"], **SEARCH, "federation.tau": -0.02},
     "flock_private_tol": {**common.METHODS["flock"], **PRIVATE, "federation.tau": -0.02},
+    "flock_private_pp_tol": {**common.METHODS["flock_pp"], **PRIVATE, "federation.tau": -0.02},
     "flock_anchored_pp_tol": {**common.METHODS["flock_pp"], **ANCHORED, "federation.tau": -0.02},
     "flock_probe_tol": {**common.METHODS["flock"], **PROBE, "federation.tau": -0.02},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
@@ -139,7 +146,10 @@ def get_config(arg=None):
     # against prompts it drew itself): the search run's seeds and rounds. A pod's job: each
     # honest voter searches every proposal (~40 s each on 2 cores with SmolLM2).
     shared["federation.rounds"] = 20
-    return common.sweep(base, shared, [_evade(s, "flock_private_tol") for s in (1, 0)])
+    # Per-proposal voting first: a voter's minority flag (G's own backdoor found in an honest
+    # proposal) then rejects only that bit, where the whole vote rejects the candidate.
+    runs = [_evade(s, m) for s in (1, 0) for m in ("flock_private_pp_tol", "flock_private_tol")]
+    return common.sweep(base, shared, runs)
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
     runs += [_run("fedavg", 0.0, 0), _run("flock_probe", 0.0, 0)]

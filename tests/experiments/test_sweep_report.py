@@ -115,7 +115,13 @@ def test_every_sweep_entry_resolves_at_every_scale(sweep_file):
   """Every entry of every committed sweep file names real fields with valid values, at the
   tiny and the SmolLM2 scale (a mistake fails here, not hours into a sweep)."""
   extra = {
-      "defence.py": ("smollm2:probe", "smollm2:anchored", "smollm2:long", "smollm2:search"),
+      "defence.py": (
+          "smollm2:probe",
+          "smollm2:anchored",
+          "smollm2:long",
+          "smollm2:search",
+          "smollm2:private",
+      ),
       "backdoor.py": ("smollm2:aggregators",),
   }.get(sweep_file, ())
   args = ("tiny", "smollm2") + extra
