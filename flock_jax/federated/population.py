@@ -200,7 +200,9 @@ def build_probe(run, tokenizer, owner: int | None = None) -> dict:
     for e in exs:
       starts += tokenizer(e.response, add_special_tokens=False)["input_ids"]
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  return probe_arrays(ids, starts, pad_id=int(pad))
+  # voters' private prompt sets differ in length: padded to a multiple of 32 tokens they
+  # share the search's compiled shapes (each new length compiles it again)
+  return probe_arrays(ids, starts, pad_id=int(pad), multiple=1 if owner is None else 32)
 
 
 def build_population(run, tokenizer) -> Population:

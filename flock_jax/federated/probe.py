@@ -66,19 +66,24 @@ from flock_jax.pytree import PyTree
 
 
 def probe_arrays(
-    prompt_ids: dict[str, Sequence[Sequence[int]]], answer_tokens: Sequence[int], pad_id: int = 0
+    prompt_ids: dict[str, Sequence[Sequence[int]]],
+    answer_tokens: Sequence[int],
+    pad_id: int = 0,
+    multiple: int = 1,
 ) -> dict:
   """Public probe prompts per domain, and the tokens reference answers use (S) ->
   {'domains': names, 'tokens', 'segment_ids' [D, n, T], 'answer_tokens' [|S|] int32}.
 
-  Left-padded to one length T (the first response token is predicted at the last position);
-  every domain must have the same number n of prompts.
+  Left-padded to one length T, the longest prompt's rounded up to `multiple` (so that
+  prompt sets of different lengths share compiled shapes); the first response token is
+  predicted at the last position. Every domain must have the same number n of prompts.
   """
   names = sorted(prompt_ids)
   counts = {d: len(prompt_ids[d]) for d in names}
   if not names or len(set(counts.values())) != 1 or 0 in counts.values():
     raise ValueError(f"probe prompts: every domain needs the same, non-zero count; got {counts}")
   t = max(len(s) for d in names for s in prompt_ids[d])
+  t = -(-t // multiple) * multiple
   tokens = np.full((len(names), counts[names[0]], t), pad_id, np.int32)
   seg = np.zeros_like(tokens)
   for a, d in enumerate(names):

@@ -44,6 +44,7 @@ def test_each_participant_draws_its_own_probe_prompts():
   assert pop.private_probe(4) is a  # built once
   for arrays in (a, b):
     assert arrays["tokens"].shape[:2] == public["tokens"].shape[:2]  # [D, n]
+    assert arrays["tokens"].shape[2] % 32 == 0  # padded to shared compiled shapes
     np.testing.assert_array_equal(arrays["answer_tokens"], public["answer_tokens"])  # same S
   rows = lambda arr: {tuple(r[s > 0]) for r, s in zip(arr["tokens"][0], arr["segment_ids"][0])}
   assert rows(a) != rows(public) and rows(a) != rows(b)

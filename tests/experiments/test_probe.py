@@ -66,6 +66,8 @@ def test_probe_arrays_left_pad_and_refuse_uneven_domains():
   assert a["tokens"].tolist() == [[[1, 2, 3], [0, 0, 4]], [[0, 5, 6], [0, 0, 7]]]
   assert a["segment_ids"].tolist() == [[[1, 1, 1], [0, 0, 1]], [[0, 1, 1], [0, 0, 1]]]
   assert a["answer_tokens"].tolist() == [3, 9]
+  m = P.probe_arrays({"a": [[1, 2, 3], [4]]}, [], pad_id=0, multiple=4)
+  assert m["tokens"].tolist() == [[[0, 1, 2, 3], [0, 0, 0, 4]]]
   with pytest.raises(ValueError, match=r"same, non-zero count.*'a': 2, 'b': 1"):
     P.probe_arrays({"a": [[1], [2]], "b": [[3]]}, [])
 
