@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flock_jax.federated.probe import probe
-from flock_jax.federated.trigger_search import search_scores
+from flock_jax.federated.trigger_search import configured_search_scores
 from flock_jax.pytree import PyTree
 
 # Proposer behaviours whose update is the one it trained (the data may be poisoned);
@@ -103,19 +103,8 @@ def evade_probe(
   k = passing[0] if passing else int(np.argmin(clean))
   if mode != "search":
     return scaled[k], EVADE_SCALES[k], float(clean[k])
-  fed = engine.run.federation
-  search = lambda k: search_scores(
-      engine,
-      G,
-      [scaled[k]],
-      slots=fed.search_slots,
-      topk=fed.search_topk,
-      steps=fed.search_steps,
-      arrays=arrays,
-      restarts=fed.search_restarts,
-      seed=seed,
-  )[0][0]
-  k, score = choose_scale(lambda k: max(float(clean[k]), float(search(k))), k, aim)
+  search = lambda k: configured_search_scores(engine, G, [scaled[k]], arrays=arrays, seed=seed)
+  k, score = choose_scale(lambda k: max(float(clean[k]), float(search(k)[0][0])), k, aim)
   return scaled[k], EVADE_SCALES[k], score
 
 

@@ -175,19 +175,10 @@ def probe(
   scores, tokens = gains.max(axis=-1), gains.argmax(axis=-1)
   if mode != "search":
     return scores, tokens, None
-  from flock_jax.federated.trigger_search import search_scores
+  from flock_jax.federated.trigger_search import configured_search_scores
 
-  fed = engine.run.federation
-  triggered, found, trig_tokens = search_scores(
-      engine,
-      G,
-      updates,
-      slots=fed.search_slots,
-      topk=fed.search_topk,
-      steps=fed.search_steps,
-      arrays=arrays,
-      restarts=fed.search_restarts,
-      seed=seed,
+  triggered, found, trig_tokens = configured_search_scores(
+      engine, G, updates, arrays=arrays, seed=seed
   )
   return (
       np.maximum(scores, triggered),

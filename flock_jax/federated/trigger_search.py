@@ -240,3 +240,20 @@ def search_scores(
     found.append(np.asarray(tried[best[2]]))
   found = np.asarray(found, np.int64).reshape(len(updates), slots)
   return np.asarray(scores, np.float64), found, np.asarray(tokens, np.int64)
+
+
+def configured_search_scores(engine, G: PyTree, updates: Sequence[PyTree], *, arrays=None, seed=0):
+  """`search_scores` with the run's settings (federation.search_slots / topk / steps /
+  restarts): what a voter's probe 'search' runs, and the adaptive attacker with it."""
+  fed = engine.run.federation
+  return search_scores(
+      engine,
+      G,
+      updates,
+      slots=fed.search_slots,
+      topk=fed.search_topk,
+      steps=fed.search_steps,
+      arrays=arrays,
+      restarts=fed.search_restarts,
+      seed=seed,
+  )

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_probe import ATTACKER, THRESHOLD, _collapsing_update, _run
+from test_probe import ATTACKER, THRESHOLD, _collapsing_update, _run, submit_instead
 
 from flock_jax.federated import probe as P
 from flock_jax.federated.engine import build, make_ledger
@@ -103,17 +103,8 @@ def test_a_collapsing_update_gains_nothing_against_the_private_search(monkeypatc
   """The attacker submits an update that answers every prompt with its target: every honest
   voter's own search flags it, so it is excluded and slashed; honest proposals pass every
   voter's probe."""
-  from flock_jax.federated import rounds
-
   run = _private_run()
-  poisoned = _collapsing_update(run)
-  honest_updates = rounds.attack_updates
-
-  def play(att, who, deltas):
-    out = honest_updates(att, who, deltas)
-    return [poisoned if i == ATTACKER else d for i, d in zip(who, out)]
-
-  monkeypatch.setattr(rounds, "attack_updates", play)
+  submit_instead(monkeypatch, _collapsing_update(run))
   _, state = build(run)
   ledger = make_ledger(run, state.global_hash)
   stake0 = int(ledger.stakes()[ATTACKER])

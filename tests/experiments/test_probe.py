@@ -134,22 +134,28 @@ def _collapsing_update(run, steps=24):
   return jax.tree.map(lambda x: x[0], deltas)
 
 
-@pytest.mark.parametrize("mode", ["collapse", "anchored", "search"])
-def test_a_collapsing_backdoor_update_is_flagged_excluded_and_slashed(monkeypatch, mode):
-  """The attacker submits, every round it proposes, an update that answers every prompt with
-  its target: it gains nothing. Honest updates of the same run pass, in every probe mode."""
+def submit_instead(monkeypatch, update):
+  """The attacker proposes `update` whenever it is drawn; everyone else what they trained."""
   from flock_jax.federated import rounds
-  from flock_jax.federated.engine import build
 
-  run = _run(mode=mode)
-  poisoned = _collapsing_update(run)
   honest_updates = rounds.attack_updates
 
   def play(att, who, deltas):
     out = honest_updates(att, who, deltas)
-    return [poisoned if i == ATTACKER else d for i, d in zip(who, out)]
+    return [update if i == ATTACKER else d for i, d in zip(who, out)]
 
   monkeypatch.setattr(rounds, "attack_updates", play)
+
+
+@pytest.mark.parametrize("mode", ["collapse", "anchored", "search"])
+def test_a_collapsing_backdoor_update_is_flagged_excluded_and_slashed(monkeypatch, mode):
+  """The attacker submits, every round it proposes, an update that answers every prompt with
+  its target: it gains nothing. Honest updates of the same run pass, in every probe mode."""
+  from flock_jax.federated.engine import build
+
+  run = _run(mode=mode)
+  poisoned = _collapsing_update(run)
+  submit_instead(monkeypatch, poisoned)
   _, state = build(run)
   ledger = make_ledger(run, state.global_hash)
   stake0 = int(ledger.stakes()[ATTACKER])
@@ -183,7 +189,6 @@ def test_the_adaptive_attacker_submits_the_largest_shrunk_update_the_probe_passe
   its update shrunk by the largest scale whose score is under 0.8 x threshold enters the
   candidate unflagged. The probe alone does not stop it; whether the shrunk update still
   plants the backdoor is what the SmolLM2 runs measure (docs/results, experiment 5)."""
-  from flock_jax.federated import rounds
   from flock_jax.federated.attacks import EVADE_MARGIN, EVADE_SCALES, evade_probe
   from flock_jax.federated.engine import build
 
@@ -202,13 +207,7 @@ def test_the_adaptive_attacker_submits_the_largest_shrunk_update_the_probe_passe
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   run = _run("backdoor_evade")
-  honest_updates = rounds.attack_updates
-
-  def play(att, who, deltas):
-    out = honest_updates(att, who, deltas)
-    return [poisoned if i == ATTACKER else d for i, d in zip(who, out)]
-
-  monkeypatch.setattr(rounds, "attack_updates", play)
+  submit_instead(monkeypatch, poisoned)
   rows = run_rounds(run, ledger=make_ledger(run, state.global_hash))
   drawn = [r for r in rows if ATTACKER in r.proposers]
   assert drawn, "the draw never drew the attacker"
@@ -344,13 +343,14 @@ def test_probe_proposals_rescores_a_finished_run(tmp_path):
   for r in rows:
     del r["extra"]["proposal_hashes"]
   assert proposal_hashes(rows, wd / "store") == recorded  # the store-order fallback agrees
-  out = subprocess.run(
-      [sys.executable, "launch/probe_proposals.py", f"--workdir={wd}", "--probe_prompts=2"],
+  rescore = lambda *flags: subprocess.run(
+      [sys.executable, "launch/probe_proposals.py", f"--workdir={wd}", "--probe_prompts=2", *flags],
       cwd=root,
       check=True,
       capture_output=True,
       text=True,
   ).stdout.splitlines()
+  out = rescore()
   summary = json.loads(out[-1])
   assert summary["proposals"] == sum(len(r["proposers"]) for r in rows)
   assert summary["attacker_scores"] == [] and len(summary["honest_scores"]) == summary["proposals"]
@@ -362,23 +362,8 @@ def test_probe_proposals_rescores_a_finished_run(tmp_path):
         r["proposers"]
     )
   # the trigger search from round 1 on, with the run's own trigger beside it
-  out = subprocess.run(
-      [
-          sys.executable,
-          "launch/probe_proposals.py",
-          f"--workdir={wd}",
-          "--probe_prompts=2",
-          "--mode=search",
-          "--search_topk=2",
-          "--search_steps=1",
-          "--from_round=1",
-          "--known_trigger",
-      ],
-      cwd=root,
-      check=True,
-      capture_output=True,
-      text=True,
-  ).stdout.splitlines()
+  search = ("--search_topk=2", "--search_steps=1", "--from_round=1")
+  out = rescore("--mode=search", *search, "--known_trigger")
   lines = [line for line in out if line.startswith("round")]
   assert [line[:9] for line in lines] == ["round   1"]
   # found tokens may hold ', ': count the fields rather than split on it
@@ -386,23 +371,7 @@ def test_probe_proposals_rescores_a_finished_run(tmp_path):
   assert lines[0].count(" found ") == len(rows[1]["proposers"]), lines[0]
   assert json.loads(out[-1])["proposals"] == len(rows[1]["proposers"])
   # the private search as voters 2 and 3 would run it, each on its own prompts
-  out = subprocess.run(
-      [
-          sys.executable,
-          "launch/probe_proposals.py",
-          f"--workdir={wd}",
-          "--probe_prompts=2",
-          "--mode=private",
-          "--owners=2,3",
-          "--search_topk=2",
-          "--search_steps=1",
-          "--from_round=1",
-      ],
-      cwd=root,
-      check=True,
-      capture_output=True,
-      text=True,
-  ).stdout.splitlines()
+  out = rescore("--mode=private", "--owners=2,3", *search)
   line = next(x for x in out if x.startswith("round"))
   voters = re.findall(r"=(\d\.\d+) .*?\[voters (\d\.\d+) (\d\.\d+)\]", line)
   assert len(voters) == len(rows[1]["proposers"]), line
