@@ -84,6 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
       search_topk=8,  # probe 'search': single-token swaps tried per slot and step
       search_steps=2,  # probe 'search': swap steps after the first fill
       search_restarts=1,  # probe 'search': searches per proposal (the others from random tokens)
+      search_scope="proposal",  # probe 'search': proposal (each its own) | round (G + sum of all)
+      probe_exempt_g=False,  # anchored/search: vs the base model only where it exceeds G's own
   )
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
@@ -196,6 +198,11 @@ FIELD_HELP = {
     "federation.search_steps": "search probe: swap steps after the first fill",
     "federation.search_restarts": "search probe: searches per proposal, the first from the best"
     " fill, the others from random tokens (a private probe's from the voter's own seed)",
+    "federation.search_scope": "search probe: proposal (searches on each G + Δ_i) | round (one"
+    " set on G + the sum of the round's proposals, each proposal scored at its tokens)",
+    "federation.probe_exempt_g": "anchored and search probes: a proposal's score against the"
+    " base model counts only where it exceeds G's own on the same prompts (G's existing"
+    " collapse or backdoor is not blamed on whoever proposes next)",
     "federation.probe_threshold": "collapse probe: flag a proposal whose score exceeds this",
     "federation.probe_prompts": "collapse probe: public probe prompts per domain",
     "ledger.backend": "eth_tester (in-process EVM) | jsonrpc (a node) | local (the rules, no EVM)",

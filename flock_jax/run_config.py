@@ -32,6 +32,8 @@ PROPOSER_BEHAVIOURS = (
 VOTER_BEHAVIOURS = ("honest", "always_approve", "always_reject", "absent", "colluding")
 SCREENS = ("none", "norm", "cosine", "both")
 PROBES = ("none", "collapse", "anchored", "search", "private")
+# What one trigger search set runs on: each proposal (G + Δ_i) or the round (G + Σ_i Δ_i).
+SEARCH_SCOPES = ("proposal", "round")
 CLIENT_STATES = ("persistent", "fresh")
 # Fields added after runs were made with configs that lack them: absent means this default,
 # so such a config (and a workdir's config.json) runs, and continues, unchanged.
@@ -47,6 +49,8 @@ OPTIONAL_FIELDS = {
     "federation.search_topk": 8,
     "federation.search_steps": 2,
     "federation.search_restarts": 1,
+    "federation.search_scope": "proposal",
+    "federation.probe_exempt_g": False,
 }
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
@@ -132,6 +136,12 @@ class FederationSpec:
   # searches per proposal: the first from the zero fill, the others from random tokens (a
   # private probe draws them from the voter's own seed)
   search_restarts: int = 1
+  # 'proposal': searches per proposal; 'round': one set per round, on G + the sum of the
+  # proposals, every proposal scored at its tokens (P times cheaper)
+  search_scope: str = "proposal"
+  # anchored / search probes: a proposal's score against the base model counts only where it
+  # exceeds G's own (what G already carries is not blamed on whoever proposes next)
+  probe_exempt_g: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,6 +474,8 @@ def _federation(config) -> FederationSpec:
           "search_topk",
           "search_steps",
           "search_restarts",
+          "search_scope",
+          "probe_exempt_g",
       ),
   )
   w = "federation"
@@ -518,6 +530,8 @@ def _federation(config) -> FederationSpec:
       search_topk=_optional(sec, w, "search_topk", int, lo=1),
       search_steps=_optional(sec, w, "search_steps", int, lo=0),
       search_restarts=_optional(sec, w, "search_restarts", int, lo=1),
+      search_scope=_optional(sec, w, "search_scope", str, choices=SEARCH_SCOPES),
+      probe_exempt_g=_optional(sec, w, "probe_exempt_g", bool),
   )
 
 

@@ -4,6 +4,7 @@
   python launch/probe_proposals.py --workdir=RUN --threshold=0.1 --probe_prompts=8
   python launch/probe_proposals.py --workdir=RUN --mode=search   # the trigger search as well
   python launch/probe_proposals.py --workdir=RUN --mode=private --owners=4,5,6
+  python launch/probe_proposals.py --workdir=RUN --mode=private --search_scope=round
 
 Reads the run's config, metrics.jsonl and adapter store (every FLock run with a workdir keeps
 one), and scores each proposal against the global adapter of its round, as a voter with
@@ -50,6 +51,18 @@ _STEPS = flags.DEFINE_integer("search_steps", 2, "mode=search: swap steps after 
 _RESTARTS = flags.DEFINE_integer(
     "search_restarts", 1, "mode=search: searches per proposal (the others from random tokens)."
 )
+_SCOPE = flags.DEFINE_enum(
+    "search_scope",
+    "proposal",
+    ["proposal", "round"],
+    "mode=search: search each proposal, or once a round on G + the sum of its proposals.",
+)
+_EXEMPT = flags.DEFINE_bool(
+    "exempt_g",
+    False,
+    "Score a proposal against the base model only where it exceeds G's own collapse"
+    " (federation.probe_exempt_g).",
+)
 _KNOWN = flags.DEFINE_bool(
     "known_trigger",
     False,
@@ -92,6 +105,8 @@ def main(argv):
       search_topk=_TOPK.value,
       search_steps=_STEPS.value,
       search_restarts=_RESTARTS.value,
+      search_scope=_SCOPE.value,
+      probe_exempt_g=_EXEMPT.value,
   )
   run = from_config(ml_collections.ConfigDict(config))
   engine, state = E.build(run)

@@ -140,7 +140,8 @@ def probe(
   """(scores [P], token ids [P], found trigger tokens [P, slots] or None) of proposals
   `updates` on the population's probe prompts (engine.population.probe). mode 'collapse': the
   collapse score against G; 'anchored': the larger of the scores against G and against the
-  base model (the zero adapter), and that score's token; 'search': the larger of the anchored
+  base model (the zero adapter), and that score's token (federation.probe_exempt_g: the score
+  against the base model only where it exceeds G's own); 'search': the larger of the anchored
   score and the triggered one (flock_jax.federated.trigger_search), with the tokens found.
   arrays: the probe prompts (`probe_arrays`; default the population's public ones, e.g. a
   voter's private ones: Population.private_probe); seed: the search's random restarts'
@@ -171,7 +172,11 @@ def probe(
   r = len(refs)
   gains = _gains(probs[0], probs[r:], arrays["answer_tokens"])  # once for scores and tokens
   if anchored:
-    gains = np.maximum(gains, _gains(probs[1], probs[r:], arrays["answer_tokens"]))
+    vs_base = _gains(probs[1], probs[r:], arrays["answer_tokens"])
+    if engine.run.federation.probe_exempt_g:  # only where it exceeds G's own collapse
+      own = _gains(probs[1], probs[:1], arrays["answer_tokens"]).max()
+      vs_base[vs_base.max(axis=-1) <= own] = -np.inf
+    gains = np.maximum(gains, vs_base)
   scores, tokens = gains.max(axis=-1), gains.argmax(axis=-1)
   if mode != "search":
     return scores, tokens, None

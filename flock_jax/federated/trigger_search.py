@@ -42,6 +42,7 @@ import numpy as np
 
 from flock_jax.model.llama import hidden_with_cache, init_cache, logits_from_hidden
 from flock_jax.pytree import PyTree
+from flock_jax.run_config import SEARCH_SCOPES
 
 _EPS = 1e-9
 
@@ -190,6 +191,8 @@ def search_scores(
     arrays=None,
     restarts: int = 1,
     seed=0,
+    scope: str = "proposal",
+    exempt_g: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(triggered collapse scores [P], slot tokens [P, slots], each score's token [P]) of
   proposals `updates` against G and the base model (the larger), on the population's probe
@@ -197,7 +200,14 @@ def search_scores(
   real trigger, which a voter does not know). arrays: other probe prompts than the public ones
   (a voter's private ones). restarts: searches per proposal, the first from the zero fill and
   the others from random tokens drawn with `seed` (an int or a sequence of ints; a voter's own
-  makes them private), keeping the tokens whose collapse score is highest."""
+  makes them private), keeping the tokens whose collapse score is highest. scope 'proposal':
+  each proposal's own searches; 'round': one set of searches per call, on G + sum_i Δ_i (all
+  the round's proposals at once, each at full weight), and every proposal scored at each
+  search's tokens: P times fewer searches (SEARCH_SCOPES). exempt_g: a proposal's score
+  against the base model counts at a token set only where it exceeds G's own there
+  (federation.probe_exempt_g: what G already carries is not blamed on the next proposer)."""
+  if scope not in SEARCH_SCOPES:
+    raise ValueError(f"unknown search scope {scope!r}: use one of {SEARCH_SCOPES}")
   arrays = engine.population.probe if arrays is None else arrays
   cfg, lora_cfg = engine.run.model.cfg, engine.run.lora
   tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
@@ -219,21 +229,35 @@ def search_scores(
   # the random restarts' first tokens, the same for every proposal: [restarts - 1, slots]
   rng = np.random.default_rng(seed)
   starts = rng.integers(0, cfg.vocab_size, size=(max(restarts, 1) - 1, slots), dtype=np.int32)
+
+  def searched(model, cache):  # the tokens of every search on `model` against the base model
+    if ids is not None:
+      return [ids]
+    pair = (model, cache, zero, cache_0)
+    run = lambda init: search(
+        engine.base, pair, last, suffix, in_s, init,
+        domains=d, slots=slots, topk=topk, steps=steps, **kw,
+    )[0]  # fmt: skip
+    return [run(None)] + [run(jnp.asarray(x)) for x in starts]
+
+  if scope == "round" and updates:  # G + sum of the proposals: one search set for all of them
+    summed = jax.tree.map(lambda g, *ds: g + sum(ds), G, *updates)
+    tried_all = searched(summed, fill(summed)[0])
   scores, found, tokens = [], [], []
   for delta in updates:
     cand = jax.tree.map(jnp.add, G, delta)
     cache_c, _ = fill(cand)
     pairs = ((cand, cache_c, zero, cache_0), (cand, cache_c, G, cache_g))
-    run = lambda init: search(
-        engine.base, pairs[0], last, suffix, in_s, init,
-        domains=d, slots=slots, topk=topk, steps=steps, **kw,
-    )[0]  # fmt: skip
-    tried = [ids] if ids is not None else [run(None)] + [run(jnp.asarray(x)) for x in starts]
+    tried = tried_all if scope == "round" else searched(cand, cache_c)
     # each restart's tokens scored against G and the base model; the highest is kept
     collapse = lambda at, pair: triggered_collapse(
         engine.base, pair, last, suffix, in_s, at, domains=d, **kw
     )
     each = [(*map(float, collapse(at, pair)), k) for k, at in enumerate(tried) for pair in pairs]
+    if exempt_g:  # against the base model only where it exceeds G's own collapse
+      own = [float(collapse(at, (G, cache_g, zero, cache_0))[0]) for at in tried]
+      each = [(-np.inf, *e[1:]) if n % 2 == 0 and e[0] <= own[e[2]] else e for n, e in
+              enumerate(each)]  # fmt: skip
     best = max(each, key=lambda stk: stk[0])
     scores.append(best[0])
     tokens.append(int(best[1]))
@@ -244,7 +268,7 @@ def search_scores(
 
 def configured_search_scores(engine, G: PyTree, updates: Sequence[PyTree], *, arrays=None, seed=0):
   """`search_scores` with the run's settings (federation.search_slots / topk / steps /
-  restarts): what a voter's probe 'search' runs, and the adaptive attacker with it."""
+  restarts / scope): what a voter's probe 'search' runs, and the adaptive attacker with it."""
   fed = engine.run.federation
   return search_scores(
       engine,
@@ -256,4 +280,6 @@ def configured_search_scores(engine, G: PyTree, updates: Sequence[PyTree], *, ar
       arrays=arrays,
       restarts=fed.search_restarts,
       seed=seed,
+      scope=fed.search_scope,
+      exempt_g=fed.probe_exempt_g,
   )

@@ -163,15 +163,21 @@ def _engine():
   return build(from_config(c))
 
 
-def test_search_score_is_the_larger_of_the_anchored_and_the_triggered_scores():
+def _engine_g_updates(k: int):
+  """(the tiny engine, a G near its starting adapter, k random updates)."""
   engine, state = _engine()
   G = jax.tree.map(
       lambda x: x + 0.05 * jax.random.normal(jax.random.key(4), x.shape), state.global_lora
   )
   updates = [
       jax.tree.map(lambda x, k=k: 0.2 * jax.random.normal(jax.random.key(k), x.shape), G)
-      for k in (5, 6)
+      for k in range(5, 5 + k)
   ]
+  return engine, G, updates
+
+
+def test_search_score_is_the_larger_of_the_anchored_and_the_triggered_scores():
+  engine, G, updates = _engine_g_updates(2)
   with engine.mesh_context():
     anchored, _, none = P.probe(engine, G, updates, mode="anchored")
     got, _, found = P.probe(engine, G, updates, mode="search")
@@ -206,11 +212,7 @@ def test_restarts_keep_the_highest_scoring_search_and_follow_their_seed():
   """search_restarts: the zero fill's search and random restarts drawn from the seed; the
   tokens kept score at least what the zero fill's do, and rescored as given tokens they score
   what the search reports; the same seed gives the same tokens."""
-  engine, state = _engine()
-  G = jax.tree.map(
-      lambda x: x + 0.05 * jax.random.normal(jax.random.key(4), x.shape), state.global_lora
-  )
-  ups = [jax.tree.map(lambda x: 0.2 * jax.random.normal(jax.random.key(5), x.shape), G)]
+  engine, G, ups = _engine_g_updates(1)
   kw = dict(slots=2, topk=4, steps=1)
   with engine.mesh_context():
     one, _, _ = TS.search_scores(engine, G, ups, **kw)
@@ -222,9 +224,50 @@ def test_restarts_keep_the_highest_scoring_search_and_follow_their_seed():
   assert again[0] == three[0] and rescored[0] == pytest.approx(three[0], abs=1e-7)
 
 
+def test_a_round_scope_searches_once_on_the_sum_and_scores_each_proposal_at_its_tokens(
+    monkeypatch,
+):
+  """search_scope='round': the searches run once a call, on G + the sum of the proposals (so
+  they find what a proposal-scope search of the summed update finds), not once per proposal;
+  each proposal is then scored at the searched tokens, and with one proposal both scopes
+  agree."""
+  engine, G, ups = _engine_g_updates(2)
+  summed = jax.tree.map(jnp.add, *ups)
+  calls = []
+  real = TS.search
+  monkeypatch.setattr(TS, "search", lambda *a, **k: calls.append(1) or real(*a, **k))
+  kw = dict(slots=2, topk=4, steps=1)
+  with engine.mesh_context():
+    each = lambda ups, scope, restarts=1: TS.search_scores(
+        engine, G, ups, restarts=restarts, seed=3, scope=scope, **kw
+    )
+    del calls[:]
+    each(ups, "proposal", restarts=2)
+    per_proposal_calls = len(calls)
+    del calls[:]
+    scores, found, _ = each(ups, "round", restarts=2)
+    round_calls = len(calls)
+    _, found_sum, _ = each([summed], "proposal")
+    _, found_one, _ = each(ups, "round")
+    at = [TS.search_scores(engine, G, [u], ids=f)[0][0] for u, f in zip(ups, found)]
+    alone = [each(ups[:1], scope) for scope in ("proposal", "round")]
+  assert (per_proposal_calls, round_calls) == (4, 2)
+  np.testing.assert_array_equal(found_one[0], found_sum[0])  # the search ran on G + Δ1 + Δ2
+  np.testing.assert_array_equal(found_one[1], found_sum[0])
+  np.testing.assert_allclose(scores, at, rtol=0, atol=1e-7)
+  np.testing.assert_array_equal(alone[0][1], alone[1][1])
+  np.testing.assert_array_equal(alone[0][0], alone[1][0])
+
+
 @pytest.mark.parametrize(
     "field,value",
-    [("search_slots", 0), ("search_topk", 0), ("search_steps", -1), ("search_restarts", 0)],
+    [
+        ("search_slots", 0),
+        ("search_topk", 0),
+        ("search_steps", -1),
+        ("search_restarts", 0),
+        ("search_scope", "everything"),
+    ],
 )
 def test_a_bad_search_setting_is_refused_naming_it(field, value):
   c = load_config("tiny")
