@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
       search_restarts=1,  # probe 'search': searches per proposal (the others from random tokens)
       search_scope="proposal",  # probe 'search': proposal (each its own) | round (G + sum of all)
       probe_exempt_g=False,  # anchored/search: vs the base model only where it exceeds G's own
+      per_proposal_mean="accepted",  # per_proposal: G + sum of accepted / #accepted | / #valid
   )
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
@@ -200,6 +201,9 @@ FIELD_HELP = {
     " fill, the others from random tokens (a private probe's from the voter's own seed)",
     "federation.search_scope": "search probe: proposal (searches on each G + Δ_i) | round (one"
     " set on G + the sum of the round's proposals, each proposal scored at its tokens)",
+    "federation.per_proposal_mean": "per-proposal votes: G moves by the accepted updates' sum"
+    " over their number (accepted) or over the number of valid proposals (valid: a rejected one"
+    " counts as a zero update, so an update accepted alone enters at 1/P')",
     "federation.probe_exempt_g": "anchored and search probes: a proposal's score against the"
     " base model counts only where it exceeds G's own on the same prompts (G's existing"
     " collapse or backdoor is not blamed on whoever proposes next)",

@@ -18,6 +18,9 @@ from flock_jax.model.lora import LoraConfig
 
 MODES = ("flock", "baseline")
 VOTE_MODES = ("whole", "per_proposal")
+# Per-proposal votes: G moves by the sum of the accepted updates over their number, or over the
+# number of valid proposals (a rejected one counts as a zero update).
+PER_PROPOSAL_MEANS = ("accepted", "valid")
 PROPOSER_BEHAVIOURS = (
     "honest",
     "backdoor",
@@ -51,6 +54,7 @@ OPTIONAL_FIELDS = {
     "federation.search_restarts": 1,
     "federation.search_scope": "proposal",
     "federation.probe_exempt_g": False,
+    "federation.per_proposal_mean": "accepted",
 }
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
@@ -142,6 +146,9 @@ class FederationSpec:
   # anchored / search probes: a proposal's score against the base model counts only where it
   # exceeds G's own (what G already carries is not blamed on whoever proposes next)
   probe_exempt_g: bool = False
+  # per-proposal votes: G + sum of the accepted / their number ('accepted') or / the number of
+  # valid proposals ('valid': one update accepted alone enters at 1/P', not at full weight)
+  per_proposal_mean: str = "accepted"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,6 +483,7 @@ def _federation(config) -> FederationSpec:
           "search_restarts",
           "search_scope",
           "probe_exempt_g",
+          "per_proposal_mean",
       ),
   )
   w = "federation"
@@ -532,6 +540,7 @@ def _federation(config) -> FederationSpec:
       search_restarts=_optional(sec, w, "search_restarts", int, lo=1),
       search_scope=_optional(sec, w, "search_scope", str, choices=SEARCH_SCOPES),
       probe_exempt_g=_optional(sec, w, "probe_exempt_g", bool),
+      per_proposal_mean=_optional(sec, w, "per_proposal_mean", str, choices=PER_PROPOSAL_MEANS),
   )
 
 

@@ -19,6 +19,8 @@ defence (what it costs when nobody attacks).
                    anchored probe bounds the collapse of the whole run
   flock_anchored_tol  flock_anchored with the vote's noise tolerance below (tau = -0.02)
   flock_anchored_pp_tol  the same with per-proposal voting
+  flock_anchored_pp_valid_tol  the same, G moving by the accepted updates' sum over the number
+                   of valid proposals (per_proposal_mean='valid'), not over the number accepted
   flock_search_tol  flock_anchored_tol whose voters also search, for each proposal, the trigger
                    tokens that make it collapse most when inserted in the probe prompts
                    (flock_jax.federated.trigger_search): the adaptive attacker's later updates
@@ -26,6 +28,9 @@ defence (what it costs when nobody attacks).
   flock_private_tol flock_search_tol whose voters search on probe prompts each drew itself,
                    3 times from random tokens of their own seed (federation.probe='private',
                    search_restarts=3), which the attacker cannot run; _pp_: per proposal
+  flock_private_round_pp_tol  flock_private_pp_tol with one search set a round on G + the
+                   sum of the proposals (search_scope='round') and the base-model score
+                   counted only where it exceeds G's own (probe_exempt_g)
   flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
                    loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
                    voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
@@ -66,6 +71,14 @@ PRIVATE = {
     "federation.probe_threshold": 0.1,
     "federation.search_restarts": 3,
 }
+# One search set a round per voter on G + the sum of the proposals (P times cheaper), and the
+# base-model score counted only where it exceeds G's own (G's backdoor not blamed on honest
+# proposers): offline on the search run, see docs/results.
+PRIVATE_ROUND = {
+    **PRIVATE,
+    "federation.search_scope": "round",
+    "federation.probe_exempt_g": True,
+}
 VARIANTS = {
     "flock_probe": {**common.METHODS["flock"], **PROBE},
     "flock_anchored": {**common.METHODS["flock"], **ANCHORED},
@@ -73,7 +86,18 @@ VARIANTS = {
     "flock_search_tol": {**common.METHODS["flock"], **SEARCH, "federation.tau": -0.02},
     "flock_private_tol": {**common.METHODS["flock"], **PRIVATE, "federation.tau": -0.02},
     "flock_private_pp_tol": {**common.METHODS["flock_pp"], **PRIVATE, "federation.tau": -0.02},
+    "flock_private_round_pp_tol": {
+        **common.METHODS["flock_pp"],
+        **PRIVATE_ROUND,
+        "federation.tau": -0.02,
+    },
     "flock_anchored_pp_tol": {**common.METHODS["flock_pp"], **ANCHORED, "federation.tau": -0.02},
+    "flock_anchored_pp_valid_tol": {
+        **common.METHODS["flock_pp"],
+        **ANCHORED,
+        "federation.tau": -0.02,
+        "federation.per_proposal_mean": "valid",
+    },
     "flock_probe_tol": {**common.METHODS["flock"], **PROBE, "federation.tau": -0.02},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
     "flock_screen": {**common.METHODS["flock"], **SCREEN},
@@ -127,6 +151,9 @@ def get_config(arg=None):
     # The tolerance's attack-free run on seed 1: its cost under attack, measured against the
     # same method without attackers as well as against attack-free FedAvg.
     runs += [_run("flock_anchored_tol", 0.0, 1)]
+    # Per-proposal voting let an attacker's update accepted alone into G at full weight (seed 1,
+    # round 5: ASR 0.69); with the accepted sum over the valid proposals' number it enters at 1/P'.
+    runs += [_evade(1, "flock_anchored_pp_valid_tol")]
     return common.sweep(base, shared, runs)
   if subset == "long":
     # The clean half at 10 rounds moved by several percent with the client draw alone; 20
@@ -148,7 +175,9 @@ def get_config(arg=None):
     shared["federation.rounds"] = 20
     # Per-proposal voting first: a voter's minority flag (G's own backdoor found in an honest
     # proposal) then rejects only that bit, where the whole vote rejects the candidate.
-    runs = [_evade(s, m) for s in (1, 0) for m in ("flock_private_pp_tol", "flock_private_tol")]
+    # The round-scope search with G exempt first: 4x fewer voter searches at P = 4.
+    methods = ("flock_private_round_pp_tol", "flock_private_pp_tol", "flock_private_tol")
+    runs = [_evade(s, m) for s in (1, 0) for m in methods]
     return common.sweep(base, shared, runs)
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]

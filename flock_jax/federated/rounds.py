@@ -352,13 +352,15 @@ def flock_round(
             f"{fed.probe_threshold})"
         )
 
-  # 6. Accepted: G_{r+1} = C_r (per proposal: G_r + mean of the accepted Δ_i); else G stays.
+  # 6. Accepted: G_{r+1} = C_r (per proposal: G_r + mean of the accepted Δ_i, or their sum over
+  # the valid proposals' number: federation.per_proposal_mean); else G stays.
   prop_acc = [False] * len(proposers)
   if per_proposal and valid and outcome.proposal_accepted is not None:
     prop_acc = list(outcome.proposal_accepted)
     mask = [prop_acc[proposers.index(i)] for i in valid_ids]
     if any(mask):
-      candidate = voting.build_candidate(G, _stack(valid), order, mask)
+      over = len(valid) if fed.per_proposal_mean == "valid" else None
+      candidate = voting.build_candidate(G, _stack(valid), order, mask, divisor=over)
       cand_hash = hashing.tree_hash(candidate)
       _put(store, candidate)
   elif valid and outcome.accepted:

@@ -53,6 +53,7 @@ def build_candidate(
     stacked_deltas: PyTree,
     order: Sequence[int],
     accepted_mask: Optional[Sequence[bool]] = None,
+    divisor: Optional[int] = None,
 ) -> PyTree:
   """``C = G + (1/m) sum_{i in A} Δ_i`` in float32, bit-reproducible.
 
@@ -61,6 +62,9 @@ def build_candidate(
     stacked_deltas: the proposals, leading axis K in *input* order.
     order: `candidate_order` of the proposers (a permutation of range(K)).
     accepted_mask: bool[K] in input order (per-proposal mode); None = all.
+    divisor: m; None = the number accepted (the mean of the accepted). Per-proposal mode
+      with federation.per_proposal_mean='valid' passes K: a rejected proposal counts as a
+      zero update, so one accepted alone moves G by Δ_i / K, not Δ_i.
 
   Exact arithmetic, so other implementations can reproduce the bytes: per
   coordinate, in IEEE float32 with round-to-nearest, ``acc = 0``; for each
@@ -79,6 +83,9 @@ def build_candidate(
   if mask.shape != (k,):
     raise ValueError(f"accepted_mask needs shape ({k},), got {mask.shape}")
   chosen = [i for i in order if mask[i]]
+  m = len(chosen) if divisor is None else int(divisor)
+  if chosen and m < len(chosen):
+    raise ValueError(f"divisor {m} is below the {len(chosen)} proposals it averages")
   out = []
   for g, d in zip(leaves_g, leaves_d):
     g32 = np.asarray(jax.device_get(g), np.float32)
@@ -91,7 +98,7 @@ def build_candidate(
       acc = np.zeros_like(g32)
       for i in chosen:
         acc = acc + d32[i]
-      c = g32 + acc / np.float32(len(chosen))
+      c = g32 + acc / np.float32(m)
     else:
       c = g32.copy()
     out.append(jnp.asarray(c, jnp.float32))

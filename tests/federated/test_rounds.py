@@ -333,3 +333,56 @@ def test_run_rounds_stops_when_the_task_runs_out_of_participants(world):
   ms = run_rounds(c, population=pop, base=base, on_round=lambda s, m, l: seen.update(ledger=l))
   assert [m.round for m in ms] == [0] and ms[0].accepted is False
   assert seen["ledger"].active_participants() == N - P < P + V
+
+
+@pytest.mark.parametrize("mean", ["accepted", "valid"])
+def test_per_proposal_g_moves_by_the_accepted_sum_over_the_configured_count(world, tmp_path, mean):
+  """PROTOCOL.md step 6, per-proposal votes: G_{r+1} = G_r + (sum of the accepted Δ_i) / m, m the
+  number accepted (per_proposal_mean='accepted') or the number of valid proposals ('valid': a
+  rejected proposal counts as a zero update, so an update accepted alone is not taken at full
+  weight). A free rider, rejected, shares rounds with accepted honest updates."""
+  from flock_jax.chain import AdapterStore
+  from flock_jax.federated import hashing
+
+  base, pop = world
+  config = _config(
+      **{
+          "attack.behaviours": "0:free_rider,1:free_rider",
+          "federation.vote_mode": "per_proposal",
+          "federation.tau": 1e-4,
+          "federation.rounds": 4,
+          "federation.per_proposal_mean": mean,
+          "ledger.backend": "local",
+      }
+  )
+  store = AdapterStore(tmp_path / "store")
+  _, state = build(from_config(config), population=pop, base=base)
+  globals_ = [state.global_lora]
+  ms = run_rounds(
+      config,
+      population=pop,
+      base=base,
+      store=store,
+      on_round=lambda s, m, l: globals_.append(s.global_lora),
+  )
+  like = globals_[0]
+  read = lambda h: hashing.tree_from_canonical_bytes(store.get(bytes.fromhex(h[2:])), like=like)
+  partial = 0
+  for r, m in enumerate(ms):
+    accepted = [
+        read(m.extra["proposal_hashes"][str(i)])
+        for i, ok in zip(m.proposers, m.proposal_accepted)
+        if ok
+    ]
+    count = {"accepted": len(accepted), "valid": len(m.proposers)}[mean]
+    partial += 0 < len(accepted) < len(m.proposers)
+    for g0, g1, *ds in zip(
+        jax.tree.leaves(globals_[r]),
+        jax.tree.leaves(globals_[r + 1]),
+        *map(jax.tree.leaves, accepted),
+    ):
+      want = np.asarray(g0, np.float32) + (
+          sum(np.asarray(d, np.float32) for d in ds) / count if ds else 0
+      )
+      np.testing.assert_allclose(np.asarray(g1), want, rtol=0, atol=1e-6)
+  assert partial > 0  # some round accepted part of its proposals: the two counts differ there

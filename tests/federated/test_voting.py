@@ -81,6 +81,21 @@ def test_candidate_with_accepted_mask():
     voting.build_candidate(g, d, [0, 0, 1, 2])
 
 
+def test_candidate_divisor_counts_rejected_proposals_as_zero_updates():
+  """per_proposal_mean='valid': the accepted sum over all K valid proposals; one accepted
+  alone moves G by Δ_i / K. A divisor below the number averaged is refused."""
+  g, d = make()
+  order = voting.candidate_order(ADDRS)
+  mask = [False, True, False, False]
+  c = voting.build_candidate(g, d, order, accepted_mask=mask, divisor=4)
+  want = np.asarray(g["q"]["a"], np.float32) + np.asarray(d["q"]["a"], np.float32)[1] / np.float32(
+      4
+  )
+  np.testing.assert_array_equal(np.asarray(c["q"]["a"]), want)
+  with pytest.raises(ValueError, match="divisor 1 is below the 2"):
+    voting.build_candidate(g, d, order, accepted_mask=[True, True, False, False], divisor=1)
+
+
 def test_gains_and_approve():
   lg = np.array([2.0, 1.0, 3.0], np.float32)
   lc = np.array([1.5, 1.0, 3.5], np.float32)
