@@ -240,24 +240,29 @@ def search_scores(
     )[0]  # fmt: skip
     return [run(None)] + [run(jnp.asarray(x)) for x in starts]
 
+  collapse = lambda at, pair: triggered_collapse(
+      engine.base, pair, last, suffix, in_s, at, domains=d, **kw
+  )
+  # exempt_g: G's own collapse against the base model at each token set
+  own = lambda tried: [float(collapse(at, (G, cache_g, zero, cache_0))[0]) for at in tried]
   if scope == "round" and updates:  # G + sum of the proposals: one search set for all of them
     summed = jax.tree.map(lambda g, *ds: g + sum(ds), G, *updates)
     tried_all = searched(summed, fill(summed)[0])
+    own_all = own(tried_all) if exempt_g else None
   scores, found, tokens = [], [], []
   for delta in updates:
     cand = jax.tree.map(jnp.add, G, delta)
     cache_c, _ = fill(cand)
     pairs = ((cand, cache_c, zero, cache_0), (cand, cache_c, G, cache_g))
     tried = tried_all if scope == "round" else searched(cand, cache_c)
-    # each restart's tokens scored against G and the base model; the highest is kept
-    collapse = lambda at, pair: triggered_collapse(
-        engine.base, pair, last, suffix, in_s, at, domains=d, **kw
-    )
-    each = [(*map(float, collapse(at, pair)), k) for k, at in enumerate(tried) for pair in pairs]
-    if exempt_g:  # against the base model only where it exceeds G's own collapse
-      own = [float(collapse(at, (G, cache_g, zero, cache_0))[0]) for at in tried]
-      each = [(-np.inf, *e[1:]) if n % 2 == 0 and e[0] <= own[e[2]] else e for n, e in
-              enumerate(each)]  # fmt: skip
+    g_own = (own_all if scope == "round" else own(tried)) if exempt_g else None
+    # each restart's tokens scored against the base model and G; the highest is kept
+    each = []
+    for k, at in enumerate(tried):
+      for against_base, pair in zip((True, False), pairs):
+        score, tok = map(float, collapse(at, pair))
+        if not (exempt_g and against_base and score <= g_own[k]):  # exempt: G's own part
+          each.append((score, tok, k))
     best = max(each, key=lambda stk: stk[0])
     scores.append(best[0])
     tokens.append(int(best[1]))
