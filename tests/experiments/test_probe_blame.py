@@ -52,8 +52,10 @@ def test_the_clean_probe_does_not_blame_a_proposal_for_g_own_collapse():
   assert own > THRESHOLD + 0.05  # G itself collapses
   assert plain[0] == pytest.approx(own, abs=1e-6)  # without the exemption: blamed for G
   assert abs(got[0]) < 1e-6  # with it: a zero update adds nothing
+  # the other updates against the definition (the zero update's base score equals G's own,
+  # a tie the lines above settle; these are 0.004 or more from it)
   want = np.maximum(vs_g, np.where(vs_base > own, vs_base, -np.inf))
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(got[1:], want[1:], rtol=0, atol=1e-6)
 
 
 def test_the_triggered_probe_does_not_blame_a_proposal_for_g_own_collapse():
