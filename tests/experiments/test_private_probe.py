@@ -24,7 +24,7 @@ from flock_jax.federated.engine import build, make_ledger
 from flock_jax.federated.rounds import run_rounds
 
 
-def _private_run(behaviour="backdoor", vote_mode="whole", rounds=2, scope="proposal"):
+def _private_run(behaviour="backdoor", vote_mode="whole", rounds=2, scope="proposal", exempt=False):
   run = _run(behaviour, mode="private")
   fed = dataclasses.replace(
       run.federation,
@@ -34,6 +34,7 @@ def _private_run(behaviour="backdoor", vote_mode="whole", rounds=2, scope="propo
       search_topk=4,
       search_steps=1,
       search_scope=scope,
+      probe_exempt_g=exempt,
   )
   return dataclasses.replace(run, federation=fed)
 
@@ -100,12 +101,12 @@ def test_the_committee_majority_of_private_flags_excludes(monkeypatch, rows, exc
       assert r.proposal_accepted[k] == all(others)
 
 
-@pytest.mark.parametrize("scope", ["proposal", "round"])
-def test_a_collapsing_update_gains_nothing_against_the_private_search(monkeypatch, scope):
+@pytest.mark.parametrize("scope,exempt", [("proposal", False), ("round", False), ("round", True)])
+def test_a_collapsing_update_gains_nothing_against_the_private_search(monkeypatch, scope, exempt):
   """The attacker submits an update that answers every prompt with its target: every honest
   voter's own search flags it, so it is excluded and slashed; honest proposals pass every
   voter's probe, also at the tokens a round-scope search found on the sum of all proposals."""
-  run = _private_run(scope=scope)
+  run = _private_run(scope=scope, exempt=exempt)
   submit_instead(monkeypatch, _collapsing_update(run))
   _, state = build(run)
   ledger = make_ledger(run, state.global_hash)
