@@ -87,6 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
       search_scope="proposal",  # probe 'search': proposal (each its own) | round (G + sum of all)
       probe_exempt_g=False,  # anchored/search: vs the base model only where it exceeds G's own
       per_proposal_mean="accepted",  # per_proposal: G + sum of accepted / #accepted | / #valid
+      probe_budget=0.0,  # public probes' memory: flag a proposer whose summed excess exceeds this
+      probe_allowance=0.01,  # probe_budget: a score's excess is max(0, score - allowance)
   )
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
@@ -207,6 +209,11 @@ FIELD_HELP = {
     "federation.probe_exempt_g": "anchored and search probes: a proposal's score against the"
     " base model counts only where it exceeds G's own on the same prompts (G's existing"
     " collapse or backdoor is not blamed on whoever proposes next)",
+    "federation.probe_budget": "collapse, anchored and search probes: the probe's memory across"
+    " rounds. Each participant's excess scores max(0, score - probe_allowance) add up over the"
+    " run, and once the sum exceeds this budget every proposal it makes is flagged (0: off)",
+    "federation.probe_allowance": "probe_budget: the part of each round's score that does not"
+    " count against a participant (honest proposals' scores fall under it)",
     "federation.probe_threshold": "collapse probe: flag a proposal whose score exceeds this",
     "federation.probe_prompts": "collapse probe: public probe prompts per domain",
     "ledger.backend": "eth_tester (in-process EVM) | jsonrpc (a node) | local (the rules, no EVM)",

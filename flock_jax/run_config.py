@@ -55,6 +55,8 @@ OPTIONAL_FIELDS = {
     "federation.search_scope": "proposal",
     "federation.probe_exempt_g": False,
     "federation.per_proposal_mean": "accepted",
+    "federation.probe_budget": 0.0,
+    "federation.probe_allowance": 0.01,
 }
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
@@ -149,6 +151,11 @@ class FederationSpec:
   # per-proposal votes: G + sum of the accepted / their number ('accepted') or / the number of
   # valid proposals ('valid': one update accepted alone enters at 1/P', not at full weight)
   per_proposal_mean: str = "accepted"
+  # the probe's memory across rounds (public probes): each participant's excess scores
+  # max(0, score - probe_allowance) add up over the run, and once the sum exceeds probe_budget
+  # every proposal it makes is flagged (0: off)
+  probe_budget: float = 0.0
+  probe_allowance: float = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,6 +491,8 @@ def _federation(config) -> FederationSpec:
           "search_scope",
           "probe_exempt_g",
           "per_proposal_mean",
+          "probe_budget",
+          "probe_allowance",
       ),
   )
   w = "federation"
@@ -510,6 +519,13 @@ def _federation(config) -> FederationSpec:
         f"config.federation.client_state='fresh' with aggregator={agg!r}: isolated clients "
         "train their own adapters across rounds and need client_state='persistent'"
     )
+  probe = _optional(sec, w, "probe", str, choices=PROBES)
+  budget = _optional(sec, w, "probe_budget", float, lo=0)
+  if budget > 0 and probe not in ("collapse", "anchored", "search"):
+    raise RunConfigError(
+        f"config.federation.probe_budget={budget} needs a public probe ('collapse', 'anchored' "
+        f"or 'search'), whose scores every participant can recompute; probe={probe!r}"
+    )
   return FederationSpec(
       mode=_get(sec, w, "mode", str, choices=MODES),
       num_participants=n,
@@ -531,7 +547,7 @@ def _federation(config) -> FederationSpec:
       screen_norm_factor=_get(sec, w, "screen_norm_factor", float, lo=0, lo_open=True),
       screen_min_cosine=_get(sec, w, "screen_min_cosine", float, lo=-1, hi=1),
       client_state=client_state,
-      probe=_optional(sec, w, "probe", str, choices=PROBES),
+      probe=probe,
       probe_threshold=_optional(sec, w, "probe_threshold", float, lo=0, hi=1),
       probe_prompts=_optional(sec, w, "probe_prompts", int, lo=1),
       search_slots=_optional(sec, w, "search_slots", int, lo=1),
@@ -541,6 +557,8 @@ def _federation(config) -> FederationSpec:
       search_scope=_optional(sec, w, "search_scope", str, choices=SEARCH_SCOPES),
       probe_exempt_g=_optional(sec, w, "probe_exempt_g", bool),
       per_proposal_mean=_optional(sec, w, "per_proposal_mean", str, choices=PER_PROPOSAL_MEANS),
+      probe_budget=budget,
+      probe_allowance=_optional(sec, w, "probe_allowance", float, lo=0, hi=1),
   )
 
 

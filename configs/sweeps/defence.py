@@ -31,6 +31,10 @@ defence (what it costs when nobody attacks).
   flock_private_round_pp_tol  flock_private_pp_tol with one search set a round on G + the
                    sum of the proposals (search_scope='round') and the base-model score
                    counted only where it exceeds G's own (probe_exempt_g)
+  flock_memory_tol flock_anchored_tol with the probe's memory across rounds: each participant's
+                   scores in excess of 0.01 add up over the run, and once its sum exceeds 0.05
+                   every proposal it makes is flagged (federation.probe_budget): the adaptive
+                   attacker's pieces each pass the threshold, their sum does not
   flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
                    loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
                    voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
@@ -48,6 +52,8 @@ defence (what it costs when nobody attacks).
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:search --workdir=runs/search
   # SmolLM2-135M: the same with each voter's search on its own prompts (a pod's job)
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:private --workdir=runs/private
+  # SmolLM2-135M: the probe's memory against the adaptive attacker that knows it, 20 rounds
+  python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:memory --workdir=runs/memory
 """
 
 import os
@@ -79,6 +85,9 @@ PRIVATE_ROUND = {
     "federation.search_scope": "round",
     "federation.probe_exempt_g": True,
 }
+# The probe's memory: offline, the anchored runs' honest proposers summed at most 0.02 of excess
+# over 0.01 in 20 rounds, the adaptive attackers 0.06-0.22 (docs/results).
+MEMORY = {**ANCHORED, "federation.probe_budget": 0.05, "federation.probe_allowance": 0.01}
 VARIANTS = {
     "flock_probe": {**common.METHODS["flock"], **PROBE},
     "flock_anchored": {**common.METHODS["flock"], **ANCHORED},
@@ -98,6 +107,7 @@ VARIANTS = {
         "federation.tau": -0.02,
         "federation.per_proposal_mean": "valid",
     },
+    "flock_memory_tol": {**common.METHODS["flock"], **MEMORY, "federation.tau": -0.02},
     "flock_probe_tol": {**common.METHODS["flock"], **PROBE, "federation.tau": -0.02},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
     "flock_screen": {**common.METHODS["flock"], **SCREEN},
@@ -129,7 +139,7 @@ def get_config(arg=None):
   scale, _, subset = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"  # a run's own override comes after (_evade)
-  if subset in ("probe", "anchored", "long", "search"):
+  if subset in ("probe", "anchored", "long", "search", "memory"):
     # Sized for a 2-core CPU (~20 minutes a run): the ASR needs a few tokens only (the target
     # opens the answer) and exact-match accuracy is 0-0.12 at this scale (the headline), so
     # the clean metric is held-out loss and accuracy is not generated.
@@ -168,6 +178,14 @@ def get_config(arg=None):
     # rounds): the same with the voters' trigger search, the same seeds and rounds.
     shared["federation.rounds"] = 20
     return common.sweep(base, shared, [_evade(s, "flock_search_tol") for s in (1, 0)])
+  if subset == "memory":
+    # The anchored probe + tolerance let the adaptive backdoor in from round 13 (seed 0: ASR 0.56,
+    # then 1.0 from round 15): the same with the probe's memory, against the attacker that
+    # aims every piece under what is left of its budget; then the other seed, and its cost
+    # when nobody attacks.
+    shared["federation.rounds"] = 20
+    runs = [_evade(s, "flock_memory_tol") for s in (0, 1)] + [_run("flock_memory_tol", 0.0, 0)]
+    return common.sweep(base, shared, runs)
   if subset == "private":
     # The trigger search on each voter's own prompts, which the attacker cannot run (it shrinks
     # against prompts it drew itself): the search run's seeds and rounds. A pod's job: each
@@ -190,7 +208,7 @@ def get_config(arg=None):
   if subset:
     raise ValueError(
         f"unknown subset {subset!r} of the defence sweep; use 'probe', 'anchored', 'long', "
-        "'search', 'private' or nothing"
+        "'search', 'private', 'memory' or nothing"
     )
   runs = []
   for seed in (0, 1):

@@ -54,6 +54,9 @@ class RunState:
   # (voter, adapter hash) -> that voter's held-out loss of that adapter; a pure cache (its
   # values are recomputed bit for bit when missing), so it is not checkpointed.
   loss_cache: dict = dataclasses.field(default_factory=dict)
+  # participant -> its probe scores' summed excess over the run (federation.probe_budget;
+  # flock_jax.federated.probe.memory): checkpointed with the round
+  suspicion: dict = dataclasses.field(default_factory=dict)
 
 
 def load_model(run, mesh=None):

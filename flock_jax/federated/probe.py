@@ -190,3 +190,39 @@ def probe(
       np.where(triggered > scores, trig_tokens, tokens),
       found,
   )
+
+
+def memory(
+    scores: dict[int, float],
+    suspicion: dict[int, float],
+    allowance: float,
+    budget: float,
+) -> tuple[dict[int, float], set[int]]:
+  """The probe's memory across rounds (federation.probe_budget): each participant's excess
+  scores add up over the run,
+
+      suspicion_i <- suspicion_i + max(0, score_i - allowance)
+
+  for every proposal probed this round (`scores`, {participant: score}); a participant whose
+  sum then exceeds `budget` is flagged, now and whenever it proposes again. Returns (the new
+  sums for everyone, the participants in `scores` flagged by their sum). The scores of a
+  public probe are a function of public data (G, the revealed proposals, the public prompts),
+  so every participant computes the same sums.
+
+  Why: a per-round threshold bounds each piece, not their sum. The adaptive attacker keeps
+  every piece just under it and the pieces add up over rounds (docs/results, experiment 5);
+  with a budget, all of an attacker's pieces together may score at most `budget` over the
+  allowance, whatever their number."""
+  new = dict(suspicion)
+  for i, s in scores.items():
+    new[i] = new.get(i, 0.0) + max(0.0, float(s) - allowance)
+  return new, {i for i in scores if new[i] > budget}
+
+
+def memory_threshold(threshold: float, allowance: float, budget: float, suspicion: float) -> float:
+  """The largest score a proposal of a participant with summed excess `suspicion` can have and
+  pass both the per-round threshold and the memory's budget (what the adaptive attacker aims
+  under; 0 once its budget is spent)."""
+  if suspicion > budget:
+    return 0.0
+  return min(threshold, allowance + budget - suspicion)

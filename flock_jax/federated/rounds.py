@@ -25,6 +25,7 @@ from flock_jax.eval import generation_report
 from flock_jax.federated import hashing, metrics as run_metrics, voting
 from flock_jax.federated.attacks import attack_updates, evade_probe, voter_ballot
 from flock_jax.federated.ledger import WEI
+from flock_jax.federated.probe import memory as probe_memory, memory_threshold
 from flock_jax.federated.probe import probe as behaviour_probe
 from flock_jax.federated.screening import screen_flags, screened
 from flock_jax.federated.aggregators import apply_delta
@@ -116,14 +117,20 @@ def _screen_revealed(proposers, updates, revealed: dict, like: PyTree, store=Non
   return valid_ids, valid, errors, tuple(flags)
 
 
-def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flags):
+def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flags, suspicion):
   """The behaviour probe (federation.probe, flock_jax.federated.probe) over the valid
   proposals: one whose collapse score exceeds federation.probe_threshold becomes invalid,
   like a NaN update (flagged in every honest vote: excluded, and slashed by a strict
-  majority). Returns the screened (valid ids, valid, errors, flags), {proposer: score} and
-  {proposer: the trigger tokens the search found, decoded} (probe 'search'; else empty)."""
+  majority), and so does one whose proposer's summed excess (`suspicion`, the probe's memory:
+  federation.probe_budget) exceeds the budget. Returns the screened (valid ids, valid, errors,
+  flags), {proposer: score}, {proposer: the trigger tokens the search found, decoded} (probe
+  'search'; else empty) and the new sums."""
   fed = engine.run.federation
   scores, tokens, found = behaviour_probe(engine, G, valid, mode=fed.probe)
+  by_id = dict(zip(valid_ids, scores.tolist()))
+  over = set()
+  if fed.probe_budget > 0:
+    suspicion, over = probe_memory(by_id, suspicion, fed.probe_allowance, fed.probe_budget)
   tok = getattr(getattr(engine.population, "prompts", None), "tokenizer", None)
   decode = lambda ids: tok.decode(list(ids)) if tok is not None else f"ids {list(ids)}"
   triggers = {} if found is None else {i: decode(f) for i, f in zip(valid_ids, found.tolist())}
@@ -139,10 +146,17 @@ def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flag
           f"{'G' if fed.probe == 'collapse' else 'G or the base model'} "
           f"(threshold {fed.probe_threshold})"
       )
+    elif i in over:
+      flags[proposers.index(i)] = True
+      errors.append(
+          f"participant {i}: behaviour probe's memory: its scores' excess over "
+          f"{fed.probe_allowance} sums to {suspicion[i]:.3f} over the run (this round's score "
+          f"{s:.3f}), over the budget {fed.probe_budget}"
+      )
     else:
       keep_ids.append(i)
       keep.append(d)
-  return keep_ids, keep, errors, tuple(flags), dict(zip(valid_ids, scores.tolist())), triggers
+  return keep_ids, keep, errors, tuple(flags), by_id, triggers, suspicion
 
 
 def _private_seed(engine: Engine, who: int, round_index: int) -> tuple[int, ...]:
@@ -258,11 +272,16 @@ def flock_round(
     with timer("train"):
       for k, i in enumerate(proposers):
         if att.proposer(i) == "backdoor_evade":
+          aim = fed.probe_threshold  # what passes, its own memory's budget included
+          if fed.probe_budget > 0:
+            aim = memory_threshold(
+                aim, fed.probe_allowance, fed.probe_budget, state.suspicion.get(i, 0.0)
+            )
           updates[k], evade_scales[i], _ = evade_probe(
               engine,
               G,
               updates[k],
-              fed.probe_threshold,
+              aim,
               mode=fed.probe,
               owner=i,
               seed=_private_seed(engine, i, roles.round) if fed.probe == "private" else 0,
@@ -290,9 +309,10 @@ def flock_round(
       probe_scores = {i: float(np.median([s[i] for s in by_voter.values()])) for i in valid_ids}
   elif fed.probe != "none" and valid:
     with timer("eval"):
-      valid_ids, valid, errors, flags, probe_scores, probe_triggers = _probe_revealed(
-          engine, G, proposers, valid_ids, valid, errors, flags
+      valid_ids, valid, errors, flags, probe_scores, probe_triggers, suspicion = _probe_revealed(
+          engine, G, proposers, valid_ids, valid, errors, flags, state.suspicion
       )
+    state = dataclasses.replace(state, suspicion=suspicion)
 
   # 3. Candidate in canonical (address) order; voters score it on private held-out data.
   honest, gains, cand_hash, candidate, suspect = None, [], None, None, None
@@ -409,6 +429,7 @@ def flock_round(
           "probe_scores": {str(i): x for i, x in probe_scores.items()},
           "evade_scales": {str(i): x for i, x in evade_scales.items()},
           "probe_triggers": {str(i): x for i, x in probe_triggers.items()},
+          "probe_suspicion": {str(i): x for i, x in sorted(state.suspicion.items())},
           "probe_scores_by_voter": {
               str(j): {str(i): x for i, x in sc.items()} for j, sc in by_voter.items()
           },

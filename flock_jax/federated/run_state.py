@@ -52,6 +52,7 @@ def restore_state(fresh: RunState, tree: dict, meta: dict, ledger: Ledger | None
       agg_state=tree.get("agg_state", fresh.agg_state),
       key=jax.random.wrap_key_data(tree["key"]),
       global_hash=unhex(meta["global_hash"]),
+      suspicion={int(i): float(x) for i, x in meta.get("probe_suspicion", {}).items()},
   )
   if jax.process_count() == 1:  # placed as the fresh state is, so nothing compiles again
     place = lambda new, old: (
@@ -110,6 +111,8 @@ def checkpoint_meta(
       "global_hash": _hex(state.global_hash),
       "chain_global_hash": m.chain_global_hash if m is not None else _hex(state.global_hash),
   }
+  if state.suspicion:  # the probe's memory (federation.probe_budget): JSON floats round-trip
+    meta["probe_suspicion"] = {str(i): x for i, x in sorted(state.suspicion.items())}
   if run is not None:
     from flock_jax.checkpoint.run_state import LORA_CONFIG_KEY, lora_config_meta
 

@@ -1,0 +1,190 @@
+"""The probe's memory across rounds (config.federation.probe_budget, flock_jax.federated.probe
+.memory): each participant's probe scores in excess of an allowance add up over the run, and a
+participant whose sum exceeds the budget is flagged whenever it proposes.
+
+The attacker plays the adaptive backdoor (backdoor_evade), which shrinks every piece under the
+per-round threshold, on the tiny model. The threshold here is 0.3 so that its pieces score far
+above the honest proposals' 0.01-0.03 (measured) and the allowance (0.05) sits between the two:
+- an attacker that ignores the memory is flagged once its pieces' excess passes the budget,
+  then slashed at every later proposal, and its unflagged pieces carry at most the budget;
+- the attacker that knows the memory aims each piece under what is left of its budget: never
+  flagged, and all its pieces together carry at most the budget (the gain the memory bounds);
+- honest proposers carry no excess at all.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from test_probe import ATTACKER, _collapsing_update, _run, submit_instead
+
+from flock_jax.federated import probe as P
+from flock_jax.federated import rounds as R
+from flock_jax.federated.attacks import EVADE_MARGIN
+from flock_jax.federated.engine import build, make_ledger
+from flock_jax.federated.rounds import run_rounds
+from flock_jax.run_config import RunConfigError, from_config, load_config
+
+THRESHOLD, ALLOWANCE, BUDGET, ROUNDS = 0.3, 0.05, 0.2, 8
+
+
+def test_memory_sums_each_participants_excess_and_flags_past_the_budget():
+  """memory() against its definition written as a loop over random rounds, and
+  memory_threshold() as the boundary of what passes."""
+  rng = np.random.default_rng(0)
+  sums, want = {}, {}
+  for _ in range(12):
+    who = rng.choice(6, size=3, replace=False).tolist()
+    scores = {i: float(rng.uniform(0, 0.12)) for i in who}
+    before = dict(want)
+    for i, s in scores.items():
+      want[i] = want.get(i, 0.0) + max(0.0, s - 0.03)
+    sums, flagged = P.memory(scores, sums, 0.03, 0.1)
+    assert sums == pytest.approx(want, abs=1e-12)
+    assert flagged == {i for i in scores if want[i] > 0.1}
+    for i in range(6):  # a score passes both rules iff it is at most the memory's threshold
+      limit = P.memory_threshold(0.1, 0.03, 0.1, before.get(i, 0.0))
+      for s in (limit - 1e-3, limit + 1e-3):
+        if 0 <= s <= 1:
+          passes = s <= 0.1 and not P.memory({i: s}, before, 0.03, 0.1)[1]
+          assert passes == (s < limit), (i, s, limit)
+  # once over the budget, a zero score is still flagged: the sum never falls
+  over = next(i for i in want if want[i] > 0.1)
+  assert P.memory({over: 0.0}, sums, 0.03, 0.1)[1] == {over}
+  assert P.memory_threshold(0.1, 0.03, 0.1, want[over]) == 0.0
+
+
+@pytest.mark.parametrize("probe", ["none", "private"])
+def test_a_budget_needs_a_public_probe(probe):
+  c = load_config("tiny")
+  c.federation.probe, c.federation.probe_budget = probe, 0.1
+  with pytest.raises(RunConfigError, match=r"probe_budget=0\.1 needs a public probe"):
+    from_config(c)
+  c.federation.probe, c.federation.probe_budget = "anchored", -0.1
+  with pytest.raises(RunConfigError, match=r"federation\.probe_budget"):
+    from_config(c)
+
+
+def _memory_run(rounds=ROUNDS):
+  run = _run("backdoor_evade", mode="anchored")
+  fed = dataclasses.replace(
+      run.federation,
+      rounds=rounds,
+      probe_threshold=THRESHOLD,
+      probe_budget=BUDGET,
+      probe_allowance=ALLOWANCE,
+  )
+  return dataclasses.replace(run, federation=fed)
+
+
+@pytest.fixture(scope="module")
+def poisoned():
+  return _collapsing_update(_memory_run())
+
+
+def _play(monkeypatch, poisoned, aware, **kw):
+  """Rounds in which the attacker submits its collapsing update through backdoor_evade, which
+  aims under the memory's threshold (`aware`) or under the per-round threshold only."""
+  submit_instead(monkeypatch, poisoned)
+  if not aware:
+    monkeypatch.setattr(R, "memory_threshold", lambda threshold, *_: threshold)
+  run = _memory_run(**kw)
+  _, state = build(run)
+  ledger = make_ledger(run, state.global_hash)
+  return run, ledger, int(ledger.stakes()[ATTACKER]), run_rounds(run, ledger=ledger)
+
+
+def _honest_carry_nothing(rows):
+  for r in rows:
+    for k, i in enumerate(r.proposers):
+      if i != ATTACKER:
+        assert r.extra["probe_scores"][str(i)] < ALLOWANCE - 0.01  # measured at most 0.031
+        assert not [e for e in r.rejected_updates if e.startswith(f"participant {i}:")]
+        assert r.proposal_accepted[k] == r.accepted
+  assert all(x == 0.0 for i, x in rows[-1].extra["probe_suspicion"].items() if i != str(ATTACKER))
+
+
+def test_pieces_under_the_threshold_are_flagged_once_their_excess_passes_the_budget(
+    monkeypatch, poisoned
+):
+  """The attacker that ignores the memory: every piece passes the per-round threshold, but the
+  piece that takes its sum past the budget is flagged, excluded and slashed, and so is every
+  proposal it makes afterwards. What it got into G carries at most the budget."""
+  _, ledger, stake0, rows = _play(monkeypatch, poisoned, aware=False)
+  drawn = [r for r in rows if ATTACKER in r.proposers]
+  assert len(drawn) >= 3, "the draw drew the attacker fewer than 3 times"
+  carried, over = 0.0, False
+  for r in drawn:
+    k = r.proposers.index(ATTACKER)
+    score = r.extra["probe_scores"][str(ATTACKER)]
+    # measured 0.16-0.20: under the threshold, far over the allowance
+    assert ALLOWANCE + 0.05 < score < THRESHOLD - 0.05
+    named = [e for e in r.rejected_updates if e.startswith(f"participant {ATTACKER}:")]
+    over = over or r.extra["probe_suspicion"][str(ATTACKER)] > BUDGET
+    if over:
+      assert len(named) == 1 and "behaviour probe's memory" in named[0], named
+      assert not r.proposal_accepted[k]
+      assert ATTACKER in r.slashes and ATTACKER not in r.rewards
+    else:
+      assert not named and r.proposal_accepted[k] == r.accepted
+      carried += max(0.0, score - ALLOWANCE) if r.accepted else 0.0
+  assert over, "the attacker never passed its budget"
+  assert carried <= BUDGET
+  assert int(ledger.stakes()[ATTACKER]) < stake0
+  _honest_carry_nothing(rows)
+
+
+def test_the_attacker_that_knows_the_memory_carries_at_most_the_budget(monkeypatch, poisoned):
+  """backdoor_evade aiming under what is left of its budget: never flagged, each piece under
+  the memory's threshold at its round, and all its pieces together carry at most the budget,
+  so the memory, not the per-round threshold, is what bounds it."""
+  _, _, _, rows = _play(monkeypatch, poisoned, aware=True)
+  drawn, before, bound = 0, 0.0, False
+  for r in rows:
+    if ATTACKER in r.proposers:
+      drawn += 1
+      k = r.proposers.index(ATTACKER)
+      score = r.extra["probe_scores"][str(ATTACKER)]
+      limit = P.memory_threshold(THRESHOLD, ALLOWANCE, BUDGET, before)
+      bound |= limit < THRESHOLD
+      assert score <= EVADE_MARGIN * limit + 1e-6
+      assert not [e for e in r.rejected_updates if e.startswith(f"participant {ATTACKER}:")]
+      assert r.proposal_accepted[k] == r.accepted
+      assert (ATTACKER in r.slashes) == (not r.accepted)  # only with its rejected candidates
+    before = r.extra["probe_suspicion"].get(str(ATTACKER), 0.0)
+  assert drawn >= 3 and bound, "the memory never bound the attacker"
+  assert 0.5 * BUDGET < before <= BUDGET  # measured 0.17: it spent most of its budget
+  _honest_carry_nothing(rows)
+
+
+def test_the_memory_survives_a_checkpoint(monkeypatch, poisoned, tmp_path):
+  """Stopped after round 3 and resumed from its checkpoint, a run flags and sums exactly as the
+  uninterrupted one."""
+  from flock_jax.checkpoint import RunCheckpointer
+  from flock_jax.federated.run_state import checkpoint_meta, checkpoint_tree
+
+  run, _, _, full = _play(monkeypatch, poisoned, aware=False, rounds=6)
+  ck, seen = RunCheckpointer(tmp_path / "ck"), {}
+
+  class Stop(Exception):
+    pass
+
+  def stop_after_round_3(state, m, ledger):
+    seen["ledger"] = ledger
+    if m.round == 3:
+      ck.save(4, checkpoint_tree(state), checkpoint_meta(state, m))
+      raise Stop
+
+  _, state = build(run)
+  with pytest.raises(Stop):
+    run_rounds(run, ledger=make_ledger(run, state.global_hash), on_round=stop_after_round_3)
+  _, fresh = build(run)
+  tree, meta = ck.restore(4, checkpoint_tree(fresh))
+  assert meta["probe_suspicion"][str(ATTACKER)] > BUDGET
+  rest = run_rounds(run, ledger=seen["ledger"], resume=lambda _: (tree, meta))
+  assert [m.round for m in rest] == [4, 5]
+  for a, b in zip(rest, full[4:]):
+    assert a.extra["probe_suspicion"] == b.extra["probe_suspicion"]
+    assert a.rejected_updates == b.rejected_updates and a.global_hash == b.global_hash
