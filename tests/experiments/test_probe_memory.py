@@ -188,3 +188,40 @@ def test_the_memory_survives_a_checkpoint(monkeypatch, poisoned, tmp_path):
   for a, b in zip(rest, full[4:]):
     assert a.extra["probe_suspicion"] == b.extra["probe_suspicion"]
     assert a.rejected_updates == b.rejected_updates and a.global_hash == b.global_hash
+
+
+def test_probe_memory_replays_a_finished_runs_scores(tmp_path):
+  """launch/probe_memory.py on a workdir written here: its sums and first flagged rounds equal
+  the definition worked by hand, and a run without probe scores is refused by name."""
+  import json
+  import subprocess
+  import sys
+
+  from flock_jax.workdir import config_dict
+
+  c = load_config("tiny")
+  c.federation.num_participants, c.federation.num_proposers, c.federation.num_voters = 4, 2, 2
+  c.attack.fraction, c.attack.proposer = 0.25, "backdoor"
+  attacker = from_config(c).attack.attackers(4)
+  assert len(attacker) == 1
+  a, h = attacker[0], next(i for i in range(4) if i not in attacker)
+  (tmp_path / "config.json").write_text(json.dumps(config_dict(c)))
+  scores = [{a: 0.04, h: 0.02}, {h: 0.045}, {a: 0.035, h: 0.0}, {a: 0.0}]
+  rows = [{"round": -1, "extra": None}] + [
+      {"round": r, "extra": {"probe_scores": {str(i): s for i, s in sc.items()}}}
+      for r, sc in enumerate(scores)
+  ]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  cmd = [sys.executable, "launch/probe_memory.py", f"--workdir={tmp_path}"]
+  out = subprocess.run(
+      cmd + ["--allowance=0.01", "--budget=0.04,0.06"], capture_output=True, text=True, check=True
+  )
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  # attacker: 0.03 + 0.025 = 0.055 by round 2; honest: 0.01 + 0.035 = 0.045 by round 1
+  assert got[0]["attackers"] == {str(a): {"sum": 0.055, "first_flagged": 2}}
+  assert got[0]["max_honest"] == 0.045 and got[0]["honest_flagged"] == {str(h): 1}
+  assert got[1]["attackers"] == {str(a): {"sum": 0.055, "first_flagged": None}}
+  assert got[1]["honest_flagged"] == {}
+  (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
+  out = subprocess.run(cmd, capture_output=True, text=True)
+  assert out.returncode != 0 and "holds no probe scores" in out.stderr + out.stdout
