@@ -134,6 +134,8 @@ def _probe_rounds(rows: list[dict], attackers: list[int]) -> list[dict]:
             "attacker": [c for c in cells if c[0] in bad],
             "honest": [c for c in cells if c[0] not in bad],
             "scales": {int(i): float(s) for i, s in (extra.get("evade_scales") or {}).items()},
+            # the probe's memory (federation.probe_budget): everyone's summed excess so far
+            "memory": {int(i): float(s) for i, s in (extra.get("probe_suspicion") or {}).items()},
             "asr": r.get("asr"),
         }
     )
@@ -429,14 +431,18 @@ def _attackers(run_dir: pathlib.Path) -> tuple[int, list[int]]:
 def probe_table(run: dict) -> str:
   """One row per probed round of a run: the attackers' scores (at the scale the adaptive
   attacker submitted; 'flagged' where the voters found the proposal invalid) and the honest
-  proposals' highest score and flags. '' when the run's voters did not probe."""
+  proposals' highest score and flags; with the probe's memory (federation.probe_budget), the
+  attackers' summed excess after the round and the honest participants' highest. '' when the
+  run's voters did not probe."""
   if not run["probe"]:
     return ""
+  memory = any(p.get("memory") for p in run["probe"])
   lines = [
       "| round | attacker proposals: score (scale) | flagged | honest: highest score | honest "
-      "flagged | ASR |",
-      "|---|---|---|---|---|---|",
+      "flagged | ASR |" + (" memory: attackers' sums | memory: honest highest |" if memory else ""),
+      "|---|---|---|---|---|---|" + ("---|---|" if memory else ""),
   ]
+  bad = set(run.get("attackers") or [])
   for p in run["probe"]:
     att = ", ".join(
         f"{i}: {s:.3f}" + (f" ({p['scales'][i]:.3f})" if i in p["scales"] else "")
@@ -450,6 +456,11 @@ def probe_table(run: dict) -> str:
         f"{sum(f for *_, f in p['honest'])}/{len(p['honest'])} | "
         f"{asr} |"
     )
+    if memory:
+      sums = p.get("memory") or {}
+      att = ", ".join(f"{i}: {x:.3f}" for i, x in sorted(sums.items()) if i in bad)
+      hon = max((x for i, x in sums.items() if i not in bad), default=None)
+      lines[-1] += f" {att or '-'} | {'-' if hon is None else f'{hon:.3f}'} |"
   return "\n".join(lines)
 
 

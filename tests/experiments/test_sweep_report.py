@@ -417,6 +417,18 @@ def test_report_tabulates_the_probe_and_reads_an_unfinished_run_with_partial(tmp
   assert lines[0] == f"| 0 | {a}: 0.040 (0.707) | 0/1 | 0.078 | 0/2 | 0.00 |"
   assert lines[1] == f"| 1 | {a}: 0.133 (0.016), {b}: 0.136 (0.016) | 2/2 | 0.007 | 0/1 | 0.25 |"
   assert "--partial" in (tmp_path / "r1" / "commands.md").read_text()
+  # with the probe's memory: the attackers' sums after each round and the honest highest
+  rows[1]["extra"]["probe_suspicion"] = {str(a): 0.03, str(h1): 0.068, str(h2): 0.0}
+  rows[2]["extra"]["probe_suspicion"] = {str(a): 0.153, str(b): 0.126, str(h1): 0.068}
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  text = report_mod.write_report(str(wd), str(tmp_path / "r2"), partial=True).read_text()
+  table = text.split("## The voters' behaviour probe in `flock_probe`")[1].split("##")[0]
+  lines = [x for x in table.splitlines() if x.startswith("| 0 |") or x.startswith("| 1 |")]
+  assert lines[0].endswith(f"| 0.00 | {a}: 0.030 | 0.068 |"), lines[0]
+  pair = sorted([(a, 0.153), (b, 0.126)])
+  assert lines[1].endswith(
+      f"| 0.25 | {pair[0][0]}: {pair[0][1]:.3f}, {pair[1][0]}: {pair[1][1]:.3f} | 0.068 |"
+  )
 
 
 def test_the_clean_cost_needs_an_attack_free_reference(tmp_path):
