@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
       per_proposal_mean="accepted",  # per_proposal: G + sum of accepted / #accepted | / #valid
       probe_budget=0.0,  # public probes' memory: flag a proposer whose summed excess exceeds this
       probe_allowance=0.01,  # probe_budget: a score's excess is max(0, score - allowance)
+      probe_budget_by_stake=False,  # probe_budget: each one's budget x its stake / ledger.stake
   )
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
@@ -212,6 +213,9 @@ FIELD_HELP = {
     "federation.probe_budget": "collapse, anchored and search probes: the probe's memory across"
     " rounds. Each participant's excess scores max(0, score - probe_allowance) add up over the"
     " run, and once the sum exceeds this budget every proposal it makes is flagged (0: off)",
+    "federation.probe_budget_by_stake": "probe_budget: the budget is a participant's staking"
+    " ledger.stake; each one's scales with its current stake (sybil accounts splitting a stake"
+    " split the budget; a slash shrinks it)",
     "federation.probe_allowance": "probe_budget: the part of each round's score that does not"
     " count against a participant (honest proposals' scores fall under it)",
     "federation.probe_threshold": "collapse probe: flag a proposal whose score exceeds this",

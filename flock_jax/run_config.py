@@ -57,6 +57,7 @@ OPTIONAL_FIELDS = {
     "federation.per_proposal_mean": "accepted",
     "federation.probe_budget": 0.0,
     "federation.probe_allowance": 0.01,
+    "federation.probe_budget_by_stake": False,
 }
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
@@ -156,6 +157,9 @@ class FederationSpec:
   # every proposal it makes is flagged (0: off)
   probe_budget: float = 0.0
   probe_allowance: float = 0.01
+  # the budget is that of a participant staking ledger.stake; each one's scales with its stake
+  # (an attacker splitting its stake over sybil accounts splits its budget with it)
+  probe_budget_by_stake: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,6 +497,7 @@ def _federation(config) -> FederationSpec:
           "per_proposal_mean",
           "probe_budget",
           "probe_allowance",
+          "probe_budget_by_stake",
       ),
   )
   w = "federation"
@@ -559,6 +564,7 @@ def _federation(config) -> FederationSpec:
       per_proposal_mean=_optional(sec, w, "per_proposal_mean", str, choices=PER_PROPOSAL_MEANS),
       probe_budget=budget,
       probe_allowance=_optional(sec, w, "probe_allowance", float, lo=0, hi=1),
+      probe_budget_by_stake=_optional(sec, w, "probe_budget_by_stake", bool),
   )
 
 

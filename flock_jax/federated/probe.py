@@ -197,6 +197,7 @@ def memory(
     suspicion: dict[int, float],
     allowance: float,
     budget: float,
+    weights: dict[int, float] | None = None,
 ) -> tuple[dict[int, float], set[int]]:
   """The probe's memory across rounds (federation.probe_budget): each participant's excess
   scores add up over the run,
@@ -204,7 +205,9 @@ def memory(
       suspicion_i <- suspicion_i + max(0, score_i - allowance)
 
   for every proposal probed this round (`scores`, {participant: score}); a participant whose
-  sum then exceeds `budget` is flagged, now and whenever it proposes again. Returns (the new
+  sum then exceeds its budget, `budget * weights[i]` (default weight 1; by stake: its stake over
+  the standard one, federation.probe_budget_by_stake), is flagged, now and whenever it
+  proposes again. Returns (the new
   sums for everyone, the participants in `scores` flagged by their sum). The scores of a
   public probe are a function of public data (G, the revealed proposals, the public prompts),
   so every participant computes the same sums.
@@ -216,7 +219,8 @@ def memory(
   new = dict(suspicion)
   for i, s in scores.items():
     new[i] = new.get(i, 0.0) + max(0.0, float(s) - allowance)
-  return new, {i for i in scores if new[i] > budget}
+  weights = weights or {}
+  return new, {i for i in scores if new[i] > budget * weights.get(i, 1.0)}
 
 
 def memory_threshold(threshold: float, allowance: float, budget: float, suspicion: float) -> float:

@@ -117,12 +117,23 @@ def _screen_revealed(proposers, updates, revealed: dict, like: PyTree, store=Non
   return valid_ids, valid, errors, tuple(flags)
 
 
-def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flags, suspicion):
+def _budget_weights(engine: Engine, ledger: Ledger) -> dict[int, float] | None:
+  """Each participant's share of the probe's memory budget (federation.probe_budget_by_stake:
+  its current stake on chain over ledger.stake; else None, everyone's weight 1)."""
+  if not engine.run.federation.probe_budget_by_stake:
+    return None
+  unit = engine.run.ledger.stake * WEI
+  return {i: int(x) / unit for i, x in enumerate(ledger.stakes())}
+
+
+def _probe_revealed(
+    engine: Engine, G, proposers, valid_ids, valid, errors, flags, suspicion, weights
+):
   """The behaviour probe (federation.probe, flock_jax.federated.probe) over the valid
   proposals: one whose collapse score exceeds federation.probe_threshold becomes invalid,
   like a NaN update (flagged in every honest vote: excluded, and slashed by a strict
   majority), and so does one whose proposer's summed excess (`suspicion`, the probe's memory:
-  federation.probe_budget) exceeds the budget. Returns the screened (valid ids, valid, errors,
+  federation.probe_budget) exceeds its budget (`weights`: `_budget_weights`). Returns the screened (valid ids, valid, errors,
   flags), {proposer: score}, {proposer: the trigger tokens the search found, decoded} (probe
   'search'; else empty) and the new sums."""
   fed = engine.run.federation
@@ -130,7 +141,7 @@ def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flag
   by_id = dict(zip(valid_ids, scores.tolist()))
   over = set()
   if fed.probe_budget > 0:
-    suspicion, over = probe_memory(by_id, suspicion, fed.probe_allowance, fed.probe_budget)
+    suspicion, over = probe_memory(by_id, suspicion, fed.probe_allowance, fed.probe_budget, weights)
   tok = getattr(getattr(engine.population, "prompts", None), "tokenizer", None)
   decode = lambda ids: tok.decode(list(ids)) if tok is not None else f"ids {list(ids)}"
   triggers = {} if found is None else {i: decode(f) for i, f in zip(valid_ids, found.tolist())}
@@ -151,7 +162,7 @@ def _probe_revealed(engine: Engine, G, proposers, valid_ids, valid, errors, flag
       errors.append(
           f"participant {i}: behaviour probe's memory: its scores' excess over "
           f"{fed.probe_allowance} sums to {suspicion[i]:.3f} over the run (this round's score "
-          f"{s:.3f}), over the budget {fed.probe_budget}"
+          f"{s:.3f}), over its budget {fed.probe_budget * (weights or {}).get(i, 1.0):.4g}"
       )
     else:
       keep_ids.append(i)
@@ -268,15 +279,18 @@ def flock_round(
   with timer("hash"):
     updates = attack_updates(att, proposers, _unstack(deltas, len(proposers)))
   evade_scales: dict[int, float] = {}
+  weights = None  # each participant's share of the probe's memory budget (None: equal shares)
+  if fed.probe_budget > 0:
+    with timer("chain"):
+      weights = _budget_weights(engine, ledger)
   if fed.probe != "none":  # the adaptive attacker shrinks its update under the voters' probe
     with timer("train"):
       for k, i in enumerate(proposers):
         if att.proposer(i) == "backdoor_evade":
           aim = fed.probe_threshold  # what passes, its own memory's budget included
           if fed.probe_budget > 0:
-            aim = memory_threshold(
-                aim, fed.probe_allowance, fed.probe_budget, state.suspicion.get(i, 0.0)
-            )
+            own = fed.probe_budget * (weights or {}).get(i, 1.0)
+            aim = memory_threshold(aim, fed.probe_allowance, own, state.suspicion.get(i, 0.0))
           updates[k], evade_scales[i], _ = evade_probe(
               engine,
               G,
@@ -310,7 +324,7 @@ def flock_round(
   elif fed.probe != "none" and valid:
     with timer("eval"):
       valid_ids, valid, errors, flags, probe_scores, probe_triggers, suspicion = _probe_revealed(
-          engine, G, proposers, valid_ids, valid, errors, flags, state.suspicion
+          engine, G, proposers, valid_ids, valid, errors, flags, state.suspicion, weights
       )
     state = dataclasses.replace(state, suspicion=suspicion)
 

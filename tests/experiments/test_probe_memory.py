@@ -24,6 +24,7 @@ from flock_jax.federated import probe as P
 from flock_jax.federated import rounds as R
 from flock_jax.federated.attacks import EVADE_MARGIN
 from flock_jax.federated.engine import build, make_ledger
+from flock_jax.federated.ledger import WEI
 from flock_jax.federated.rounds import run_rounds
 from flock_jax.run_config import RunConfigError, from_config, load_config
 
@@ -67,7 +68,10 @@ def test_a_budget_needs_a_public_probe(probe):
     from_config(c)
 
 
-def _memory_run(rounds=ROUNDS):
+def _memory_run(rounds=ROUNDS, sybil_stake=0):
+  """The tiny run of test_probe, attacker 0 playing backdoor_evade, with the memory on; with
+  `sybil_stake`, the attacker stakes that (one of a holder's sybil accounts) and budgets go by
+  stake."""
   run = _run("backdoor_evade", mode="anchored")
   fed = dataclasses.replace(
       run.federation,
@@ -75,8 +79,10 @@ def _memory_run(rounds=ROUNDS):
       probe_threshold=THRESHOLD,
       probe_budget=BUDGET,
       probe_allowance=ALLOWANCE,
+      probe_budget_by_stake=bool(sybil_stake),
   )
-  return dataclasses.replace(run, federation=fed)
+  attack = dataclasses.replace(run.attack, sybil_stake=sybil_stake)
+  return dataclasses.replace(run, federation=fed, attack=attack)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +163,44 @@ def test_the_attacker_that_knows_the_memory_carries_at_most_the_budget(monkeypat
   assert drawn >= 3 and bound, "the memory never bound the attacker"
   assert 0.5 * BUDGET < before <= BUDGET  # measured 0.17: it spent most of its budget
   _honest_carry_nothing(rows)
+
+
+@pytest.mark.parametrize("by_stake", [False, True])
+def test_sybils_splitting_a_stake_split_its_budget(by_stake):
+  """One holder's stake over k accounts, each proposing every round the largest piece its
+  memory passes: with budgets by stake the k accounts together carry what one account holding
+  the whole stake may, whatever k; with equal budgets, k times that (the attack the option
+  closes)."""
+  threshold, allowance, budget, carried = 0.1, 0.01, 0.05, {}
+  for k in (1, 2, 4):
+    weights = {i: 1.0 / k for i in range(k)} if by_stake else None  # stake 100/k of 100
+    sums, carried[k] = {}, 0.0
+    for _ in range(12):
+      for i in range(k):
+        own = budget * (weights or {}).get(i, 1.0)
+        score = max(0.0, P.memory_threshold(threshold, allowance, own, sums.get(i, 0.0)) - 1e-4)
+        sums, flagged = P.memory({i: score}, sums, allowance, budget, weights)
+        assert not flagged
+        carried[k] += max(0.0, score - allowance)
+  for k in (2, 4):
+    if by_stake:
+      assert carried[k] <= budget and carried[k] == pytest.approx(carried[1], abs=1e-3)
+    else:
+      assert carried[k] == pytest.approx(k * carried[1], abs=1e-3) and carried[1] > 0.9 * budget
+
+
+def test_a_sybil_accounts_budget_is_its_share_of_the_stake(monkeypatch, poisoned):
+  """federation.probe_budget_by_stake in a run: the attacker staking half the standard stake
+  has half the budget, read from the chain, so its first piece (excess measured 0.14: under
+  the whole budget, 0.2) already passes it and is flagged and slashed."""
+  run, ledger, stake0, rows = _play(monkeypatch, poisoned, aware=False, sybil_stake=50)
+  assert 2 * stake0 == run.ledger.stake * WEI  # half the standard stake, on chain
+  r = next(r for r in rows if ATTACKER in r.proposers)
+  excess = r.extra["probe_scores"][str(ATTACKER)] - ALLOWANCE
+  assert BUDGET / 2 + 0.02 < excess < BUDGET - 0.02
+  named = [e for e in r.rejected_updates if e.startswith(f"participant {ATTACKER}:")]
+  assert len(named) == 1 and "over its budget 0.1" in named[0], named
+  assert ATTACKER in r.slashes and not r.proposal_accepted[r.proposers.index(ATTACKER)]
 
 
 def test_the_memory_survives_a_checkpoint(monkeypatch, poisoned, tmp_path):
