@@ -35,6 +35,8 @@ defence (what it costs when nobody attacks).
                    scores in excess of 0.01 add up over the run, and once its sum exceeds 0.05
                    every proposal it makes is flagged (federation.probe_budget): the adaptive
                    attacker's pieces each pass the threshold, their sum does not
+  flock_search_memory_tol  flock_search_tol with the memory (budget 0.1: the search's honest
+                   scores reach 0.078)
   flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
                    loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
                    voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
@@ -108,6 +110,13 @@ VARIANTS = {
         "federation.per_proposal_mean": "valid",
     },
     "flock_memory_tol": {**common.METHODS["flock"], **MEMORY, "federation.tau": -0.02},
+    "flock_search_memory_tol": {
+        **common.METHODS["flock"],
+        **SEARCH,
+        "federation.probe_budget": 0.1,
+        "federation.probe_allowance": 0.01,
+        "federation.tau": -0.02,
+    },
     "flock_probe_tol": {**common.METHODS["flock"], **PROBE, "federation.tau": -0.02},
     "flock_pp_screen": {**common.METHODS["flock_pp"], **SCREEN},
     "flock_screen": {**common.METHODS["flock"], **SCREEN},
@@ -185,6 +194,10 @@ def get_config(arg=None):
     # when nobody attacks.
     shared["federation.rounds"] = 20
     runs = [_evade(s, "flock_memory_tol") for s in (0, 1)] + [_run("flock_memory_tol", 0.0, 0)]
+    # Seed 0 showed the anchored score never sees the conditional backdoor, so its sum does not
+    # either (docs/results). The trigger search's score does, piece by piece: the search with a
+    # memory, on the search run's seed (~4 h on 2 cores: a pod's job).
+    runs += [_evade(1, "flock_search_memory_tol")]
     return common.sweep(base, shared, runs)
   if subset == "private":
     # The trigger search on each voter's own prompts, which the attacker cannot run (it shrinks
