@@ -207,10 +207,9 @@ def memory(
   for every proposal probed this round (`scores`, {participant: score}); a participant whose
   sum then exceeds its budget, `budget * weights[i]` (default weight 1; by stake: its stake over
   the standard one, federation.probe_budget_by_stake), is flagged, now and whenever it
-  proposes again. Returns (the new
-  sums for everyone, the participants in `scores` flagged by their sum). The scores of a
-  public probe are a function of public data (G, the revealed proposals, the public prompts),
-  so every participant computes the same sums.
+  proposes again. Returns (the new sums for everyone, the participants in `scores` flagged by
+  their sum). The scores of a public probe are a function of public data (G, the revealed
+  proposals, the public prompts), so every participant computes the same sums.
 
   Why: a per-round threshold bounds each piece, not their sum. The adaptive attacker keeps
   every piece just under it and the pieces add up over rounds (docs/results, experiment 5);

@@ -133,9 +133,9 @@ def _probe_revealed(
   proposals: one whose collapse score exceeds federation.probe_threshold becomes invalid,
   like a NaN update (flagged in every honest vote: excluded, and slashed by a strict
   majority), and so does one whose proposer's summed excess (`suspicion`, the probe's memory:
-  federation.probe_budget) exceeds its budget (`weights`: `_budget_weights`). Returns the screened (valid ids, valid, errors,
-  flags), {proposer: score}, {proposer: the trigger tokens the search found, decoded} (probe
-  'search'; else empty) and the new sums."""
+  federation.probe_budget) exceeds its budget (`weights`: `_budget_weights`). Returns the
+  screened (valid ids, valid, errors, flags), {proposer: score}, {proposer: the trigger tokens
+  the search found, decoded} (probe 'search'; else empty) and the new sums."""
   fed = engine.run.federation
   scores, tokens, found = behaviour_probe(engine, G, valid, mode=fed.probe)
   by_id = dict(zip(valid_ids, scores.tolist()))
