@@ -193,7 +193,7 @@ def test_a_sybil_accounts_budget_is_its_share_of_the_stake(monkeypatch, poisoned
   """federation.probe_budget_by_stake in a run: the attacker staking half the standard stake
   has half the budget, read from the chain, so its first piece (excess measured 0.14: under
   the whole budget, 0.2) already passes it and is flagged and slashed."""
-  run, ledger, stake0, rows = _play(monkeypatch, poisoned, aware=False, sybil_stake=50)
+  run, ledger, stake0, rows = _play(monkeypatch, poisoned, aware=False, rounds=2, sybil_stake=50)
   assert 2 * stake0 == run.ledger.stake * WEI  # half the standard stake, on chain
   r = next(r for r in rows if ATTACKER in r.proposers)
   excess = r.extra["probe_scores"][str(ATTACKER)] - ALLOWANCE
@@ -204,32 +204,32 @@ def test_a_sybil_accounts_budget_is_its_share_of_the_stake(monkeypatch, poisoned
 
 
 def test_the_memory_survives_a_checkpoint(monkeypatch, poisoned, tmp_path):
-  """Stopped after round 3 and resumed from its checkpoint, a run flags and sums exactly as the
-  uninterrupted one."""
+  """Stopped after round 1 (the attacker already over its budget) and resumed from its
+  checkpoint, a run flags and sums exactly as the uninterrupted one."""
   from flock_jax.checkpoint import RunCheckpointer
   from flock_jax.federated.run_state import checkpoint_meta, checkpoint_tree
 
-  run, _, _, full = _play(monkeypatch, poisoned, aware=False, rounds=6)
+  run, _, _, full = _play(monkeypatch, poisoned, aware=False, rounds=4)
   ck, seen = RunCheckpointer(tmp_path / "ck"), {}
 
   class Stop(Exception):
     pass
 
-  def stop_after_round_3(state, m, ledger):
+  def stop_after_round_1(state, m, ledger):
     seen["ledger"] = ledger
-    if m.round == 3:
-      ck.save(4, checkpoint_tree(state), checkpoint_meta(state, m))
+    if m.round == 1:
+      ck.save(2, checkpoint_tree(state), checkpoint_meta(state, m))
       raise Stop
 
   _, state = build(run)
   with pytest.raises(Stop):
-    run_rounds(run, ledger=make_ledger(run, state.global_hash), on_round=stop_after_round_3)
+    run_rounds(run, ledger=make_ledger(run, state.global_hash), on_round=stop_after_round_1)
   _, fresh = build(run)
-  tree, meta = ck.restore(4, checkpoint_tree(fresh))
+  tree, meta = ck.restore(2, checkpoint_tree(fresh))
   assert meta["probe_suspicion"][str(ATTACKER)] > BUDGET
   rest = run_rounds(run, ledger=seen["ledger"], resume=lambda _: (tree, meta))
-  assert [m.round for m in rest] == [4, 5]
-  for a, b in zip(rest, full[4:]):
+  assert [m.round for m in rest] == [2, 3]
+  for a, b in zip(rest, full[2:]):
     assert a.extra["probe_suspicion"] == b.extra["probe_suspicion"]
     assert a.rejected_updates == b.rejected_updates and a.global_hash == b.global_hash
 
