@@ -225,6 +225,16 @@ class Workdir:
     os.replace(tmp, self.path / name)
 
 
+def flock_run_config(workdir: str | os.PathLike) -> dict:
+  """A finished or running FLock run's config.json as data; a ValueError, naming the run's
+  mode, for a baseline run (it has no proposals to re-score)."""
+  config = json.loads((pathlib.Path(workdir) / "config.json").read_text())
+  mode = config["federation"]["mode"]
+  if mode != "flock":
+    raise ValueError(f"{workdir} is a {mode} run; only FLock runs have proposals")
+  return config
+
+
 def proposal_hashes(rows: list[dict], store_dir: str | os.PathLike) -> list[dict[int, str]]:
   """{proposer: hash} per round row: the recorded hashes, else the store's write order (which
   assumes every proposer revealed a proposal no other proposer copied)."""

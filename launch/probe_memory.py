@@ -62,12 +62,14 @@ def main(argv):
 
   from flock_jax import cli
   from flock_jax.run_config import from_config
+  from flock_jax.workdir import flock_run_config
 
   cli.info_logging()
   wd = pathlib.Path(_WORKDIR.value)
-  config = json.loads((wd / "config.json").read_text())
-  if config["federation"]["mode"] != "flock":
-    cli.fail(f"{wd} is a {config['federation']['mode']} run; only FLock runs have proposals")
+  try:
+    config = flock_run_config(wd)
+  except ValueError as e:
+    cli.fail(str(e))
   run = from_config(ml_collections.ConfigDict(config))
   rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
   if not any((r.get("extra") or {}).get("probe_scores") for r in rows):

@@ -91,13 +91,14 @@ def main(argv):
   from flock_jax.federated.population import PRIVATE_PROBE_SEED_OFFSET
   from flock_jax.federated.probe import probe
   from flock_jax.run_config import from_config
-  from flock_jax.workdir import proposal_hashes
+  from flock_jax.workdir import flock_run_config, proposal_hashes
 
   cli.info_logging()
   wd = pathlib.Path(_WORKDIR.value)
-  config = json.loads((wd / "config.json").read_text())
-  if config["federation"]["mode"] != "flock":
-    cli.fail(f"{wd} is a {config['federation']['mode']} run; only FLock runs have proposals")
+  try:
+    config = flock_run_config(wd)
+  except ValueError as e:
+    cli.fail(str(e))
   config["federation"].update(
       probe=_MODE.value,
       probe_prompts=_PROMPTS.value,
