@@ -3,7 +3,9 @@ Multi-Krum, Median, Trimmed Mean, FLTrust and FLAME, at malicious proposer fract
 40% (arg 'tiny:full' adds 10 and 30%), seeds 0 and 1; every method sees the same data, seeds
 and attackers (drawn with the seed). 'smollm2': the headline on SmolLM2-135M-Instruct sized
 for ~2 hours on 2 CPU cores (FedAvg and both FLock votes at 30%, 2 seeds); 'smollm2:full': every
-method and fraction (about 90 runs: a pod's job); 'smollm2:aggregators': the six robust
+method and fraction (about 90 runs: a pod's job); 'smollm2:fractions': FedAvg, the whole vote
+and the whole vote with the voters' behaviour probe at 40, 20 and 10% (seed 0, ~2.5 hours), then
+their 30% and attack-free runs (measured before in other sweeps); 'smollm2:aggregators': the six robust
 aggregators (Multi-Krum also with m = 3) and per-proposal voting against the headline's
 attack, seed 0 (~105 minutes), then
 seed 1 (~110 minutes more).
@@ -11,6 +13,7 @@ seed 1 (~110 minutes more).
   python launch/sweep.py --config=configs/sweeps/backdoor.py --workdir=runs/backdoor_tiny
   python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2 --workdir=runs/backdoor_smollm2
   python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2:aggregators --workdir=runs/agg
+  python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2:fractions --workdir=runs/frac
 """
 
 import os
@@ -53,8 +56,32 @@ def get_config(arg=None):
     order += [("multikrum_m3", 1), ("flock_pp", 1), ("multikrum", 1)]
     runs = [_aggregator_run(m, seed) for m, seed in order]
     return common.sweep(base, shared, runs)
+  if scale == "smollm2" and full == "fractions":
+    # Final ASR against the malicious fraction on the real model, sized as the aggregator runs
+    # (~11 minutes a FedAvg run, ~15 a vote, ~20 with the probe): the three methods at the
+    # fractions not yet measured first, then the 30% and attack-free runs, which the headline
+    # and the defence sweeps measured with the same training (their workdirs can be copied in).
+    shared.update({"eval.accuracy": False, "eval.asr_max_new_tokens": 12})
+    methods = {
+        "fedavg": common.METHODS["fedavg"],
+        "flock_probe": {**common.METHODS["flock"], **common.PROBE},
+        "flock": common.METHODS["flock"],
+    }
+    order = [(m, f) for f in (0.4, 0.2, 0.1) for m in methods]
+    order += [(m, f) for f in (0.3, 0.0) for m in methods]
+    runs = [
+        {
+            "name": f"{m}_f{common.fmt(f)}_s0",
+            "tags": {"method": m, "fraction": f, "seed": 0},
+            "overrides": {**methods[m], "attack.fraction": f, "seed": 0},
+        }
+        for m, f in order
+    ]
+    return common.sweep(base, shared, runs)
   if scale == "smollm2" and full not in ("", "full"):
-    raise ValueError(f"unknown subset {full!r} of the backdoor sweep; use 'full' or 'aggregators'")
+    raise ValueError(
+        f"unknown subset {full!r} of the backdoor sweep; use 'full', 'aggregators' or 'fractions'"
+    )
   if scale == "smollm2" and full != "full":
     # The headline at SmolLM2 scale, sized for ~2 hours on a 2-core CPU (about 20 minutes a
     # run): the reference's setting (3 of 10 attackers), FedAvg against both FLock votes.

@@ -76,6 +76,10 @@ METHODS = {
     "flame": {"federation.mode": "baseline", "federation.aggregator": "flame"},
 }
 
+# The voters' behaviour probe (experiment 5, flock_jax.federated.probe): every voter runs each
+# proposal alone on public prompts and flags one that collapses their first response token.
+PROBE = {"federation.probe": "collapse", "federation.probe_threshold": 0.1}
+
 
 def scale(arg):
   """(base config spec, common overrides) for a scale name."""

@@ -70,7 +70,7 @@ SCREEN = {
     "federation.screen_norm_factor": 2.0,
     "federation.screen_min_cosine": 0.0,
 }
-PROBE = {"federation.probe": "collapse", "federation.probe_threshold": 0.1}
+PROBE = common.PROBE
 ANCHORED = {"federation.probe": "anchored", "federation.probe_threshold": 0.1}
 SEARCH = {"federation.probe": "search", "federation.probe_threshold": 0.1}
 # Offline on the search run's round 15, 3 restarts found the target where one search did not.

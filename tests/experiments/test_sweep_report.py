@@ -121,8 +121,9 @@ def test_every_sweep_entry_resolves_at_every_scale(sweep_file):
           "smollm2:long",
           "smollm2:search",
           "smollm2:private",
+          "smollm2:memory",
       ),
-      "backdoor.py": ("smollm2:aggregators",),
+      "backdoor.py": ("smollm2:aggregators", "smollm2:fractions"),
   }.get(sweep_file, ())
   args = ("tiny", "smollm2") + extra
   for arg in args:
