@@ -3,10 +3,10 @@ Multi-Krum, Median, Trimmed Mean, FLTrust and FLAME, at malicious proposer fract
 40% (arg 'tiny:full' adds 10 and 30%), seeds 0 and 1; every method sees the same data, seeds
 and attackers (drawn with the seed). 'smollm2': the headline on SmolLM2-135M-Instruct sized
 for ~2 hours on 2 CPU cores (FedAvg and both FLock votes at 30%, 2 seeds); 'smollm2:full': every
-method and fraction (about 90 runs: a pod's job); 'smollm2:fractions': FedAvg, the whole vote
-and the whole vote with the voters' behaviour probe at 40, 20 and 10% (seed 0, ~2.5 hours), then
-their 30% and attack-free runs (measured before in other sweeps); 'smollm2:aggregators': the six robust
-aggregators (Multi-Krum also with m = 3) and per-proposal voting against the headline's
+method and fraction (about 90 runs: a pod's job); 'smollm2:fractions': FedAvg and the whole
+vote with the voters' behaviour probe at 40, 20 and 10% (seed 0, ~3 hours on 2 cores), then the
+plain whole vote, then the 30% and attack-free runs (measured before in other sweeps);
+'smollm2:aggregators': the six robust aggregators (Multi-Krum also with m = 3) and per-proposal voting against the headline's
 attack, seed 0 (~105 minutes), then
 seed 1 (~110 minutes more).
 
@@ -58,16 +58,18 @@ def get_config(arg=None):
     return common.sweep(base, shared, runs)
   if scale == "smollm2" and full == "fractions":
     # Final ASR against the malicious fraction on the real model, sized as the aggregator runs
-    # (~11 minutes a FedAvg run, ~15 a vote, ~20 with the probe): the three methods at the
-    # fractions not yet measured first, then the 30% and attack-free runs, which the headline
-    # and the defence sweeps measured with the same training (their workdirs can be copied in).
+    # (~11-14 minutes a FedAvg run, ~20-30 with the probe on 2 cores): FedAvg and the vote with
+    # the probe at the fractions not yet measured first, the plain vote (which matched FedAvg at
+    # 30%) after them, then the 30% and attack-free runs, which the headline and the defence
+    # sweeps measured with the same training (their workdirs can be copied in).
     shared.update({"eval.accuracy": False, "eval.asr_max_new_tokens": 12})
     methods = {
         "fedavg": common.METHODS["fedavg"],
         "flock_probe": {**common.METHODS["flock"], **common.PROBE},
         "flock": common.METHODS["flock"],
     }
-    order = [(m, f) for f in (0.4, 0.2, 0.1) for m in methods]
+    order = [(m, f) for f in (0.4, 0.2, 0.1) for m in ("fedavg", "flock_probe")]
+    order += [("flock", f) for f in (0.4, 0.2, 0.1)]
     order += [(m, f) for f in (0.3, 0.0) for m in methods]
     runs = [
         {
