@@ -5,13 +5,16 @@
   python launch/probe_proposals.py --workdir=RUN --mode=search   # the trigger search as well
   python launch/probe_proposals.py --workdir=RUN --mode=private --owners=4,5,6
   python launch/probe_proposals.py --workdir=RUN --mode=private --search_scope=round
+  python launch/probe_proposals.py --workdir=RUN --mode=soft --probe_prompts=4 --from_round=15
 
 Reads the run's config, metrics.jsonl and adapter store (every FLock run with a workdir keeps
 one), and scores each proposal against the global adapter of its round, as a voter with
 config.federation.probe=MODE would have (flock_jax/federated/probe.py; 'search' also prints
 the trigger tokens found, flock_jax/federated/trigger_search.py; 'private' runs the search on
 each of --owners' own probe prompts, as those voters would, and reports the median of their
-scores, each voter's in brackets). Prints one line
+scores, each voter's in brackets; 'soft', offline only, searches free slot embeddings instead of
+tokens, `trigger_search.soft_search`, and scores each proposal against the base model, with its
+score against G and G's own against the base model beside it). Prints one line
 per round (attackers marked, from the run's attack config) and, last, a JSON line:
 {"proposals", "attacker_scores", "honest_scores", "max_honest", "min_attacker",
 "attackers_over", "honest_over", "threshold"}. This is how the probe's threshold was chosen
@@ -35,7 +38,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A finished FLock run's workdir.
 _THRESHOLD = flags.DEFINE_float("threshold", 0.1, "Report the proposals scoring above this.")
 _PROMPTS = flags.DEFINE_integer("probe_prompts", 8, "Public probe prompts per domain.")
 _MODE = flags.DEFINE_enum(
-    "mode", "collapse", ["collapse", "anchored", "search", "private"], "Probe mode."
+    "mode", "collapse", ["collapse", "anchored", "search", "private", "soft"], "Probe mode."
+)
+_SOFT_STEPS = flags.DEFINE_integer("soft_steps", 12, "mode=soft: gradient steps.")
+_SOFT_LR = flags.DEFINE_float(
+    "soft_lr", 0.1, "mode=soft: step length, as a fraction of the largest token-embedding norm."
 )
 _OWNERS = flags.DEFINE_list(
     "owners",
@@ -90,6 +97,7 @@ def main(argv):
   from flock_jax.federated import engine as E, hashing
   from flock_jax.federated.population import PRIVATE_PROBE_SEED_OFFSET
   from flock_jax.federated.probe import probe
+  from flock_jax.federated.trigger_search import soft_search_scores
   from flock_jax.run_config import from_config
   from flock_jax.workdir import flock_run_config, proposal_hashes
 
@@ -100,7 +108,7 @@ def main(argv):
   except ValueError as e:
     cli.fail(str(e))
   config["federation"].update(
-      probe=_MODE.value,
+      probe="anchored" if _MODE.value == "soft" else _MODE.value,
       probe_prompts=_PROMPTS.value,
       search_slots=_SLOTS.value,
       search_topk=_TOPK.value,
@@ -123,6 +131,7 @@ def main(argv):
   )
   g_hash, att, hon = start["global_hash"], [], []
   att_over, hon_over, th = [], [], _THRESHOLD.value  # mode=private: voters over, per proposal
+  soft_g = []  # mode=soft: each proposal's score against G, in print order
   owners = [int(j) for j in _OWNERS.value or [i for i in range(n) if i not in bad][:3]]
   with engine.mesh_context():
     for r, hashes in zip(rows, proposal_hashes(rows, wd / "store")):
@@ -146,6 +155,17 @@ def main(argv):
         scores = np.median([e[0] for e in each], axis=0)
         tokens, found = each[0][1], each[0][2]
         per_owner = np.asarray([e[0] for e in each])  # [owners, P]
+      elif _MODE.value == "soft":
+        soft = soft_search_scores(
+            engine,
+            read(g_hash),
+            ups,
+            slots=_SLOTS.value,
+            steps=_SOFT_STEPS.value,
+            lr=_SOFT_LR.value,
+            seed=run.seed,
+        )
+        scores, tokens, found = soft["vs_base"], soft["token_base"], None
       else:
         scores, tokens, found = probe(engine, read(g_hash), ups, mode=_MODE.value)
       known = _known_trigger_scores(engine, read(g_hash), ups, run) if _KNOWN.value else None
@@ -156,11 +176,15 @@ def main(argv):
         scale = r.get("extra", {}).get("evade_scales", {}).get(str(i))  # the run's own shrink
         trig += "" if scale is None else f" (submitted at scale {scale:.2f})"
         trig += "" if known is None else f" [known trigger {known[k]:.3f}]"
+        if _MODE.value == "soft":
+          trig += f" [vs G {soft['vs_g'][k]:.3f} {tok.decode([int(soft['token_g'][k])])!r}]"
+          soft_g.append((i in bad, round(float(soft["vs_g"][k]), 4)))
         if _MODE.value == "private":
           trig += f" [voters {' '.join(f'{x:.3f}' for x in per_owner[:, k])}]"
           (att_over if i in bad else hon_over).append(int((per_owner[:, k] > th).sum()))
         cells.append(f"{i}{'*' if i in bad else ''}={s:.3f} {tok.decode([t])!r}{trig}")
-      print(f"round {r['round']:3d} (G {g_hash[:10]}): " + ", ".join(cells), flush=True)
+      own = f" (G vs base {soft['g_vs_base']:.3f})" if _MODE.value == "soft" else ""
+      print(f"round {r['round']:3d} (G {g_hash[:10]}){own}: " + ", ".join(cells), flush=True)
       g_hash = r["global_hash"] or g_hash
   print("* attacker (the run's attack config)")
   print(
@@ -182,6 +206,14 @@ def main(argv):
                       "honest_flagged_by": hon_over,
                   }
                   if _MODE.value == "private"
+                  else {}
+              ),
+              **(
+                  {
+                      "attacker_scores_vs_g": [x for a, x in soft_g if a],
+                      "honest_scores_vs_g": [x for a, x in soft_g if not a],
+                  }
+                  if _MODE.value == "soft"
                   else {}
               ),
           }

@@ -271,6 +271,97 @@ def search_scores(
   return np.asarray(scores, np.float64), found, np.asarray(tokens, np.int64)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "domains", "steps"))
+def soft_search(base, pair, last_pos, suffix, in_s, init, lr, *, cfg, lora_cfg, domains, steps):
+  """The search in embedding space: the slots hold free vectors e [slots, E] instead of token
+  embeddings. From `init`, `steps` steps of normalized gradient ascent on J (the module
+  docstring's objective), each step lr x R long per slot, R the largest token-embedding norm;
+  each slot is kept within norm R. Returns (the collapse score of the candidate of `pair`
+  against its reference at the final e, that score's token, e)."""
+  lora_c, cache_c, lora_r, cache_r = pair
+  embed = base["embed"].astype(jnp.float32)
+  radius = jnp.linalg.norm(embed, axis=-1).max()
+  suffix_emb = jnp.take(embed, suffix, axis=0)
+
+  def probs(lora, cache, e):
+    tail = jnp.concatenate([e, suffix_emb])[None]
+    tail = jnp.broadcast_to(tail, (last_pos.shape[0], *tail.shape[1:]))
+    return _tail_probs(base, lora, cache, last_pos, tail, cfg, lora_cfg)
+
+  def objective(e):
+    ms_c = (probs(lora_c, cache_c, e) * in_s).sum(-1)
+    ms_r = (probs(lora_r, cache_r, e) * in_s).sum(-1)
+    return jnp.mean(jnp.log(ms_r + _EPS) - jnp.log(ms_c + _EPS))
+
+  def step(e, _):
+    g = jax.grad(objective)(e)
+    e = e + lr * radius * g / (jnp.linalg.norm(g, axis=-1, keepdims=True) + _EPS)
+    return e * jnp.minimum(1.0, radius / jnp.linalg.norm(e, axis=-1, keepdims=True)), None
+
+  e, _ = jax.lax.scan(step, init.astype(jnp.float32), None, length=steps)
+  gains = _gains(probs(lora_c, cache_c, e), probs(lora_r, cache_r, e), in_s, domains)
+  return gains.max(), jnp.argmax(gains), e
+
+
+def soft_search_scores(
+    engine,
+    G: PyTree,
+    updates: Sequence[PyTree],
+    *,
+    slots: int = 3,
+    steps: int = 12,
+    lr: float = 0.1,
+    seed=0,
+    arrays=None,
+) -> dict[str, np.ndarray]:
+  """The soft search (`soft_search`) for G and each proposal, from the embeddings of `slots`
+  random tokens drawn with `seed`: {'g_vs_base' (), 'vs_base' [P], 'vs_g' [P], 'token_base' [P],
+  'token_g' [P]}: G's own score against the base model, each G + Δ_i's against the base model
+  and against G, and those scores' tokens. Offline only (launch/probe_proposals.py
+  --mode=soft); not a round's probe."""
+  arrays = engine.population.probe if arrays is None else arrays
+  cfg, lora_cfg = engine.run.model.cfg, engine.run.lora
+  tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
+  d, n, t = tokens.shape
+  suf = common_suffix(tokens, seg)
+  prefix = jnp.asarray(tokens[..., : t - suf].reshape(d * n, t - suf))
+  valid = jnp.asarray(seg[..., : t - suf].reshape(d * n, t - suf) > 0)
+  suffix = jnp.asarray(tokens[0, 0, t - suf :])
+  in_s = np.zeros(cfg.vocab_size, bool)
+  in_s[np.asarray(arrays["answer_tokens"], np.int64)] = True
+  in_s = jnp.asarray(in_s)
+  kw = dict(cfg=cfg, lora_cfg=lora_cfg)
+  fill = lambda lora: prefill(engine.base, lora, prefix, valid, extra=slots + suf, **kw)[0]
+  zero = jax.tree.map(jnp.zeros_like, G)
+  cache_0, last = prefill(engine.base, zero, prefix, valid, extra=slots + suf, **kw)
+  cache_g = fill(G)
+  ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, slots)
+  init = jnp.take(engine.base["embed"], jnp.asarray(ids), axis=0)
+  lr = jnp.float32(lr)
+  run = lambda pair: tuple(
+      map(
+          float,
+          soft_search(
+              engine.base, pair, last, suffix, in_s, init, lr, domains=d, steps=steps, **kw
+          )[:2],
+      )
+  )
+  out = {"g_vs_base": run((G, cache_g, zero, cache_0))[0]}
+  rows = []
+  for delta in updates:
+    cand = jax.tree.map(jnp.add, G, delta)
+    cache_c = fill(cand)
+    rows.append(run((cand, cache_c, zero, cache_0)) + run((cand, cache_c, G, cache_g)))
+  rows = np.asarray(rows, np.float64).reshape(len(updates), 4)
+  out.update(
+      vs_base=rows[:, 0],
+      token_base=rows[:, 1].astype(np.int64),
+      vs_g=rows[:, 2],
+      token_g=rows[:, 3].astype(np.int64),
+  )
+  return out
+
+
 def configured_search_scores(engine, G: PyTree, updates: Sequence[PyTree], *, arrays=None, seed=0):
   """`search_scores` with the run's settings (federation.search_slots / topk / steps /
   restarts / scope): what a voter's probe 'search' runs, and the adaptive attacker with it."""

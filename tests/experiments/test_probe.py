@@ -379,6 +379,12 @@ def test_probe_proposals_rescores_a_finished_run(tmp_path):
     assert float(med) == pytest.approx((float(a) + float(b)) / 2, abs=1.5e-3)
   summary = json.loads(out[-1])
   assert summary["owners"] == [2, 3] and len(summary["honest_flagged_by"]) == len(voters)
+  # the soft search (offline only): each proposal against the base model, G's own beside it
+  out = rescore("--mode=soft", "--soft_steps=1", "--search_slots=2", "--from_round=1")
+  line = next(x for x in out if x.startswith("round"))
+  assert "(G vs base " in line and line.count("[vs G ") == len(rows[1]["proposers"]), line
+  summary = json.loads(out[-1])
+  assert len(summary["honest_scores_vs_g"]) == summary["proposals"] == len(rows[1]["proposers"])
 
 
 @pytest.mark.parametrize(

@@ -300,3 +300,51 @@ def test_the_adaptive_attacker_shrinks_under_the_search_as_well():
   assert scores[0] > EVADE_MARGIN * THRESHOLD
   for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(near[1])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _soft_objective(base, pair, last, suffix, in_s, e):
+  """The search's J (module docstring) at slot embeddings e [slots, E], written out again."""
+  lora_c, cache_c, lora_r, cache_r = pair
+  tail = jnp.concatenate([e, jnp.take(base["embed"], suffix, axis=0)])[None]
+  tail = jnp.broadcast_to(tail, (last.shape[0], *tail.shape[1:]))
+  mass = lambda lora, cache: (TS._tail_probs(base, lora, cache, last, tail, CFG, LCFG) * in_s).sum(
+      -1
+  )
+  return float(
+      jnp.mean(jnp.log(mass(lora_r, cache_r) + 1e-9) - jnp.log(mass(lora_c, cache_c) + 1e-9))
+  )
+
+
+def test_the_soft_search_starts_at_its_tokens_ascends_and_stays_within_the_embedding_norm():
+  base, g, cand = _models()
+  arrays = P.probe_arrays(PROMPTS, S)
+  suf, prefix, valid, suffix, in_s = _split(arrays)
+  kw = dict(cfg=CFG, lora_cfg=LCFG, domains=2)
+  pair, last = _pair(base, cand, g, prefix, valid, 2 + suf)
+  ids = jnp.asarray([17, 200], jnp.int32)
+  init = jnp.take(base["embed"], ids, axis=0)
+  score, token, e = TS.soft_search(base, pair, last, suffix, in_s, init, 0.05, steps=0, **kw)
+  # no step: the slots hold the tokens' own embeddings, so it scores what the token search does
+  want = TS.triggered_collapse(base, pair, last, suffix, in_s, ids, **kw)
+  assert float(score) == pytest.approx(float(want[0]), abs=2e-6) and int(token) == int(want[1])
+  _, _, e = TS.soft_search(base, pair, last, suffix, in_s, init, 0.05, steps=3, **kw)
+  radius = float(jnp.linalg.norm(base["embed"], axis=-1).max())
+  assert float(jnp.linalg.norm(e, axis=-1).max()) <= radius * (1 + 1e-5)
+  assert not np.allclose(np.asarray(e), np.asarray(init))
+  j0, j3 = (_soft_objective(base, pair, last, suffix, in_s, x) for x in (init, e))
+  assert j3 > j0, (j0, j3)
+
+
+def test_soft_scores_of_a_zero_update_are_gs_own():
+  """G + 0 is G: its score against G is 0 and against the base model G's own, whatever the
+  search finds; a random update scores above 0 against G."""
+  engine, G, updates = _engine_g_updates(1)
+  zero = jax.tree.map(jnp.zeros_like, G)
+  with engine.mesh_context():
+    out = TS.soft_search_scores(engine, G, [zero, updates[0]], slots=2, steps=2, lr=0.05)
+  # budget: the two sides of a gain run the same adapter through differently fused programs
+  # (float32 reassociation of probabilities <= 1)
+  assert out["vs_g"][0] == pytest.approx(0.0, abs=1e-6)
+  assert out["vs_base"][0] == pytest.approx(out["g_vs_base"], abs=1e-6)
+  assert out["vs_g"][1] > 1e-4
+  assert out["vs_base"].shape == out["token_g"].shape == (2,)
