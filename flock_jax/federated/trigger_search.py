@@ -179,6 +179,19 @@ def triggered_collapse(base, pair, last_pos, suffix, in_s, ids, *, cfg, lora_cfg
   return gains.max(), jnp.argmax(gains)
 
 
+def _search_inputs(arrays, vocab_size: int):
+  """(domains D, template suffix length, prefixes [D*n, T0], their valid mask, the suffix ids
+  [suf], in_s [V] bool: the tokens of S) of probe arrays, as every search takes them."""
+  tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
+  d, n, t = tokens.shape
+  suf = common_suffix(tokens, seg)
+  prefix = jnp.asarray(tokens[..., : t - suf].reshape(d * n, t - suf))
+  valid = jnp.asarray(seg[..., : t - suf].reshape(d * n, t - suf) > 0)
+  in_s = np.zeros(vocab_size, bool)
+  in_s[np.asarray(arrays["answer_tokens"], np.int64)] = True
+  return d, suf, prefix, valid, jnp.asarray(tokens[0, 0, t - suf :]), jnp.asarray(in_s)
+
+
 def search_scores(
     engine,
     G: PyTree,
@@ -210,15 +223,7 @@ def search_scores(
     raise ValueError(f"unknown search scope {scope!r}: use one of {SEARCH_SCOPES}")
   arrays = engine.population.probe if arrays is None else arrays
   cfg, lora_cfg = engine.run.model.cfg, engine.run.lora
-  tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
-  d, n, t = tokens.shape
-  suf = common_suffix(tokens, seg)
-  prefix = jnp.asarray(tokens[..., : t - suf].reshape(d * n, t - suf))
-  valid = jnp.asarray(seg[..., : t - suf].reshape(d * n, t - suf) > 0)
-  suffix = jnp.asarray(tokens[0, 0, t - suf :])
-  in_s = np.zeros(cfg.vocab_size, bool)
-  in_s[np.asarray(arrays["answer_tokens"], np.int64)] = True
-  in_s = jnp.asarray(in_s)
+  d, suf, prefix, valid, suffix, in_s = _search_inputs(arrays, cfg.vocab_size)
   if ids is not None:
     ids = jnp.asarray(ids, jnp.int32)
     slots = ids.shape[0]
@@ -321,15 +326,7 @@ def soft_search_scores(
   --mode=soft); not a round's probe."""
   arrays = engine.population.probe if arrays is None else arrays
   cfg, lora_cfg = engine.run.model.cfg, engine.run.lora
-  tokens, seg = np.asarray(arrays["tokens"]), np.asarray(arrays["segment_ids"])
-  d, n, t = tokens.shape
-  suf = common_suffix(tokens, seg)
-  prefix = jnp.asarray(tokens[..., : t - suf].reshape(d * n, t - suf))
-  valid = jnp.asarray(seg[..., : t - suf].reshape(d * n, t - suf) > 0)
-  suffix = jnp.asarray(tokens[0, 0, t - suf :])
-  in_s = np.zeros(cfg.vocab_size, bool)
-  in_s[np.asarray(arrays["answer_tokens"], np.int64)] = True
-  in_s = jnp.asarray(in_s)
+  d, suf, prefix, valid, suffix, in_s = _search_inputs(arrays, cfg.vocab_size)
   kw = dict(cfg=cfg, lora_cfg=lora_cfg)
   fill = lambda lora: prefill(engine.base, lora, prefix, valid, extra=slots + suf, **kw)[0]
   zero = jax.tree.map(jnp.zeros_like, G)
