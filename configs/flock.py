@@ -85,6 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
       search_steps=2,  # probe 'search': swap steps after the first fill
       search_restarts=1,  # probe 'search': searches per proposal (the others from random tokens)
       search_scope="proposal",  # probe 'search': proposal (each its own) | round (G + sum of all)
+      search_kind="tokens",  # probe 'search': slots hold tokens | 'soft': free embeddings
+      search_lr=0.1,  # search_kind 'soft': each step x the largest token-embedding norm
       probe_exempt_g=False,  # anchored/search: vs the base model only where it exceeds G's own
       per_proposal_mean="accepted",  # per_proposal: G + sum of accepted / #accepted | / #valid
       probe_budget=0.0,  # public probes' memory: flag a proposer whose summed excess exceeds this
@@ -204,6 +206,10 @@ FIELD_HELP = {
     " fill, the others from random tokens (a private probe's from the voter's own seed)",
     "federation.search_scope": "search probe: proposal (searches on each G + Δ_i) | round (one"
     " set on G + the sum of the round's proposals, each proposal scored at its tokens)",
+    "federation.search_kind": "search probe: tokens (slots hold vocabulary tokens, HotFlip"
+    " swaps) | soft (slots hold free embeddings moved by search_steps normalized gradient steps)",
+    "federation.search_lr": "soft search: each step's length, a fraction of the largest"
+    " token-embedding norm",
     "federation.per_proposal_mean": "per-proposal votes: G moves by the accepted updates' sum"
     " over their number (accepted) or over the number of valid proposals (valid: a rejected one"
     " counts as a zero update, so an update accepted alone enters at 1/P')",

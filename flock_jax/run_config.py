@@ -37,6 +37,8 @@ SCREENS = ("none", "norm", "cosine", "both")
 PROBES = ("none", "collapse", "anchored", "search", "private")
 # What one trigger search set runs on: each proposal (G + Δ_i) or the round (G + Σ_i Δ_i).
 SEARCH_SCOPES = ("proposal", "round")
+# How a search moves its slots: vocabulary tokens (HotFlip swaps) or free embeddings (gradient).
+SEARCH_KINDS = ("tokens", "soft")
 CLIENT_STATES = ("persistent", "fresh")
 # Fields added after runs were made with configs that lack them: absent means this default,
 # so such a config (and a workdir's config.json) runs, and continues, unchanged.
@@ -53,6 +55,8 @@ OPTIONAL_FIELDS = {
     "federation.search_steps": 2,
     "federation.search_restarts": 1,
     "federation.search_scope": "proposal",
+    "federation.search_kind": "tokens",
+    "federation.search_lr": 0.1,
     "federation.probe_exempt_g": False,
     "federation.per_proposal_mean": "accepted",
     "federation.probe_budget": 0.0,
@@ -146,6 +150,10 @@ class FederationSpec:
   # 'proposal': searches per proposal; 'round': one set per round, on G + the sum of the
   # proposals, every proposal scored at its tokens (P times cheaper)
   search_scope: str = "proposal"
+  # 'tokens': slots hold vocabulary tokens, search_steps HotFlip swap steps; 'soft': slots hold
+  # free embeddings, search_steps gradient steps of search_lr x the largest token-embedding norm
+  search_kind: str = "tokens"
+  search_lr: float = 0.1
   # anchored / search probes: a proposal's score against the base model counts only where it
   # exceeds G's own (what G already carries is not blamed on whoever proposes next)
   probe_exempt_g: bool = False
@@ -493,6 +501,8 @@ def _federation(config) -> FederationSpec:
           "search_steps",
           "search_restarts",
           "search_scope",
+          "search_kind",
+          "search_lr",
           "probe_exempt_g",
           "per_proposal_mean",
           "probe_budget",
@@ -560,6 +570,8 @@ def _federation(config) -> FederationSpec:
       search_steps=_optional(sec, w, "search_steps", int, lo=0),
       search_restarts=_optional(sec, w, "search_restarts", int, lo=1),
       search_scope=_optional(sec, w, "search_scope", str, choices=SEARCH_SCOPES),
+      search_kind=_optional(sec, w, "search_kind", str, choices=SEARCH_KINDS),
+      search_lr=_optional(sec, w, "search_lr", float, lo=0, lo_open=True),
       probe_exempt_g=_optional(sec, w, "probe_exempt_g", bool),
       per_proposal_mean=_optional(sec, w, "per_proposal_mean", str, choices=PER_PROPOSAL_MEANS),
       probe_budget=budget,

@@ -31,6 +31,10 @@ defence (what it costs when nobody attacks).
   flock_private_round_pp_tol  flock_private_pp_tol with one search set a round on G + the
                    sum of the proposals (search_scope='round') and the base-model score
                    counted only where it exceeds G's own (probe_exempt_g)
+  flock_soft_tol   flock_search_tol whose search moves free embeddings by gradient steps instead
+                   of swapping vocabulary tokens (search_kind='soft', 12 steps of 0.1 x the
+                   largest embedding norm, 4 probe prompts a domain): offline it scored the
+                   adaptive attacker's shrunk pieces 1.0 that the token search scored 0.04
   flock_memory_tol flock_anchored_tol with the probe's memory across rounds: each participant's
                    scores in excess of 0.01 add up over the run, and once its sum exceeds 0.05
                    every proposal it makes is flagged (federation.probe_budget): the adaptive
@@ -54,6 +58,8 @@ defence (what it costs when nobody attacks).
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:search --workdir=runs/search
   # SmolLM2-135M: the same with each voter's search on its own prompts (a pod's job)
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:private --workdir=runs/private
+  # SmolLM2-135M: the soft search in the round against the adaptive attacker (who runs it too)
+  python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:soft --workdir=runs/soft
   # SmolLM2-135M: the probe's memory against the adaptive attacker that knows it, 20 rounds
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:memory --workdir=runs/memory
 """
@@ -87,6 +93,14 @@ PRIVATE_ROUND = {
     "federation.search_scope": "round",
     "federation.probe_exempt_g": True,
 }
+# The soft search as offline on the search run (docs/results, defence_search_smollm2/offline).
+SOFT = {
+    **SEARCH,
+    "federation.search_kind": "soft",
+    "federation.search_steps": 12,
+    "federation.search_lr": 0.1,
+    "federation.probe_prompts": 4,
+}
 # The probe's memory: offline, the anchored runs' honest proposers summed at most 0.02 of excess
 # over 0.01 in 20 rounds, the adaptive attackers 0.06-0.22 (docs/results).
 MEMORY = {**ANCHORED, "federation.probe_budget": 0.05, "federation.probe_allowance": 0.01}
@@ -109,6 +123,7 @@ VARIANTS = {
         "federation.tau": -0.02,
         "federation.per_proposal_mean": "valid",
     },
+    "flock_soft_tol": {**common.METHODS["flock"], **SOFT, "federation.tau": -0.02},
     "flock_memory_tol": {**common.METHODS["flock"], **MEMORY, "federation.tau": -0.02},
     "flock_search_memory_tol": {
         **common.METHODS["flock"],
@@ -148,7 +163,7 @@ def get_config(arg=None):
   scale, _, subset = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"  # a run's own override comes after (_evade)
-  if subset in ("probe", "anchored", "long", "search", "memory"):
+  if subset in ("probe", "anchored", "long", "search", "memory", "soft"):
     # Sized for a 2-core CPU (~20 minutes a run): the ASR needs a few tokens only (the target
     # opens the answer) and exact-match accuracy is 0-0.12 at this scale (the headline), so
     # the clean metric is held-out loss and accuracy is not generated.
@@ -187,6 +202,11 @@ def get_config(arg=None):
     # rounds): the same with the voters' trigger search, the same seeds and rounds.
     shared["federation.rounds"] = 20
     return common.sweep(base, shared, [_evade(s, "flock_search_tol") for s in (1, 0)])
+  if subset == "soft":
+    # The soft search against the adaptive attacker, the search run's seeds and rounds: the
+    # attacker runs the same public soft search on its shrunk copies (seed 1 first).
+    shared["federation.rounds"] = 20
+    return common.sweep(base, shared, [_evade(s, "flock_soft_tol") for s in (1, 0)])
   if subset == "memory":
     # The anchored probe + tolerance let the adaptive backdoor in from round 13 (seed 0: ASR 0.56,
     # then 1.0 from round 15): the same with the probe's memory, against the attacker that
@@ -221,7 +241,7 @@ def get_config(arg=None):
   if subset:
     raise ValueError(
         f"unknown subset {subset!r} of the defence sweep; use 'probe', 'anchored', 'long', "
-        "'search', 'private', 'memory' or nothing"
+        "'search', 'private', 'memory', 'soft' or nothing"
     )
   runs = []
   for seed in (0, 1):

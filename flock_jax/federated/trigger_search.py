@@ -42,7 +42,7 @@ import numpy as np
 
 from flock_jax.model.llama import hidden_with_cache, init_cache, logits_from_hidden
 from flock_jax.pytree import PyTree
-from flock_jax.run_config import SEARCH_SCOPES
+from flock_jax.run_config import SEARCH_KINDS, SEARCH_SCOPES
 
 _EPS = 1e-9
 
@@ -206,6 +206,8 @@ def search_scores(
     seed=0,
     scope: str = "proposal",
     exempt_g: bool = False,
+    kind: str = "tokens",
+    lr: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(triggered collapse scores [P], slot tokens [P, slots], each score's token [P]) of
   proposals `updates` against G and the base model (the larger), on the population's probe
@@ -218,9 +220,14 @@ def search_scores(
   the round's proposals at once, each at full weight), and every proposal scored at each
   search's tokens: P times fewer searches (SEARCH_SCOPES). exempt_g: a proposal's score
   against the base model counts at a token set only where it exceeds G's own there
-  (federation.probe_exempt_g: what G already carries is not blamed on the next proposer)."""
+  (federation.probe_exempt_g: what G already carries is not blamed on the next proposer).
+  kind 'soft' (federation.search_kind): each search is `soft_search` (steps of lr) from the
+  embeddings of random tokens drawn with `seed`, every restart; the proposal is scored at the
+  found embeddings, and the slot tokens returned are the vocabulary tokens nearest to them."""
   if scope not in SEARCH_SCOPES:
     raise ValueError(f"unknown search scope {scope!r}: use one of {SEARCH_SCOPES}")
+  if kind not in SEARCH_KINDS:
+    raise ValueError(f"unknown search kind {kind!r}: use one of {SEARCH_KINDS}")
   arrays = engine.population.probe if arrays is None else arrays
   cfg, lora_cfg = engine.run.model.cfg, engine.run.lora
   d, suf, prefix, valid, suffix, in_s = _search_inputs(arrays, cfg.vocab_size)
@@ -231,23 +238,35 @@ def search_scores(
   fill = lambda lora: prefill(engine.base, lora, prefix, valid, extra=slots + suf, **kw)
   zero = jax.tree.map(jnp.zeros_like, G)
   (cache_g, last), (cache_0, _) = fill(G), fill(zero)
-  # the random restarts' first tokens, the same for every proposal: [restarts - 1, slots]
+  # the random restarts' first tokens, the same for every proposal: [restarts (- 1), slots]
+  soft = kind == "soft" and ids is None
   rng = np.random.default_rng(seed)
-  starts = rng.integers(0, cfg.vocab_size, size=(max(restarts, 1) - 1, slots), dtype=np.int32)
+  draws = max(restarts, 1) - (0 if soft else 1)  # the token search's first fills from zero
+  starts = rng.integers(0, cfg.vocab_size, size=(draws, slots), dtype=np.int32)
+  lr = jnp.float32(lr)
+  # (score, token, e) of n soft steps from slot embeddings e [slots, E] (n = 0: score at e)
+  soft_run = lambda pair, e, n: soft_search(
+      engine.base, pair, last, suffix, in_s, e, lr, domains=d, steps=n, **kw
+  )
 
-  def searched(model, cache):  # the tokens of every search on `model` against the base model
+  def searched(model, cache):  # the slots of every search on `model` against the base model
     if ids is not None:
       return [ids]
     pair = (model, cache, zero, cache_0)
+    if soft:  # embeddings [slots, E]
+      embed = lambda x: jnp.take(engine.base["embed"], jnp.asarray(x), axis=0)
+      return [soft_run(pair, embed(x), steps)[2] for x in starts]
     run = lambda init: search(
         engine.base, pair, last, suffix, in_s, init,
         domains=d, slots=slots, topk=topk, steps=steps, **kw,
     )[0]  # fmt: skip
     return [run(None)] + [run(jnp.asarray(x)) for x in starts]
 
-  collapse = lambda at, pair: triggered_collapse(
-      engine.base, pair, last, suffix, in_s, at, domains=d, **kw
-  )
+  def collapse(at, pair):  # (score, token) at slot tokens [slots] or embeddings [slots, E]
+    if at.ndim == 2:
+      return soft_run(pair, at, 0)[:2]
+    return triggered_collapse(engine.base, pair, last, suffix, in_s, at, domains=d, **kw)
+
   # exempt_g: G's own collapse against the base model at each token set
   own = lambda tried: [float(collapse(at, (G, cache_g, zero, cache_0))[0]) for at in tried]
   if scope == "round" and updates:  # G + sum of the proposals: one search set for all of them
@@ -271,9 +290,19 @@ def search_scores(
     best = max(each, key=lambda stk: stk[0])
     scores.append(best[0])
     tokens.append(int(best[1]))
-    found.append(np.asarray(tried[best[2]]))
+    at = tried[best[2]]
+    found.append(nearest_tokens(engine.base["embed"], at) if at.ndim == 2 else np.asarray(at))
   found = np.asarray(found, np.int64).reshape(len(updates), slots)
   return np.asarray(scores, np.float64), found, np.asarray(tokens, np.int64)
+
+
+def nearest_tokens(embed, e) -> np.ndarray:
+  """The vocabulary token nearest (cosine) to each slot embedding: embed [V, E], e [slots, E]
+  -> [slots] (what a soft search's slots read as, for the logs)."""
+  embed = np.asarray(embed, np.float32)
+  e = np.asarray(e, np.float32)
+  unit = embed / (np.linalg.norm(embed, axis=-1, keepdims=True) + _EPS)
+  return np.argmax(e @ unit.T, axis=-1).astype(np.int64)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "domains", "steps"))
@@ -322,8 +351,9 @@ def soft_search_scores(
   """The soft search (`soft_search`) for G and each proposal, from the embeddings of `slots`
   random tokens drawn with `seed`: {'g_vs_base' (), 'vs_base' [P], 'vs_g' [P], 'token_base' [P],
   'token_g' [P]}: G's own score against the base model, each G + Δ_i's against the base model
-  and against G, and those scores' tokens. Offline only (launch/probe_proposals.py
-  --mode=soft); not a round's probe."""
+  and against G (each from its own search), and those scores' tokens. Offline
+  (launch/probe_proposals.py --mode=soft); a round's probe runs `search_scores` with kind
+  'soft' (one search against the base model, scored against both)."""
   arrays = engine.population.probe if arrays is None else arrays
   cfg, lora_cfg = engine.run.model.cfg, engine.run.lora
   d, suf, prefix, valid, suffix, in_s = _search_inputs(arrays, cfg.vocab_size)
@@ -360,8 +390,9 @@ def soft_search_scores(
 
 
 def configured_search_scores(engine, G: PyTree, updates: Sequence[PyTree], *, arrays=None, seed=0):
-  """`search_scores` with the run's settings (federation.search_slots / topk / steps /
-  restarts / scope): what a voter's probe 'search' runs, and the adaptive attacker with it."""
+  """`search_scores` with the run's settings (federation.search_kind / slots / topk / steps /
+  lr / restarts / scope): what a voter's probe 'search' runs, and the adaptive attacker with
+  it."""
   fed = engine.run.federation
   return search_scores(
       engine,
@@ -375,4 +406,6 @@ def configured_search_scores(engine, G: PyTree, updates: Sequence[PyTree], *, ar
       seed=seed,
       scope=fed.search_scope,
       exempt_g=fed.probe_exempt_g,
+      kind=fed.search_kind,
+      lr=fed.search_lr,
   )

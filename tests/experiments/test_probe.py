@@ -104,12 +104,13 @@ def test_first_token_probs_equal_each_prompt_run_alone():
 ATTACKER, THRESHOLD = 0, 0.1
 
 
-def _run(behaviour="backdoor", mode="collapse"):
+def _run(behaviour="backdoor", mode="collapse", kind="tokens"):
   c = load_config("tiny")
   c.ledger.backend = "local"
   f = c.federation
   f.num_participants, f.num_proposers, f.num_voters, f.rounds = 7, 4, 3, 2
   f.probe, f.probe_threshold, f.probe_prompts = mode, THRESHOLD, 4
+  f.search_kind = kind  # probe 'search': tokens | soft
   c.optim.lr = 0.02
   c.data.examples_per_domain = 28
   c.checkpoint.every = 0
@@ -147,13 +148,15 @@ def submit_instead(monkeypatch, update):
   monkeypatch.setattr(rounds, "attack_updates", play)
 
 
-@pytest.mark.parametrize("mode", ["collapse", "anchored", "search"])
+@pytest.mark.parametrize("mode", ["collapse", "anchored", "search", "search:soft"])
 def test_a_collapsing_backdoor_update_is_flagged_excluded_and_slashed(monkeypatch, mode):
   """The attacker submits, every round it proposes, an update that answers every prompt with
-  its target: it gains nothing. Honest updates of the same run pass, in every probe mode."""
+  its target: it gains nothing. Honest updates of the same run pass, in every probe mode and
+  search kind."""
   from flock_jax.federated.engine import build
 
-  run = _run(mode=mode)
+  mode, _, kind = mode.partition(":")
+  run = _run(mode=mode, kind=kind or "tokens")
   poisoned = _collapsing_update(run)
   submit_instead(monkeypatch, poisoned)
   _, state = build(run)

@@ -122,6 +122,7 @@ def test_every_sweep_entry_resolves_at_every_scale(sweep_file):
           "smollm2:search",
           "smollm2:private",
           "smollm2:memory",
+          "smollm2:soft",
       ),
       "backdoor.py": ("smollm2:aggregators", "smollm2:fractions"),
   }.get(sweep_file, ())

@@ -267,6 +267,8 @@ def test_a_round_scope_searches_once_on_the_sum_and_scores_each_proposal_at_its_
         ("search_steps", -1),
         ("search_restarts", 0),
         ("search_scope", "everything"),
+        ("search_kind", "hotflip"),
+        ("search_lr", 0.0),
     ],
 )
 def test_a_bad_search_setting_is_refused_naming_it(field, value):
@@ -277,16 +279,17 @@ def test_a_bad_search_setting_is_refused_naming_it(field, value):
     from_config(c)
 
 
-def test_the_adaptive_attacker_shrinks_under_the_search_as_well():
-  """backdoor_evade against probe 'search': the largest scale whose search score is under
-  0.8 x threshold, found by bisection below the largest scale the clean probe passes; the
-  scale above it fails the search."""
+@pytest.mark.parametrize("kind", ["tokens", "soft"])
+def test_the_adaptive_attacker_shrinks_under_the_search_as_well(kind):
+  """backdoor_evade against probe 'search' (either search kind): the largest scale whose
+  search score is under 0.8 x threshold, found by bisection below the largest scale the clean
+  probe passes; the scale above it fails the search."""
   from test_probe import THRESHOLD, _collapsing_update, _run
 
   from flock_jax.federated.attacks import EVADE_MARGIN, EVADE_SCALES, evade_probe
   from flock_jax.federated.engine import build
 
-  run = _run(mode="search")
+  run = _run(mode="search", kind=kind)
   poisoned = _collapsing_update(run)
   engine, state = build(run)
   G = state.global_lora
@@ -348,3 +351,25 @@ def test_soft_scores_of_a_zero_update_are_gs_own():
   assert out["vs_base"][0] == pytest.approx(out["g_vs_base"], abs=1e-6)
   assert out["vs_g"][1] > 1e-4
   assert out["vs_base"].shape == out["token_g"].shape == (2,)
+
+
+def test_the_rounds_soft_search_scores_each_proposal_at_the_embeddings_it_found():
+  """search_kind='soft' (the round's probe): with no step, the slots are the embeddings of the
+  tokens drawn with the seed, so each proposal scores what those tokens score and reads as
+  them; with steps, it scores at least what the offline soft search against the base model
+  finds from the same start (the round also scores against G, at the same embeddings)."""
+  engine, G, ups = _engine_g_updates(2)
+  vocab = engine.run.model.cfg.vocab_size
+  soft = dict(kind="soft", slots=2, seed=3)
+  with engine.mesh_context():
+    still, found, _ = TS.search_scores(engine, G, ups, steps=0, **soft)
+    ids = np.random.default_rng(3).integers(0, vocab, size=(1, 2), dtype=np.int32)[0]
+    want, _, _ = TS.search_scores(engine, G, ups, ids=ids)
+    moved, _, _ = TS.search_scores(engine, G, ups, steps=2, lr=0.05, **soft)
+    offline = TS.soft_search_scores(engine, G, ups, slots=2, steps=2, lr=0.05, seed=3)
+  np.testing.assert_array_equal(found, np.stack([ids, ids]))
+  # budget: the same adapter through a token lookup and through given embeddings (float32)
+  np.testing.assert_allclose(still, want, rtol=0, atol=2e-6)
+  assert (moved >= offline["vs_base"] - 2e-6).all(), (moved, offline["vs_base"])
+  with pytest.raises(ValueError, match="search kind"):
+    TS.search_scores(engine, G, ups, kind="hotflip")
