@@ -5,7 +5,8 @@ and attackers (drawn with the seed). 'smollm2': the headline on SmolLM2-135M-Ins
 for ~2 hours on 2 CPU cores (FedAvg and both FLock votes at 30%, 2 seeds); 'smollm2:full': every
 method and fraction (about 90 runs: a pod's job); 'smollm2:fractions': FedAvg and the whole
 vote with the voters' behaviour probe at 40, 20 and 10% (seed 0, ~3 hours on 2 cores), then the
-plain whole vote, then the 30% and attack-free runs (measured before in other sweeps);
+plain whole vote, then the 30% and attack-free runs (measured before in other sweeps), then
+seed 1 of FedAvg and the probe at 40, 20 and 10%;
 'smollm2:aggregators': the six robust aggregators (Multi-Krum also with m = 3) and per-proposal voting against the headline's
 attack, seed 0 (~105 minutes), then
 seed 1 (~110 minutes more).
@@ -68,16 +69,19 @@ def get_config(arg=None):
         "flock_probe": {**common.METHODS["flock"], **common.PROBE},
         "flock": common.METHODS["flock"],
     }
-    order = [(m, f) for f in (0.4, 0.2, 0.1) for m in ("fedavg", "flock_probe")]
-    order += [("flock", f) for f in (0.4, 0.2, 0.1)]
-    order += [(m, f) for f in (0.3, 0.0) for m in methods]
+    order = [(m, f, 0) for f in (0.4, 0.2, 0.1) for m in ("fedavg", "flock_probe")]
+    order += [("flock", f, 0) for f in (0.4, 0.2, 0.1)]
+    order += [(m, f, 0) for f in (0.3, 0.0) for m in methods]
+    # The second seed of FedAvg and the probe (the headline's spread), appended so that a
+    # sweep started before it keeps its order.
+    order += [(m, f, 1) for f in (0.4, 0.2, 0.1) for m in ("fedavg", "flock_probe")]
     runs = [
         {
-            "name": f"{m}_f{common.fmt(f)}_s0",
-            "tags": {"method": m, "fraction": f, "seed": 0},
-            "overrides": {**methods[m], "attack.fraction": f, "seed": 0},
+            "name": f"{m}_f{common.fmt(f)}_s{seed}",
+            "tags": {"method": m, "fraction": f, "seed": seed},
+            "overrides": {**methods[m], "attack.fraction": f, "seed": seed},
         }
-        for m, f in order
+        for m, f, seed in order
     ]
     return common.sweep(base, shared, runs)
   if scale == "smollm2" and full not in ("", "full"):
