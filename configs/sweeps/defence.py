@@ -34,7 +34,8 @@ defence (what it costs when nobody attacks).
   flock_soft_tol   flock_search_tol whose search moves free embeddings by gradient steps instead
                    of swapping vocabulary tokens (search_kind='soft', 12 steps of 0.1 x the
                    largest embedding norm, 4 probe prompts a domain): offline it scored the
-                   adaptive attacker's shrunk pieces 1.0 that the token search scored 0.04
+                   adaptive attacker's shrunk pieces 1.0 that the token search scored 0.04;
+                   in a run it flagged all three honest proposals of round 0 (docs/results)
   flock_memory_tol flock_anchored_tol with the probe's memory across rounds: each participant's
                    scores in excess of 0.01 add up over the run, and once its sum exceeds 0.05
                    every proposal it makes is flagged (federation.probe_budget): the adaptive
