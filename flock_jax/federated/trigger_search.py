@@ -291,18 +291,19 @@ def search_scores(
     scores.append(best[0])
     tokens.append(int(best[1]))
     at = tried[best[2]]
-    found.append(nearest_tokens(engine.base["embed"], at) if at.ndim == 2 else np.asarray(at))
+    found.append(np.asarray(nearest_tokens(engine.base["embed"], at) if at.ndim == 2 else at))
   found = np.asarray(found, np.int64).reshape(len(updates), slots)
   return np.asarray(scores, np.float64), found, np.asarray(tokens, np.int64)
 
 
-def nearest_tokens(embed, e) -> np.ndarray:
+@jax.jit
+def nearest_tokens(embed, e):
   """The vocabulary token nearest (cosine) to each slot embedding: embed [V, E], e [slots, E]
-  -> [slots] (what a soft search's slots read as, for the logs)."""
-  embed = np.asarray(embed, np.float32)
-  e = np.asarray(e, np.float32)
-  unit = embed / (np.linalg.norm(embed, axis=-1, keepdims=True) + _EPS)
-  return np.argmax(e @ unit.T, axis=-1).astype(np.int64)
+  -> [slots] (what a soft search's slots read as, for the logs). On the device: the [V, E]
+  table is not copied to the host."""
+  embed = embed.astype(jnp.float32)
+  unit = embed / (jnp.linalg.norm(embed, axis=-1, keepdims=True) + _EPS)
+  return jnp.argmax(e.astype(jnp.float32) @ unit.T, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "domains", "steps"))
