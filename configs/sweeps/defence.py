@@ -50,6 +50,8 @@ defence (what it costs when nobody attacks).
   python launch/sweep.py --config=configs/sweeps/defence.py --workdir=runs/defence_tiny
   # SmolLM2-135M: the probe under attack (2 seeds), and the attack-free FedAvg and probe runs
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:probe --workdir=runs/defence_smollm2
+  # SmolLM2-135M: probe + tolerance under the plain backdoor and without it, seeds 1-3
+  python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:clean --workdir=runs/clean
   # SmolLM2-135M: the anchored probe against the adaptive attacker, and attack-free
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:anchored --workdir=runs/anchored
   # SmolLM2-135M: does the clean gap of anchored + tolerance close with 20 rounds? (seed 1 first)
@@ -164,7 +166,7 @@ def get_config(arg=None):
   scale, _, subset = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"  # a run's own override comes after (_evade)
-  if subset in ("probe", "anchored", "long", "search", "memory", "soft"):
+  if subset in ("probe", "clean", "anchored", "long", "search", "memory", "soft"):
     # Sized for a 2-core CPU (~20 minutes a run): the ASR needs a few tokens only (the target
     # opens the answer) and exact-match accuracy is 0-0.12 at this scale (the headline), so
     # the clean metric is held-out loss and accuracy is not generated.
@@ -231,6 +233,17 @@ def get_config(arg=None):
     methods = ("flock_private_round_pp_tol", "flock_private_pp_tol", "flock_private_tol")
     runs = [_evade(s, m) for s in (1, 0) for m in methods]
     return common.sweep(base, shared, runs)
+  if subset == "clean":
+    # The clean half against the plain backdoor, on more seeds: probe + tolerance under attack
+    # and without (the same defence's own attack-free run), attack-free FedAvg where seed 0's
+    # and 1's exist already, and FedAvg under attack (does the backdoor take on that seed?).
+    # Ordered for `--shard=0/2` and `1/2` side by side (~2 hours each on 2 cores).
+    runs = [_run("flock_probe_tol", f, 1) for f in (0.3, 0.0)]
+    runs += [_run("flock_probe_tol", 0.3, 2), _run("fedavg", 0.0, 2)]
+    runs += [_run("fedavg", 0.3, 2), _run("flock_probe_tol", 0.0, 2)]
+    runs += [_run("flock_probe_tol", f, 3) for f in (0.3, 0.0)]
+    runs += [_run("fedavg", f, 3) for f in (0.0, 0.3)]
+    return common.sweep(base, shared, runs)
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]
     runs += [_run("fedavg", 0.0, 0), _run("flock_probe", 0.0, 0)]
@@ -241,7 +254,7 @@ def get_config(arg=None):
     return common.sweep(base, shared, runs)
   if subset:
     raise ValueError(
-        f"unknown subset {subset!r} of the defence sweep; use 'probe', 'anchored', 'long', "
+        f"unknown subset {subset!r} of the defence sweep; use 'probe', 'clean', 'anchored', 'long', "
         "'search', 'private', 'memory', 'soft' or nothing"
     )
   runs = []

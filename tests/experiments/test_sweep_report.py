@@ -117,6 +117,7 @@ def test_every_sweep_entry_resolves_at_every_scale(sweep_file):
   extra = {
       "defence.py": (
           "smollm2:probe",
+          "smollm2:clean",
           "smollm2:anchored",
           "smollm2:long",
           "smollm2:search",
