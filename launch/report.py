@@ -38,8 +38,9 @@ _TITLE = flags.DEFINE_string("title", "", "Title of the report (default: the swe
 _REFERENCE = flags.DEFINE_string(
     "reference",
     "fedavg",
-    "Method tag of the attack-free run (fraction 0) that each run's final held-out loss is "
-    "compared with, seed by seed (the clean-cost table).",
+    "Method tag of the attack-free run (fraction 0) that each run's held-out loss is "
+    "compared with, seed by seed (the clean-cost table); 'self': each method's own. With a "
+    "method tag, a second table compares each method with its own attack-free run as well.",
 )
 
 _PARTIAL = flags.DEFINE_bool(
@@ -321,37 +322,68 @@ def round_table(runs: list[dict], field: str = "asr_curve", digits: int = 2) -> 
   return "\n".join(lines)
 
 
+def _late_mean(run: dict, ref: dict) -> tuple[float, float] | None:
+  """Mean held-out loss of `run` and of `ref` over the reported rounds both have in the second
+  half of the run (round >= last / 2): less at the mercy of one round's client draw than the
+  final round alone."""
+  a, b = dict(run["loss_curve"]), dict(ref["loss_curve"])
+  common = [k for k in a if k in b and k >= 0 and a[k] is not None and b[k] is not None]
+  if not common:
+    return None
+  late = [k for k in common if k >= max(common) / 2]
+  return _mean([a[k] for k in late]), _mean([b[k] for k in late])
+
+
+def _pct_stat(xs: list[float]) -> str:
+  """'+m%' for one seed, '+m% (sd s)' over several (sample standard deviation)."""
+  m = sum(xs) / len(xs)
+  if len(xs) == 1:
+    return f"{m:+.1f}%"
+  sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+  return f"{m:+.1f}% (sd {sd:.1f})"
+
+
 def clean_cost_table(runs: list[dict], reference: str = "fedavg") -> str:
-  """Final held-out loss of each tag group against the attack-free `reference` run (method tag,
+  """Held-out loss of each tag group against the attack-free `reference` run (method tag,
   fraction 0) of the same seed, in percent: the clean half of experiment 5's goal (within 1% of
-  the no-attack run). Per seed, and the mean over the seeds that have a reference; '' when the
-  sweep holds no such reference."""
+  the no-attack run). reference='self': each method against its own attack-free run. Two
+  measures: the final round, and the mean over the second half's reported rounds; each as the
+  mean over the seeds that have a reference (with the spread over seeds), and per seed. ''
+  when the sweep holds no such reference."""
   # attack-free: no attackers in the run's own config (a sweep need not tag the fraction)
-  free = lambda r: r["tags"].get("method") == reference and not r["attackers"]
-  refs = {r["tags"].get("seed", 0): r["loss_final"] for r in runs if free(r) and r["loss_final"]}
-  if not refs:
-    return ""
+  method = lambda r: r["tags"].get("method")
+  seed = lambda r: r["tags"].get("seed", 0)
+  refs = {(method(r), seed(r)): r for r in runs if not r["attackers"] and r["loss_final"]}
+  ref_of = lambda r: refs.get((method(r) if reference == "self" else reference, seed(r)))
+  is_ref = lambda r: not r["attackers"] and (reference == "self" or method(r) == reference)
   method_order = list(dict.fromkeys(r["tags"].get("method", "") for r in runs))
   gs = {key: rs for key, rs in groups(runs).items() if "method" in dict(key)}
   tag_names = sorted({k for key in gs for k, _ in key})
-  head = tag_names + [f"final loss vs {reference} attack-free, mean", "each seed"]
+  against = "its own attack-free run" if reference == "self" else f"{reference} attack-free"
+  head = tag_names + [f"final loss vs {against}, mean", "mean of the second half", "each seed"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for key in sorted(gs, key=lambda k: _order(k, method_order)):
     d = dict(key)
-    if all(free(r) for r in gs[key]):
+    if all(is_ref(r) for r in gs[key]):
       continue  # the reference itself
-    rs = sorted(gs[key], key=lambda r: r["tags"].get("seed", 0))
-    pct = {
-        r["tags"].get("seed", 0): 100.0 * (r["loss_final"] / refs[r["tags"].get("seed", 0)] - 1)
-        for r in rs
-        if r["loss_final"] is not None and r["tags"].get("seed", 0) in refs
-    }
-    if not pct:
+    final, late = {}, {}
+    for r in sorted(gs[key], key=seed):
+      ref = ref_of(r)
+      if ref is None or r["loss_final"] is None:
+        continue
+      final[seed(r)] = 100.0 * (r["loss_final"] / ref["loss_final"] - 1)
+      pair = _late_mean(r, ref)
+      if pair:
+        late[seed(r)] = 100.0 * (pair[0] / pair[1] - 1)
+    if not final:
       continue
-    mean = sum(pct.values()) / len(pct)
-    each = ", ".join(f"seed {s}: {v:+.1f}%" for s, v in sorted(pct.items()))
-    cells = [str(d.get(t, "")) for t in tag_names] + [f"{mean:+.1f}%", each]
-    lines.append("| " + " | ".join(cells) + " |")
+    each = ", ".join(
+        f"seed {s}: {v:+.1f}%" + (f" / {late[s]:+.1f}%" if s in late else "")
+        for s, v in sorted(final.items())
+    )
+    cells = [str(d.get(t, "")) for t in tag_names]
+    cells += [_pct_stat(list(final.values())), _pct_stat(list(late.values())) if late else "-"]
+    lines.append("| " + " | ".join(cells + [each]) + " |")
   return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -707,9 +739,23 @@ def write_report(
   cost = clean_cost_table(runs, reference)
   if cost:
     text += [
-        f"## Clean cost: final held-out loss against attack-free {reference} of the same seed",
+        "## Clean cost: held-out loss against "
+        + (
+            "the same method without attackers"
+            if reference == "self"
+            else f"attack-free {reference}"
+        )
+        + " of the same seed",
         "",
         cost,
+        "",
+    ]
+  own = clean_cost_table(runs, "self") if reference != "self" else ""
+  if own:
+    text += [
+        "## Clean cost: held-out loss against the same method without attackers, same seed",
+        "",
+        own,
         "",
     ]
   econ = economics_table(runs)

@@ -311,11 +311,14 @@ def test_report_builds_from_fixture_workdirs(tmp_path):
   part = text.split("## Held-out loss at every reported round")[1].split("##")[0]
   by_round = next(x for x in part.splitlines() if x.startswith("| 0.4 | flock"))
   assert by_round.endswith("| 2.850 (2.850/2.850) | 2.500 (2.450/2.550) |"), by_round
-  # clean cost: final loss against attack-free FedAvg of the same seed (2.25 both seeds)
+  # clean cost: final loss against attack-free FedAvg of the same seed (2.25 both seeds); the
+  # second half's mean is round 1 alone here (rounds 0..1), the same; sd of 8.9 and 13.3: 3.1
   cost = text.split("## Clean cost")[1].split("##")[0].splitlines()
   row = next(x for x in cost if x.startswith("| 0.4 | flock"))
-  assert "| +11.1% | seed 0: +8.9%, seed 1: +13.3% |" in row, row
-  assert "| +0.0% |" in next(x for x in cost if x.startswith("| 0.4 | fedavg"))
+  assert row.endswith(
+      "| +11.1% (sd 3.1) | +11.1% (sd 3.1) | seed 0: +8.9% / +8.9%, seed 1: +13.3% / +13.3% |"
+  ), row
+  assert "| +0.0% (sd 0.0) |" in next(x for x in cost if x.startswith("| 0.4 | fedavg"))
   assert not any(x.startswith(("| 0.0 | fedavg", "| finance", "| all")) for x in cost)
   cmds = (out / "commands.md").read_text()
   assert (
@@ -446,3 +449,29 @@ def test_the_clean_cost_needs_an_attack_free_reference(tmp_path):
   )
   text = report_mod.write_report(str(wd), str(tmp_path / "report")).read_text()
   assert "| scale | flock |" in text and "## Clean cost" not in text
+
+
+def test_the_clean_cost_against_the_same_method_without_attackers(tmp_path):
+  """reference='self' compares each method under attack with its own attack-free run of the same
+  seed; the second-half mean averages the reported rounds >= last / 2 of both runs."""
+  wd, entries = tmp_path / "sweep", []
+  loss = {  # rounds -1..3; the reported mean adds 0.25 (medical = finance + 0.5)
+      ("fedavg", 0.0): [3.0, 2.0, 1.75, 1.75, 1.75],
+      ("flock", 0.0): [3.0, 2.0, 1.75, 1.95, 1.75],
+      ("flock", 0.3): [3.0, 2.0, 1.75, 2.15, 1.95],
+  }
+  for (method, frac), lo in loss.items():
+    tags = {"method": method, "fraction": frac, "seed": 0}
+    entries.append(_fixture_run(wd, f"{method}_{frac}", tags, [0] * 5, lo, fraction=frac))
+  (wd / "sweep.json").write_text(
+      json.dumps({"sweep": "x", "sweep_file": "", "base": "b", "command": "c", "runs": entries})
+  )
+  text = report_mod.write_report(str(wd), str(tmp_path / "report")).read_text()
+  own = text.split("## Clean cost: held-out loss against the same method without attackers")[1]
+  rows = [x for x in own.split("##")[0].splitlines() if x.startswith("| 0.")]
+  # final: 2.2 / 2.0 = +10%; rounds 2..3 (>= 3 / 2): (2.4 + 2.2) / (2.2 + 2.0) = +9.5%
+  assert rows == ["| 0.3 | flock | +10.0% | +9.5% | seed 0: +10.0% / +9.5% |"], rows
+  # against FedAvg both flock rows appear: the attack-free one costs (2.2 + 2.0) / 4.0 = +5%
+  fed = text.split("## Clean cost: held-out loss against attack-free fedavg")[1].split("##")[0]
+  assert "| 0.0 | flock | +0.0% | +5.0% | seed 0: +0.0% / +5.0% |" in fed
+  assert "| 0.3 | flock | +10.0% | +15.0% |" in fed
