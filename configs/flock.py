@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
       probe_budget=0.0,  # public probes' memory: flag a proposer whose summed excess exceeds this
       probe_allowance=0.01,  # probe_budget: a score's excess is max(0, score - allowance)
       probe_budget_by_stake=False,  # probe_budget: each one's budget x its stake / ledger.stake
+      oracle=False,  # baseline mode: drop the attackers' updates (a reference, not a defence)
   )
   c.ledger = dict(
       backend="eth_tester",  # 'eth_tester' (in-process EVM, the contracts) | 'jsonrpc' | 'local' (no EVM)
@@ -219,6 +220,8 @@ FIELD_HELP = {
     "federation.probe_budget": "collapse, anchored and search probes: the probe's memory across"
     " rounds. Each participant's excess scores max(0, score - probe_allowance) add up over the"
     " run, and once the sum exceeds this budget every proposal it makes is flagged (0: off)",
+    "federation.oracle": "baseline mode: drop the drawn attackers' updates before aggregating"
+    " (a reference that knows who attacks: the clean target of a defence)",
     "federation.probe_budget_by_stake": "probe_budget: the budget is a participant's staking"
     " ledger.stake; each one's scales with its current stake (sybil accounts splitting a stake"
     " split the budget; a slash shrinks it)",

@@ -62,6 +62,7 @@ OPTIONAL_FIELDS = {
     "federation.probe_budget": 0.0,
     "federation.probe_allowance": 0.01,
     "federation.probe_budget_by_stake": False,
+    "federation.oracle": False,
 }
 PLACEMENTS = ("prefix", "suffix", "random")
 PARTITIONS = ("domain", "iid", "dirichlet")
@@ -168,6 +169,9 @@ class FederationSpec:
   # the budget is that of a participant staking ledger.stake; each one's scales with its stake
   # (an attacker splitting its stake over sybil accounts splits its budget with it)
   probe_budget_by_stake: bool = False
+  # baseline mode: drop the drawn attackers' updates before aggregating. Not a defence (it knows
+  # who attacks): the clean target of one, which no defence that excludes attackers can beat
+  oracle: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -508,6 +512,7 @@ def _federation(config) -> FederationSpec:
           "probe_budget",
           "probe_allowance",
           "probe_budget_by_stake",
+          "oracle",
       ),
   )
   w = "federation"
@@ -540,6 +545,12 @@ def _federation(config) -> FederationSpec:
     raise RunConfigError(
         f"config.federation.probe_budget={budget} needs a public probe ('collapse', 'anchored' "
         f"or 'search'), whose scores every participant can recompute; probe={probe!r}"
+    )
+  oracle = _optional(sec, w, "oracle", bool)
+  if oracle and sec.get("mode") != "baseline":
+    raise RunConfigError(
+        f"config.federation.oracle=True needs mode 'baseline' (an aggregator that drops the "
+        f"attackers' updates); mode={sec.get('mode')!r}"
     )
   return FederationSpec(
       mode=_get(sec, w, "mode", str, choices=MODES),
@@ -577,6 +588,7 @@ def _federation(config) -> FederationSpec:
       probe_budget=budget,
       probe_allowance=_optional(sec, w, "probe_allowance", float, lo=0, hi=1),
       probe_budget_by_stake=_optional(sec, w, "probe_budget_by_stake", bool),
+      oracle=oracle,
   )
 
 

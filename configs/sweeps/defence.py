@@ -42,6 +42,8 @@ defence (what it costs when nobody attacks).
                    attacker's pieces each pass the threshold, their sum does not
   flock_search_memory_tol  flock_search_tol with the memory (budget 0.1: the search's honest
                    scores reach 0.078)
+  fedavg_oracle    FedAvg that drops every drawn attacker's update (federation.oracle): not a
+                   defence, the clean target of one (it knows who attacks)
   flock_probe_tol  flock_probe whose voters approve unless the candidate raises their held-out
                    loss by more than 0.02 nats (tau = -0.02): with 8 held-out examples a
                    voter, the plain rule (tau = 0) rejected SmolLM2 candidates on gains of
@@ -140,6 +142,7 @@ VARIANTS = {
     "flock_screen": {**common.METHODS["flock"], **SCREEN},
     "flock_pp": common.METHODS["flock_pp"],
     "fedavg": common.METHODS["fedavg"],
+    "fedavg_oracle": {**common.METHODS["fedavg"], "federation.oracle": True},
     "flock": common.METHODS["flock"],
 }
 
@@ -243,6 +246,9 @@ def get_config(arg=None):
     runs += [_run("fedavg", 0.3, 2), _run("flock_probe_tol", 0.0, 2)]
     runs += [_run("flock_probe_tol", f, 3) for f in (0.3, 0.0)]
     runs += [_run("fedavg", f, 3) for f in (0.0, 0.3)]
+    # The fair clean target under attack: FedAvg that drops exactly the attackers' updates
+    # (federation.oracle). A defence that excludes them cannot recover their data either.
+    runs += [_run("fedavg_oracle", 0.3, s) for s in (1, 2, 3)]
     return common.sweep(base, shared, runs)
   if subset == "probe":
     runs = [_run("flock_probe", 0.3, s) for s in (0, 1)]

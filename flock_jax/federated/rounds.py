@@ -537,6 +537,11 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
     state, deltas, train_losses = _train(engine, state, who, start_stacked=agg.isolated)
   G = state.global_lora
   valid_ids, valid, errors = _screen(engine, who, deltas, G)
+  if fed.oracle:  # the reference that knows who attacks
+    bad = [i for i in valid_ids if run.attack.is_attacker(i)]
+    errors += [f"client {i}: dropped by the oracle (an attacker)" for i in bad]
+    valid = [d for i, d in zip(valid_ids, valid) if i not in bad]
+    valid_ids = [i for i in valid_ids if i not in bad]
   extra: dict[str, Any] = {}
   with timer("eval"):  # the aggregator's work
     if valid and not agg.isolated:

@@ -386,3 +386,29 @@ def test_per_proposal_g_moves_by_the_accepted_sum_over_the_configured_count(worl
       )
       np.testing.assert_allclose(np.asarray(g1), want, rtol=0, atol=1e-6)
   assert partial > 0  # some round accepted part of its proposals: the two counts differ there
+
+
+def test_the_oracle_drops_exactly_the_attackers_updates(world):
+  """federation.oracle (baseline mode) drops every drawn attacker's update before FedAvg: a run
+  whose attackers replace the model (scale) ends at the same G, round by round, as one whose
+  attackers' updates are invalid (NaN: dropped by validation); without the oracle the
+  model-replacement run differs. In FLock mode the oracle is refused, naming the field."""
+  base = {"federation.mode": "baseline", "federation.aggregator": "fedavg",
+          "federation.rounds": 3}  # fmt: skip
+  bad = (0, 1, 2)
+  scale = ",".join(f"{i}:scale" for i in bad)
+  nan = ",".join(f"{i}:nan" for i in bad)
+  oracle = _run(world, **base, **{"attack.behaviours": scale, "federation.oracle": True})
+  dropped = _run(world, **base, **{"attack.behaviours": nan})
+  plain = _run(world, **base, **{"attack.behaviours": scale})
+  assert any(i in bad for m in oracle for i in m.clients)
+  assert [m.global_hash for m in oracle] == [m.global_hash for m in dropped]
+  assert [m.global_hash for m in plain] != [m.global_hash for m in oracle]
+  for m in oracle:
+    assert m.proposal_accepted == [i not in bad for i in m.clients]
+    assert m.attacker_accepted == 0
+    assert [e for e in m.rejected_updates if "oracle" in e] == [
+        f"client {i}: dropped by the oracle (an attacker)" for i in m.clients if i in bad
+    ]
+  with pytest.raises(ValueError, match=r"federation\.oracle=True needs mode 'baseline'"):
+    from_config(_config(**{"federation.oracle": True}))
