@@ -736,28 +736,11 @@ def write_report(
           by_round,
           "",
       ]
-  cost = clean_cost_table(runs, reference)
-  if cost:
-    text += [
-        "## Clean cost: held-out loss against "
-        + (
-            "the same method without attackers"
-            if reference == "self"
-            else f"attack-free {reference}"
-        )
-        + " of the same seed",
-        "",
-        cost,
-        "",
-    ]
-  own = clean_cost_table(runs, "self") if reference != "self" else ""
-  if own:
-    text += [
-        "## Clean cost: held-out loss against the same method without attackers, same seed",
-        "",
-        own,
-        "",
-    ]
+  for ref in dict.fromkeys([reference, "self"]):  # the named reference, then each method's own
+    cost = clean_cost_table(runs, ref)
+    against = "the same method without attackers" if ref == "self" else f"attack-free {ref}"
+    if cost:
+      text += [f"## Clean cost: held-out loss against {against}, same seed", "", cost, ""]
   econ = economics_table(runs)
   if econ:
     text += ["## Economics (FLock runs)", "", econ, ""]
