@@ -43,6 +43,12 @@ _REFERENCE = flags.DEFINE_string(
     "method tag, a second table compares each method with its own attack-free run as well.",
 )
 
+_KEEP = flags.DEFINE_string(
+    "keep",
+    None,
+    "runs.json of an earlier report of the same sweep file: its runs that --sweep lacks are "
+    "reported as well, named so (a sweep extended in a new workdir after the old one was lost).",
+)
 _PARTIAL = flags.DEFINE_bool(
     "partial",
     False,
@@ -217,6 +223,44 @@ def load_runs(sweep_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
 
 
 # ------------------------------------------------------------------ grouping
+# The summary.json fields the tables read (economics_table, the early ends), kept in runs.json.
+_SUMMARY_KEYS = (
+    "reward_honest_total",
+    "reward_malicious_total",
+    "slash_honest_total",
+    "slash_malicious_total",
+    "ejections",
+    "ended_early",
+)
+
+
+def kept_runs(path: str | os.PathLike, meta: dict, have: list[dict]) -> list[dict]:
+  """The runs of an earlier report's runs.json (write_report's `slim` list) that `have` lacks.
+  Each must be an entry of the same sweep file (`meta`, the workdir's sweep.json) with the same
+  tags: a report does not mix sweeps."""
+  p = pathlib.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"--keep={path}: no such file (a report's runs.json)")
+  try:
+    old = json.loads(p.read_text())
+    names = [r["name"] for r in old]
+  except (ValueError, TypeError, KeyError) as e:
+    raise ValueError(f"--keep={path}: not a report's runs.json ({e!r})") from None
+  entries = {e["name"]: e.get("tags", {}) for e in meta["runs"]}
+  foreign = [n for n in names if n not in entries]
+  if foreign:
+    raise ValueError(f"--keep={path}: runs {foreign} are not entries of sweep {meta['sweep']}")
+  moved = [r["name"] for r in old if r.get("tags", {}) != entries[r["name"]]]
+  if moved:
+    raise ValueError(f"--keep={path}: runs {moved} have other tags in sweep {meta['sweep']}")
+  present = {r["name"] for r in have}
+  return [
+      {**r, "summary": r.get("summary") or {}, "kept": str(path)}
+      for r in old
+      if r["name"] not in present
+  ]
+
+
 def _key_tags(tags: dict) -> tuple:
   return tuple(sorted((k, v) for k, v in tags.items() if k != "seed"))
 
@@ -421,7 +465,9 @@ def economics_table(runs: list[dict]) -> str:
               each(s.get("reward_malicious_total"), bad),
               each(s.get("slash_honest_total"), good),
               each(s.get("slash_malicious_total"), bad),
-              ", ".join(
+              "n/a"
+              if not s  # a run kept from a report that did not record its summary
+              else ", ".join(
                   f"{'M' if int(i) in r['attackers'] else 'H'}{i}@{k}"
                   for i, k in (s.get("ejections") or {}).items()
               )
@@ -432,6 +478,9 @@ def economics_table(runs: list[dict]) -> str:
     cells += [_stat(p[i] for p in per) for i in range(6)]
     cells.append("; ".join(p[6] for p in per))
     lines.append("| " + " | ".join(cells) + " |")
+  bare = [f"`{r['name']}`" for r in flock if not r["summary"]]
+  if bare:
+    lines += ["", f"Rewards, slashes and ejections leave out {', '.join(bare)} (no summary)."]
   return "\n".join(lines)
 
 
@@ -666,14 +715,20 @@ def write_report(
     title: str = "",
     reference: str = "fedavg",
     partial: bool = False,
+    keep: str | None = None,
 ) -> pathlib.Path:
   """The report of a sweep's finished runs; `partial` takes unfinished runs in as well, each
-  through the rounds it has run (named so in the report: a long run read while it runs)."""
+  through the rounds it has run (named so in the report: a long run read while it runs);
+  `keep` (an earlier report's runs.json) adds that report's runs the workdir lacks."""
   meta, runs = load_runs(sweep_dir)
   unfinished = [r["name"] for r in runs if not r["done"]]
   cut = [f"`{r['name']}` (through round {r['rounds'] - 1})" for r in runs if not r["done"]]
   if not partial:  # a cut-short run would mix rounds into the means
     runs = [r for r in runs if r["done"]]
+  kept = kept_runs(keep, meta, runs) if keep else []
+  unfinished = [n for n in unfinished if n not in {r["name"] for r in kept}]
+  place = {e["name"]: k for k, e in enumerate(meta["runs"])}
+  runs = sorted(runs + kept, key=lambda r: place[r["name"]])  # the sweep file's order
   if not runs:
     raise FileNotFoundError(
         f"--sweep={sweep_dir}: no run has finished yet"
@@ -702,6 +757,12 @@ def write_report(
   else:
     left_out = f" (left out, unfinished: {', '.join(unfinished)})" if unfinished else ""
     have = f"{len(runs)} finished runs of {len(meta['runs'])} in the file{left_out}"
+  if kept:
+    names = ", ".join(f"`{r['name']}`" for r in kept)
+    have += (
+        f"; {len(kept)} of them ({names}) are kept from an earlier report of this sweep "
+        f"({keep}), whose workdir is gone"
+    )
   text = [
       f"# {title or meta['sweep']}",
       "",
@@ -773,7 +834,8 @@ def write_report(
       meta["command"],
       f"python launch/report.py --sweep={sweep_dir} --out={out_dir}"
       + (f" --reference={reference}" if reference != "fedavg" else "")
-      + (" --partial" if partial else ""),
+      + (" --partial" if partial else "")
+      + (f" --keep={keep}" if keep else ""),
       "```",
       "",
       f"## The sweep file ({meta['sweep']})",
@@ -787,7 +849,9 @@ def write_report(
   ]
   cmds += [f"- `{r['name']}`: `{r['command']}`" for r in meta["runs"]]
   (out / "commands.md").write_text("\n".join(cmds) + "\n")
-  slim = [{k: v for k, v in r.items() if k != "summary"} for r in runs]
+  slim = [{k: v for k, v in r.items() if k not in ("summary", "kept")} for r in runs]
+  for r, one in zip(runs, slim):  # what the tables read of the summary, so a report can keep it
+    one["summary"] = {k: v for k, v in r["summary"].items() if k in _SUMMARY_KEYS}
   (out / "runs.json").write_text(json.dumps(slim, indent=1))
   return out / "README.md"
 
@@ -797,7 +861,9 @@ def main(argv):
     raise ValueError(f"unexpected arguments {argv[1:]}; every option is a --flag")
   if not _SWEEP.value or not _OUT.value:
     raise FileNotFoundError("--sweep=<sweep workdir> and --out=<folder> are both required")
-  path = write_report(_SWEEP.value, _OUT.value, _TITLE.value, _REFERENCE.value, _PARTIAL.value)
+  path = write_report(
+      _SWEEP.value, _OUT.value, _TITLE.value, _REFERENCE.value, _PARTIAL.value, _KEEP.value
+  )
   print(f"report: {path}")
 
 

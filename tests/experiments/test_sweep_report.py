@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -234,7 +235,9 @@ def _fixture_run(wd, name, tags, asr, loss, stakes=None, fraction=0.0, n=10):
   }
 
 
-def test_report_builds_from_fixture_workdirs(tmp_path):
+def _fixture_sweep(tmp_path) -> tuple[pathlib.Path, list[dict]]:
+  """A sweep workdir of FedAvg and FLock at fractions 0 and 0.4 (seeds 0, 1) and two
+  cross-domain runs: (workdir, its entries)."""
   wd, entries = tmp_path / "sweep", []
   for seed in (0, 1):
     for frac in (0.0, 0.4):
@@ -276,6 +279,11 @@ def test_report_builds_from_fixture_workdirs(tmp_path):
           }
       )
   )
+  return wd, entries
+
+
+def test_report_builds_from_fixture_workdirs(tmp_path):
+  wd, entries = _fixture_sweep(tmp_path)
   out = tmp_path / "report"
   readme = report_mod.write_report(str(wd), str(out))
   text = readme.read_text()
@@ -475,3 +483,40 @@ def test_the_clean_cost_against_the_same_method_without_attackers(tmp_path):
   fed = text.split("## Clean cost: held-out loss against attack-free fedavg")[1].split("##")[0]
   assert "| 0.0 | flock | +0.0% | +5.0% | seed 0: +0.0% / +5.0% |" in fed
   assert "| 0.3 | flock | +10.0% | +15.0% |" in fed
+
+
+def test_a_report_keeps_the_runs_of_an_earlier_report_whose_workdir_is_gone(tmp_path):
+  """--keep: a sweep extended in a new workdir reports the earlier report's runs that the new
+  workdir lacks, and every table comes out as from the whole workdir (economics included: the
+  tables' summary fields travel in runs.json); runs of another sweep are refused by name."""
+  wd, entries = _fixture_sweep(tmp_path)
+  whole = report_mod.write_report(str(wd), str(tmp_path / "whole")).read_text()
+  early = tmp_path / "whole" / "runs.json"
+  lost = ["flock_f0.4_s1", "fedavg_f0.0_s0", "local_fin"]
+  for name in lost:  # a new workdir: the rest of the sweep, rerun or never run before
+    shutil.rmtree(wd / name)
+  with pytest.raises(ValueError, match="runs \\['flock_f0.4_s1'\\] have other tags"):
+    moved = json.loads((wd / "sweep.json").read_text())
+    entry = next(e for e in moved["runs"] if e["name"] == "flock_f0.4_s1")
+    entry["tags"] = {**entry["tags"], "seed": 7}
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "sweep.json").write_text(json.dumps(moved))
+    report_mod.write_report(str(tmp_path / "moved"), str(tmp_path / "x"), keep=str(early))
+  report = report_mod.write_report(str(wd), str(tmp_path / "new"), keep=str(early))
+  text = report.read_text()
+  head, body = text.split("\n\n", 2)[1:], whole.split("\n\n", 2)[2]
+  assert head[1] == body, "a table differs from the whole workdir's report"
+  assert "`fedavg_f0.0_s0`, `flock_f0.4_s1`, `local_fin`) are kept" in head[0], head[0]
+  assert f"--keep={early}" in (tmp_path / "new" / "commands.md").read_text()
+  again = {r["name"]: r for r in json.loads((tmp_path / "new" / "runs.json").read_text())}
+  assert again == {r["name"]: r for r in json.loads(early.read_text())}
+  # Runs of another sweep file, and a file that is not a report's runs.json, are refused.
+  other = tmp_path / "other.json"
+  other.write_text(json.dumps([{"name": "krum_f0.1_s0", "tags": {}}]))
+  with pytest.raises(ValueError, match="runs \\['krum_f0.1_s0'\\] are not entries of sweep"):
+    report_mod.write_report(str(wd), str(tmp_path / "x"), keep=str(other))
+  other.write_text(json.dumps({"runs": 3}))
+  with pytest.raises(ValueError, match="not a report's runs.json"):
+    report_mod.write_report(str(wd), str(tmp_path / "x"), keep=str(other))
+  with pytest.raises(FileNotFoundError, match="--keep=.*no such file"):
+    report_mod.write_report(str(wd), str(tmp_path / "x"), keep=str(tmp_path / "none.json"))
