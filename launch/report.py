@@ -49,6 +49,13 @@ _KEEP = flags.DEFINE_string(
     "runs.json of an earlier report of the same sweep file: its runs that --sweep lacks are "
     "reported as well, named so (a sweep extended in a new workdir after the old one was lost).",
 )
+_VERSUS = flags.DEFINE_string(
+    "versus",
+    None,
+    "Method tag: a table of every attacked run's held-out loss against that method's run with "
+    "the same attackers and seed (e.g. fedavg_oracle, which drops exactly the attackers' "
+    "updates).",
+)
 _PARTIAL = flags.DEFINE_bool(
     "partial",
     False,
@@ -387,23 +394,36 @@ def _pct_stat(xs: list[float]) -> str:
   return f"{m:+.1f}% (sd {sd:.1f})"
 
 
-def clean_cost_table(runs: list[dict], reference: str = "fedavg") -> str:
+def clean_cost_table(runs: list[dict], reference: str = "fedavg", attacked: bool = False) -> str:
   """Held-out loss of each tag group against the attack-free `reference` run (method tag,
   fraction 0) of the same seed, in percent: the clean half of experiment 5's goal (within 1% of
-  the no-attack run). reference='self': each method against its own attack-free run. Two
-  measures: the final round, and the mean over the second half's reported rounds; each as the
-  mean over the seeds that have a reference (with the spread over seeds), and per seed. ''
-  when the sweep holds no such reference."""
+  the no-attack run). reference='self': each method against its own attack-free run.
+  `attacked`: against the `reference` method's run with the same attackers and seed instead
+  (a defence against the oracle that drops exactly the attackers' updates). Two measures: the
+  final round, and the mean over the second half's reported rounds; each as the mean over the
+  seeds that have a reference (with the spread over seeds), and per seed. '' when the sweep
+  holds no such reference."""
   # attack-free: no attackers in the run's own config (a sweep need not tag the fraction)
   method = lambda r: r["tags"].get("method")
   seed = lambda r: r["tags"].get("seed", 0)
-  refs = {(method(r), seed(r)): r for r in runs if not r["attackers"] and r["loss_final"]}
-  ref_of = lambda r: refs.get((method(r) if reference == "self" else reference, seed(r)))
-  is_ref = lambda r: not r["attackers"] and (reference == "self" or method(r) == reference)
+  side = lambda r: tuple(r["attackers"]) if attacked else ()
+  refs = {
+      (method(r), seed(r), side(r)): r
+      for r in runs
+      if (attacked or not r["attackers"]) and r["loss_final"]
+  }
+  ref_of = lambda r: refs.get((method(r) if reference == "self" else reference, seed(r), side(r)))
+  if attacked:
+    is_ref = lambda r: method(r) == reference or not r["attackers"]
+  else:
+    is_ref = lambda r: not r["attackers"] and (reference == "self" or method(r) == reference)
   method_order = list(dict.fromkeys(r["tags"].get("method", "") for r in runs))
   gs = {key: rs for key, rs in groups(runs).items() if "method" in dict(key)}
   tag_names = sorted({k for key in gs for k, _ in key})
-  against = "its own attack-free run" if reference == "self" else f"{reference} attack-free"
+  if attacked:
+    against = f"{reference} under the same attack"
+  else:
+    against = "its own attack-free run" if reference == "self" else f"{reference} attack-free"
   head = tag_names + [f"final loss vs {against}, mean", "mean of the second half", "each seed"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for key in sorted(gs, key=lambda k: _order(k, method_order)):
@@ -716,10 +736,13 @@ def write_report(
     reference: str = "fedavg",
     partial: bool = False,
     keep: str | None = None,
+    versus: str | None = None,
 ) -> pathlib.Path:
   """The report of a sweep's finished runs; `partial` takes unfinished runs in as well, each
   through the rounds it has run (named so in the report: a long run read while it runs);
-  `keep` (an earlier report's runs.json) adds that report's runs the workdir lacks."""
+  `keep` (an earlier report's runs.json) adds that report's runs the workdir lacks; `versus` (a
+  method tag) adds the held-out loss of every attacked run against that method's run with the
+  same attackers and seed."""
   meta, runs = load_runs(sweep_dir)
   unfinished = [r["name"] for r in runs if not r["done"]]
   cut = [f"`{r['name']}` (through round {r['rounds'] - 1})" for r in runs if not r["done"]]
@@ -802,6 +825,18 @@ def write_report(
     against = "the same method without attackers" if ref == "self" else f"attack-free {ref}"
     if cost:
       text += [f"## Clean cost: held-out loss against {against}, same seed", "", cost, ""]
+  if versus:
+    cost = clean_cost_table(runs, versus, attacked=True)
+    if not cost:
+      raise ValueError(f"--versus={versus}: no run of that method shares a seed and attackers")
+    text += [
+        f"## Held-out loss against {versus} under the same attack, same seed",
+        "",
+        f"Each run under attack against the `{versus}` run with the same attackers and seed.",
+        "",
+        cost,
+        "",
+    ]
   econ = economics_table(runs)
   if econ:
     text += ["## Economics (FLock runs)", "", econ, ""]
@@ -835,7 +870,8 @@ def write_report(
       f"python launch/report.py --sweep={sweep_dir} --out={out_dir}"
       + (f" --reference={reference}" if reference != "fedavg" else "")
       + (" --partial" if partial else "")
-      + (f" --keep={keep}" if keep else ""),
+      + (f" --keep={keep}" if keep else "")
+      + (f" --versus={versus}" if versus else ""),
       "```",
       "",
       f"## The sweep file ({meta['sweep']})",
@@ -862,7 +898,13 @@ def main(argv):
   if not _SWEEP.value or not _OUT.value:
     raise FileNotFoundError("--sweep=<sweep workdir> and --out=<folder> are both required")
   path = write_report(
-      _SWEEP.value, _OUT.value, _TITLE.value, _REFERENCE.value, _PARTIAL.value, _KEEP.value
+      _SWEEP.value,
+      _OUT.value,
+      _TITLE.value,
+      _REFERENCE.value,
+      _PARTIAL.value,
+      _KEEP.value,
+      _VERSUS.value,
   )
   print(f"report: {path}")
 

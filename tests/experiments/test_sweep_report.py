@@ -520,3 +520,31 @@ def test_a_report_keeps_the_runs_of_an_earlier_report_whose_workdir_is_gone(tmp_
     report_mod.write_report(str(wd), str(tmp_path / "x"), keep=str(other))
   with pytest.raises(FileNotFoundError, match="--keep=.*no such file"):
     report_mod.write_report(str(wd), str(tmp_path / "x"), keep=str(tmp_path / "none.json"))
+
+
+def test_the_held_out_loss_against_another_method_under_the_same_attack(tmp_path):
+  """versus='fedavg_oracle': each attacked run against that method's run with the same
+  attackers and seed (a seed without one has no row); attack-free runs have no row."""
+  wd, entries = tmp_path / "sweep", []
+  loss = {  # rounds -1..3; the reported mean adds 0.25 (medical = finance + 0.5)
+      ("fedavg_oracle", 0.3, 0): [3.0, 2.0, 1.75, 2.15, 1.95],
+      ("flock", 0.3, 0): [3.0, 2.0, 1.75, 1.95, 1.75],
+      ("flock", 0.3, 1): [3.0, 2.0, 1.75, 1.95, 1.75],  # no oracle run of seed 1
+      ("flock", 0.0, 0): [3.0, 2.0, 1.75, 1.75, 1.75],
+  }
+  for (method, frac, seed), lo in loss.items():
+    tags = {"method": method, "fraction": frac, "seed": seed}
+    name = f"{method}_{frac}_{seed}"
+    entries.append(_fixture_run(wd, name, tags, [0] * 5, lo, fraction=frac))
+  (wd / "sweep.json").write_text(
+      json.dumps({"sweep": "x", "sweep_file": "", "base": "b", "command": "c", "runs": entries})
+  )
+  out = tmp_path / "report"
+  text = report_mod.write_report(str(wd), str(out), versus="fedavg_oracle").read_text()
+  part = text.split("## Held-out loss against fedavg_oracle under the same attack")[1]
+  rows = [x for x in part.split("##")[0].splitlines() if x.startswith("| 0.")]
+  # final: 2.0 / 2.2 = -9.1%; rounds 2..3: (2.2 + 2.0) / (2.4 + 2.2) = -8.7%; seed 1 has no row
+  assert rows == ["| 0.3 | flock | -9.1% | -8.7% | seed 0: -9.1% / -8.7% |"], rows
+  assert "--versus=fedavg_oracle" in (out / "commands.md").read_text()
+  with pytest.raises(ValueError, match="--versus=krum: no run of that method"):
+    report_mod.write_report(str(wd), str(tmp_path / "x"), versus="krum")
