@@ -261,11 +261,7 @@ def kept_runs(path: str | os.PathLike, meta: dict, have: list[dict]) -> list[dic
   if moved:
     raise ValueError(f"--keep={path}: runs {moved} have other tags in sweep {meta['sweep']}")
   present = {r["name"] for r in have}
-  return [
-      {**r, "summary": r.get("summary") or {}, "kept": str(path)}
-      for r in old
-      if r["name"] not in present
-  ]
+  return [{**r, "summary": r.get("summary") or {}} for r in old if r["name"] not in present]
 
 
 def _key_tags(tags: dict) -> tuple:
@@ -749,7 +745,8 @@ def write_report(
   if not partial:  # a cut-short run would mix rounds into the means
     runs = [r for r in runs if r["done"]]
   kept = kept_runs(keep, meta, runs) if keep else []
-  unfinished = [n for n in unfinished if n not in {r["name"] for r in kept}]
+  kept_names = {r["name"] for r in kept}
+  unfinished = [n for n in unfinished if n not in kept_names]
   place = {e["name"]: k for k, e in enumerate(meta["runs"])}
   runs = sorted(runs + kept, key=lambda r: place[r["name"]])  # the sweep file's order
   if not runs:
@@ -885,7 +882,7 @@ def write_report(
   ]
   cmds += [f"- `{r['name']}`: `{r['command']}`" for r in meta["runs"]]
   (out / "commands.md").write_text("\n".join(cmds) + "\n")
-  slim = [{k: v for k, v in r.items() if k not in ("summary", "kept")} for r in runs]
+  slim = [{k: v for k, v in r.items() if k != "summary"} for r in runs]
   for r, one in zip(runs, slim):  # what the tables read of the summary, so a report can keep it
     one["summary"] = {k: v for k, v in r["summary"].items() if k in _SUMMARY_KEYS}
   (out / "runs.json").write_text(json.dumps(slim, indent=1))
