@@ -25,6 +25,7 @@ import pathlib
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 
 from absl import flags
 
@@ -43,11 +44,12 @@ _REFERENCE = flags.DEFINE_string(
     "method tag, a second table compares each method with its own attack-free run as well.",
 )
 
-_KEEP = flags.DEFINE_string(
+_KEEP = flags.DEFINE_multi_string(
     "keep",
-    None,
+    [],
     "runs.json of an earlier report of the same sweep file: its runs that --sweep lacks are "
-    "reported as well, named so (a sweep extended in a new workdir after the old one was lost).",
+    "reported as well, named so (a sweep extended in a new workdir after the old one was lost). "
+    "Repeat it for several reports; a run in more than one is taken from the first.",
 )
 _VERSUS = flags.DEFINE_string(
     "versus",
@@ -731,12 +733,12 @@ def write_report(
     title: str = "",
     reference: str = "fedavg",
     partial: bool = False,
-    keep: str | None = None,
+    keep: str | Sequence[str] | None = None,
     versus: str | None = None,
 ) -> pathlib.Path:
   """The report of a sweep's finished runs; `partial` takes unfinished runs in as well, each
   through the rounds it has run (named so in the report: a long run read while it runs);
-  `keep` (an earlier report's runs.json) adds that report's runs the workdir lacks; `versus` (a
+  `keep` (earlier reports' runs.json files) adds their runs the workdir lacks; `versus` (a
   method tag) adds the held-out loss of every attacked run against that method's run with the
   same attackers and seed."""
   meta, runs = load_runs(sweep_dir)
@@ -744,7 +746,10 @@ def write_report(
   cut = [f"`{r['name']}` (through round {r['rounds'] - 1})" for r in runs if not r["done"]]
   if not partial:  # a cut-short run would mix rounds into the means
     runs = [r for r in runs if r["done"]]
-  kept = kept_runs(keep, meta, runs) if keep else []
+  keeps = [keep] if isinstance(keep, (str, os.PathLike)) else list(keep or [])
+  kept = []
+  for path in keeps:  # a run in two reports comes from the first
+    kept += kept_runs(path, meta, runs + kept)
   kept_names = {r["name"] for r in kept}
   unfinished = [n for n in unfinished if n not in kept_names]
   place = {e["name"]: k for k, e in enumerate(meta["runs"])}
@@ -780,8 +785,13 @@ def write_report(
   if kept:
     names = ", ".join(f"`{r['name']}`" for r in kept)
     have += (
-        f"; {len(kept)} of them ({names}) are kept from an earlier report of this sweep "
-        f"({keep}), whose workdir is gone"
+        f"; {len(kept)} of them ({names}) are kept from "
+        + (
+            f"an earlier report of this sweep ({keeps[0]})"
+            if len(keeps) == 1
+            else f"earlier reports of this sweep file's entries ({', '.join(map(str, keeps))})"
+        )
+        + (", whose workdir is gone" if len(keeps) == 1 else ", whose workdirs are gone")
     )
   text = [
       f"# {title or meta['sweep']}",
@@ -867,7 +877,7 @@ def write_report(
       f"python launch/report.py --sweep={sweep_dir} --out={out_dir}"
       + (f" --reference={reference}" if reference != "fedavg" else "")
       + (" --partial" if partial else "")
-      + (f" --keep={keep}" if keep else "")
+      + "".join(f" --keep={k}" for k in keeps)
       + (f" --versus={versus}" if versus else ""),
       "```",
       "",

@@ -6,10 +6,11 @@ for ~2 hours on 2 CPU cores (FedAvg and both FLock votes at 30%, 2 seeds); 'smol
 method and fraction (about 90 runs: a pod's job); 'smollm2:fractions': FedAvg and the whole
 vote with the voters' behaviour probe at 40, 20 and 10% (seed 0, ~3 hours on 2 cores), then the
 plain whole vote, then the 30% and attack-free runs (measured before in other sweeps), then
-seed 1 of FedAvg and the probe at 40, 20 and 10%;
-'smollm2:aggregators': the six robust aggregators (Multi-Krum also with m = 3) and per-proposal voting against the headline's
-attack, seed 0 (~105 minutes), then
-seed 1 (~110 minutes more).
+seed 1 of FedAvg and the probe at 40, 20 and 10%, then the robust aggregators and per-proposal
+voting at 40, 20 and 10% (seed 0, ~20 minutes a run two side by side), their 30% runs (those of
+'smollm2:aggregators') and their attack-free runs; 'smollm2:aggregators': the six robust
+aggregators (Multi-Krum also with m = 3) and per-proposal voting against the headline's attack,
+seed 0 (~105 minutes), then seed 1 (~110 minutes more).
 
   python launch/sweep.py --config=configs/sweeps/backdoor.py --workdir=runs/backdoor_tiny
   python launch/sweep.py --config=configs/sweeps/backdoor.py:smollm2 --workdir=runs/backdoor_smollm2
@@ -25,16 +26,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def _aggregator_run(method: str, seed: int) -> dict:
-  """One run of 'smollm2:aggregators' at 30% attackers: a method of common.METHODS, or
-  'multikrum_m3' (Multi-Krum keeping m = 3 updates)."""
+def _aggregator_run(method: str, seed: int, fraction: float = 0.3) -> dict:
+  """One run of 'smollm2:aggregators' (at 30% attackers) or of the aggregators appended to
+  'smollm2:fractions': a method of common.METHODS, or 'multikrum_m3' (Multi-Krum keeping m = 3
+  updates). Both subsets share their overrides, so a 30% run is the same run in either."""
   over = dict(common.METHODS["multikrum" if method == "multikrum_m3" else method])
   if method == "multikrum_m3":
     over["federation.aggregator_hparams"] = "m=3"
   return {
-      "name": f"{method}_f0.3_s{seed}",
-      "tags": {"method": method, "fraction": 0.3, "seed": seed},
-      "overrides": {**over, "attack.fraction": 0.3, "seed": seed},
+      "name": f"{method}_f{common.fmt(fraction)}_s{seed}",
+      "tags": {"method": method, "fraction": fraction, "seed": seed},
+      "overrides": {**over, "attack.fraction": fraction, "seed": seed},
   }
 
 
@@ -83,6 +85,20 @@ def get_config(arg=None):
         }
         for m, f, seed in order
     ]
+    # The robust aggregators and per-proposal voting at the other fractions (seed 0): 40 and
+    # 20% first (where FedAvg's backdoor takes hold), then 10%, then Trimmed Mean (at K = 4 it
+    # trims one update from each end and equals the median: measured at 30%), then the 30% runs
+    # of 'smollm2:aggregators', Multi-Krum's default (m = K - f = 4 at K = 4: FedAvg) included
+    # (the same runs, so `report.py --keep` can take them from that report), then the
+    # attack-free runs.
+    aggs = ("krum", "median", "flame", "fltrust", "multikrum_m3")
+    more = [(m, f, 0) for f in (0.4, 0.2) for m in aggs] + [("flock_pp", 0.4, 0)]
+    more += [("flock_pp", 0.2, 0)] + [(m, 0.1, 0) for m in aggs + ("flock_pp",)]
+    more += [("trimmed_mean", f, 0) for f in (0.4, 0.2, 0.1)]
+    at_30 = aggs + ("trimmed_mean", "flock_pp", "multikrum")
+    more += [(m, 0.3, s) for s in (0, 1) for m in at_30]
+    more += [(m, 0.0, 0) for m in aggs + ("trimmed_mean", "flock_pp")]
+    runs += [_aggregator_run(m, seed, f) for m, f, seed in more]
     return common.sweep(base, shared, runs)
   if scale == "smollm2" and full not in ("", "full"):
     raise ValueError(

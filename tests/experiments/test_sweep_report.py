@@ -522,6 +522,51 @@ def test_a_report_keeps_the_runs_of_an_earlier_report_whose_workdir_is_gone(tmp_
     report_mod.write_report(str(wd), str(tmp_path / "x"), keep=str(tmp_path / "none.json"))
 
 
+def test_a_report_keeps_the_runs_of_several_earlier_reports(tmp_path):
+  """--keep repeated: the runs of each report that the workdir lacks are added, a run in two
+  reports is taken from the first, and the tables come out as from the whole workdir."""
+  wd, _ = _fixture_sweep(tmp_path)
+  whole = report_mod.write_report(str(wd), str(tmp_path / "whole")).read_text()
+  early = json.loads((tmp_path / "whole" / "runs.json").read_text())
+  lost = ["flock_f0.4_s1", "fedavg_f0.0_s0", "local_fin"]
+  for name in lost:
+    shutil.rmtree(wd / name)
+  first, second = tmp_path / "first.json", tmp_path / "second.json"
+  first.write_text(json.dumps([r for r in early if r["name"] in lost[:2]]))
+  # the second report holds the third lost run and a stale copy of the first one
+  stale = [{**r, "loss_final": 99.0} for r in early if r["name"] == lost[0]]
+  second.write_text(json.dumps(stale + [r for r in early if r["name"] == lost[2]]))
+  report = report_mod.write_report(str(wd), str(tmp_path / "new"), keep=[str(first), str(second)])
+  text = report.read_text()
+  assert text.split("\n\n", 2)[2] == whole.split("\n\n", 2)[2], "a table differs"
+  assert f"earlier reports of this sweep file's entries ({first}, {second})" in text
+  assert f"--keep={first} --keep={second}" in (tmp_path / "new" / "commands.md").read_text()
+  again = {r["name"]: r for r in json.loads((tmp_path / "new" / "runs.json").read_text())}
+  assert again == {r["name"]: r for r in early}  # the stale copy lost to the first report's
+
+
+def test_the_aggregators_30_percent_runs_are_entries_of_the_fractions_sweep():
+  """'smollm2:fractions' repeats the 30% runs of 'smollm2:aggregators' under the same names,
+  tags and overrides, over the same shared overrides: the same runs, which is what lets a
+  fractions report keep them (--keep) from the aggregators report."""
+  path = ROOT / "configs" / "sweeps" / "backdoor.py"
+  aggs = sweep_mod.load_sweep(f"{path}:smollm2:aggregators")
+  fracs = sweep_mod.load_sweep(f"{path}:smollm2:fractions")
+  assert dict(aggs["common"]) == dict(fracs["common"])
+  entries = {e["name"]: e for e in fracs["runs"]}
+  assert len(entries) == len(fracs["runs"]), "a name repeats"
+  for e in aggs["runs"]:
+    assert e["name"] in entries, e["name"]
+    assert dict(entries[e["name"]]["overrides"]) == dict(e["overrides"]), e["name"]
+    assert dict(entries[e["name"]]["tags"]) == dict(e["tags"]), e["name"]
+  # and every method of experiment 1 appears at every attacked fraction (Multi-Krum's default
+  # at K = 4 keeps m = K - f = 4 updates: FedAvg, run at 30% only as the aggregators sweep did)
+  methods = {e["tags"]["method"] for e in fracs["runs"]} - {"multikrum"}
+  for f in (0.1, 0.2, 0.3, 0.4):
+    at = {e["tags"]["method"] for e in fracs["runs"] if e["tags"]["fraction"] == f} - {"multikrum"}
+    assert at == methods, (f, methods - at)
+
+
 def test_the_held_out_loss_against_another_method_under_the_same_attack(tmp_path):
   """versus='fedavg_oracle': each attacked run against that method's run with the same
   attackers and seed (a seed without one has no row); attack-free runs have no row."""
