@@ -533,7 +533,7 @@ def probe_table(run: dict) -> str:
   proposals' highest score and flags; with the probe's memory (federation.probe_budget), the
   attackers' summed excess after the round and the honest participants' highest. '' when the
   run's voters did not probe."""
-  if not run["probe"]:
+  if not run.get("probe"):  # runs.json of reports made before the probe existed lack it
     return ""
   memory = any(p.get("memory") for p in run["probe"])
   lines = [

@@ -533,16 +533,21 @@ def test_a_report_keeps_the_runs_of_several_earlier_reports(tmp_path):
     shutil.rmtree(wd / name)
   first, second = tmp_path / "first.json", tmp_path / "second.json"
   first.write_text(json.dumps([r for r in early if r["name"] in lost[:2]]))
-  # the second report holds the third lost run and a stale copy of the first one
+  # the second report holds the third lost run, as a report made before the probe existed
+  # wrote it (no "probe" field), and a stale copy of the first one
   stale = [{**r, "loss_final": 99.0} for r in early if r["name"] == lost[0]]
-  second.write_text(json.dumps(stale + [r for r in early if r["name"] == lost[2]]))
+  (third,) = [r for r in early if r["name"] == lost[2]]
+  assert third["probe"] == []
+  older = {k: v for k, v in third.items() if k != "probe"}
+  second.write_text(json.dumps(stale + [older]))
   report = report_mod.write_report(str(wd), str(tmp_path / "new"), keep=[str(first), str(second)])
   text = report.read_text()
   assert text.split("\n\n", 2)[2] == whole.split("\n\n", 2)[2], "a table differs"
   assert f"earlier reports of this sweep file's entries ({first}, {second})" in text
   assert f"--keep={first} --keep={second}" in (tmp_path / "new" / "commands.md").read_text()
   again = {r["name"]: r for r in json.loads((tmp_path / "new" / "runs.json").read_text())}
-  assert again == {r["name"]: r for r in early}  # the stale copy lost to the first report's
+  # the stale copy lost to the first report's; the older run comes back as it was kept
+  assert again == {r["name"]: r for r in early if r["name"] != lost[2]} | {lost[2]: older}
 
 
 def test_the_aggregators_30_percent_runs_are_entries_of_the_fractions_sweep():
