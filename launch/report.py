@@ -569,7 +569,11 @@ def _plt():
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from cycler import cycler
 
+  # the default 10 colours, then 8 more: a sweep's methods past the tenth keep their own colour
+  colours = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+  matplotlib.rcParams["axes.prop_cycle"] = cycler(color=colours)
   return plt
 
 
