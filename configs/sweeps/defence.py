@@ -56,7 +56,8 @@ defence (what it costs when nobody attacks).
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:clean --workdir=runs/clean
   # SmolLM2-135M: the anchored probe against the adaptive attacker, and attack-free
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:anchored --workdir=runs/anchored
-  # SmolLM2-135M: does the clean gap of anchored + tolerance close with 20 rounds? (seed 1 first)
+  # SmolLM2-135M: does the clean gap of anchored + tolerance close with 20 rounds? (seed 1 first;
+  # then the probe + tolerance against the plain backdoor, 20 rounds)
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:long --workdir=runs/long
   # SmolLM2-135M: the trigger search against the adaptive attacker, 20 rounds (seed 1 first;
   # ~3-4 hours a run on 2 cores: the attacker searches several scales of its update a round)
@@ -202,6 +203,9 @@ def get_config(arg=None):
     shared["federation.rounds"] = 20
     runs = [_evade(s, "flock_anchored_tol") for s in (1, 0)]
     runs = [runs[0], _run("fedavg", 0.0, 1), runs[1], _run("fedavg", 0.0, 0)]
+    # The probe + tolerance against the plain backdoor over the same 20 rounds: its 10-round
+    # clean gap (+1.8% over rounds 5-9, 4 seeds) was under the seeds' spread (~65 minutes each).
+    runs += [_run("flock_probe_tol", 0.3, s) for s in (1, 0)]
     return common.sweep(base, shared, runs)
   if subset == "search":
     # The anchored probe + tolerance let the adaptive backdoor in from round 13 (seed 1, 20
