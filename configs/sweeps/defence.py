@@ -54,6 +54,9 @@ defence (what it costs when nobody attacks).
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:probe --workdir=runs/defence_smollm2
   # SmolLM2-135M: probe + tolerance under the plain backdoor and without it, seeds 1-3
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:clean --workdir=runs/clean
+  # SmolLM2-135M: the probe when the attackers also sit on the committee and collude (they do
+  # not flag a fellow's backdoor): 30% (seeds 0, 1) and 40% (seed 0), ~30 minutes a run
+  python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:voters --workdir=runs/voters
   # SmolLM2-135M: the anchored probe against the adaptive attacker, and attack-free
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:anchored --workdir=runs/anchored
   # SmolLM2-135M: does the clean gap of anchored + tolerance close with 20 rounds? (seed 1 first;
@@ -166,11 +169,22 @@ def _evade(seed, method="flock_probe"):
   }
 
 
+def _voting(seed, fraction, behaviour, method="flock_probe"):
+  """`method` at `fraction` backdoor proposers who vote with `behaviour` when drawn to vote."""
+  run = _run(method, fraction, seed)
+  run["overrides"]["attack.voter"] = behaviour
+  return {
+      **run,
+      "name": f"{method}_{behaviour}_f{fraction:g}_s{seed}",
+      "tags": {**run["tags"], "method": f"{method}_{behaviour}"},
+  }
+
+
 def get_config(arg=None):
   scale, _, subset = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
   shared["attack.proposer"] = "backdoor"  # a run's own override comes after (_evade)
-  if subset in ("probe", "clean", "anchored", "long", "search", "memory", "soft"):
+  if subset in ("probe", "clean", "anchored", "long", "search", "memory", "soft", "voters"):
     # Sized for a 2-core CPU (~20 minutes a run): the ASR needs a few tokens only (the target
     # opens the answer) and exact-match accuracy is 0-0.12 at this scale (the headline), so
     # the clean metric is held-out loss and accuracy is not generated.
@@ -195,6 +209,14 @@ def get_config(arg=None):
     # Per-proposal voting let an attacker's update accepted alone into G at full weight (seed 1,
     # round 5: ASR 0.69); with the accepted sum over the valid proposals' number it enters at 1/P'.
     runs += [_evade(1, "flock_anchored_pp_valid_tol")]
+    return common.sweep(base, shared, runs)
+  if subset == "voters":
+    # The probe runs on the voters' side: an attacker drawn to vote does not flag its fellow's
+    # update, and a committee whose stake is more than half attackers' lets it in (V = 3: two
+    # attacker voters). The same attackers and seeds as the probe's runs without it
+    # (backdoor_smollm2 at 30%, fractions_smollm2 at 40%).
+    runs = [_voting(0, 0.3, "colluding"), _voting(0, 0.4, "colluding")]
+    runs += [_voting(1, 0.3, "colluding"), _voting(1, 0.4, "colluding")]
     return common.sweep(base, shared, runs)
   if subset == "long":
     # The clean half at 10 rounds moved by several percent with the client draw alone; 20
@@ -265,7 +287,7 @@ def get_config(arg=None):
   if subset:
     raise ValueError(
         f"unknown subset {subset!r} of the defence sweep; use 'probe', 'clean', 'anchored', 'long', "
-        "'search', 'private', 'memory', 'soft' or nothing"
+        "'search', 'private', 'memory', 'soft', 'voters' or nothing"
     )
   runs = []
   for seed in (0, 1):

@@ -22,7 +22,7 @@ import numpy as np
 
 from flock_jax import faults
 from flock_jax.eval import generation_report
-from flock_jax.federated import hashing, metrics as run_metrics, voting
+from flock_jax.federated import committee, hashing, metrics as run_metrics, voting
 from flock_jax.federated.attacks import attack_updates, evade_probe, voter_ballot
 from flock_jax.federated.ledger import WEI
 from flock_jax.federated.probe import memory as probe_memory, memory_threshold
@@ -236,6 +236,13 @@ def score_per_proposal(engine, state, voters, G, valid, held) -> np.ndarray:
   return np.asarray(voting.per_proposal_gains(before, after))
 
 
+def _candidate(G, ids, updates, addresses, mask=None, divisor=None) -> PyTree:
+  """G + the mean of `updates` (of proposers `ids`; per proposal: the accepted by `mask`, over
+  `divisor`) in canonical address order (voting.build_candidate)."""
+  order = voting.candidate_order([addresses[i] for i in ids])
+  return voting.build_candidate(G, _stack(list(updates)), order, mask, divisor=divisor)
+
+
 def _put(store, *trees: PyTree) -> None:
   """Every blob whose hash goes on chain, into the content-addressed store (if the run has one)."""
   if store is not None:
@@ -321,25 +328,38 @@ def flock_round(
       private_flags, by_voter = _private_probe(engine, G, voters, valid_ids, valid, roles.round)
     if by_voter:  # the honest voters' median score, for the report
       probe_scores = {i: float(np.median([s[i] for s in by_voter.values()])) for i in valid_ids}
-  elif fed.probe != "none" and valid:
+  probed_out: list[tuple[int, PyTree]] = []  # passed the structural checks, not the probe
+  if fed.probe not in ("none", "private") and valid:
+    checked = list(zip(valid_ids, valid))
     with timer("eval"):
       valid_ids, valid, errors, flags, probe_scores, probe_triggers, suspicion = _probe_revealed(
           engine, G, proposers, valid_ids, valid, errors, flags, state.suspicion, weights
       )
     state = dataclasses.replace(state, suspicion=suspicion)
+    probed_out = [(i, d) for i, d in checked if i not in valid_ids]
+  # What each voter counts valid and flags: one view for the honest, others for some attackers.
+  honest_view = committee.View(tuple(valid_ids), tuple(valid), tuple(flags))
+  views = [
+      committee.voter_view(att.voter(j), honest_view, probed_out, proposers, att.is_attacker)
+      for j in voters
+  ]
 
   # 3. Candidate in canonical (address) order; voters score it on private held-out data.
   honest, gains, cand_hash, candidate, suspect = None, [], None, None, None
+  named: dict[tuple[int, ...], tuple[bytes, PyTree]] = {}  # whole mode: each view's candidate
   with timer("eval"):
+    if not per_proposal:
+      for v in [honest_view, *views]:  # the honest candidate first, whoever holds it
+        if v.ids and v.ids not in named:
+          c = _candidate(G, v.ids, v.updates, addresses)
+          named[v.ids] = (hashing.tree_hash(c), c)
+          _put(store, c)
     if valid:
-      order = voting.candidate_order([addresses[i] for i in valid_ids])
       held = engine.population.heldout_batches(voters, fed.eval_batches, fed.eval_batch_size)
       if per_proposal:
         g = score_per_proposal(engine, state, voters, G, valid, held)
       else:
-        candidate = voting.build_candidate(G, _stack(valid), order)
-        cand_hash = hashing.tree_hash(candidate)
-        _put(store, candidate)
+        cand_hash, candidate = named[honest_view.ids]
         g = score_whole(engine, state, voters, G, candidate, cand_hash, held)
       gains, honest = g.tolist(), np.asarray(voting.approve(g, fed.tau))
       # Optional defence: every honest voter screens the proposals alike before its vote.
@@ -352,25 +372,28 @@ def flock_round(
   approvals = []
   with timer("chain"):
     if revealed:  # with no valid proposal the vote only flags the invalid ones
-      no_valid = np.zeros((len(voters), 0) if per_proposal else len(voters), bool)
-      fellow = np.asarray([att.is_attacker(i) for i in valid_ids], bool)
-      for row, j in enumerate(voters):
-        ballot = voter_ballot(att.voter(j), honest[row] if valid else no_valid[row], fellow)
+      for row, (j, view) in enumerate(zip(voters, views)):
+        fellow = np.asarray([att.is_attacker(i) for i in view.ids], bool)
+        if view is honest_view and valid:
+          own = honest[row]
+        else:  # no honest score (none valid, or a view that only a malicious ballot reads)
+          own = np.zeros(len(view.ids), bool) if per_proposal else np.False_
+        ballot = voter_ballot(att.voter(j), own, fellow)
         approvals.append(None if ballot is None else np.asarray(ballot).tolist())
         if ballot is None:
           continue
-        invalid = list(flags)
+        invalid = list(view.flags)
         if private_flags is not None:  # and what its own probe flagged
           for k, i in enumerate(valid_ids):
             invalid[proposers.index(i)] |= bool(private_flags[row, k])
         if per_proposal:  # bit i names roles.proposers[i]; bits of excluded proposals stay 0
           bits = [False] * len(proposers)
-          for k, i in enumerate(valid_ids):
+          for k, i in enumerate(view.ids):
             bits[proposers.index(i)] = bool(ballot[k])
           ledger.vote(j, b"\x00" * 32, bits=tuple(bits), invalid=tuple(invalid))
         else:
-          named = cand_hash if valid else hashing.tree_hash(G)
-          ledger.vote(j, named, approve=bool(ballot) and bool(valid), invalid=tuple(invalid))
+          name = named[view.ids][0] if view.ids else hashing.tree_hash(G)
+          ledger.vote(j, name, approve=bool(ballot) and bool(view.ids), invalid=tuple(invalid))
     faults.point("voted", roles.round)
     outcome: Outcome = ledger.finalize()
     faults.point("finalized", roles.round)
@@ -388,22 +411,27 @@ def flock_round(
 
   # 6. Accepted: G_{r+1} = C_r (per proposal: G_r + mean of the accepted Δ_i, or their sum over
   # the valid proposals' number: federation.per_proposal_mean); else G stays.
+  # The chain decides which proposals are valid (flagged by at most half the committee stake)
+  # and which candidate is accepted: a malicious majority can make it one no honest voter named.
   prop_acc = [False] * len(proposers)
-  if per_proposal and valid and outcome.proposal_accepted is not None:
+  if per_proposal and outcome.proposal_accepted is not None:
     prop_acc = list(outcome.proposal_accepted)
-    mask = [prop_acc[proposers.index(i)] for i in valid_ids]
+    ids, deltas, mask = committee.accepted_view(views, prop_acc, proposers)
     if any(mask):
-      over = len(valid) if fed.per_proposal_mean == "valid" else None
-      candidate = voting.build_candidate(G, _stack(valid), order, mask, divisor=over)
+      kept = [i for i in ids if not (outcome.invalid and outcome.invalid[proposers.index(i)])]
+      over = len(kept) if fed.per_proposal_mean == "valid" else None
+      candidate = _candidate(G, ids, deltas, addresses, mask, over)
       cand_hash = hashing.tree_hash(candidate)
       _put(store, candidate)
-  elif valid and outcome.accepted:
-    prop_acc = [i in valid_ids for i in proposers]
-    if outcome.global_hash is not None and outcome.global_hash != cand_hash:
+  elif outcome.accepted and named:
+    won = [ids for ids, (h, _) in named.items() if h == outcome.global_hash]
+    if not won:
       raise RuntimeError(
-          f"round {roles.round}: the ledger accepted {_hex(outcome.global_hash)} "
-          f"but the candidate voters scored is {_hex(cand_hash)}"
+          f"round {roles.round}: the ledger accepted {_hex(outcome.global_hash)}, "
+          f"which no voter named (the honest candidate is {_hex(cand_hash)})"
       )
+    cand_hash, candidate = named[won[0]]
+    prop_acc = [i in won[0] for i in proposers]
   if outcome.accepted and candidate is not None:
     G = jax.tree.map(lambda c, g: c.astype(g.dtype), candidate, G)
     if engine.mesh is None:  # built on the host: placed as build() placed the state

@@ -125,6 +125,7 @@ def test_every_sweep_entry_resolves_at_every_scale(sweep_file):
           "smollm2:private",
           "smollm2:memory",
           "smollm2:soft",
+          "smollm2:voters",
       ),
       "backdoor.py": ("smollm2:aggregators", "smollm2:fractions"),
   }.get(sweep_file, ())
