@@ -21,6 +21,7 @@ run must then apply the candidate the chain accepted, not the honest one (`accep
 from __future__ import annotations
 
 import dataclasses
+from math import comb
 from typing import Callable, Sequence
 
 from flock_jax.pytree import PyTree
@@ -72,3 +73,26 @@ def accepted_view(views: Sequence[View], accepted: Sequence[bool], proposers: Se
     pool.update(zip(v.ids, v.updates))
   ids = [i for i in proposers if i in pool]
   return ids, [pool[i] for i in ids], [bool(accepted[proposers.index(i)]) for i in ids]
+
+
+def capture_odds(n: int, attackers: int, proposers: int, voters: int) -> float:
+  """Per round, under the uniform draw of n equal-stake participants: the probability that
+  attackers hold more than half of the V committee seats while at least one attacker is drawn
+  to propose, which is what colluding voters need to let a fellow's flagged update in.
+
+  The draw (flock_jax.chain.draw) picks a uniformly random set of P + V participants from a
+  uniformly shuffled list, its first P proposers and the rest voters, so the committee is a
+  uniform V-subset and the proposers a uniform P-subset of the rest (a hypergeometric count).
+  """
+  if not 0 <= attackers <= n or proposers + voters > n:
+    raise ValueError(f"need 0 <= attackers <= n and P + V <= n, got {attackers=}, {n=}")
+  total = comb(n, voters) * comb(n - voters, proposers)
+  hit = 0
+  for a in range(voters // 2 + 1, min(attackers, voters) + 1):
+    committees = comb(attackers, a) * comb(n - attackers, voters - a)
+    if not committees:  # too few honest participants for the other seats
+      continue
+    rest, rest_attackers = n - voters, attackers - a
+    some_attacker_proposes = comb(rest, proposers) - comb(rest - rest_attackers, proposers)
+    hit += committees * some_attacker_proposes
+  return hit / total
