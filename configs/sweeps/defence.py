@@ -55,7 +55,7 @@ defence (what it costs when nobody attacks).
   # SmolLM2-135M: probe + tolerance under the plain backdoor and without it, seeds 1-3
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:clean --workdir=runs/clean
   # SmolLM2-135M: the probe when the attackers also sit on the committee and collude (they do
-  # not flag a fellow's backdoor): 30% (seeds 0, 1) and 40% (seed 0), ~30 minutes a run
+  # not flag a fellow's backdoor): 30 and 40% (seeds 0, 1), 60% (seed 0), ~25 minutes a run
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:voters --workdir=runs/voters
   # SmolLM2-135M: the anchored probe against the adaptive attacker, and attack-free
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:anchored --workdir=runs/anchored
@@ -217,6 +217,9 @@ def get_config(arg=None):
     # (backdoor_smollm2 at 30%, fractions_smollm2 at 40%).
     runs = [_voting(0, 0.3, "colluding"), _voting(0, 0.4, "colluding")]
     runs += [_voting(1, 0.3, "colluding"), _voting(1, 0.4, "colluding")]
+    # Past half the stake, where a committee majority is the common case (2 of 3 seats in
+    # two rounds of three): what a captured committee lets in.
+    runs += [_voting(0, 0.6, "colluding")]
     return common.sweep(base, shared, runs)
   if subset == "long":
     # The clean half at 10 rounds moved by several percent with the client draw alone; 20
