@@ -99,6 +99,16 @@ def _flagged(rows: list[dict], attackers: list[int]) -> tuple[int, int]:
   return out[0], out[1]
 
 
+def _accepted(row: dict, bad: set, malicious: bool) -> int:
+  """Updates of one side that entered G in a round: FLock rows from proposal_accepted (one
+  per proposer); baseline rows from the row's attacker_accepted, the rest honest."""
+  if row.get("proposers"):
+    acc = zip(row["proposers"], row.get("proposal_accepted") or [])
+    return sum(bool(a) and (i in bad) == malicious for i, a in acc)
+  n = row.get("attacker_accepted") or 0
+  return n if malicious else sum(bool(b) for b in row.get("proposal_accepted") or []) - n
+
+
 def _valid(rows: list[dict], attackers: list[int], malicious: bool) -> int:
   """Valid updates proposed by one side over the rounds. FLock rows: attackers' from the row
   (attacker_proposals also leaves out duplicates, e.g. two free riders' identical zeros);
@@ -107,7 +117,9 @@ def _valid(rows: list[dict], attackers: list[int], malicious: bool) -> int:
   bad, n = set(attackers), 0
   for r in rows:
     if r.get("proposers") and malicious:
-      n += r.get("attacker_proposals") or 0
+      # rows before the committee views counted only what honest voters passed: an update a
+      # malicious majority let in was accepted without being counted as proposed
+      n += max(r.get("attacker_proposals") or 0, _accepted(r, bad, True))
       continue
     rejected = set(_rejected(r))
     n += sum(
@@ -212,13 +224,9 @@ def load_runs(sweep_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
             "flagged": _flagged(done, attackers),
             "weighted": _weighted(done, attackers) if baseline else None,
             "attacker_proposals": _valid(done, attackers, True),
-            "attacker_accepted": sum(r.get("attacker_accepted") or 0 for r in done),
+            "attacker_accepted": sum(_accepted(r, set(attackers), True) for r in done),
             "honest_proposals": _valid(done, attackers, False),
-            "honest_accepted": sum(
-                sum(bool(b) for b in r.get("proposal_accepted") or [])
-                - (r.get("attacker_accepted") or 0)
-                for r in done
-            ),
+            "honest_accepted": sum(_accepted(r, set(attackers), False) for r in done),
             "probe": _probe_rounds(done, attackers),
             "stake_curve": [
                 (r["round"], r.get("stake_honest"), r.get("stake_malicious"))

@@ -438,9 +438,14 @@ def flock_round(
       G = commit(G)
     state = dataclasses.replace(state, global_lora=G, global_hash=cand_hash)
 
+  # Valid as the chain decided: what some voter counted valid and the committee did not
+  # exclude (a flagged update a malicious majority let in counts, and as accepted).
+  out = outcome.invalid or (False,) * len(proposers)
+  chain_valid = [i for i in proposers if any(i in v.ids for v in views)]
+  chain_valid = [i for i in chain_valid if not out[proposers.index(i)]]
   with timer("chain"):  # every participant's stake, read from the chain for the metrics
     econ = run_metrics.economics(
-        ledger, outcome, att, proposers, prop_acc, valid_ids, engine.run.ledger.min_stake * WEI
+        ledger, outcome, att, proposers, prop_acc, chain_valid, engine.run.ledger.min_stake * WEI
     )
   with timer("report"):
     heldout, gen = _report(engine, G) if _report_due(engine, roles.round) else ({}, {})

@@ -98,6 +98,7 @@ def test_a_malicious_minority_of_voters_cannot_unflag_a_backdoor(
   k, bad = r.proposers.index(p), r.voters[0]
   assert r.extra["probe_scores"][str(p)] > THRESHOLD  # flagged by the honest voters
   assert not r.proposal_accepted[k] and p in r.slashes and p not in r.rewards
+  assert r.attacker_proposals == r.attacker_accepted == 0  # excluded by the committee
   # the malicious voter approved what kept its fellow in; it did not carry the committee
   row = r.voters.index(bad)
   assert r.approvals[row] is True or (isinstance(r.approvals[row], list) and any(r.approvals[row]))
@@ -130,6 +131,8 @@ def test_a_malicious_majority_of_voters_lets_the_flagged_backdoor_in(
   assert r.extra["probe_scores"][str(p)] > THRESHOLD
   assert any(e.startswith(f"participant {p}: behaviour probe") for e in r.rejected_updates)
   assert r.proposal_accepted[k] and p not in r.slashes and p in r.rewards
+  # the chain's valid set: the attacker's flagged update counts as proposed and accepted
+  assert r.attacker_proposals == r.attacker_accepted == 1
   honest_voter = r.voters[2]
   assert honest_voter in r.slashes  # it named (whole) or rejected (per proposal) the winners
   accepted = [i for i, a in zip(r.proposers, r.proposal_accepted) if a]
