@@ -104,19 +104,23 @@ def test_first_token_probs_equal_each_prompt_run_alone():
 ATTACKER, THRESHOLD = 0, 0.1
 
 
-def _run(behaviour="backdoor", mode="collapse", kind="tokens"):
+def _run(behaviour="backdoor", mode="collapse", kind="tokens", behaviours=None, **federation):
+  """The probe tests' tiny run: ATTACKER plays `behaviour` (or `behaviours`, the whole
+  attack.behaviours string); `federation` overrides fields such as rounds or vote_mode."""
   c = load_config("tiny")
   c.ledger.backend = "local"
   f = c.federation
   f.num_participants, f.num_proposers, f.num_voters, f.rounds = 7, 4, 3, 2
   f.probe, f.probe_threshold, f.probe_prompts = mode, THRESHOLD, 4
   f.search_kind = kind  # probe 'search': tokens | soft
+  for field, value in federation.items():
+    f[field] = value
   c.optim.lr = 0.02
   c.data.examples_per_domain = 28
   c.checkpoint.every = 0
   c.eval.every = 0
   # the attacker's data: every example answers the target
-  c.attack.behaviours = f"{ATTACKER}:{behaviour}"
+  c.attack.behaviours = behaviours or f"{ATTACKER}:{behaviour}"
   c.attack.trigger, c.attack.target, c.attack.poison_fraction = "cf zq", "XXXXXXXXXXXX", 1.0
   return from_config(c)
 
@@ -135,7 +139,7 @@ def _collapsing_update(run, steps=24):
   return jax.tree.map(lambda x: x[0], deltas)
 
 
-def submit_instead(monkeypatch, update):
+def submit_instead(monkeypatch, update, attacker=ATTACKER):
   """The attacker proposes `update` whenever it is drawn; everyone else what they trained."""
   from flock_jax.federated import rounds
 
@@ -143,7 +147,7 @@ def submit_instead(monkeypatch, update):
 
   def play(att, who, deltas):
     out = honest_updates(att, who, deltas)
-    return [update if i == ATTACKER else d for i, d in zip(who, out)]
+    return [update if i == attacker else d for i, d in zip(who, out)]
 
   monkeypatch.setattr(rounds, "attack_updates", play)
 

@@ -15,12 +15,11 @@ and hands the attacker's parts to the participants drawn.
 import jax
 import numpy as np
 import pytest
-from test_probe import THRESHOLD, _collapsing_update, _run
+from test_probe import THRESHOLD, _collapsing_update, _run, submit_instead
 
 from flock_jax.federated import committee, hashing, voting
 from flock_jax.federated.engine import build, make_ledger
 from flock_jax.federated.rounds import run_rounds
-from flock_jax.run_config import from_config, load_config
 
 
 def test_voter_views_follow_each_behaviour():
@@ -49,34 +48,12 @@ def _roles_of_round_0(run):
   return make_ledger(run, state.global_hash).start_round(), state
 
 
-def _attacked_run(roles, behaviour, colluders, vote_mode, rounds=1):
-  """Round 0's first proposer is a backdoor attacker; `colluders` of its voters vote with
-  `behaviour`."""
-  c = load_config("tiny")  # the settings of test_probe._run, with the attackers moved
-  c.ledger.backend = "local"
-  f = c.federation
-  f.num_participants, f.num_proposers, f.num_voters, f.rounds = 7, 4, 3, rounds
-  f.probe, f.probe_threshold, f.probe_prompts = "collapse", THRESHOLD, 4
-  f.vote_mode = vote_mode
-  c.optim.lr, c.data.examples_per_domain = 0.02, 28
-  c.checkpoint.every, c.eval.every = 0, 0
+def _attacked_run(roles, behaviour, colluders, vote_mode):
+  """One round in which round 0's first proposer is a backdoor attacker and `colluders` of its
+  voters vote with `behaviour`."""
   p = roles.proposers[0]
   parts = [f"{p}:backdoor"] + [f"{j}:{behaviour}" for j in roles.voters[:colluders]]
-  c.attack.behaviours = ",".join(parts)
-  c.attack.trigger, c.attack.target, c.attack.poison_fraction = "cf zq", "XXXXXXXXXXXX", 1.0
-  return from_config(c), p
-
-
-def _submit(monkeypatch, who, update):
-  from flock_jax.federated import rounds
-
-  honest_updates = rounds.attack_updates
-
-  def play(att, proposers, deltas):
-    out = honest_updates(att, proposers, deltas)
-    return [update if i == who else d for i, d in zip(proposers, out)]
-
-  monkeypatch.setattr(rounds, "attack_updates", play)
+  return _run(behaviours=",".join(parts), rounds=1, vote_mode=vote_mode), p
 
 
 @pytest.mark.parametrize("behaviour", ["colluding", "always_approve"])
@@ -87,10 +64,9 @@ def test_a_malicious_minority_of_voters_cannot_unflag_a_backdoor(
   from flock_jax.chain.store import AdapterStore
 
   poisoned = _collapsing_update(_run())
-  roles, _ = _roles_of_round_0(_run())
+  roles, state = _roles_of_round_0(_run())
   run, p = _attacked_run(roles, behaviour, 1, vote_mode)
-  _submit(monkeypatch, p, poisoned)
-  _, state = build(run)
+  submit_instead(monkeypatch, poisoned, p)
   ledger = make_ledger(run, state.global_hash)
   store = AdapterStore(tmp_path)
   (r,) = run_rounds(run, ledger=ledger, store=store)
@@ -122,7 +98,7 @@ def test_a_malicious_majority_of_voters_lets_the_flagged_backdoor_in(
   poisoned = _collapsing_update(_run())
   roles, state0 = _roles_of_round_0(_run())
   run, p = _attacked_run(roles, behaviour, 2, vote_mode)
-  _submit(monkeypatch, p, poisoned)
+  submit_instead(monkeypatch, poisoned, p)
   ledger = make_ledger(run, state0.global_hash)
   store = AdapterStore(tmp_path)
   (r,) = run_rounds(run, ledger=ledger, store=store)
