@@ -55,7 +55,8 @@ defence (what it costs when nobody attacks).
   # SmolLM2-135M: probe + tolerance under the plain backdoor and without it, seeds 1-3
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:clean --workdir=runs/clean
   # SmolLM2-135M: the probe when the attackers also sit on the committee and collude (they do
-  # not flag a fellow's backdoor): 30 and 40% (seeds 0, 1), 60% (seed 0), ~25 minutes a run
+  # not flag a fellow's backdoor): 30 and 40% (seeds 0, 1), 60% (seed 0), ~25 minutes a run;
+  # then 40% seed 1 with committees of 6 and 4 voters
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:voters --workdir=runs/voters
   # SmolLM2-135M: the anchored probe against the adaptive attacker, and attack-free
   python launch/sweep.py --config=configs/sweeps/defence.py:smollm2:anchored --workdir=runs/anchored
@@ -180,6 +181,16 @@ def _voting(seed, fraction, behaviour, method="flock_probe"):
   }
 
 
+def _committee(run, voters):
+  """`run` with a committee of `voters` (the base is 3)."""
+  method = f"{run['tags']['method']}_v{voters}"
+  return {
+      "name": run["name"].replace(run["tags"]["method"], method, 1),
+      "tags": {**run["tags"], "method": method},
+      "overrides": {**run["overrides"], "federation.num_voters": voters},
+  }
+
+
 def get_config(arg=None):
   scale, _, subset = (arg or "tiny").partition(":")
   base, shared = common.scale(scale)
@@ -220,6 +231,11 @@ def get_config(arg=None):
     # Past half the stake, where a committee majority is the common case (2 of 3 seats in
     # two rounds of three): what a captured committee lets in.
     runs += [_voting(0, 0.6, "colluding")]
+    # Larger committees, the lever `committee.capture_odds` names: at 40% (seed 1, where V = 3
+    # was captured in 2 rounds) a strict attacker majority while one proposes has odds 0.28 a
+    # round at V = 3, 0.076 at V = 4 and 0 at V = 6 (every non-proposer votes; a 3-3 split
+    # voids the round instead of letting the flagged update in).
+    runs += [_committee(_voting(1, 0.4, "colluding"), v) for v in (6, 4)]
     return common.sweep(base, shared, runs)
   if subset == "long":
     # The clean half at 10 rounds moved by several percent with the client draw alone; 20

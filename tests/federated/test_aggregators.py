@@ -207,6 +207,27 @@ def test_trimmed_mean_drops_extremes_by_hand():
   np.testing.assert_allclose(out3, np.sort(mat3, axis=0)[2:7].mean(0), rtol=1e-5)
 
 
+def test_trimmed_mean_of_four_is_the_median():
+  """At K = 4 (the SmolLM2 sweeps' clients a round) trimming one update from each end leaves
+  the two middle values, whose mean is the median of an even count: the experiment-1 table
+  takes Trimmed Mean's rows from Median's runs on this ground. Budget: both are the mean of
+  the same two float32 values, so they may differ by the one rounding of that mean (1 ulp)."""
+  rng = np.random.default_rng(11)
+  mat = rng.standard_normal((4, D)).astype(np.float32)
+  mat[3] *= 1e3  # an attacker far out on every coordinate is trimmed by both
+  trimmed, _, _ = run(agg.trimmed_mean(trim=1), mat)
+  med, _, _ = run(agg.median(), mat)
+  np.testing.assert_array_max_ulp(trimmed, med, maxulp=1)
+  middle = np.sort(mat, axis=0)[1:3]
+  np.testing.assert_allclose(med, middle.mean(0), rtol=1e-6)
+  assert np.all(np.abs(med) < 10.0)
+  # At K = 5 the two differ: the trimmed mean averages 3 values, the median takes 1.
+  mat5 = rng.standard_normal((5, D)).astype(np.float32)
+  t5, _, _ = run(agg.trimmed_mean(trim=1), mat5)
+  m5, _, _ = run(agg.median(), mat5)
+  assert np.max(np.abs(t5 - m5)) > 1e-3
+
+
 def brute_bulyan(mat, f):
   remaining = list(range(len(mat)))
   chosen = []
