@@ -224,11 +224,9 @@ def participants(run: dict) -> dict[str, int]:
 
 def _attackers(run_dir: pathlib.Path) -> tuple[int, list[int]]:
   """(N, attacker indices) of a run, from its config.json, as the run itself drew them."""
-  import ml_collections
+  import ml_collections  # here: reading a run's curves needs neither
 
-  from flock_jax.run_config import from_config
-
-  from flock_jax.run_config import load_config
+  from flock_jax.run_config import from_config, load_config
 
   # fields added after the run was made keep their defaults
   config = load_config("tiny").to_dict()
