@@ -399,9 +399,11 @@ def flock_round(
     faults.point("finalized", roles.round)
     block = ledger.block_hash()
     gas_after = ledger.gas_used()
-  if private_flags is not None:  # excluded by the committee's flags (more than half its stake)
+  # excluded by the committee's flags (more than half its stake)
+  excluded = dict(zip(proposers, outcome.invalid or (False,) * len(proposers)))
+  if private_flags is not None:
     for k, i in enumerate(valid_ids):
-      if outcome.invalid and outcome.invalid[proposers.index(i)]:
+      if excluded[i]:
         who = [j for row, j in enumerate(voters) if private_flags[row, k]]
         errors.append(
             f"participant {i}: behaviour probe: flagged by voters {who} of {voters} on their own "
@@ -418,7 +420,7 @@ def flock_round(
     prop_acc = list(outcome.proposal_accepted)
     ids, deltas, mask = committee.accepted_view(views, prop_acc, proposers)
     if any(mask):
-      kept = [i for i in ids if not (outcome.invalid and outcome.invalid[proposers.index(i)])]
+      kept = [i for i in ids if not excluded[i]]
       over = len(kept) if fed.per_proposal_mean == "valid" else None
       candidate = _candidate(G, ids, deltas, addresses, mask, over)
       cand_hash = hashing.tree_hash(candidate)
@@ -440,9 +442,7 @@ def flock_round(
 
   # Valid as the chain decided: what some voter counted valid and the committee did not
   # exclude (a flagged update a malicious majority let in counts, and as accepted).
-  out = outcome.invalid or (False,) * len(proposers)
-  chain_valid = [i for i in proposers if any(i in v.ids for v in views)]
-  chain_valid = [i for i in chain_valid if not out[proposers.index(i)]]
+  chain_valid = [i for i in proposers if not excluded[i] and any(i in v.ids for v in views)]
   with timer("chain"):  # every participant's stake, read from the chain for the metrics
     econ = run_metrics.economics(
         ledger, outcome, att, proposers, prop_acc, chain_valid, engine.run.ledger.min_stake * WEI
