@@ -149,6 +149,19 @@ def per_device_bytes(abstract_tree, shardings) -> int:
   return total
 
 
+def clients_axis_for(n: int) -> str | None:
+  """'clients' when tracing under a mesh whose clients axis is split and divides n (the
+  size of the axis being vmapped), else None: the spmd_axis_name of a vmap over clients.
+
+  Without it a vmap under jit is not split over the clients' devices: every device runs
+  every client (the program is replicated)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or "clients" not in mesh.axis_names:
+    return None
+  size = mesh.shape["clients"]
+  return "clients" if size > 1 and n % size == 0 else None
+
+
 def with_logical_constraint(x, names: Sequence[str | None], rules=LOGICAL_AXIS_RULES):
   """Sharding constraint by logical names; a no-op outside a mesh context (`jax.set_mesh`).
 

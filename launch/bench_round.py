@@ -143,6 +143,15 @@ def _base(cfg):
   return cfg, init_params(cfg, jax.random.key(0))
 
 
+def _round(engine, state, ledger, store=None):
+  """One flock_round under the run's mesh (as rounds.run does): without it, the clients
+  are not split over a mesh's devices and every device runs all of them."""
+  from flock_jax.federated import rounds as rd
+
+  with engine.mesh_context():
+    return rd.flock_round(engine, state, ledger, store)
+
+
 def _population(n: int, cfg, rounds: int):
   from flock_jax.federated.population import synthetic_population
 
@@ -390,7 +399,7 @@ def compare():
   )
   peak_j, peak_t = matmul_peak(_DTYPE.value)
   t = time.perf_counter()
-  state, m = rd.flock_round(engine, state, ledger)  # round 0: compiles
+  state, m = _round(engine, state, ledger)  # round 0: compiles
   msg = (
       f"round 0 ({'accepted' if m.accepted else 'rejected'}; warm-up, not timed): flock_jax "
       f"{time.perf_counter() - t:.1f} s (compiles)"
@@ -404,7 +413,7 @@ def compare():
     r = state.round
     counter.active = True
     cpu = time.process_time()
-    state, m = rd.flock_round(engine, state, ledger)
+    state, m = _round(engine, state, ledger)
     cpu = time.process_time() - cpu
     counter.active = False
     jx.append({k[5:-2]: v for k, v in m.to_dict().items() if k.startswith("time_")})
@@ -524,8 +533,8 @@ def breakdown():
     with tempfile.TemporaryDirectory() as tmp:
       store = AdapterStore(os.path.join(tmp, "store"))
       ckpt = RunCheckpointer(os.path.join(tmp, "ckpt"), max_to_keep=1)
-      state, _ = rd.flock_round(engine, state, ledger, store)  # compiles
-      state, m = rd.flock_round(engine, state, ledger, store)
+      state, _ = _round(engine, state, ledger, store)  # compiles
+      state, m = _round(engine, state, ledger, store)
       t = time.perf_counter()
       ckpt.save(
           state.round,

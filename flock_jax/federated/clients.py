@@ -161,14 +161,6 @@ def _client_steps(
   return lora, delta, opt, losses
 
 
-def _clients_axis_name() -> str | None:
-  """'clients' when tracing under a mesh whose clients axis is split, else None."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh is None or mesh.empty or "clients" not in mesh.axis_names:
-    return None
-  return "clients" if mesh.shape["clients"] > 1 else None
-
-
 def make_local_train(
     cfg: LlamaConfig,
     lcfg: LoraConfig,
@@ -195,7 +187,7 @@ def make_local_train(
     fn = jax.vmap(
         one,
         in_axes=(None, 0 if start_stacked else None, 0, 0, 0),
-        spmd_axis_name=_clients_axis_name(),
+        spmd_axis_name=shd.clients_axis_for(keys.shape[0]),
     )
     return fn(base, start, opt_states, batches, keys)
 

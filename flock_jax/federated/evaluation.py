@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flock_jax.federated.loss import token_loss_sums
 from flock_jax.model.config import LlamaConfig
 from flock_jax.model.lora import LoraConfig
+from flock_jax.sharding import clients_axis_for
 
 
 def _one(base, lora, batches, *, cfg, lcfg, chunk_size):
@@ -39,9 +40,19 @@ def make_heldout_loss(
 ) -> Callable:
   """jitted heldout_loss(base, adapters [M, ...], batches [V, n, B, T]) -> float32 [V, M]."""
   one = functools.partial(_one, cfg=cfg, lcfg=lcfg, chunk_size=chunk_size)
-  per_candidate = jax.vmap(one, in_axes=(None, 0, None))  # M candidates, one voter
-  per_voter = jax.vmap(per_candidate, in_axes=(None, None, 0))  # V voters
-  return jax.jit(per_voter)
+
+  def heldout_loss(base, adapters, batches):
+    # Under a mesh, the voters (or, when the clients axis does not divide V, the
+    # candidates) are split over the clients' devices.
+    v, m = jax.tree.leaves(batches)[0].shape[0], jax.tree.leaves(adapters)[0].shape[0]
+    by_voter = clients_axis_for(v)
+    by_candidate = None if by_voter else clients_axis_for(m)
+    per_candidate = jax.vmap(one, in_axes=(None, 0, None), spmd_axis_name=by_candidate)
+    return jax.vmap(per_candidate, in_axes=(None, None, 0), spmd_axis_name=by_voter)(
+        base, adapters, batches
+    )
+
+  return jax.jit(heldout_loss)
 
 
 def heldout_loss_loop(

@@ -142,3 +142,40 @@ def test_heldout_loss_vmapped_equals_loop(setup):
       float(vm[1, 0]), float(token_loss(base, one, b10, CFG, LCFG)), rtol=1e-5
   )
   assert len(set(np.round(np.asarray(vm[0]), 6))) == m  # candidates are told apart
+
+
+@pytest.mark.parametrize("voters,candidates,split", [(4, 2, 0), (3, 2, 1)])
+def test_heldout_loss_splits_voters_over_the_clients_axis(setup, voters, candidates, split):
+  """Under a mesh with a split clients axis, scoring is divided over its devices: by voter,
+  or by candidate when the axis does not divide V. Host (numpy) batches, as rounds pass
+  them: without spmd_axis_name every device scored every voter (the program replicated)."""
+  base, g = setup
+  adapters = jax.tree.map(lambda x: jnp.stack([x + 0.01 * i for i in range(candidates)]), g)
+  batches = _batches(voters, 1, 2, 16, seed=3)
+  ref = make_heldout_loss(CFG, LCFG)(base, adapters, batches)
+  mesh = shd.make_mesh({"clients": 2}, devices=jax.devices()[:2])
+  with jax.set_mesh(mesh):
+    out = make_heldout_loss(CFG, LCFG)(base, adapters, batches)
+  shard = list(out.shape)
+  shard[split] //= 2
+  assert out.sharding.shard_shape(out.shape) == tuple(shard)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_local_train_splits_clients_given_host_inputs(setup):
+  """The clients of one local_train call are divided over the clients axis even when every
+  input arrives replicated (a fresh optimizer state, host batches)."""
+  base, g = setup
+  tx = make_optimizer(default_optim(name="sgd", lr=1e-1, momentum=0.0, schedule="constant"))
+  k = 4
+  batches = _batches(k, 1, 2, 16, seed=4)
+  keys = jax.random.split(jax.random.key(8), k)
+  opt = cl.fresh_opt_state(tx, g, k)
+  mesh = shd.make_mesh({"clients": 2}, devices=jax.devices()[:2])
+  with jax.set_mesh(mesh):
+    _, deltas, _, losses = cl.make_local_train(CFG, LCFG, tx, donate=False)(
+        base, g, opt, batches, keys
+    )
+  assert losses.sharding.shard_shape(losses.shape)[0] == k // 2
+  leaf = jax.tree.leaves(deltas)[0]
+  assert leaf.sharding.shard_shape(leaf.shape)[0] == k // 2
