@@ -121,10 +121,38 @@ def attention(q, k, v, mask, impl: str = "xla"):
   q = q.reshape(b, t, kh, h // kh, dh)
   scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
   scores = scores / jnp.sqrt(jnp.float32(dh))
-  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  probs = masked_softmax(scores, mask[:, None, None, :, :], v.dtype)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=F32)
   return out.reshape(b, t, h, dh).astype(v.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def masked_softmax(scores, mask, dtype):
+  """Softmax over the last axis of float32 scores where `mask` (bool, broadcastable) is True,
+  in `dtype` (the PV matmul's input); masked entries get finfo.min, as HF's eager attention.
+
+  Its backward keeps only those `dtype` probabilities (the PV matmul's backward keeps them
+  anyway) and the unbroadcast mask. Autodiff of where-softmax-cast also kept the float32
+  probabilities, the where's zero fill and a broadcast mask: three more [.., T, S] stacks
+  per layer. The gradient is autodiff's, p * (dp - sum(dp * p)), zero where masked."""
+  s = jnp.where(mask, scores, jnp.finfo(F32).min)
+  return jax.nn.softmax(s, axis=-1).astype(dtype)
+
+
+def _masked_softmax_fwd(scores, mask, dtype):
+  p = masked_softmax(scores, mask, dtype)
+  return p, (p, mask)
+
+
+def _masked_softmax_bwd(dtype, res, dp):
+  del dtype
+  p, mask = res
+  p, dp = p.astype(F32), dp.astype(F32)
+  ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
+  return jnp.where(mask, ds, 0.0), None
+
+
+masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
 
 
 def padded_causal_attention(q, k, v, lengths, implementation: str = "cudnn"):

@@ -152,3 +152,54 @@ def test_the_fused_call_computes_the_einsum_path_on_every_real_token():
   np.testing.assert_allclose(out[real], ref[real], rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="row lengths"):
     L.padded_causal_attention(q, k, v, lengths[:2], implementation="xla")
+
+
+def _reference_attention(q, k, v, mask):
+  """The einsum attention with autodiff's softmax (where, softmax, cast), as before
+  masked_softmax had its own backward."""
+  b, t, h, dh = q.shape
+  kh = k.shape[2]
+  q = q.reshape(b, t, kh, h // kh, dh)
+  s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / np.sqrt(dh)
+  s = jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min)
+  p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", p, v, preferred_element_type=jnp.float32)
+  return out.reshape(b, t, h, dh).astype(v.dtype)
+
+
+def _qkv_mask(dtype, seed=0, b=2, t=12, h=4, kh=2, dh=16):
+  r = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(r.normal(size=(b, t, n, dh)), dtype) for n in (h, kh, kh))
+  seg = np.ones((b, t), np.int32)
+  seg[1, 9:] = 0  # a padded tail: rows and columns fully masked
+  return q, k, v, L.causal_segment_mask(jnp.asarray(seg))
+
+
+@pytest.mark.numerics
+def test_masked_softmax_gradients_are_autodiffs_in_float32():
+  """The hand-written softmax backward against autodiff of where-softmax in float32: the same
+  formula, so equal to a few float32 roundings (1e-6 on values of order 1)."""
+  q, k, v, mask = _qkv_mask(jnp.float32)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+  loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v, mask) * w)
+  got = jax.grad(loss(L.attention), argnums=(0, 1, 2))(q, k, v)
+  ref = jax.grad(loss(_reference_attention), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(L.attention(q, k, v, mask), _reference_attention(q, k, v, mask))
+  for g, r in zip(got, ref):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-6, rtol=1e-5)
+  assert float(jnp.abs(got[0]).max()) > 1e-2  # the gradient is not trivially zero
+
+
+def test_bf16_attention_keeps_only_bf16_probabilities_for_its_backward():
+  """What a bf16 attention saves for its backward (a scanned layer stacks each of these
+  per layer): no float32 [.., T, S] array and no broadcast mask, one bf16 [.., T, S]."""
+  from jax._src.ad_checkpoint import saved_residuals
+
+  q, k, v, mask = _qkv_mask(jnp.bfloat16)
+  t = q.shape[1]
+  f = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v, mask).astype(jnp.float32))
+  square = lambda res: [a for a, _ in res if a.shape[-2:] == (t, t) and a.size > mask.size]
+  got = square(saved_residuals(f(L.attention), q, k, v))
+  assert [a.dtype for a in got] == [jnp.bfloat16]
+  old = square(saved_residuals(f(_reference_attention), q, k, v))
+  assert len(old) > 1 and jnp.float32 in [a.dtype for a in old]  # what it saved before
