@@ -52,12 +52,40 @@ def _dense_bwd(out_dtype, res, dy):
 dense.defvjp(_dense_fwd, _dense_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rms_norm(x, weight, eps: float):
-  """x [..., D] normalised in float32 by its root mean square, times weight [D]."""
-  dtype = x.dtype
-  x32 = x.astype(jnp.float32)
-  x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
-  return (weight.astype(jnp.float32) * x32).astype(dtype)
+  """x [..., D] normalised in float32 by its root mean square, times weight [D].
+
+  Its backward keeps x as it came (bf16 in a bf16 model) and the float32 1/rms [..., 1]
+  and upcasts x again; autodiff kept x in float32, twice (two more [B, T, D] float32
+  stacks per norm in a scanned layer). The gradient is the standard one:
+  dx = r (dn - n mean(dn n)), n = x r, dn = dy w."""
+  y, _ = _rms_norm_fwd(x, weight, eps)
+  return y
+
+
+def _rms(x32, eps):
+  return jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+
+
+def _rms_norm_fwd(x, weight, eps):
+  x32 = x.astype(F32)
+  r = _rms(x32, eps)
+  return (weight.astype(F32) * (x32 * r)).astype(x.dtype), (x, weight, r)
+
+
+def _rms_norm_bwd(eps, res, dy):
+  del eps
+  x, weight, r = res
+  n = x.astype(F32) * r
+  dy = dy.astype(F32)
+  dn = dy * weight.astype(F32)
+  dx = r * (dn - n * jnp.mean(dn * n, axis=-1, keepdims=True))
+  dw = jnp.sum((dy * n).reshape(-1, n.shape[-1]), axis=0)
+  return dx.astype(x.dtype), dw.astype(weight.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 def rope_inv_freq(dim_head: int, theta: float, scaling: RopeScaling) -> jax.Array:

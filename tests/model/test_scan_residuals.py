@@ -96,3 +96,51 @@ def test_no_whole_stack_conversion_in_the_compiled_step(monkeypatch):
 def test_only_16_bit_compute_on_the_cpu_takes_the_integer_path():
   assert not llama._stacks_bf16_by_copy(tiny())
   assert llama._stacks_bf16_by_copy(tiny().replace(dtype="bfloat16"))
+
+
+def _rms_norm_autodiff(x, w, eps):
+  """RMSNorm as written before it had its own backward (autodiff differentiates it)."""
+  x32 = x.astype(np.float32)
+  x32 = x32 * jax.lax.rsqrt(jax.numpy.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (w.astype(np.float32) * x32).astype(x.dtype)
+
+
+@pytest.mark.numerics
+def test_rms_norm_gradients_are_autodiffs_in_float32():
+  """The hand-written RMSNorm backward, dx = r (dn - n mean(dn n)) and dw, against autodiff in
+  float32: a sum over D = 64 terms each way, so equal to a few float32 roundings (1e-5
+  relative)."""
+  from flock_jax.model import layers
+
+  r = np.random.default_rng(0)
+  x = jax.numpy.asarray(r.normal(size=(3, 5, 64)) * 3.0, np.float32)
+  w = jax.numpy.asarray(1.0 + 0.1 * r.normal(size=(64,)), np.float32)
+  ct = jax.numpy.asarray(r.normal(size=x.shape), np.float32)
+  f = lambda fn: lambda x, w: jax.numpy.sum(fn(x, w, 1e-5) * ct)
+  got = jax.grad(f(layers.rms_norm), argnums=(0, 1))(x, w)
+  ref = jax.grad(f(_rms_norm_autodiff), argnums=(0, 1))(x, w)
+  np.testing.assert_allclose(layers.rms_norm(x, w, 1e-5), _rms_norm_autodiff(x, w, 1e-5))
+  for a, b in zip(got, ref):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  assert float(jax.numpy.abs(got[0]).max()) > 1e-2
+
+
+def test_bf16_layer_stacks_no_float32_activation():
+  """What a bf16 model saves per scanned layer for its backward: only 16-bit activations
+  (as integers on the CPU), no float32 [.., D] (the norms' upcast inputs were three such
+  stacks per norm), no float32 [.., T, S] (attention's probabilities) and no bf16 stack
+  (which XLA:CPU would convert whole at every layer)."""
+  from jax._src.ad_checkpoint import saved_residuals
+
+  cfg, _, lora = _setup("bfloat16")
+  base = init_params(cfg, jax.random.key(0))
+  batch = _batch(cfg, seed=3)
+  lcfg = LoraConfig(rank=4, alpha=8.0)
+  stacked = [
+      a
+      for a, where in saved_residuals(lambda l: token_loss(base, l, batch, cfg, lcfg), lora)
+      if "output of scan" in where and a.shape[0] == L
+  ]
+  assert stacked, "found no stacked residual"
+  wide = [str(a) for a in stacked if a.dtype != np.uint16 and a.shape[-1] > 1]
+  assert wide == [], wide  # float32 [.., 1] (a norm's 1/rms a row) is all that may stay
