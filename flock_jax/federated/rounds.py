@@ -14,6 +14,7 @@ aggregator's state, and the off-chain hash of G.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -45,7 +46,11 @@ def _hex(b: bytes | None) -> str:
   return "" if b is None else "0x" + bytes(b).hex()
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _unstack(tree: PyTree, k: int) -> list[PyTree]:
+  """[k]-stacked tree -> k trees, in one program: eager x[i] per leaf and client was 2 k
+  small programs per round on arrays split over a clients mesh (0.1 s of a SmolLM2 round on
+  2 CPU devices, and where one such run aborted natively; clients.py says the same of take)."""
   return [jax.tree.map(lambda x: x[i], tree) for i in range(k)]
 
 
