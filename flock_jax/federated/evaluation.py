@@ -17,6 +17,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from flock_jax.federated.loss import token_loss_sums
 from flock_jax.model.config import LlamaConfig
@@ -48,9 +49,11 @@ def make_heldout_loss(
     by_voter = clients_axis_for(v)
     by_candidate = None if by_voter else clients_axis_for(m)
     per_candidate = jax.vmap(one, in_axes=(None, 0, None), spmd_axis_name=by_candidate)
-    return jax.vmap(per_candidate, in_axes=(None, None, 0), spmd_axis_name=by_voter)(
+    out = jax.vmap(per_candidate, in_axes=(None, None, 0), spmd_axis_name=by_voter)(
         base, adapters, batches
     )
+    # [V, M] back on every device: every host reads the whole matrix (votes, reports).
+    return out if not (by_voter or by_candidate) else jax.lax.with_sharding_constraint(out, P())
 
   return jax.jit(heldout_loss)
 

@@ -4,7 +4,8 @@ participant whose sum exceeds the budget is flagged whenever it proposes.
 
 The attacker plays the adaptive backdoor (backdoor_evade), which shrinks every piece under the
 per-round threshold, on the tiny model. The threshold here is 0.3 so that its pieces score far
-above the honest proposals' 0.01-0.03 (measured) and the allowance (0.05) sits between the two:
+above the honest proposals' 0.01-0.04 (measured) and the allowance (0.07) sits between the two
+(at 0.05 an honest score of 0.041 was one rounding change of the training from it):
 - an attacker that ignores the memory is flagged once its pieces' excess passes the budget,
   then slashed at every later proposal, and its unflagged pieces carry at most the budget;
 - the attacker that knows the memory aims each piece under what is left of its budget: never
@@ -28,7 +29,7 @@ from flock_jax.federated.ledger import WEI
 from flock_jax.federated.rounds import run_rounds
 from flock_jax.run_config import RunConfigError, from_config, load_config
 
-THRESHOLD, ALLOWANCE, BUDGET, ROUNDS = 0.3, 0.05, 0.2, 8
+THRESHOLD, ALLOWANCE, BUDGET, ROUNDS = 0.3, 0.07, 0.2, 8
 
 
 def test_memory_sums_each_participants_excess_and_flags_past_the_budget():
@@ -106,7 +107,7 @@ def _honest_carry_nothing(rows):
   for r in rows:
     for k, i in enumerate(r.proposers):
       if i != ATTACKER:
-        assert r.extra["probe_scores"][str(i)] < ALLOWANCE - 0.01  # measured at most 0.031
+        assert r.extra["probe_scores"][str(i)] < ALLOWANCE - 0.01  # measured at most 0.033
         assert not [e for e in r.rejected_updates if e.startswith(f"participant {i}:")]
         assert r.proposal_accepted[k] == r.accepted
   assert all(x == 0.0 for i, x in rows[-1].extra["probe_suspicion"].items() if i != str(ATTACKER))
@@ -192,16 +193,16 @@ def test_sybils_splitting_a_stake_split_its_budget(by_stake):
 
 
 def test_a_sybil_accounts_budget_is_its_share_of_the_stake(monkeypatch, poisoned):
-  """federation.probe_budget_by_stake in a run: the attacker staking half the standard stake
-  has half the budget, read from the chain, so its first piece (excess measured 0.14: under
-  the whole budget, 0.2) already passes it and is flagged and slashed."""
-  run, ledger, stake0, rows = _play(monkeypatch, poisoned, aware=False, rounds=2, sybil_stake=50)
-  assert 2 * stake0 == run.ledger.stake * WEI  # half the standard stake, on chain
+  """federation.probe_budget_by_stake in a run: the attacker staking 40% of the standard stake
+  has 40% of the budget (0.08), read from the chain, so its first piece (excess measured 0.12:
+  under the whole budget, 0.2) already passes it and is flagged and slashed."""
+  run, ledger, stake0, rows = _play(monkeypatch, poisoned, aware=False, rounds=2, sybil_stake=40)
+  assert 5 * stake0 == 2 * run.ledger.stake * WEI  # 40% of the standard stake, on chain
   r = next(r for r in rows if ATTACKER in r.proposers)
   excess = r.extra["probe_scores"][str(ATTACKER)] - ALLOWANCE
-  assert BUDGET / 2 + 0.02 < excess < BUDGET - 0.02
+  assert 0.4 * BUDGET + 0.02 < excess < BUDGET - 0.02
   named = [e for e in r.rejected_updates if e.startswith(f"participant {ATTACKER}:")]
-  assert len(named) == 1 and "over its budget 0.1" in named[0], named
+  assert len(named) == 1 and "over its budget 0.08" in named[0], named
   assert ATTACKER in r.slashes and not r.proposal_accepted[r.proposers.index(ATTACKER)]
 
 
