@@ -236,6 +236,9 @@ def get_config(arg=None):
     # round at V = 3, 0.076 at V = 4 and 0 at V = 6 (every non-proposer votes; a 3-3 split
     # voids the round instead of letting the flagged update in).
     runs += [_committee(_voting(1, 0.4, "colluding"), v) for v in (6, 4)]
+    # At V = 6 the colluders could not capture but stalled the plain rule (5 of 10 rounds
+    # accepted): the same committee with the vote's noise tolerance.
+    runs += [_committee(_voting(1, 0.4, "colluding", "flock_probe_tol"), 6)]
     return common.sweep(base, shared, runs)
   if subset == "long":
     # The clean half at 10 rounds moved by several percent with the client draw alone; 20
