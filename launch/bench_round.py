@@ -369,7 +369,6 @@ def compare():
   import jax
   import numpy as np
 
-  from flock_jax.federated import rounds as rd
   from flock_jax.federated.engine import build, make_ledger
   from flock_jax.model.config import matmul_flops
   from flock_jax.model.quant import prepare_base
@@ -498,7 +497,6 @@ def breakdown():
 
   from flock_jax.chain import AdapterStore
   from flock_jax.checkpoint import RunCheckpointer
-  from flock_jax.federated import rounds as rd
   from flock_jax.federated import run_state
   from flock_jax.federated.engine import build, make_ledger
   from flock_jax.model.lora import lora_shapes

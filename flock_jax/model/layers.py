@@ -64,13 +64,9 @@ def rms_norm(x, weight, eps: float):
   return y
 
 
-def _rms(x32, eps):
-  return jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
-
-
 def _rms_norm_fwd(x, weight, eps):
   x32 = x.astype(F32)
-  r = _rms(x32, eps)
+  r = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
   return (weight.astype(F32) * (x32 * r)).astype(x.dtype), (x, weight, r)
 
 
