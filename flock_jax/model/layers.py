@@ -112,13 +112,37 @@ def rope_tables(positions, cfg: LlamaConfig):
   return jnp.cos(angles), jnp.sin(angles)
 
 
+@jax.custom_vjp
 def apply_rope(x, cos, sin):
-  """x [B, T, N, Dh] rotated by cos/sin [B, T, Dh]."""
+  """x [B, T, N, Dh] rotated by cos/sin [B, T, Dh] (float32), in x's dtype.
+
+  Its backward is the transposed rotation computed once in float32. Autodiff's transpose
+  of the rotate-half (slices, a negation, a concatenation, each rounded to x's dtype)
+  became one XLA:CPU loop fusion of pads and selects that ran ~7x slower per element than
+  the forward's: 7% of a bf16 SmolLM2 training step."""
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
   x32 = x.astype(jnp.float32)
   out = x32 * cos[:, :, None, :] + rotated.astype(jnp.float32) * sin[:, :, None, :]
   return out.astype(x.dtype)
+
+
+def _apply_rope_fwd(x, cos, sin):
+  return apply_rope(x, cos, sin), (cos, sin)
+
+
+def _apply_rope_bwd(res, g):
+  cos, sin = res
+  # d/dx of x c + R(x) s is c g + R^T(s g); cos and sin are tables of positions (no grad).
+  half = g.shape[-1] // 2
+  gs = g.astype(jnp.float32) * sin[:, :, None, :]
+  dx = g.astype(jnp.float32) * cos[:, :, None, :] + jnp.concatenate(
+      [gs[..., half:], -gs[..., :half]], axis=-1
+  )
+  return dx.astype(g.dtype), jnp.zeros_like(cos), jnp.zeros_like(sin)
+
+
+apply_rope.defvjp(_apply_rope_fwd, _apply_rope_bwd)
 
 
 def attention(q, k, v, mask, impl: str = "xla"):

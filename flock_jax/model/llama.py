@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from flock_jax.model import layers as L
@@ -138,49 +139,122 @@ _BITS = {jnp.dtype(jnp.bfloat16): jnp.uint16, jnp.dtype(jnp.float16): jnp.int16}
 
 def _residuals_as_bits(fn):
   """fn(x, layer) -> (x, ys), differentiated with its 16-bit float residuals stored as
-  same-width integers.
+  same-width integers; `layer` may hold weights packed by `_weights_as_bits`.
 
   lax.scan stacks a layer's residuals into [L, ...] buffers with a dynamic-update-slice
   per layer. XLA:CPU has no bf16 dynamic-update-slice: it converts the whole stacked
   buffer to float32 and back at every layer, O(L^2) memory traffic that took ~40% of a
   bf16 SmolLM2 training step. Integers are updated in place. The bits are the same, so the
-  gradients are too. Residuals that are the layer's own weights stay as they are, so the
-  scan still reads them from its operands instead of stacking copies; the layer's input x
-  (a carry, which the scan stacks like any residual) is packed.
+  gradients are too. Residuals that are the layer's own weights are saved as the packed
+  slices the scan was given, so the scan reads them from its operands instead of stacking
+  copies; the layer's input x (a carry, which the scan stacks like any residual) is packed.
   """
 
   @jax.custom_vjp
   def f(x, layer):
-    return fn(x, layer)
+    return fn(x, _unpack(layer))
 
   def f_fwd(x, layer):
-    out, pullback = jax.vjp(fn, x, layer)
-    inputs = {id(leaf) for leaf in jax.tree.leaves(layer)}  # not x: the carry is stacked
+    full = _unpack(layer)
+    out, pullback = jax.vjp(fn, x, full)
+    # Residuals that are layer inputs: an unpacked weight is saved as its packed slice.
+    given = {}
+    for p, u in zip(_leaves(layer), _leaves(full)):
+      given[id(u)] = (p.bits, p.dtype) if isinstance(p, _Packed) else (u, None)
     leaves, tree = jax.tree.flatten(pullback)
-    packed = [
-        jax.lax.bitcast_convert_type(r, _BITS[r.dtype])
-        if id(r) not in inputs and getattr(r, "dtype", None) in _BITS
-        else r
-        for r in leaves
-    ]
+    packed, kinds = [], []
+    for r in leaves:
+      if id(r) in given:  # not x: the carry is stacked
+        r, kind = given[id(r)]
+      elif getattr(r, "dtype", None) in _BITS:
+        r, kind = jax.lax.bitcast_convert_type(r, _BITS[r.dtype]), r.dtype
+      else:
+        kind = None
+      packed.append(r)
+      kinds.append(kind)
     # Which leaves were packed, and from which dtype: static, carried by the residual tree.
-    kinds = tuple(r.dtype if p is not r else None for r, p in zip(leaves, packed))
-    return out, (jax.tree.unflatten(tree, packed), _Static(kinds))
+    spec = [(p.shape, p.dtype) if isinstance(p, _Packed) else None for p in _leaves(layer)]
+    layer_tree = jax.tree.structure(layer, is_leaf=_is_packed)
+    static = _Static((tuple(kinds), tuple(spec), layer_tree))
+    return out, (jax.tree.unflatten(tree, packed), static)
 
   def f_bwd(res, ct):
-    packed, kinds = res
+    packed, static = res
+    kinds, spec, layer_tree = static.value
     leaves, tree = jax.tree.flatten(packed)
     pullback = jax.tree.unflatten(
         tree,
-        [
-            r if k is None else jax.lax.bitcast_convert_type(r, k)
-            for r, k in zip(leaves, kinds.value)
-        ],
+        [r if k is None else jax.lax.bitcast_convert_type(r, k) for r, k in zip(leaves, kinds)],
     )
-    return pullback(ct)
+    dx, dfull = pullback(ct)
+    # The packed weights are integers to autodiff: a float0 zero (their dW is dead code).
+    dlayer = [
+        g if s is None else _Packed(np.zeros(s[0], jax.dtypes.float0), s[1])
+        for g, s in zip(_leaves(dfull), spec)
+    ]
+    return dx, jax.tree.unflatten(layer_tree, dlayer)
 
   f.defvjp(f_fwd, f_bwd)
   return f
+
+
+class _Packed:
+  """A 16-bit float array carried as same-width integer bits (`bits`), its dtype static.
+
+  XLA:CPU has no bf16 dynamic-slice either: it converts a scanned bf16 weight stack
+  [L, ...] whole to float32 and slices and converts each layer back, at every step. The
+  scan slices the integers instead; the layer bitcasts them back (`_unpack`).
+  """
+
+  def __init__(self, bits, dtype):
+    self.bits, self.dtype = bits, dtype
+
+  @property
+  def shape(self):
+    return self.bits.shape
+
+
+jax.tree_util.register_pytree_node(
+    _Packed, lambda p: ((p.bits,), p.dtype), lambda dtype, c: _Packed(c[0], dtype)
+)
+
+
+def _is_packed(n) -> bool:
+  return isinstance(n, _Packed)
+
+
+def _leaves(tree):
+  return jax.tree.leaves(tree, is_leaf=_is_packed)
+
+
+def _unpack(tree):
+  return jax.tree.map(
+      lambda n: jax.lax.bitcast_convert_type(n.bits, n.dtype) if _is_packed(n) else n,
+      tree,
+      is_leaf=_is_packed,
+  )
+
+
+@jax.custom_jvp
+def _bits_of(w):
+  return jax.lax.bitcast_convert_type(w, _BITS[w.dtype])
+
+
+@_bits_of.defjvp
+def _bits_of_jvp(primals, tangents):
+  raise NotImplementedError(
+      "gradients with respect to the base weights: a 16-bit model on the CPU scans its "
+      "frozen base as integer bits (llama._weights_as_bits); compute in float32 to "
+      "differentiate the base"
+  )
+
+
+def _weights_as_bits(layers):
+  """Every 16-bit float leaf of the stacked layer weights as a `_Packed` of its bits."""
+  return jax.tree.map(
+      lambda w: _Packed(_bits_of(w), w.dtype) if getattr(w, "dtype", None) in _BITS else w,
+      layers,
+  )
 
 
 class _Static:
@@ -305,9 +379,10 @@ def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, 
     return _layer(cfg, scale, dropout, x, layer, mask, cos, sin, kv_index)
 
   body = _remat(body, cfg)
+  weights = params["layers"]
   if cache_kv is None and _stacks_bf16_by_copy(cfg):
-    body = _residuals_as_bits(body)
-  x, new_kv = jax.lax.scan(body, x, (params["layers"], lora, cache_kv, keys))
+    body, weights = _residuals_as_bits(body), _weights_as_bits(weights)
+  x, new_kv = jax.lax.scan(body, x, (weights, lora, cache_kv, keys))
   return L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_kv
 
 

@@ -207,3 +207,52 @@ def test_bf16_attention_keeps_only_bf16_probabilities_for_its_backward():
   assert [a.dtype for a in got] == [jnp.bfloat16]
   old = square(saved_residuals(f(_reference_attention), q, k, v))
   assert len(old) > 1 and jnp.float32 in [a.dtype for a in old]  # what it saved before
+
+
+def _rope_autodiff(x, cos, sin):
+  """HF's rotate-half RoPE as written before it had its own backward."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  out = x.astype(jnp.float32) * cos[:, :, None] + rotated.astype(jnp.float32) * sin[:, :, None]
+  return out.astype(x.dtype)
+
+
+def _rope_case(dtype, seed=0, b=2, t=7, n=3, dh=16):
+  from tests.model.test_parity import tiny
+
+  r = np.random.default_rng(seed)
+  x = jnp.asarray(r.normal(size=(b, t, n, dh)), dtype)
+  positions = jnp.asarray(r.integers(0, 500, (b, t)), jnp.int32)
+  cfg = tiny()
+  assert cfg.dim_head == dh
+  cos, sin = L.rope_tables(positions, cfg)
+  g = jnp.asarray(r.normal(size=x.shape), dtype)
+  return x, cos, sin, g
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_rope_backward_is_the_transposed_rotation(dtype):
+  """RoPE's hand-written backward against autodiff of the rotate-half forward. Each entry of
+  dx is g_i c + g_j s: two products and one sum, in float32 on both sides. In float32 they
+  agree to 2 u max|g| (u = 2^-24; one reordering at most). In bf16 (u = 2^-8) autodiff
+  rounds g s to bf16 before adding it (at most u max|g|), and both round a sum of magnitude
+  up to 2 max|g|, which may land one ulp (2u of it) apart: 5 u max|g| in all. The forward
+  is unchanged, bit for bit."""
+  x, cos, sin, g = _rope_case(dtype)
+  np.testing.assert_array_equal(L.apply_rope(x, cos, sin), _rope_autodiff(x, cos, sin))
+  got = jax.vjp(lambda x: L.apply_rope(x, cos, sin), x)[1](g)[0]
+  ref = jax.vjp(lambda x: _rope_autodiff(x, cos, sin), x)[1](g)[0]
+  assert got.dtype == dtype
+  u = 2.0**-24 if dtype == jnp.float32 else U_BF16
+  budget = (2 if dtype == jnp.float32 else 5) * u * float(jnp.abs(g.astype(jnp.float32)).max())
+  np.testing.assert_allclose(
+      np.asarray(got, np.float32), np.asarray(ref, np.float32), atol=budget, rtol=0
+  )
+  # The transpose, not a copy of the forward: <R x, g> = <x, R^T g> in float64.
+  x64, g64 = np.asarray(x, np.float64), np.asarray(g, np.float64)
+  c64, s64 = np.asarray(cos, np.float64)[:, :, None], np.asarray(sin, np.float64)[:, :, None]
+  h = x64.shape[-1] // 2
+  rx = x64 * c64 + np.concatenate([-x64[..., h:], x64[..., :h]], -1) * s64
+  lhs, rhs = np.sum(rx * g64), np.sum(x64 * np.asarray(got, np.float64))
+  assert abs(lhs - rhs) <= 4 * u * np.sum(np.abs(x64 * g64)), (lhs, rhs)

@@ -16,7 +16,7 @@ from tests.model.test_parity import tiny
 
 pytestmark = pytest.mark.numerics
 
-U_BF16 = 2.0**-9  # unit roundoff of bfloat16 (8 significand bits, round to nearest)
+U_BF16 = 2.0**-8  # unit roundoff of bfloat16: 2^-p, p = 8 significand bits (eps/2)
 
 
 def rel_rms(a, b) -> float:
@@ -40,7 +40,7 @@ def test_bf16_logits_within_budget_of_f32(seed):
   """Error budget: every rounding to bf16 on a logit's path (each projection's weights,
   its input and its output, the residual add: ~10 per layer, plus the embedding and the
   head) has relative error uniform in +-u, RMS u/sqrt(3); k independent ones add up to
-  sqrt(k) u / sqrt(3) (3 layers: 0.0038; measured 0.0065 on both seeds). Allowed: 3x."""
+  sqrt(k) u / sqrt(3) (3 layers: 0.0076; measured 0.0065 on both seeds). Allowed: 3x."""
   cfg = tiny()
   params = params_from_state_dict(state_dict_numpy(random_hf_model(cfg, seed=seed)), cfg)
   tokens = _batch(cfg, seed=seed)["tokens"]
