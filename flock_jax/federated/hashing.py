@@ -26,8 +26,10 @@ the same values but different structure or shapes hash differently.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import struct
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -86,13 +88,22 @@ def canonical_bytes(tree: PyTree) -> bytes:
     parts.append(struct.pack("<I", len(pb)))
     parts.append(pb)
     parts.append(struct.pack(f"<I{arr.ndim}Q", arr.ndim, *arr.shape))
-    parts.append(np.ascontiguousarray(arr.astype("<f4")).tobytes(order="C"))
+    parts.append(np.ascontiguousarray(arr, "<f4").tobytes(order="C"))
   return b"".join(parts)
 
 
 def tree_hash(tree: PyTree) -> bytes:
   """keccak-256 of `canonical_bytes` (32 bytes)."""
   return keccak(canonical_bytes(tree))
+
+
+def tree_hashes(trees: Sequence[PyTree]) -> list[bytes]:
+  """`tree_hash` of each tree, in order, on a few threads: the copies off the device and
+  keccak release the GIL, so a round's P proposals hash in about 1/cores of the time."""
+  if len(trees) < 2:
+    return [tree_hash(t) for t in trees]
+  with concurrent.futures.ThreadPoolExecutor(min(len(trees), os.cpu_count() or 1)) as pool:
+    return list(pool.map(tree_hash, trees))
 
 
 def hash_hex(tree_or_digest: Any) -> str:

@@ -313,7 +313,7 @@ def flock_round(
               seed=_private_seed(engine, i, roles.round) if fed.probe == "private" else 0,
           )
   with timer("hash"):
-    hashes = [hashing.tree_hash(d) for d in updates]
+    hashes = hashing.tree_hashes(updates)
   with timer("chain"):
     for i, h in zip(proposers, hashes):
       ledger.propose(i, h)

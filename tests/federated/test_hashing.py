@@ -3,6 +3,7 @@
 import hashlib
 import struct
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -122,3 +123,18 @@ def test_sorted_by_path_string_not_by_key_tuple():
 def test_bad_keys_rejected():
   with pytest.raises(ValueError, match="no '/'"):
     hashing.canonical_bytes({"a/b": jnp.zeros(1)})
+
+
+def test_tree_hashes_on_threads_equal_one_by_one_in_order():
+  """A round's proposals hash on a few threads: same digests, same order, every dtype."""
+  r = np.random.default_rng(3)
+  trees = [
+      {"a": jnp.asarray(r.normal(size=(4, 5)), dt), "b": {"c": jnp.asarray(r.normal(size=7), dt)}}
+      for dt in (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float32, jnp.float32)
+  ]
+  got = hashing.tree_hashes(trees)
+  assert got == [hashing.tree_hash(t) for t in trees]
+  assert len(set(got)) == len(trees)
+  assert hashing.tree_hashes(trees[:1]) == [hashing.tree_hash(trees[0])]
+  # bf16 hashes as its exact float32 values
+  assert got[1] == hashing.tree_hash(jax.tree.map(lambda x: x.astype(jnp.float32), trees[1]))
