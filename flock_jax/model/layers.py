@@ -114,17 +114,29 @@ def rope_tables(positions, cfg: LlamaConfig):
 
 @jax.custom_vjp
 def apply_rope(x, cos, sin):
-  """x [B, T, N, Dh] rotated by cos/sin [B, T, Dh] (float32), in x's dtype.
+  """x [B, T, N, Dh] rotated by cos/sin [B, T, Dh] (float32; HF's rotate-half layout), in
+  x's dtype: [x1 c1 - x2 s1, x2 c2 + x1 s2] for the halves x1, x2 of Dh.
 
-  Its backward is the transposed rotation computed once in float32. Autodiff's transpose
-  of the rotate-half (slices, a negation, a concatenation, each rounded to x's dtype)
-  became one XLA:CPU loop fusion of pads and selects that ran ~7x slower per element than
-  the forward's: 7% of a bf16 SmolLM2 training step."""
+  Written on the halves stacked on their own axis, not as x c + rotate_half(x) s: XLA:CPU
+  emits the rotate-half's concatenation along Dh as a per-element select, which in a
+  scoring call fused into the heads-major transpose of q and ran ~8x slower per element.
+  Its backward is the transposed rotation computed once in float32 (autodiff's transpose of
+  the rotate-half was a pad/select fusion, 7% of a bf16 SmolLM2 training step)."""
+  return _rotate(x, cos, sin, transpose=False)
+
+
+def _rotate(x, cos, sin, transpose: bool):
+  """[x1 c1 - x2 s1, x2 c2 + x1 s2], or its transpose [x1 c1 + x2 s2, x2 c2 - x1 s1]."""
   half = x.shape[-1] // 2
-  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
   x32 = x.astype(jnp.float32)
-  out = x32 * cos[:, :, None, :] + rotated.astype(jnp.float32) * sin[:, :, None, :]
-  return out.astype(x.dtype)
+  x1, x2 = x32[..., :half], x32[..., half:]
+  c1, c2 = cos[:, :, None, :half], cos[:, :, None, half:]
+  s1, s2 = sin[:, :, None, :half], sin[:, :, None, half:]
+  if transpose:
+    halves = (x1 * c1 + x2 * s2, x2 * c2 - x1 * s1)
+  else:
+    halves = (x1 * c1 - x2 * s1, x2 * c2 + x1 * s2)
+  return jnp.stack(halves, axis=-2).reshape(x.shape).astype(x.dtype)
 
 
 def _apply_rope_fwd(x, cos, sin):
@@ -134,12 +146,7 @@ def _apply_rope_fwd(x, cos, sin):
 def _apply_rope_bwd(res, g):
   cos, sin = res
   # d/dx of x c + R(x) s is c g + R^T(s g); cos and sin are tables of positions (no grad).
-  half = g.shape[-1] // 2
-  gs = g.astype(jnp.float32) * sin[:, :, None, :]
-  dx = g.astype(jnp.float32) * cos[:, :, None, :] + jnp.concatenate(
-      [gs[..., half:], -gs[..., :half]], axis=-1
-  )
-  return dx.astype(g.dtype), jnp.zeros_like(cos), jnp.zeros_like(sin)
+  return _rotate(g, cos, sin, transpose=True), jnp.zeros_like(cos), jnp.zeros_like(sin)
 
 
 apply_rope.defvjp(_apply_rope_fwd, _apply_rope_bwd)
@@ -166,12 +173,16 @@ def attention(q, k, v, mask, impl: str = "xla"):
     return padded_causal_attention(q, k, v, mask, implementation="cudnn")
   b, t, h, dh = q.shape
   kh = k.shape[2]
-  q = q.reshape(b, t, kh, h // kh, dh)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  # Heads-major operands [B, K, G, T, Dh] / [B, K, S, Dh], each moved by a plain transpose.
+  # Contracting the [B, T, K, G, Dh] layout directly, XLA:CPU chose [Dh, G*T] operand
+  # layouts and fused RoPE into a strided gather-like copy (16% of a bf16 scoring call).
+  q = q.reshape(b, t, kh, h // kh, dh).transpose(0, 2, 3, 1, 4)
+  k, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
   scores = scores / jnp.sqrt(jnp.float32(dh))
   probs = masked_softmax(scores, mask[:, None, None, :, :], v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=F32)
-  return out.reshape(b, t, h, dh).astype(v.dtype)
+  out = jnp.einsum("bkgts,bksd->bkgtd", probs, vh, preferred_element_type=F32).astype(v.dtype)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
