@@ -178,11 +178,44 @@ def attention(q, k, v, mask, impl: str = "xla"):
   # layouts and fused RoPE into a strided gather-like copy (16% of a bf16 scoring call).
   q = q.reshape(b, t, kh, h // kh, dh).transpose(0, 2, 3, 1, 4)
   k, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = scores / jnp.sqrt(jnp.float32(dh))
-  probs = masked_softmax(scores, mask[:, None, None, :, :], v.dtype)
-  out = jnp.einsum("bkgts,bksd->bkgtd", probs, vh, preferred_element_type=F32).astype(v.dtype)
+  out = heads_major_attention(q, k, vh, mask[:, None, None, :, :])
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
+
+
+@jax.custom_vjp
+def heads_major_attention(q, k, v, mask):
+  """softmax(q k^T / sqrt(Dh), masked) v in v's dtype: q [B, K, G, T, Dh], k/v [B, K, S, Dh],
+  mask bool [B, 1, 1, T, S]; scores and softmax in float32, float32 accumulation.
+
+  Its backward runs its four matmuls as the forward runs its two, in the compute dtype with
+  float32 accumulation: the softmax's gradient is rounded to that dtype before dq and dk, as
+  flash attention does. Autodiff transposed each float32-output einsum into a float32 x
+  bf16 matmul, which XLA:CPU runs in float32 (one on its slow fallback path). In float32
+  the two are the same computation."""
+  return _heads_major_attention_fwd(q, k, v, mask)[0]
+
+
+def _heads_major_attention_fwd(q, k, v, mask):
+  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=F32)
+  scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
+  p = masked_softmax(scores, mask, v.dtype)
+  out = jnp.einsum("bkgts,bksd->bkgtd", p, v, preferred_element_type=F32).astype(v.dtype)
+  return out, (q, k, v, p, mask)
+
+
+def _heads_major_attention_bwd(res, dout):
+  q, k, v, p, mask = res
+  dout = dout.astype(v.dtype)
+  dp = jnp.einsum("bkgtd,bksd->bkgts", dout, v, preferred_element_type=F32)
+  dv = jnp.einsum("bkgts,bkgtd->bksd", p, dout, preferred_element_type=F32)
+  ds, _ = _masked_softmax_bwd(None, (p, mask), dp)
+  ds = (ds / jnp.sqrt(jnp.float32(q.shape[-1]))).astype(q.dtype)
+  dq = jnp.einsum("bkgts,bksd->bkgtd", ds, k, preferred_element_type=F32)
+  dk = jnp.einsum("bkgts,bkgtd->bksd", ds, q, preferred_element_type=F32)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+heads_major_attention.defvjp(_heads_major_attention_fwd, _heads_major_attention_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

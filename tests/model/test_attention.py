@@ -263,3 +263,23 @@ def test_rope_backward_is_the_transposed_rotation(dtype):
   rx = x64 * c64 + np.concatenate([-x64[..., h:], x64[..., :h]], -1) * s64
   lhs, rhs = np.sum(rx * g64), np.sum(x64 * np.asarray(got, np.float64))
   assert abs(lhs - rhs) <= 4 * u * np.sum(np.abs(x64 * g64)), (lhs, rhs)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bf16_attention_gradients_within_the_budget_of_float32(seed):
+  """The bf16 backward (four bf16 x bf16 -> f32 matmuls, ds rounded to bf16) against float32
+  autodiff on the same bf16-exact inputs. Budget, as for the logits: a gradient's path has
+  k = 3 roundings to bf16 (p, ds or dout's product, the output), relative error uniform in
+  +-u, u = 2^-8, so sqrt(k) u / sqrt(3) relative RMS; allowed 3x (measured ~0.003)."""
+  q, k, v, mask = _qkv_mask(jnp.bfloat16, seed=seed)
+  w = jnp.asarray(np.random.default_rng(seed + 10).normal(size=q.shape), jnp.bfloat16)
+  up = lambda x: x.astype(jnp.float32)
+  loss = lambda fn: lambda q, k, v: jnp.sum(up(fn(q, k, v, mask)) * up(w))
+  got = jax.grad(loss(L.attention), argnums=(0, 1, 2))(q, k, v)
+  ref = jax.grad(loss(_reference_attention), argnums=(0, 1, 2))(up(q), up(k), up(v))
+  budget = 3 * np.sqrt(3) * U_BF16 / np.sqrt(3)
+  for name, a, r in zip("qkv", got, ref):
+    assert a.dtype == jnp.bfloat16
+    err = rel_rms(np.asarray(up(a)), np.asarray(r))
+    assert 0 < err <= budget, (name, err, budget)

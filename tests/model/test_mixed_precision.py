@@ -67,11 +67,11 @@ def _dots(jaxpr, out):
   return out
 
 
-def test_bf16_training_step_runs_every_weight_matmul_bf16_with_f32_accumulation():
-  """The mechanism behind the bf16 speed: forward and backward, every matmul against a
-  weight (the 7 projections, LoRA's A and B, the lm head) takes two bf16 operands and
-  accumulates in f32. (Attention's score/value einsums are the only other dots: their
-  backward is left to autodiff, ~4% of SmolLM2's step at T=128.)"""
+def test_bf16_training_step_runs_every_matmul_bf16_with_f32_accumulation():
+  """The mechanism behind the bf16 speed: forward and backward, every matmul (the 7
+  projections, LoRA's A and B, the lm head, and attention's two einsums and their four
+  backward ones) takes two bf16 operands and accumulates in f32. Autodiff would have run
+  attention's backward as float32 x bf16 dots, which XLA:CPU computes in float32."""
   cfg = tiny().replace(dtype="bfloat16", param_dtype="bfloat16")
   lcfg = LoraConfig(rank=4, alpha=8.0)
   base = jax.tree.map(
@@ -83,9 +83,12 @@ def test_bf16_training_step_runs_every_weight_matmul_bf16_with_f32_accumulation(
   grad = jax.grad(lambda l: token_loss(base, l, batch, cfg, lcfg))
   dots = _dots(jax.make_jaxpr(grad)(lora).jaxpr, [])
   weight_dots = [e for e in dots if max(v.aval.ndim for v in e.invars) <= 3]
+  attention_dots = [e for e in dots if max(v.aval.ndim for v in e.invars) == 5]
   # per layer: 7 projections + 2x7 LoRA forward, 7 dx + 4x7 LoRA backward; head fwd + bwd
   assert len(weight_dots) >= 56 + 2
-  for e in weight_dots:
+  assert len(attention_dots) >= 6  # 2 forward, 4 backward (one scanned layer body)
+  assert len(weight_dots) + len(attention_dots) == len(dots)
+  for e in dots:
     dtypes = [v.aval.dtype for v in e.invars]
     assert dtypes == [jnp.bfloat16, jnp.bfloat16], (e, dtypes)
     assert e.params["preferred_element_type"] == jnp.float32, e
