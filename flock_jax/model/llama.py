@@ -342,9 +342,10 @@ def _layer(cfg: LlamaConfig, lora_scale, lora_dropout, x, layer, mask, cos, sin,
   q = proj(h, "q").reshape(b, t, cfg.num_heads, cfg.dim_head)
   k = proj(h, "k").reshape(b, t, cfg.num_kv_heads, cfg.dim_head)
   v = proj(h, "v").reshape(b, t, cfg.num_kv_heads, cfg.dim_head)
-  q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
-  new_kv = None
-  if cache_kv is not None:
+  new_kv, rope = None, (cos, sin)
+  if cache_kv is not None:  # the cache holds rotated keys
+    q, k = (L.apply_rope(x, cos[:, :, None], sin[:, :, None]) for x in (q, k))
+    rope = None
     ck, cv = cache_kv
     ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, kv_index, 0, 0))
     cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, kv_index, 0, 0))
@@ -352,7 +353,7 @@ def _layer(cfg: LlamaConfig, lora_scale, lora_dropout, x, layer, mask, cos, sin,
     k, v = ck.astype(dtype), cv.astype(dtype)
   # The fused kernel wants T == S; decoding against a KV cache stays on the einsum path.
   impl = cfg.attention if cache_kv is None else "xla"
-  attn = L.attention(q, k, v, mask, impl).reshape(b, t, cfg.q_dim)
+  attn = L.attention(q, k, v, mask, impl, rope).reshape(b, t, cfg.q_dim)
   x = x + proj(attn, "o")
   h = L.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
   x = x + proj(L.swiglu(proj(h, "gate"), proj(h, "up")), "down")

@@ -216,7 +216,7 @@ def _rope_autodiff(x, cos, sin):
   """HF's rotate-half RoPE as written before it had its own backward."""
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-  out = x.astype(jnp.float32) * cos[:, :, None] + rotated.astype(jnp.float32) * sin[:, :, None]
+  out = x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin
   return out.astype(x.dtype)
 
 
@@ -228,9 +228,9 @@ def _rope_case(dtype, seed=0, b=2, t=7, n=3, dh=16):
   positions = jnp.asarray(r.integers(0, 500, (b, t)), jnp.int32)
   cfg = tiny()
   assert cfg.dim_head == dh
-  cos, sin = L.rope_tables(positions, cfg)
+  cos, sin = L.rope_tables(positions, cfg)  # [B, T, Dh]
   g = jnp.asarray(r.normal(size=x.shape), dtype)
-  return x, cos, sin, g
+  return x, cos[:, :, None], sin[:, :, None], g
 
 
 @pytest.mark.numerics
@@ -258,7 +258,7 @@ def test_rope_backward_is_the_transposed_rotation(dtype):
   )
   # The transpose, not a copy of the forward: <R x, g> = <x, R^T g> in float64.
   x64, g64 = np.asarray(x, np.float64), np.asarray(g, np.float64)
-  c64, s64 = np.asarray(cos, np.float64)[:, :, None], np.asarray(sin, np.float64)[:, :, None]
+  c64, s64 = np.asarray(cos, np.float64), np.asarray(sin, np.float64)
   h = x64.shape[-1] // 2
   rx = x64 * c64 + np.concatenate([-x64[..., h:], x64[..., :h]], -1) * s64
   lhs, rhs = np.sum(rx * g64), np.sum(x64 * np.asarray(got, np.float64))
