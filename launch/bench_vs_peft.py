@@ -143,7 +143,7 @@ def main(argv):
 
   from flock_jax.federated import clients as cl
   from flock_jax.model.config import preset
-  from flock_jax.model.llama import init_params
+  from flock_jax.model.llama import init_params, scan_ready
   from flock_jax.model.lora import LoraConfig, init_lora
   from flock_jax.optim import make_optimizer
   from flock_jax.run_config import default_optim
@@ -188,7 +188,7 @@ def main(argv):
   # --- flock_jax, K clients vmapped in one jitted call
   lcfg = LoraConfig(rank=8, alpha=16.0)
   tx = make_optimizer(default_optim(name="adamw", lr=1e-3, weight_decay=0.0))
-  base = init_params(cfg, jax.random.key(0))
+  base = scan_ready(init_params(cfg, jax.random.key(0)), cfg)  # as the engine holds it
   g = init_lora(cfg, lcfg, jax.random.key(1))
   state = cl.init_client_state(cfg, lcfg, tx, jax.random.key(2), k, global_lora=g)
   ones = np.ones_like(tokens)

@@ -16,7 +16,7 @@ from flock_jax.federated.clients import ClientState, init_client_state, make_loc
 from flock_jax.federated.evaluation import make_heldout_loss
 from flock_jax.federated.ledger import WEI, ChainLedger, Ledger, LocalLedger
 from flock_jax.federated.population import Population
-from flock_jax.model.llama import Params
+from flock_jax.model.llama import Params, scan_ready
 from flock_jax.model.lora import init_lora
 from flock_jax.model.quant import prepare_base
 from flock_jax.optim import make_optimizer
@@ -35,6 +35,13 @@ class Engine:
   tx: Any
   aggregator: Aggregator | None
   mesh: Any = None
+  # The base as local_train and heldout_loss take it (llama.scan_ready: on the CPU in 16-bit
+  # compute its layer stacks packed once per run); `base` itself everywhere else.
+  scan_base: Params | None = None
+
+  def __post_init__(self):
+    if self.scan_base is None:
+      self.scan_base = self.base
 
   def mesh_context(self):
     """`jax.set_mesh(mesh)` when the run has a mesh, else a no-op context."""
@@ -208,6 +215,7 @@ def build(run, *, population: Population | None = None, base: Params | None = No
   engine = Engine(
       run=run,
       base=base,
+      scan_base=scan_ready(base, cfg),
       population=population,
       local_train=local_train,
       heldout_loss=heldout_loss,

@@ -76,13 +76,15 @@ def _train(engine: Engine, state: RunState, who: Sequence[int], start_stacked=Fa
   keys = jax.random.split(jax.random.fold_in(state.key, state.round), len(who))
   if fed.client_state == "fresh":  # from G with a fresh optimizer; nothing kept per client
     opt = fresh_opt_state(engine.tx, state.global_lora, len(who))
-    _, deltas, _, losses = engine.local_train(engine.base, state.global_lora, opt, batches, keys)
+    _, deltas, _, losses = engine.local_train(
+        engine.scan_base, state.global_lora, opt, batches, keys
+    )
     jax.block_until_ready(losses)
     return state, deltas, losses
   rows = state.clients.take(who)
   start = rows.adapters if start_stacked else state.global_lora
   adapters, deltas, opt, losses = engine.local_train(
-      engine.base, start, rows.opt_state, batches, keys, start_stacked=start_stacked
+      engine.scan_base, start, rows.opt_state, batches, keys, start_stacked=start_stacked
   )
   jax.block_until_ready(losses)
   clients = state.clients.put(who, ClientState(adapters, opt))
@@ -209,7 +211,7 @@ def _private_probe(engine: Engine, G, voters, valid_ids, valid, round_index: int
 
 def _heldout_by_domain(engine: Engine, lora: PyTree) -> dict[str, float]:
   names, batches = engine.population.eval_batches(engine.run.federation.eval_batch_size)
-  losses = engine.heldout_loss(engine.base, _stack([lora]), batches)  # [D, 1]
+  losses = engine.heldout_loss(engine.scan_base, _stack([lora]), batches)  # [D, 1]
   return {n: float(x) for n, x in zip(names, np.asarray(losses)[:, 0])}
 
 
@@ -226,7 +228,7 @@ def _voter_losses(engine: Engine, state: RunState, voters: Sequence[int], lora, 
   for bit (a resumed run, whose cache starts empty, scores exactly like an uninterrupted one)."""
   cache = state.loss_cache
   if lora_hash is None or any((j, lora_hash) not in cache for j in voters):
-    out = np.asarray(engine.heldout_loss(engine.base, _stack([lora]), held))[:, 0]
+    out = np.asarray(engine.heldout_loss(engine.scan_base, _stack([lora]), held))[:, 0]
     if lora_hash is not None:
       cache.update({(j, lora_hash): float(x) for j, x in zip(voters, out)})
     return out
@@ -244,7 +246,7 @@ def score_per_proposal(engine, state, voters, G, valid, held) -> np.ndarray:
   """Per-proposal mode: gain_{j,i} = L_j(G_r) - L_j(G_r + Δ_i), [V, P']."""
   before = _voter_losses(engine, state, voters, G, state.global_hash, held)
   each = _stack([jax.tree.map(lambda g, d: g + d, G, d) for d in valid])
-  after = np.asarray(engine.heldout_loss(engine.base, each, held))  # [V, P']
+  after = np.asarray(engine.heldout_loss(engine.scan_base, each, held))  # [V, P']
   return np.asarray(voting.per_proposal_gains(before, after))
 
 
@@ -564,7 +566,7 @@ def _root_update(engine: Engine, state: RunState) -> PyTree:
   )
   opt = fresh_opt_state(engine.tx, state.global_lora, 1)
   keys = jax.random.split(jax.random.fold_in(state.key, 10**6 + state.round), 1)
-  _, delta, _, _ = engine.local_train(engine.base, state.global_lora, opt, batches, keys)
+  _, delta, _, _ = engine.local_train(engine.scan_base, state.global_lora, opt, batches, keys)
   return jax.tree.map(lambda x: x[0], delta)
 
 
@@ -612,7 +614,7 @@ def baseline_round(engine: Engine, state: RunState) -> tuple[RunState, RoundMetr
     if agg.isolated:  # each client is judged on its own adapter and its own held-out data
       held = engine.population.heldout_batches(who, fed.eval_batches, fed.eval_batch_size)
       own = np.diag(
-          np.asarray(engine.heldout_loss(engine.base, state.clients.take(who).adapters, held))
+          np.asarray(engine.heldout_loss(engine.scan_base, state.clients.take(who).adapters, held))
       )
       heldout = {"own": float(np.mean(own))}
     elif _report_due(engine, state.round):

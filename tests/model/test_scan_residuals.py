@@ -145,6 +145,30 @@ def test_differentiating_a_bf16_base_on_the_cpu_is_refused_by_name():
     jax.grad(lambda b: token_loss(b, lora, batch, cfg, lcfg))(base)
 
 
+def test_a_base_packed_once_per_run_gives_the_same_gradients_without_the_stack_copies():
+  """llama.scan_ready packs the layer stacks once (the engine keeps that copy for training
+  and scoring): the compiled step then copies no whole [L, ...] stack into integers, where
+  packing inside the step does at every call, and the gradients are the same. float32
+  params pass through unchanged."""
+  cfg = tiny(num_layers=L).replace(dtype="bfloat16", param_dtype="bfloat16")
+  base = init_params(cfg, jax.random.key(0))
+  ready = llama.scan_ready(base, cfg)
+  assert all(isinstance(n, llama._Packed) for n in llama._leaves(ready["layers"]))
+  assert ready["embed"] is base["embed"]
+  step, lora = _grad_step_of_base(cfg)
+  dims = {",".join(map(str, w.shape)) for w in jax.tree.leaves(base["layers"])}
+  made = re.compile(r"= [us]16\[([\d,]+)\]\S* (?:fusion|bitcast-convert|copy)\(")
+  whole = lambda hlo: [d for d in made.findall(hlo) if d in dims]
+  assert whole(step.lower(base, lora).compile().as_text()), "detector found no stack copy"
+  assert whole(step.lower(ready, lora).compile().as_text()) == []
+  a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(step(ready, lora))])
+  b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(step(base, lora))])
+  assert np.abs(b).max() > 0 and rel_rms(a, b) <= U_BF16, rel_rms(a, b)
+  f32 = tiny(num_layers=L)
+  p32 = init_params(f32, jax.random.key(0))
+  assert llama.scan_ready(p32, f32) is p32
+
+
 def test_only_16_bit_compute_on_the_cpu_takes_the_integer_path():
   assert not llama._stacks_bf16_by_copy(tiny())
   assert llama._stacks_bf16_by_copy(tiny().replace(dtype="bfloat16"))
