@@ -175,12 +175,11 @@ def attention(q, k, v, mask, impl: str = "xla", rope=None):
     return padded_causal_attention(q, k, v, mask, implementation="cudnn")
   b, t, h, dh = q.shape
   kh = k.shape[2]
-  # Heads-major operands [B, K, G, T, Dh] / [B, K, S, Dh], each moved by a plain transpose.
-  # Contracting the [B, T, K, G, Dh] layout directly, XLA:CPU chose [Dh, G*T] operand
-  # layouts and fused RoPE into a strided gather-like copy (16% of a bf16 scoring call).
-  # RoPE on the heads-major copies: applied before the transposes, XLA:CPU fused it with
-  # them and with the projection's LoRA add into one loop fusion of several layout changes,
-  # 13% of a bf16 scoring call (after: 14% faster scoring, the same values).
+  # Heads-major operands [B, K, G, T, Dh] / [B, K, S, Dh], moved by plain transposes and
+  # rotated there. Contracting [B, T, K, G, Dh] directly, XLA:CPU chose [Dh, G*T] operand
+  # layouts; with RoPE applied before the transposes it fused RoPE, the projection's LoRA
+  # add and the layout changes into one slow loop fusion (the two: ~25% of a bf16 scoring
+  # call). The values are the same either way.
   q = q.reshape(b, t, kh, h // kh, dh).transpose(0, 2, 3, 1, 4)
   k, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   if rope is not None:
