@@ -14,6 +14,7 @@ from flock_jax.federated.loss import token_loss
 from flock_jax.model import forward
 from flock_jax.model import layers as L
 from flock_jax.model.config import ConfigError
+from flock_jax.model.llama import hidden_states, logits_from_hidden
 from flock_jax.model.lora import LoraConfig, init_lora
 from tests.model.hf_reference import random_hf_model, state_dict_numpy
 from tests.model.test_mixed_precision import U_BF16, rel_rms
@@ -130,6 +131,38 @@ def test_cudnn_padded_loss_and_lora_grads_match_the_einsum_path():
   gx = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(g_xla)])
   assert np.isfinite(gf).all() and np.abs(gx).max() > 0
   assert rel_rms(gf, gx) <= 2 * budget, (rel_rms(gf, gx), budget)
+
+
+@pytest.mark.numerics
+def test_the_model_rotates_q_and_k_alike_on_the_fused_path(monkeypatch):
+  """On the 'cudnn' path the model rotates q and k itself, in [B, T, N, Dh] (the einsum path
+  rotates its heads-major copies): a whole bf16 forward through that branch, its fused call
+  run by jax's XLA implementation on the CPU, gives the einsum path's logits on every real
+  token. Budget: the two differ only in attention's sums, whose bf16 roundings (the
+  probabilities and the output, 2 a layer) may land apart: 3 sqrt(2 L) u / sqrt(3) relative
+  RMS (equal here). Skipping the rotation on that path is caught (0.027 here)."""
+  real_call = L.padded_causal_attention
+  monkeypatch.setattr(L.jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(
+      L, "padded_causal_attention", lambda *a, implementation: real_call(*a, implementation="xla")
+  )
+  cfg = _cfg(dtype="bfloat16", param_dtype="bfloat16", attention="cudnn")
+  params = params_from_state_dict(state_dict_numpy(random_hf_model(cfg, seed=1)), cfg)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
+  batch = {k: jnp.asarray(v) for k, v in _padded_batch(cfg).items()}
+  real = np.asarray(batch["segment_ids"]) > 0
+
+  def logits(c):
+    h = hidden_states(
+        params, batch["tokens"], c, segment_ids=batch["segment_ids"], positions=batch["positions"]
+    )
+    return np.asarray(logits_from_hidden(params, h, c), np.float32)[real]
+
+  fused, einsum = logits(cfg), logits(cfg.replace(attention="xla"))
+  budget = 3 * np.sqrt(2 * cfg.num_layers) * U_BF16 / np.sqrt(3)
+  assert rel_rms(fused, einsum) <= budget, (rel_rms(fused, einsum), budget)
+  monkeypatch.setattr(L, "apply_rope", lambda x, cos, sin: x)
+  assert rel_rms(logits(cfg), einsum) > budget
 
 
 @pytest.mark.numerics
