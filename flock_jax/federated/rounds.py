@@ -54,14 +54,10 @@ def _unstack(tree: PyTree, k: int) -> list[PyTree]:
   return [jax.tree.map(lambda x: x[i], tree) for i in range(k)]
 
 
+@jax.jit
 def _stack(trees: Sequence[PyTree]) -> PyTree:
   """k trees -> one [k]-stacked tree, in one program (per leaf, eager stacking dispatched
   one small program each: a third of the tiny model's scoring phase)."""
-  return _stack_jit(tuple(trees))
-
-
-@jax.jit
-def _stack_jit(trees: tuple[PyTree, ...]) -> PyTree:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 

@@ -216,7 +216,7 @@ def _heads_major_attention_bwd(res, dout):
   dout = dout.astype(v.dtype)
   dp = jnp.einsum("bkgtd,bksd->bkgts", dout, v, preferred_element_type=F32)
   dv = jnp.einsum("bkgts,bkgtd->bksd", p, dout, preferred_element_type=F32)
-  ds, _ = _masked_softmax_bwd(None, (p, mask), dp)
+  ds = _masked_softmax_grad(p, mask, dp)
   ds = (ds / jnp.sqrt(jnp.float32(q.shape[-1]))).astype(q.dtype)
   dq = jnp.einsum("bkgts,bksd->bkgtd", ds, k, preferred_element_type=F32)
   dk = jnp.einsum("bkgts,bkgtd->bksd", ds, q, preferred_element_type=F32)
@@ -226,33 +226,21 @@ def _heads_major_attention_bwd(res, dout):
 heads_major_attention.defvjp(_heads_major_attention_fwd, _heads_major_attention_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def masked_softmax(scores, mask, dtype):
   """Softmax over the last axis of float32 scores where `mask` (bool, broadcastable) is True,
   in `dtype` (the PV matmul's input); masked entries get finfo.min, as HF's eager attention.
-
-  Its backward keeps only those `dtype` probabilities (the PV matmul's backward keeps them
-  anyway) and the unbroadcast mask. Autodiff of where-softmax-cast also kept the float32
-  probabilities, the where's zero fill and a broadcast mask: three more [.., T, S] stacks
-  per layer. The gradient is autodiff's, p * (dp - sum(dp * p)), zero where masked."""
+  Differentiated by `heads_major_attention`'s backward (`_masked_softmax_grad`), which keeps
+  only these `dtype` probabilities and the unbroadcast mask."""
   s = jnp.where(mask, scores, jnp.finfo(F32).min)
   return jax.nn.softmax(s, axis=-1).astype(dtype)
 
 
-def _masked_softmax_fwd(scores, mask, dtype):
-  p = masked_softmax(scores, mask, dtype)
-  return p, (p, mask)
-
-
-def _masked_softmax_bwd(dtype, res, dp):
-  del dtype
-  p, mask = res
+def _masked_softmax_grad(p, mask, dp):
+  """d scores from the probabilities p and their cotangent dp: autodiff's formula,
+  p * (dp - sum(dp * p)), in float32, zero where masked."""
   p, dp = p.astype(F32), dp.astype(F32)
   ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
-  return jnp.where(mask, ds, 0.0), None
-
-
-masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
+  return jnp.where(mask, ds, 0.0)
 
 
 def padded_causal_attention(q, k, v, lengths, implementation: str = "cudnn"):

@@ -269,12 +269,7 @@ def scan_ready(params: Params, cfg: LlamaConfig) -> Params:
   and the KV-cache path reads plain ones."""
   if not _stacks_bf16_by_copy(cfg):
     return params
-  pack = jax.jit(lambda ws: jax.tree.map(lambda w: _bits_of(w) if w.dtype in _BITS else w, ws))
-  packed = pack(params["layers"])
-  layers = jax.tree.map(
-      lambda w, b: _Packed(b, w.dtype) if b.dtype != w.dtype else w, params["layers"], packed
-  )
-  return {**params, "layers": layers}
+  return {**params, "layers": jax.jit(_weights_as_bits)(params["layers"])}
 
 
 class _Static:

@@ -189,7 +189,7 @@ def test_the_fused_call_computes_the_einsum_path_on_every_real_token():
 
 def _reference_attention(q, k, v, mask):
   """The einsum attention with autodiff's softmax (where, softmax, cast), as before
-  masked_softmax had its own backward."""
+  attention had its own backward."""
   b, t, h, dh = q.shape
   kh = k.shape[2]
   q = q.reshape(b, t, kh, h // kh, dh)
