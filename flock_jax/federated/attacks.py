@@ -57,7 +57,7 @@ def attack_update(
     )
   leaves, treedef = jax.tree.flatten(delta)
   if behaviour == "nan":
-    leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
+    leaves[0] = jnp.asarray(leaves[0]).at[(0,) * np.ndim(leaves[0])].set(jnp.nan)
   elif behaviour == "wrong_shape":
     leaves[0] = leaves[0][..., :-1]
   else:

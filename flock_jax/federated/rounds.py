@@ -54,6 +54,20 @@ def _unstack(tree: PyTree, k: int) -> list[PyTree]:
   return [jax.tree.map(lambda x: x[i], tree) for i in range(k)]
 
 
+def _host_unstack(tree: PyTree, k: int) -> list[PyTree]:
+  """[k]-stacked tree -> k trees of numpy views, after one copy off the device: what the
+  protocol does next with the proposals (hash their bytes, validate them, average them in
+  exact float32) is host work, and per-proposal device slices were each copied again for
+  each of those (the tiny model's hash and screening: 7 of its 54 ms a round)."""
+  host = jax.device_get(tree)
+  return [jax.tree.map(lambda x: x[i, ...], host) for i in range(k)]  # views, 0-d too
+
+
+def _host_stack(trees: Sequence[PyTree]) -> PyTree:
+  """k trees (host or device leaves) -> one [k]-stacked tree of numpy arrays."""
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
 @jax.jit
 def _stack(trees: Sequence[PyTree]) -> PyTree:
   """k trees -> one [k]-stacked tree, in one program (per leaf, eager stacking dispatched
@@ -250,7 +264,7 @@ def _candidate(G, ids, updates, addresses, mask=None, divisor=None) -> PyTree:
   """G + the mean of `updates` (of proposers `ids`; per proposal: the accepted by `mask`, over
   `divisor`) in canonical address order (voting.build_candidate)."""
   order = voting.candidate_order([addresses[i] for i in ids])
-  return voting.build_candidate(G, _stack(list(updates)), order, mask, divisor=divisor)
+  return voting.build_candidate(G, _host_stack(list(updates)), order, mask, divisor=divisor)
 
 
 def _put(store, *trees: PyTree) -> None:
@@ -294,7 +308,7 @@ def flock_round(
   faults.point("trained", roles.round)
   # Every proposer commits, an attacker's NaN or wrong-shaped update too (protocol v2).
   with timer("hash"):
-    updates = attack_updates(att, proposers, _unstack(deltas, len(proposers)))
+    updates = attack_updates(att, proposers, _host_unstack(deltas, len(proposers)))
   evade_scales: dict[int, float] = {}
   weights = None  # each participant's share of the probe's memory budget (None: equal shares)
   if fed.probe_budget > 0:

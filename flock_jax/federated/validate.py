@@ -31,6 +31,11 @@ def _who(client: Any) -> str:
   return "update" if client is None else f"client {client}"
 
 
+def _dtype(x) -> np.dtype:
+  """x's dtype as jnp.asarray(x) would make it, without copying a host array to the device."""
+  return jax.dtypes.canonicalize_dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
+
+
 def check_update(update: PyTree, like: PyTree, client: Any = None) -> Optional[InvalidUpdateError]:
   """The first problem with ``update`` against the reference ``like``, or None.
 
@@ -60,7 +65,7 @@ def check_update(update: PyTree, like: PyTree, client: Any = None) -> Optional[I
       return InvalidUpdateError(
           f"{who}: leaf {p!r} has shape {shape}, expected {ref_shape}", client, p
       )
-    dtype, ref_dtype = jnp.asarray(leaf).dtype, jnp.asarray(ref).dtype
+    dtype, ref_dtype = _dtype(leaf), _dtype(ref)
     if dtype != ref_dtype:
       return InvalidUpdateError(
           f"{who}: leaf {p!r} has dtype {dtype}, expected {ref_dtype}", client, p

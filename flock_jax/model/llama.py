@@ -398,7 +398,7 @@ def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, 
   weights = params["layers"]
   if cache_kv is None and _stacks_bf16_by_copy(cfg):
     body, weights = _residuals_as_bits(body), _weights_as_bits(weights)
-  x, new_kv = jax.lax.scan(body, x, (weights, lora, cache_kv, keys))
+  x, new_kv = jax.lax.scan(body, x, (weights, lora, cache_kv, keys), unroll=cfg.scan_unroll)
   return L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_kv
 
 

@@ -5,6 +5,7 @@ import importlib.util
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -420,3 +421,23 @@ def test_the_oracle_drops_exactly_the_attackers_updates(world):
     ]
   with pytest.raises(ValueError, match=r"federation\.oracle=True needs mode 'baseline'"):
     from_config(_config(**{"federation.oracle": True}))
+
+
+def test_proposals_come_off_the_device_once_and_stay_the_same():
+  """rounds._host_unstack: numpy views of one device_get, equal to per-client device slices
+  (so to their hashes); _host_stack restacks them; an attacker's NaN lands on a host leaf."""
+  from flock_jax.federated import hashing
+  from flock_jax.federated.attacks import attack_update
+  from flock_jax.federated.rounds import _host_stack, _host_unstack, _unstack
+
+  tree = {"a": jax.random.normal(jax.random.key(0), (3, 4, 5)), "b": {"c": jnp.arange(3.0)}}
+  host, dev = _host_unstack(tree, 3), _unstack(tree, 3)
+  for h, d in zip(host, dev):
+    assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(h))
+    assert hashing.tree_hash(h) == hashing.tree_hash(d)
+  restacked = _host_stack(host)
+  for x, y in zip(jax.tree.leaves(restacked), jax.tree.leaves(tree)):
+    np.testing.assert_array_equal(x, np.asarray(y))
+  poisoned = attack_update("nan", host[1], 1.0)
+  assert np.isnan(np.asarray(jax.tree.leaves(poisoned)[0])).sum() == 1
+  assert not np.isnan(np.asarray(jax.tree.leaves(host[1])[0])).any()  # the original untouched

@@ -101,3 +101,22 @@ def test_stacked_and_finite_mask():
   ragged["layers"]["q"]["a"] = jnp.zeros((2, 2, 8, 4))
   with pytest.raises(InvalidUpdateError, match="leading clients axis"):
     validate_stacked(ragged, like())
+
+
+def test_host_leaves_are_checked_like_device_leaves():
+  """The round copies its proposals off the device once (rounds._host_unstack) and checks
+  numpy leaves: the same verdicts and messages as for jax arrays."""
+  ok = jax.device_get(jax.tree.map(lambda x: x + 1.0, like()))
+  assert check_update(ok, like()) is None
+  bad = jax.device_get(like())
+  bad["layers"]["v"]["b"] = np.asarray(bad["layers"]["v"]["b"]).copy()
+  bad["layers"]["v"]["b"][1, 2, 3] = np.inf
+  assert str(check_update(bad, like(), client=1)) == (
+      "client 1: leaf 'layers/v/b' contains 1 NaN/Inf values"
+  )
+  wrong = jax.device_get(like())
+  wrong["layers"]["q"]["a"] = np.zeros((2, 8, 4), np.int32)
+  assert "has dtype int32, expected float32" in str(check_update(wrong, like(), client=2))
+  # float64 host leaves count as jnp.asarray makes them (float32 without x64), as before
+  wide = jax.tree.map(lambda x: np.zeros(x.shape, np.float64), like())
+  assert check_update(wide, like()) is None
