@@ -36,11 +36,31 @@ def _one(base, lora, batches, *, cfg, lcfg, chunk_size):
   return total / jnp.maximum(count, 1.0)
 
 
+# Bytes of float32 logits a block of the scoring lm head may hold on the CPU (about 128
+# tokens of SmolLM2's 49,152-word vocabulary): the block's logits are reduced while still in
+# cache. The whole [tokens, V] array went to memory and back twice; a bf16 SmolLM2 scoring
+# call on 2 CPU devices took 11% less time in blocks (in-process A/B: 0.953 -> 0.842 s).
+CPU_SCORE_BLOCK_BYTES = 24 << 20
+
+
+def cpu_score_chunk(cfg: LlamaConfig, rows: int, seq_len: int) -> int | None:
+  """Sequence chunk for the scoring loss on the CPU: `rows` [B]-rows of the program are in
+  flight at once (voters x candidates x B on one device), so a chunk of c positions is a
+  [rows * c, V] block of logits. None where one block holds the whole sequence (small
+  vocabularies, the tiny models)."""
+  tokens = max(1, CPU_SCORE_BLOCK_BYTES // (4 * cfg.vocab_size))
+  c = max(1, tokens // max(rows, 1))
+  return c if c < seq_len else None
+
+
 def make_heldout_loss(
     cfg: LlamaConfig, lcfg: LoraConfig, *, chunk_size: int | None = None
 ) -> Callable:
-  """jitted heldout_loss(base, adapters [M, ...], batches [V, n, B, T]) -> float32 [V, M]."""
-  one = functools.partial(_one, cfg=cfg, lcfg=lcfg, chunk_size=chunk_size)
+  """jitted heldout_loss(base, adapters [M, ...], batches [V, n, B, T]) -> float32 [V, M].
+
+  chunk_size: sequence chunk of the lm-head loss (config.model.loss_chunk); None computes
+  the whole sequence at once, except on the CPU, where blocks of `cpu_score_chunk` are
+  faster (forward only: nothing is recomputed)."""
 
   def heldout_loss(base, adapters, batches):
     # Under a mesh, the voters (or, when the clients axis does not divide V, the
@@ -48,6 +68,12 @@ def make_heldout_loss(
     v, m = jax.tree.leaves(batches)[0].shape[0], jax.tree.leaves(adapters)[0].shape[0]
     by_voter = clients_axis_for(v)
     by_candidate = None if by_voter else clients_axis_for(m)
+    chunk = chunk_size
+    if chunk is None and jax.default_backend() == "cpu":
+      split = jax.sharding.get_abstract_mesh().shape["clients"] if by_voter or by_candidate else 1
+      b, t = batches["tokens"].shape[-2:]
+      chunk = cpu_score_chunk(cfg, v * m * b // split, t)
+    one = functools.partial(_one, cfg=cfg, lcfg=lcfg, chunk_size=chunk)
     per_candidate = jax.vmap(one, in_axes=(None, 0, None), spmd_axis_name=by_candidate)
     out = jax.vmap(per_candidate, in_axes=(None, None, 0), spmd_axis_name=by_voter)(
         base, adapters, batches

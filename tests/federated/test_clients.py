@@ -144,6 +144,40 @@ def test_heldout_loss_vmapped_equals_loop(setup):
   assert len(set(np.round(np.asarray(vm[0]), 6))) == m  # candidates are told apart
 
 
+def test_cpu_scoring_in_blocks_equals_the_whole_sequence():
+  """On the CPU the scoring loss runs its lm head over blocks of positions when the
+  vocabulary is large (evaluation.cpu_score_chunk): the same [V, M] losses as the loop
+  reference, which computes each whole sequence at once. On a split clients axis the block
+  counts the rows of one device."""
+  from flock_jax.federated.evaluation import CPU_SCORE_BLOCK_BYTES, cpu_score_chunk
+
+  cfg = CFG.replace(vocab_size=49152, num_layers=1)  # SmolLM2's vocabulary
+  tokens = CPU_SCORE_BLOCK_BYTES // (4 * cfg.vocab_size)
+  assert cpu_score_chunk(cfg, 4, 64) == tokens // 4 < 64
+  assert cpu_score_chunk(CFG, 4, 64) is None  # the tiny vocabulary: one block
+  base = init_params(cfg, jax.random.key(0))
+  lora = init_lora(cfg, LCFG, jax.random.key(1))
+  adapters = jax.tree.map(
+      lambda x: jnp.stack(
+          [x + 0.02 * i * jax.random.normal(jax.random.key(i), x.shape) for i in range(2)]
+      ),
+      lora,
+  )
+  batches = _batches(4, 1, 2, 64, seed=4)  # V=4, n=1, B=2, T=64: 16 rows, 8 a device
+  rng = np.random.default_rng(5)
+  batches["tokens"] = rng.integers(0, cfg.vocab_size, batches["tokens"].shape).astype(np.int32)
+  batches["loss_mask"][..., :5] = 0.0
+  ref = np.asarray(heldout_loss_loop(cfg, LCFG, base, adapters, batches))
+  out = np.asarray(make_heldout_loss(cfg, LCFG)(base, adapters, batches))
+  mesh = shd.make_mesh({"clients": 2}, devices=jax.devices()[:2])
+  with jax.set_mesh(mesh):
+    split = np.asarray(make_heldout_loss(cfg, LCFG)(base, adapters, batches))
+  # float32 sums of <= 128 per-token losses ~11 in another order: a few units of 2^-24 each
+  for got in (out, split):
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=0)
+  assert abs(ref[0, 0] - ref[0, 1]) > 1e-3  # candidates are told apart
+
+
 @pytest.mark.parametrize("voters,candidates", [(4, 2), (3, 2)])
 def test_heldout_loss_splits_voters_over_the_clients_axis(setup, voters, candidates):
   """Under a mesh with a split clients axis, scoring is divided over its devices: by voter,
