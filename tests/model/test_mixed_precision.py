@@ -124,3 +124,58 @@ def test_dense_custom_backward_equals_autodiff_in_f32():
   ours = lambda x, w: jnp.sum(jnp.sin(L.dense(x, w)))
   for r, o in zip(jax.grad(ref, (0, 1))(x, w), jax.grad(ours, (0, 1))(x, w)):
     np.testing.assert_allclose(np.asarray(o), np.asarray(r), rtol=1e-5, atol=1e-5)
+
+
+def test_swiglu_custom_backward_equals_autodiff():
+  """layers.swiglu's hand-written backward against autodiff of silu(g) * u, in float64
+  (x64 on: the comparison is of the formulas, not of roundings)."""
+  with jax.enable_x64(True):
+    g = jax.random.normal(jax.random.key(0), (2, 5, 12), jnp.float64) * 3
+    u = jax.random.normal(jax.random.key(1), (2, 5, 12), jnp.float64)
+    w = jax.random.normal(jax.random.key(2), (2, 5, 12), jnp.float64)
+    ref = lambda g, u: jnp.sum(w * jax.nn.silu(g) * u)
+    ours = lambda g, u: jnp.sum(w * L.swiglu(g, u))
+    np.testing.assert_allclose(float(ours(g, u)), float(ref(g, u)), rtol=1e-13)
+    for r, o in zip(jax.grad(ref, (0, 1))(g, u), jax.grad(ours, (0, 1))(g, u)):
+      np.testing.assert_allclose(np.asarray(o), np.asarray(r), rtol=1e-12, atol=1e-13)
+
+
+def test_bf16_swiglu_rounds_once():
+  """In bf16 each output is the float32 value rounded once: within half a bf16 unit
+  (U_BF16 relative) of the exact value, plus float32's own error. jax.nn.silu in bf16
+  rounded after each of its operations, about 3x that."""
+  g = jax.random.normal(jax.random.key(3), (4096,)) * 3
+  u = jax.random.normal(jax.random.key(4), (4096,))
+  gb, ub = g.astype(jnp.bfloat16), u.astype(jnp.bfloat16)
+  exact = jax.nn.silu(np.asarray(gb, np.float64)) * np.asarray(ub, np.float64)
+  got = np.asarray(L.swiglu(gb, ub), np.float64)
+  assert L.swiglu(gb, ub).dtype == jnp.bfloat16
+  err = np.abs(got - exact) / np.maximum(np.abs(exact), 1e-30)
+  assert err.max() <= U_BF16 * (1 + 2**-15), err.max()
+  dg, du = jax.grad(lambda g, u: jnp.sum(L.swiglu(g, u).astype(jnp.float32)), (0, 1))(gb, ub)
+  assert dg.dtype == du.dtype == jnp.bfloat16
+
+
+def test_bf16_projection_adds_its_lora_branch_in_f32_and_rounds_once():
+  """llama._project in bf16: the frozen projection and the LoRA branch (each a float32
+  accumulation; the branch's output in bf16, as its matmuls run) are summed in float32 and
+  rounded to bf16 once. Rounding the projection to bf16 first, as before, added up to half
+  a bf16 unit of the projection to each output's error."""
+  from flock_jax.model import llama
+
+  k = jax.random.split(jax.random.key(9), 4)
+  x = jax.random.normal(k[0], (2, 8, 32)).astype(jnp.bfloat16)
+  w = (jax.random.normal(k[1], (32, 48)) / 6).astype(jnp.bfloat16)
+  ab = {"a": jax.random.normal(k[2], (32, 4)) / 6, "b": jax.random.normal(k[3], (4, 48))}
+  got = llama._project(x, w, ab, 0.5, None, 0.0, jnp.bfloat16)
+  assert got.dtype == jnp.bfloat16
+  f64 = lambda t: np.asarray(t, np.float64)
+  y = f64(x) @ f64(w)
+  low = f64(np.asarray(f64(x) @ f64(ab["a"].astype(jnp.bfloat16)), np.float32).astype(jnp.bfloat16))
+  lora = 0.5 * low @ f64(ab["b"].astype(jnp.bfloat16))
+  exact = y + lora
+  err = np.abs(f64(got) - exact)
+  # half a bf16 unit of the result and of the branch's bf16 output, plus float32's
+  # accumulation error (32- and 4-term dots: below 2^-12 of the terms' scale)
+  bound = U_BF16 * (np.abs(exact) + np.abs(lora)) + 2**-12 * (np.abs(y) + np.abs(lora) + 0.1)
+  assert np.all(err <= bound), (err - bound).max()
