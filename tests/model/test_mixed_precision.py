@@ -40,7 +40,8 @@ def test_bf16_logits_within_budget_of_f32(seed):
   """Error budget: every rounding to bf16 on a logit's path (each projection's weights,
   its input and its output, the residual add: ~10 per layer, plus the embedding and the
   head) has relative error uniform in +-u, RMS u/sqrt(3); k independent ones add up to
-  sqrt(k) u / sqrt(3) (3 layers: 0.0076; measured 0.0065 on both seeds). Allowed: 3x."""
+  sqrt(k) u / sqrt(3) (3 layers: 0.0076; measured 0.0063 and 0.0059, 0.0065 on both seeds
+  before SwiGLU and the LoRA add rounded once). Allowed: 3x."""
   cfg = tiny()
   params = params_from_state_dict(state_dict_numpy(random_hf_model(cfg, seed=seed)), cfg)
   tokens = _batch(cfg, seed=seed)["tokens"]
