@@ -152,7 +152,7 @@ def test_bf16_swiglu_rounds_once():
   got = np.asarray(L.swiglu(gb, ub), np.float64)
   assert L.swiglu(gb, ub).dtype == jnp.bfloat16
   err = np.abs(got - exact) / np.maximum(np.abs(exact), 1e-30)
-  assert err.max() <= U_BF16 * (1 + 2**-15), err.max()
+  assert err.max() <= U_BF16 * (1 + 2**-12), err.max()  # + float32's few units in exp, /
   dg, du = jax.grad(lambda g, u: jnp.sum(L.swiglu(g, u).astype(jnp.float32)), (0, 1))(gb, ub)
   assert dg.dtype == du.dtype == jnp.bfloat16
 
@@ -161,13 +161,14 @@ def test_bf16_projection_adds_its_lora_branch_in_f32_and_rounds_once():
   """llama._project in bf16: the frozen projection and the LoRA branch (each a float32
   accumulation; the branch's output in bf16, as its matmuls run) are summed in float32 and
   rounded to bf16 once. Rounding the projection to bf16 first, as before, added up to half
-  a bf16 unit of the projection to each output's error."""
+  a bf16 unit of the projection to each output's error (the old form fails this bound)."""
   from flock_jax.model import llama
 
   k = jax.random.split(jax.random.key(9), 4)
   x = jax.random.normal(k[0], (2, 8, 32)).astype(jnp.bfloat16)
   w = (jax.random.normal(k[1], (32, 48)) / 6).astype(jnp.bfloat16)
-  ab = {"a": jax.random.normal(k[2], (32, 4)) / 6, "b": jax.random.normal(k[3], (4, 48))}
+  # a branch about a tenth of the projection, as LoRA's are
+  ab = {"a": jax.random.normal(k[2], (32, 4)) / 6, "b": jax.random.normal(k[3], (4, 48)) / 5}
   got = llama._project(x, w, ab, 0.5, None, 0.0, jnp.bfloat16)
   assert got.dtype == jnp.bfloat16
   f64 = lambda t: np.asarray(t, np.float64)
@@ -176,7 +177,9 @@ def test_bf16_projection_adds_its_lora_branch_in_f32_and_rounds_once():
   lora = 0.5 * low @ f64(ab["b"].astype(jnp.bfloat16))
   exact = y + lora
   err = np.abs(f64(got) - exact)
-  # half a bf16 unit of the result and of the branch's bf16 output, plus float32's
-  # accumulation error (32- and 4-term dots: below 2^-12 of the terms' scale)
-  bound = U_BF16 * (np.abs(exact) + np.abs(lora)) + 2**-12 * (np.abs(y) + np.abs(lora) + 0.1)
+  # half a bf16 unit of the result; of the branch, its bf16 output's rounding and one unit
+  # of slack for its bf16 rank-r activations (rounded here from float64, there from float32
+  # sums: a near tie can round either way); float32's accumulation error (32- and 4-term
+  # dots) is far below 2^-12 of the terms' scale
+  bound = U_BF16 * (np.abs(exact) + 3 * np.abs(lora)) + 2**-12 * (np.abs(y) + np.abs(lora))
   assert np.all(err <= bound), (err - bound).max()
