@@ -14,6 +14,8 @@ from flock_jax.model.quant import prepare_base
 from tests.model.test_mixed_precision import U_BF16, _batch, rel_rms
 from tests.model.test_parity import tiny
 
+pytestmark = pytest.mark.numerics  # CI reruns these with XLA:CPU limited to AVX2
+
 L = 5
 U_F32 = 2.0**-24
 
