@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flock_jax import faults
+from flock_jax import distributed, faults
 from flock_jax.eval import generation_report
 from flock_jax.federated import committee, hashing, metrics as run_metrics, voting
 from flock_jax.federated.attacks import attack_updates, evade_probe, voter_ballot
@@ -58,8 +58,9 @@ def _host_unstack(tree: PyTree, k: int) -> list[PyTree]:
   """[k]-stacked tree -> k trees of numpy views, after one copy off the device: what the
   protocol does next with the proposals (hash their bytes, validate them, average them in
   exact float32) is host work, and per-proposal device slices were each copied again for
-  each of those (the tiny model's hash and screening: 7 of its 54 ms a round)."""
-  host = jax.device_get(tree)
+  each of those (the tiny model's hash and screening: 7 of its 54 ms a round). On many hosts
+  `distributed.fetch` gathers a leaf that spans them."""
+  host = distributed.fetch(tree)
   return [jax.tree.map(lambda x: x[i, ...], host) for i in range(k)]  # views, 0-d too
 
 
