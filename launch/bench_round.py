@@ -89,6 +89,12 @@ _WEIGHTS = flags.DEFINE_enum(
 _ATTN = flags.DEFINE_enum(
     "attention", "xla", ["xla", "cudnn"], "flock_jax's LlamaConfig.attention (cudnn: GPU, bf16)."
 )
+_HEAD = flags.DEFINE_boolean(
+    "head_at_targets",
+    True,
+    "flock_jax's config.model.head_at_targets: the lm head at target positions only (the"
+    " benchmark's rows are 3/4 targets; the peer computes every position, as HF does).",
+)
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices",
     1,
@@ -126,6 +132,7 @@ def _config(n: int, rounds: int, backend: str):
   c.ledger.backend = backend
   c.eval.every = 0  # per-domain reporting off the round (round -1 only, not called here)
   c.checkpoint.every = 0
+  c.model.head_at_targets = _HEAD.value
   return c
 
 

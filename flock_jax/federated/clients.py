@@ -24,7 +24,7 @@ import optax
 
 from flock_jax import sharding as shd
 from flock_jax.federated.aggregators import fedprox_penalty
-from flock_jax.federated.loss import token_loss
+from flock_jax.federated.loss import target_capacity, token_loss, with_target_capacity
 from flock_jax.model.config import LlamaConfig
 from flock_jax.model.llama import Params
 from flock_jax.model.lora import LoraConfig, init_lora, lora_axes
@@ -136,10 +136,13 @@ def _client_steps(
     tx: optax.GradientTransformation,
     mu: float,
     chunk_size: int | None,
+    target_fraction: float | None = None,
 ):
   """One client, E steps from `start`: batches leaves [E, B, T] ->
-  (adapter, delta = adapter - start, opt_state, losses [E])."""
-  num_steps = batches["tokens"].shape[0]
+  (adapter, delta = adapter - start, opt_state, losses [E]). `target_fraction`: the lm head
+  at target_capacity(target_fraction, B, T) positions (every batch's targets must fit)."""
+  num_steps, b, t = batches["tokens"].shape
+  capacity = target_capacity(target_fraction, b, t)
 
   def step(carry, xs):
     lora, opt = carry
@@ -147,7 +150,9 @@ def _client_steps(
     drop = k if lcfg.dropout > 0 else None
 
     def objective(l):
-      loss = token_loss(base, l, batch, cfg, lcfg, dropout_key=drop, chunk_size=chunk_size)
+      loss = token_loss(
+          base, l, batch, cfg, lcfg, dropout_key=drop, chunk_size=chunk_size, capacity=capacity
+      )
       total = (loss + fedprox_penalty(l, start, mu)) if mu > 0 else loss
       return total, loss
 
@@ -169,6 +174,7 @@ def make_local_train(
     mu: float = 0.0,
     chunk_size: int | None = None,
     donate: bool = True,
+    target_fraction: float | None = None,
 ) -> Callable:
   """The jitted local training of K clients at once:
 
@@ -180,20 +186,39 @@ def make_local_train(
   `start_stacked=True` a [K]-stacked adapter (each client from its own, for
   the 'local' baseline). E and K come from the batch shapes (static under jit).
   opt_states is donated (its buffers are reused for the result).
+
+  `target_fraction` (the most weighted targets a batch of the run holds, over B*T;
+  Population.target_fraction): the lm head at the targets only, wherever a call's batches
+  fit (loss.with_target_capacity; the whole sequence otherwise, a second program).
   """
-  one = functools.partial(_client_steps, cfg=cfg, lcfg=lcfg, tx=tx, mu=mu, chunk_size=chunk_size)
 
-  def local_train(base, start, opt_states, batches, keys, start_stacked: bool = False):
-    fn = jax.vmap(
-        one,
-        in_axes=(None, 0 if start_stacked else None, 0, 0, 0),
-        spmd_axis_name=shd.clients_axis_for(keys.shape[0]),
+  def jitted(fraction):
+    one = functools.partial(
+        _client_steps,
+        cfg=cfg,
+        lcfg=lcfg,
+        tx=tx,
+        mu=mu,
+        chunk_size=chunk_size,
+        target_fraction=fraction,
     )
-    return fn(base, start, opt_states, batches, keys)
 
-  return jax.jit(
-      local_train, static_argnames=("start_stacked",), donate_argnums=(2,) if donate else ()
-  )
+    def local_train(base, start, opt_states, batches, keys, start_stacked: bool = False):
+      fn = jax.vmap(
+          one,
+          in_axes=(None, 0 if start_stacked else None, 0, 0, 0),
+          spmd_axis_name=shd.clients_axis_for(keys.shape[0]),
+      )
+      return fn(base, start, opt_states, batches, keys)
+
+    return jax.jit(
+        local_train, static_argnames=("start_stacked",), donate_argnums=(2,) if donate else ()
+    )
+
+  full = jitted(None)
+  if target_fraction is None:
+    return full
+  return with_target_capacity(jitted(target_fraction), full, target_fraction, batch_arg=3)
 
 
 def make_client_train(

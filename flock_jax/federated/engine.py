@@ -172,14 +172,18 @@ def restore_ledger(run, tree: dict, meta: dict, workdir=None) -> Ledger:
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_functions(cfg, lcfg, optim, mu: float, chunk: int | None):
+def compiled_functions(
+    cfg, lcfg, optim, mu: float, chunk: int | None, fractions: tuple = (None, None)
+):
   """(optimizer, jitted local_train, jitted heldout_loss), shared by runs with equal configs
-  so that a second run (a test, a sweep) reuses the compilation cache."""
+  so that a second run (a test, a sweep) reuses the compilation cache. `fractions`: the
+  training and the scoring batches' target fractions (Population.target_fraction; None:
+  the lm head at every position)."""
   tx = make_optimizer(optim)
   return (
       tx,
-      make_local_train(cfg, lcfg, tx, mu=mu, chunk_size=chunk),
-      make_heldout_loss(cfg, lcfg, chunk_size=chunk),
+      make_local_train(cfg, lcfg, tx, mu=mu, chunk_size=chunk, target_fraction=fractions[0]),
+      make_heldout_loss(cfg, lcfg, chunk_size=chunk, target_fraction=fractions[1]),
   )
 
 
@@ -209,8 +213,14 @@ def build(run, *, population: Population | None = None, base: Params | None = No
   agg = get_aggregator(fed.aggregator, fed.aggregator_hparams)  # flock mode: only fedprox's mu
   mu = run.optim.prox_mu or float(agg.hparams.get("mu", 0.0) if agg.name == "fedprox" else 0.0)
   lcfg = run.lora
+  fractions = (None, None)
+  if run.model.head_at_targets:  # the lm head where a target is: prompts and padding skipped
+    fractions = (
+        population.target_fraction(fed.batch_size),
+        population.target_fraction(fed.eval_batch_size, scoring=True),
+    )
   tx, local_train, heldout_loss = compiled_functions(
-      cfg, lcfg, run.optim, mu, run.model.loss_chunk or None
+      cfg, lcfg, run.optim, mu, run.model.loss_chunk or None, fractions
   )
   engine = Engine(
       run=run,

@@ -19,17 +19,18 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from flock_jax.federated.loss import token_loss_sums
+from flock_jax.federated.loss import target_capacity, token_loss_sums, with_target_capacity
 from flock_jax.model.config import LlamaConfig
 from flock_jax.model.lora import LoraConfig
 from flock_jax.sharding import clients_axis_for
 
 
-def _one(base, lora, batches, *, cfg, lcfg, chunk_size):
+def _one(base, lora, batches, *, cfg, lcfg, chunk_size, target_fraction=None):
   """Token-weighted mean loss of one adapter over batches {key: [n, B, T]} (float32 scalar)."""
+  capacity = target_capacity(target_fraction, *batches["tokens"].shape[-2:])
 
   def body(acc, batch):
-    s, c = token_loss_sums(base, lora, batch, cfg, lcfg, chunk_size=chunk_size)
+    s, c = token_loss_sums(base, lora, batch, cfg, lcfg, chunk_size=chunk_size, capacity=capacity)
     return (acc[0] + s, acc[1] + c), None
 
   (total, count), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), batches)
@@ -54,14 +55,26 @@ def cpu_score_chunk(cfg: LlamaConfig, rows: int, seq_len: int) -> int | None:
 
 
 def make_heldout_loss(
-    cfg: LlamaConfig, lcfg: LoraConfig, *, chunk_size: int | None = None
+    cfg: LlamaConfig,
+    lcfg: LoraConfig,
+    *,
+    chunk_size: int | None = None,
+    target_fraction: float | None = None,
 ) -> Callable:
   """jitted heldout_loss(base, adapters [M, ...], batches [V, n, B, T]) -> float32 [V, M].
 
   chunk_size: sequence chunk of the lm-head loss (config.model.loss_chunk); None computes
   the whole sequence at once, except on the CPU, where blocks of `cpu_score_chunk` are
-  faster (forward only: nothing is recomputed)."""
+  faster (forward only: nothing is recomputed). target_fraction: the lm head at the
+  targets only, as in clients.make_local_train."""
+  full = jax.jit(_heldout_loss_fn(cfg, lcfg, chunk_size, None))
+  if target_fraction is None:
+    return full
+  capped = jax.jit(_heldout_loss_fn(cfg, lcfg, chunk_size, target_fraction))
+  return with_target_capacity(capped, full, target_fraction, batch_arg=2)
 
+
+def _heldout_loss_fn(cfg, lcfg, chunk_size, target_fraction) -> Callable:
   def heldout_loss(base, adapters, batches):
     # Under a mesh, the voters (or, when the clients axis does not divide V, the
     # candidates) are split over the clients' devices.
@@ -73,7 +86,9 @@ def make_heldout_loss(
       split = jax.sharding.get_abstract_mesh().shape["clients"] if by_voter or by_candidate else 1
       b, t = batches["tokens"].shape[-2:]
       chunk = cpu_score_chunk(cfg, v * m * b // split, t)
-    one = functools.partial(_one, cfg=cfg, lcfg=lcfg, chunk_size=chunk)
+    one = functools.partial(
+        _one, cfg=cfg, lcfg=lcfg, chunk_size=chunk, target_fraction=target_fraction
+    )
     per_candidate = jax.vmap(one, in_axes=(None, 0, None), spmd_axis_name=by_candidate)
     out = jax.vmap(per_candidate, in_axes=(None, None, 0), spmd_axis_name=by_voter)(
         base, adapters, batches
@@ -81,7 +96,7 @@ def make_heldout_loss(
     # [V, M] back on every device: every host reads the whole matrix (votes, reports).
     return out if not (by_voter or by_candidate) else jax.lax.with_sharding_constraint(out, P())
 
-  return jax.jit(heldout_loss)
+  return heldout_loss
 
 
 def heldout_loss_loop(

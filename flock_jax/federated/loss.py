@@ -17,14 +17,22 @@ gradient is ever formed.
 that length under `jax.checkpoint`, so [B, T, V] float32 logits are never all
 alive at once (Llama 3 has V = 128,256); only [B, chunk, V] is, forward and
 backward.
+
+`capacity` computes the lm head at the weighted targets only: the batch's
+positions are gathered into [capacity, D] (weighted ones first, in order) before
+the head, so prompts and padding cost no logits. It must hold every weighted
+target of the batch; `most_targets` counts them on the host and
+`with_target_capacity` falls back to the whole sequence where they do not fit.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import functools
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flock_jax.model.config import LlamaConfig
 from flock_jax.model.layers import dense
@@ -36,16 +44,88 @@ BATCH_KEYS = ("tokens", "loss_mask", "segment_ids", "positions")
 
 
 def next_token_targets(batch: Batch) -> tuple[jax.Array, jax.Array]:
-  """(targets [B, T] int32, weights [B, T] float32): position t predicts token t+1.
+  """(targets [..., T] int32, weights [..., T] float32): position t predicts token t+1.
 
-  The last position has weight 0; so does a target in another segment or padding.
-  """
+  The last position has weight 0; so does a target in another segment or padding. Numpy
+  batches give numpy arrays (the host's count of targets, `most_targets`)."""
+  xp = np if isinstance(batch["tokens"], np.ndarray) else jnp
   tokens, seg = batch["tokens"], batch["segment_ids"]
-  targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
-  same = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
-  w = batch["loss_mask"][:, 1:].astype(jnp.float32) * same.astype(jnp.float32)
-  weights = jnp.concatenate([w, jnp.zeros_like(w[:, :1])], axis=1)
-  return targets.astype(jnp.int32), weights
+  targets = xp.concatenate([tokens[..., 1:], xp.zeros_like(tokens[..., :1])], axis=-1)
+  same = (seg[..., 1:] == seg[..., :-1]) & (seg[..., 1:] != 0)
+  w = xp.asarray(batch["loss_mask"][..., 1:], xp.float32) * same.astype(xp.float32)
+  weights = xp.concatenate([w, xp.zeros_like(w[..., :1])], axis=-1)
+  return targets.astype(xp.int32), weights
+
+
+# ------------------------------------------------------------------ targets-only lm head
+TARGET_QUANTUM = 16  # capacities are multiples of this many positions
+
+
+def target_capacity(fraction: float | None, b: int, t: int) -> int | None:
+  """Positions of a [B, T] batch that the lm head computes under a target `fraction` (the
+  most weighted targets any batch of the run holds, over B*T): ceil(fraction * B * T), up to
+  a multiple of TARGET_QUANTUM; None (every position) when that is not fewer than B * T."""
+  if fraction is None:
+    return None
+  c = -(-int(np.ceil(fraction * b * t)) // TARGET_QUANTUM) * TARGET_QUANTUM
+  return max(c, TARGET_QUANTUM) if c < b * t else None
+
+
+def most_targets(batches: Mapping[str, np.ndarray]) -> int:
+  """The most weighted next-token targets in one [B, T] batch of `batches` {key: [..., B, T]}
+  (on the host: device arrays are copied)."""
+  host = {k: np.asarray(batches[k]) for k in ("tokens", "loss_mask", "segment_ids")}
+  _, w = next_token_targets(host)
+  return int((w != 0).sum(axis=(-2, -1)).max(initial=0))
+
+
+def with_target_capacity(capped: Callable, full: Callable, fraction: float | None, batch_arg: int):
+  """`capped` (the lm head at target_capacity(fraction, B, T) positions) where every [B, T]
+  batch of the call's argument `batch_arg` fits, else `full` (every position): the result is
+  the same either way, up to the order of the loss's sum."""
+  if fraction is None:
+    return full
+
+  def call(*args, **kw):
+    batches = args[batch_arg]
+    b, t = batches["tokens"].shape[-2:]
+    cap = target_capacity(fraction, b, t)
+    return (capped if cap is not None and most_targets(batches) <= cap else full)(*args, **kw)
+
+  call.capped, call.full = capped, full  # each program, for lowering and tests
+  return call
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _take_rows(x, order, c: int):
+  """x [N, D] -> x[order[:c]] [c, D], `order` a permutation of range(N). Its backward gathers
+  by the inverse permutation (autodiff's would be a scatter-add)."""
+  return jnp.take(x, order[:c], axis=0)
+
+
+def _take_rows_fwd(x, order, c):
+  return _take_rows(x, order, c), order
+
+
+def _take_rows_bwd(c, order, dy):
+  pad = jnp.zeros((order.shape[0] - c,) + dy.shape[1:], dy.dtype)
+  return jnp.take(jnp.concatenate([dy, pad]), jnp.argsort(order), axis=0), None
+
+
+_take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
+
+
+def _at_targets(hidden, targets, weights, capacity: int):
+  """hidden [B, T, D], targets and weights [B, T] -> the same at `capacity` positions, as
+  [1, capacity, ...]: the weighted positions first, in order, then unweighted ones."""
+  b, t, d = hidden.shape
+  order = jnp.argsort((weights.reshape(-1) == 0).astype(jnp.int32), stable=True)
+  keep = order[:capacity]
+  return (
+      _take_rows(hidden.reshape(b * t, d), order, capacity)[None],
+      jnp.take(targets.reshape(-1), keep)[None],
+      jnp.take(weights.reshape(-1), keep)[None],
+  )
 
 
 def _nll_sum(hidden, w_head, targets, weights):
@@ -57,11 +137,22 @@ def _nll_sum(hidden, w_head, targets, weights):
 
 
 def nll_from_hidden(
-    params: Params, hidden, targets, weights, cfg: LlamaConfig, chunk_size: int | None = None
+    params: Params,
+    hidden,
+    targets,
+    weights,
+    cfg: LlamaConfig,
+    chunk_size: int | None = None,
+    capacity: int | None = None,
 ) -> jax.Array:
-  """Weighted NLL sum (float32 scalar) of hidden [B, T, D] under the lm head."""
+  """Weighted NLL sum (float32 scalar) of hidden [B, T, D] under the lm head; with `capacity`,
+  at that many positions (which must hold every weighted target)."""
   w_head = lm_head(params, cfg)
   b, t, d = hidden.shape
+  if capacity is not None and capacity < b * t:
+    hidden, targets, weights = _at_targets(hidden, targets, weights, capacity)
+    chunk_size = chunk_size and chunk_size * b  # the same block of positions as B rows had
+    b, t = 1, capacity
   if not chunk_size or chunk_size >= t:
     return _nll_sum(hidden, w_head, targets, weights)
   n = -(-t // chunk_size)
@@ -88,6 +179,7 @@ def token_loss_sums(
     *,
     dropout_key=None,
     chunk_size: int | None = None,
+    capacity: int | None = None,
 ):
   """(weighted NLL sum, number of weighted targets), both float32 scalars."""
   hidden = hidden_states(
@@ -101,7 +193,8 @@ def token_loss_sums(
       dropout_key=dropout_key,
   )
   targets, weights = next_token_targets(batch)
-  return nll_from_hidden(params, hidden, targets, weights, cfg, chunk_size), jnp.sum(weights)
+  nll = nll_from_hidden(params, hidden, targets, weights, cfg, chunk_size, capacity)
+  return nll, jnp.sum(weights)
 
 
 def token_loss(
@@ -113,9 +206,17 @@ def token_loss(
     *,
     dropout_key=None,
     chunk_size: int | None = None,
+    capacity: int | None = None,
 ) -> jax.Array:
   """Mean masked next-token cross-entropy (float32 scalar; 0 if nothing is masked in)."""
   total, count = token_loss_sums(
-      params, lora, batch, cfg, lcfg, dropout_key=dropout_key, chunk_size=chunk_size
+      params,
+      lora,
+      batch,
+      cfg,
+      lcfg,
+      dropout_key=dropout_key,
+      chunk_size=chunk_size,
+      capacity=capacity,
   )
   return total / jnp.maximum(count, 1.0)

@@ -109,6 +109,25 @@ class Population:
     rest = (slice(None),) + tuple(block[1:])
     return {k: np.ascontiguousarray(np.swapaxes(steps[k], 0, 1)[rest]) for k in KEYS}
 
+  def target_fraction(self, batch_size: int, *, scoring: bool = False) -> float:
+    """The most weighted next-token targets one [batch_size, T] batch can hold, over B*T: the
+    lm head's capacity (loss.target_capacity). Per participant (or reporting domain), its
+    fullest rows as often as a batch can repeat them: `sample_rows` concatenates
+    permutations, so a window of B rows meets a row up to ceil(B / rows) + 1 times (twice
+    across a permutation's end). `scoring`: the held-out and reporting rows; else the
+    training rows."""
+    from flock_jax.federated.loss import next_token_targets
+
+    sets = self.heldout + list(self.eval_sets.values()) if scoring else self.train
+    most = 0
+    for arrays in sets:
+      _, w = next_token_targets({k: np.asarray(arrays[k]) for k in KEYS})
+      rows = (w != 0).sum(axis=-1)
+      if rows.size:
+        repeats = -(-batch_size // rows.size) + 1
+        most = max(most, int(np.sort(np.tile(rows, repeats))[::-1][:batch_size].sum()))
+    return most / (batch_size * self.seq_len())
+
   def seq_len(self) -> int:
     """T of every tokenized row."""
     return int(self.train[0]["tokens"].shape[1])
