@@ -377,6 +377,7 @@ def compare():
   import numpy as np
 
   from flock_jax.federated.engine import build, make_ledger
+  from flock_jax.federated.loss import target_capacity
   from flock_jax.model.config import matmul_flops
   from flock_jax.model.quant import prepare_base
   from flock_jax.run_config import from_config
@@ -441,7 +442,7 @@ def compare():
   peak_j2, peak_t2 = matmul_peak(_DTYPE.value)
   peak_j, peak_t = max(peak_j, peak_j2), max(peak_t, peak_t2)
   mean = lambda rows, k: float(np.mean([row.get(k, 0.0) for row in rows])) if rows else 0.0
-  train_flops = (
+  flops = lambda head: (
       fed.num_proposers
       * fed.local_steps
       * matmul_flops(
@@ -451,7 +452,14 @@ def compare():
           lora_rank=run.lora.rank,
           lora_targets=run.lora.targets,
           train=True,
+          head_positions=head,
       )
+  )
+  peer_flops = flops(None)  # HF computes the lm head at every position
+  train_flops = flops(  # the work flock_jax does: with head_at_targets, the head at the capacity
+      target_capacity(pop.target_fraction(fed.batch_size), fed.batch_size, _T.value)
+      if run.model.head_at_targets
+      else None
   )
   j_train = mean(jx, "train")
   pct = 100.0 * train_flops / j_train / peak_j
@@ -468,7 +476,7 @@ def compare():
   print(
       f"flock_jax training: {train_flops / j_train / 1e9:.0f} GFLOP/s = {pct:.0f}% of the jax "
       f"peak"
-      + (f"; peer training {train_flops / mean(pt, 'train') / 1e9:.1f} GFLOP/s" if pt else "")
+      + (f"; peer training {peer_flops / mean(pt, 'train') / 1e9:.1f} GFLOP/s" if pt else "")
   )
   print(f"compilations during the timed rounds: {counter.count}")
   print(

@@ -367,9 +367,11 @@ def matmul_flops(
     lora_rank: int = 0,
     lora_targets: tuple[str, ...] = (),
     train: bool = False,
+    head_positions: int | None = None,
 ) -> float:
   """Matmul FLOPs (2 per multiply-add) of one forward on [batch, seq] tokens, or of one LoRA
-  training step (train=True) with a frozen base.
+  training step (train=True) with a frozen base. `head_positions`: the lm head at that many
+  of the batch's positions (its targets only: model.head_at_targets; default all).
 
   Counted: the seven projections, attention's QK^T and PV over the full [seq, seq] square
   (no causal halving: the kernels compute it), the lm head at every position, LoRA's two
@@ -393,7 +395,7 @@ def matmul_flops(
   attn = 2 * 2 * batch * seq * seq * cfg.q_dim  # QK^T and PV per layer
   lora = sum(lora_rank * (dims[t][0] + dims[t][1]) for t in lora_targets)
   fwd_layers = cfg.num_layers * (2 * n * proj + attn + 2 * n * lora)
-  head = 2 * n * d * cfg.vocab_size
+  head = 2 * (n if head_positions is None else head_positions) * d * cfg.vocab_size
   if not train:
     return float(fwd_layers + head)
   bwd = cfg.num_layers * (2 * n * proj + 2 * attn + 2 * 2 * n * lora) + head

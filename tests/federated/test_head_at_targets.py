@@ -242,3 +242,31 @@ def test_rounds_with_the_head_at_targets_equal_the_whole_sequence():
       np.testing.assert_allclose(a.heldout_loss[d], b.heldout_loss[d], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(on_g), jax.tree.leaves(off_g)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=TOL, atol=TOL)
+
+
+def test_the_capped_step_does_the_head_work_matmul_flops_counts():
+  """XLA's cost analysis of a training step, whole sequence and capped: the difference is
+  the lm head's forward and backward at the dropped positions, as
+  matmul_flops(head_positions=...) counts it (a large vocabulary, so the head dominates;
+  XLA also counts the softmax's elementwise work, a few FLOPs a logit against 256)."""
+  from flock_jax.model.config import matmul_flops
+
+  cfg = CFG.replace(vocab_size=4096, num_layers=1)
+  base = init_params(cfg, jax.random.key(0))
+  g = init_lora(cfg, LCFG, jax.random.key(1))
+  tx, k, e, b, t = _opt(), 2, 1, 2, 32
+  batches = _client_batches(k, e, b, t, seed=6)
+  batches["tokens"] %= cfg.vocab_size
+  fraction = L.most_targets(batches) / (b * t)
+  cap = L.target_capacity(fraction, b, t)
+  state = cl.init_client_state(cfg, LCFG, tx, jax.random.key(3), k, global_lora=g)
+  keys = jax.random.split(jax.random.key(4), k)
+  fn = cl.make_local_train(cfg, LCFG, tx, donate=False, target_fraction=fraction)
+  cost = lambda f: f.lower(base, g, state.opt_state, batches, keys).compile().cost_analysis()
+  saved = cost(fn.full)["flops"] - cost(fn.capped)["flops"]
+  count = lambda h: matmul_flops(
+      cfg, b, t, lora_rank=LCFG.rank, lora_targets=LCFG.targets, train=True, head_positions=h
+  )
+  expected = k * e * (count(None) - count(cap))
+  assert expected == k * e * 2 * 2 * (b * t - cap) * cfg.hidden_size * cfg.vocab_size
+  assert 0.95 < saved / expected < 1.15, (saved, expected)
