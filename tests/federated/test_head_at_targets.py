@@ -69,18 +69,21 @@ def test_take_rows_backward_is_autodiffs_scatter():
   np.testing.assert_array_equal(ours, ref)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_targets_only_loss_equals_the_whole_sequence(setup, dtype):
+@pytest.mark.parametrize("dtype,chunk", [("float32", None), ("bfloat16", None), ("float32", 8)])
+def test_targets_only_loss_equals_the_whole_sequence(setup, dtype, chunk):
   """Loss and LoRA gradients, packed rows with prompts and padding: the same terms summed in
   another order (float32 sums of <= 64 per-token terms: a few units of 2^-24), and in bf16
-  the same bf16 hidden rows into the same float32 head."""
+  the same bf16 hidden rows into the same float32 head. With loss_chunk (8 positions of each
+  of the 2 rows: 16 gathered positions a chunk), the capacity is split into such chunks."""
   base, g = setup
   cfg = CFG.replace(dtype=dtype, param_dtype=dtype)
   base = jax.tree.map(lambda x: x.astype(dtype) if x.dtype == jnp.float32 else x, base)
   batch = {k: jnp.asarray(v) for k, v in _packed_batch(np.random.default_rng(1), 2, 32).items()}
   cap = L.target_capacity(L.most_targets(batch) / 64, 2, 32)
   assert cap is not None and cap < 64
-  f = lambda c: jax.value_and_grad(lambda l: L.token_loss(base, l, batch, cfg, LCFG, capacity=c))
+  f = lambda c: jax.value_and_grad(
+      lambda l: L.token_loss(base, l, batch, cfg, LCFG, capacity=c, chunk_size=chunk)
+  )
   (l_full, g_full), (l_cap, g_cap) = f(None)(g), f(cap)(g)
   np.testing.assert_allclose(l_cap, l_full, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g_cap), jax.tree.leaves(g_full)):
