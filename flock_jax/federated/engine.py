@@ -214,7 +214,11 @@ def build(run, *, population: Population | None = None, base: Params | None = No
   mu = run.optim.prox_mu or float(agg.hparams.get("mu", 0.0) if agg.name == "fedprox" else 0.0)
   lcfg = run.lora
   fractions = (None, None)
-  if run.model.head_at_targets:  # the lm head where a target is: prompts and padding skipped
+  # The lm head where a target is (prompts and padding skipped): it gathers each client's
+  # batch across its rows, so not on a mesh that splits those rows (data, fsdp), where the
+  # gather would cross devices; a large model's head is a small share of its step there.
+  splits_rows = mesh is not None and mesh.shape["data"] * mesh.shape["fsdp"] > 1
+  if run.model.head_at_targets and not splits_rows:
     fractions = (
         population.target_fraction(fed.batch_size),
         population.target_fraction(fed.eval_batch_size, scoring=True),

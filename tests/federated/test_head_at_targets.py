@@ -200,34 +200,46 @@ def test_population_fraction_holds_every_batch_it_draws():
   assert 0.8 * frac * 4 * 32 <= seen <= frac * 4 * 32, (seen, frac)
 
 
-def test_rounds_with_the_head_at_targets_equal_the_whole_sequence():
-  """Two FLock rounds (config.model.head_at_targets on, the default, and off) on packed
-  rows with prompts: the same training losses, voters' gains, reports and global adapter,
-  to float32 summation order."""
+def _run(on: bool, **mesh):
+  """The tiny run config of two rounds on the 'local' ledger, head_at_targets `on`."""
   import importlib.util
   import pathlib
 
-  from flock_jax.federated.engine import build, make_ledger
-  from flock_jax.federated.rounds import flock_round
   from flock_jax.run_config import from_config
 
   root = pathlib.Path(__file__).resolve().parents[2]
   spec = importlib.util.spec_from_file_location("flock_config", root / "configs" / "flock.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  rng = np.random.default_rng(7)
+  c = mod.get_config("tiny")
+  c.data.seq_len, c.ledger.backend, c.eval.every = 32, "local", 1
+  c.model.head_at_targets = on
+  c.mesh.update(mesh)
+  f = c.federation
+  f.num_participants, f.num_proposers, f.num_voters = 6, 2, 3
+  f.rounds, f.local_steps, f.batch_size, f.eval_batches, f.eval_batch_size = 2, 2, 4, 1, 4
+  return from_config(c)
+
+
+def _packed_population(seed=7):
+  rng = np.random.default_rng(seed)
   pop = synthetic_population(6, seq_len=32, train_rows=8, heldout_rows=4, eval_rows=4)
   pop.train = [_packed_batch(rng, 8, 32) for _ in range(6)]
   pop.heldout = [_packed_batch(rng, 4, 32) for _ in range(6)]
+  return pop
+
+
+def test_rounds_with_the_head_at_targets_equal_the_whole_sequence():
+  """Two FLock rounds (config.model.head_at_targets on, the default, and off) on packed
+  rows with prompts: the same training losses, voters' gains, reports and global adapter,
+  to float32 summation order."""
+  from flock_jax.federated.engine import build, make_ledger
+  from flock_jax.federated.rounds import flock_round
+
+  pop = _packed_population()
   out = {}
   for on in (True, False):
-    c = mod.get_config("tiny")
-    c.data.seq_len, c.ledger.backend, c.eval.every = 32, "local", 1
-    c.model.head_at_targets = on
-    f = c.federation
-    f.num_participants, f.num_proposers, f.num_voters = 6, 2, 3
-    f.rounds, f.local_steps, f.batch_size, f.eval_batches, f.eval_batch_size = 2, 2, 4, 1, 4
-    run = from_config(c)
+    run = _run(on)
     engine, state = build(run, population=pop, base=init_params(run.model.cfg, jax.random.key(0)))
     assert hasattr(engine.local_train, "capped") == on
     assert hasattr(engine.heldout_loss, "capped") == on
@@ -245,6 +257,19 @@ def test_rounds_with_the_head_at_targets_equal_the_whole_sequence():
       np.testing.assert_allclose(a.heldout_loss[d], b.heldout_loss[d], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(on_g), jax.tree.leaves(off_g)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=TOL, atol=TOL)
+
+
+def test_a_mesh_that_splits_a_clients_rows_keeps_the_whole_head():
+  """The gather runs over a client's rows: on a mesh with a data or fsdp split it would
+  cross devices, so there the engine keeps the head at every position; a split of the
+  clients and the heads (tensor) keeps each client's rows whole, and the gather."""
+  from flock_jax.federated.engine import build
+
+  pop = _packed_population()
+  for mesh, capped in (({"clients": 2, "tensor": 4}, True), ({"clients": 2, "fsdp": 4}, False)):
+    run = _run(True, **mesh)
+    engine, _ = build(run, population=pop, base=init_params(run.model.cfg, jax.random.key(0)))
+    assert hasattr(engine.local_train, "capped") == capped, mesh
 
 
 def test_the_capped_step_does_the_head_work_matmul_flops_counts():
