@@ -72,9 +72,25 @@ def target_capacity(fraction: float | None, b: int, t: int) -> int | None:
 
 
 def most_targets(batches: Mapping[str, np.ndarray]) -> int:
-  """The most weighted next-token targets in one [B, T] batch of `batches` {key: [..., B, T]}
-  (on the host: device arrays are copied)."""
-  host = {k: np.asarray(batches[k]) for k in ("tokens", "loss_mask", "segment_ids")}
+  """The most weighted next-token targets in one [B, T] batch of `batches` {key: [..., B, T]},
+  counted on the host. A global jax.Array of a multi-host run is counted from this process's
+  shards, and the most over the processes taken, so that every process decides alike (each
+  shard must hold whole [B, T] batches: the engine keeps the whole head on a mesh that
+  splits a client's rows)."""
+  keys = ("tokens", "loss_mask", "segment_ids")
+  x = batches["tokens"]
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+
+    shards = zip(*(batches[k].addressable_shards for k in keys))
+    local = max(
+        (_most({k: np.asarray(s.data) for k, s in zip(keys, ss)}) for ss in shards), default=0
+    )
+    return int(np.max(multihost_utils.process_allgather(np.int32(local))))
+  return _most({k: np.asarray(batches[k]) for k in keys})
+
+
+def _most(host: Mapping[str, np.ndarray]) -> int:
   _, w = next_token_targets(host)
   return int((w != 0).sum(axis=(-2, -1)).max(initial=0))
 
