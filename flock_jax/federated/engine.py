@@ -221,7 +221,7 @@ def build(run, *, population: Population | None = None, base: Params | None = No
   if run.model.head_at_targets and not splits_rows:
     fractions = (
         population.target_fraction(fed.batch_size),
-        population.target_fraction(fed.eval_batch_size, scoring=True),
+        population.target_fraction(fed.eval_batch_size, scoring=True, num_batches=fed.eval_batches),
     )
   tx, local_train, heldout_loss = compiled_functions(
       cfg, lcfg, run.optim, mu, run.model.loss_chunk or None, fractions

@@ -109,18 +109,27 @@ class Population:
     rest = (slice(None),) + tuple(block[1:])
     return {k: np.ascontiguousarray(np.swapaxes(steps[k], 0, 1)[rest]) for k in KEYS}
 
-  def target_fraction(self, batch_size: int, *, scoring: bool = False) -> float:
+  def target_fraction(
+      self, batch_size: int, *, scoring: bool = False, num_batches: int = 1
+  ) -> float:
     """The most weighted next-token targets one [batch_size, T] batch can hold, over B*T: the
-    lm head's capacity (loss.target_capacity). Per participant (or reporting domain), its
-    fullest rows as often as a batch can repeat them: `sample_rows` concatenates
-    permutations, so a window of B rows meets a row up to ceil(B / rows) + 1 times (twice
-    across a permutation's end). `scoring`: the held-out and reporting rows; else the
-    training rows."""
-    from flock_jax.federated.loss import next_token_targets
+    lm head's capacity (loss.target_capacity).
 
-    sets = self.heldout + list(self.eval_sets.values()) if scoring else self.train
+    Training batches are drawn: per participant, its fullest rows as often as a batch can
+    repeat them (`sample_rows` concatenates permutations, so a window of B rows meets a row
+    up to ceil(B / rows) + 1 times: twice across a permutation's end). `scoring`: the
+    voters' held-out batches (`num_batches` each) and the reporting batches are fixed, so
+    their most is exact."""
+    from flock_jax.federated.loss import most_targets, next_token_targets
+
+    if scoring:
+      held = self.heldout_batches(range(self.num_participants), num_batches, batch_size)
+      most = most_targets(held)
+      if self.eval_sets:
+        most = max(most, most_targets(self.eval_batches(batch_size)[1]))
+      return most / (batch_size * self.seq_len())
     most = 0
-    for arrays in sets:
+    for arrays in self.train:
       _, w = next_token_targets({k: np.asarray(arrays[k]) for k in KEYS})
       rows = (w != 0).sum(axis=-1)
       if rows.size:

@@ -183,8 +183,8 @@ def test_heldout_loss_at_targets_on_a_split_clients_axis(setup):
 
 def test_population_fraction_holds_every_batch_it_draws():
   """Population.target_fraction bounds the targets of the batches its participants draw
-  (training) and of the voters' and reporting batches (scoring), and is tight: the
-  synthetic rows are 3/4 targets."""
+  (training) and is tight (the synthetic rows are 3/4 targets); for the voters' and the
+  reporting batches (scoring) it is their exact most."""
   pop = synthetic_population(4, seq_len=32, train_rows=12, heldout_rows=4, eval_rows=4)
   assert pop.target_fraction(4) == pytest.approx(24 / 32)  # targets at positions 7..30
   assert pop.target_fraction(4, scoring=True) == pytest.approx(24 / 32)
@@ -198,6 +198,14 @@ def test_population_fraction_holds_every_batch_it_draws():
     seen = max(seen, L.most_targets(batches))
     assert cap is None or L.most_targets(batches) <= cap
   assert 0.8 * frac * 4 * 32 <= seen <= frac * 4 * 32, (seen, frac)
+  # the voters' and the reporting batches are fixed: their most, exactly, participant by
+  # participant and domain by domain
+  pop.heldout = [_packed_batch(rng, int(rng.integers(1, 9)), 32) for _ in range(4)]
+  exact = max(
+      [L.most_targets(pop.heldout_batches([i], 2, 4)) for i in range(4)]
+      + [L.most_targets(pop.eval_batches(4)[1])]
+  )
+  assert pop.target_fraction(4, scoring=True, num_batches=2) * 4 * 32 == exact
 
 
 def _run(on: bool, **mesh):
