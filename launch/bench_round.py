@@ -456,11 +456,9 @@ def compare():
       )
   )
   peer_flops = flops(None)  # HF computes the lm head at every position
-  train_flops = flops(  # the work flock_jax does: with head_at_targets, the head at the capacity
-      target_capacity(pop.target_fraction(fed.batch_size), fed.batch_size, _T.value)
-      if run.model.head_at_targets
-      else None
-  )
+  # the work flock_jax does: the head at the capacity where the engine chose the capped program
+  fraction = getattr(engine.local_train, "fraction", None)
+  train_flops = flops(target_capacity(fraction, fed.batch_size, _T.value))
   j_train = mean(jx, "train")
   pct = 100.0 * train_flops / j_train / peak_j
   print(f"\n{'phase':<10} {'flock_jax s':>12} {'peer s':>10}")

@@ -109,6 +109,7 @@ def with_target_capacity(capped: Callable, full: Callable, fraction: float | Non
     return (capped if cap is not None and most_targets(batches) <= cap else full)(*args, **kw)
 
   call.capped, call.full = capped, full  # each program, for lowering and tests
+  call.fraction = fraction
   return call
 
 
