@@ -22,6 +22,7 @@ the merged weight is never materialised in the forward pass.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -287,65 +288,98 @@ def _stacks_bf16_by_copy(cfg: LlamaConfig) -> bool:
   return jnp.dtype(cfg.compute_dtype) in _BITS and jax.default_backend() == "cpu"
 
 
-@jax.custom_vjp
-def _lora_branch(x, a, b):
-  """(x [B, T, in] @ a [in, r]) @ b [r, out] in x's dtype (f32 accumulation), with a
-  hand-written backward.
-
-  Autodiff would form dA as a contraction over B*T with a skinny [in, r]
-  output, a layout XLA:CPU runs ~4x slower than the [r, in] one; the
-  backward below computes the same values in the fast layout. a and b may be
-  float32 masters: they are cast to x's dtype here and their gradients come
-  back in their own dtype.
-  """
-  return _lora_branch_fwd(x, a, b)[0]
+def _acc(dtype):
+  """The accumulation dtype for a compute dtype: float32, or wider (float64 under x64)."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def _mm(spec, u, v):
-  return jnp.einsum(spec, u, v, preferred_element_type=jnp.float32)
+  return jnp.einsum(spec, u, v, preferred_element_type=_acc(jnp.result_type(u, v)))
 
 
-def _lora_branch_fwd(x, a, b):
+def _base_matmul(x, w):
+  """x [..., in] @ w [in, out] in float32 (float32 accumulation); w a float array or an int8
+  {'q', 'scale'} (model/quant.py), dequantized as (x @ q) * scale."""
+  if quant.is_quantized(w):
+    return _mm("...i,io->...o", x, w["q"].astype(x.dtype)) * w["scale"].astype(_acc(x.dtype))
+  return _mm("...i,io->...o", x, w.astype(x.dtype))
+
+
+def _base_matmul_t(dy, w):
+  """dy [..., out] @ w^T in float32: the base projection's dX."""
+  if quant.is_quantized(w):
+    dy = (dy.astype(_acc(dy.dtype)) * w["scale"].astype(_acc(dy.dtype))).astype(dy.dtype)
+    return _mm("...o,io->...i", dy, w["q"].astype(dy.dtype))
+  return _mm("...o,io->...i", dy, w.astype(dy.dtype))
+
+
+def _dropped(x, keep, dropout):
+  """LoRA's input: x, or x / (1 - p) where keep (bool, x's shape) and 0 elsewhere."""
+  if keep is None:
+    return x
+  return jnp.where(keep, x / (1.0 - dropout), 0).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _lora_linear(x, w, a, b, scale: float, dropout: float, keep):
+  """x [..., in] @ w [in, out] + scale * dropped(x) @ a [in, r] @ b [r, out], in x's dtype:
+  each matmul in x's dtype with float32 accumulation (the rank-r activations rounded to
+  x's dtype, as the next matmul takes them), the two terms added in float32 and rounded
+  once. w is the frozen base (float, or int8 {'q', 'scale'}); a and b may be float32
+  masters, cast to x's dtype here, their gradients in their own dtype. keep: LoRA
+  dropout's bool mask of x's shape, or None.
+
+  One function with its own backward so that the output's cotangent reaches every
+  backward matmul in x's dtype as it came, and dX (the base's and the branch's, summed in
+  float32) is rounded once. As two functions (the base's dense and the branch) joined by
+  float32 adds, autodiff carried a float32 copy of each cotangent into both backward
+  passes and converted it back to bf16 for each: conversions of the MLP's width, about 3%
+  of a bf16 SmolLM2 training step. dA is formed as (dlow^T x)^T: autodiff's contraction
+  over the tokens with a skinny [in, r] output is a layout XLA:CPU runs ~4x slower."""
+  return _lora_linear_fwd(x, w, a, b, scale, dropout, keep)[0]
+
+
+def _lora_linear_fwd(x, w, a, b, scale, dropout, keep):
   dt = x.dtype
-  low = _mm("bti,ir->btr", x, a.astype(dt)).astype(dt)
-  return _mm("btr,ro->bto", low, b.astype(dt)).astype(dt), (x, a, b, low)
+  low = _mm("...i,ir->...r", _dropped(x, keep, dropout), a.astype(dt)).astype(dt)
+  y = _base_matmul(x, w) + scale * _mm("...r,ro->...o", low, b.astype(dt))
+  return y.astype(dt), (x, w, a, b, low, keep)
 
 
-def _lora_branch_bwd(res, dy):
-  x, a, b, low = res
+def _lora_linear_bwd(scale, dropout, res, dy):
+  x, w, a, b, low, keep = res
   dt = x.dtype
   dy = dy.astype(dt)
-  dlow = _mm("bto,ro->btr", dy, b.astype(dt)).astype(dt)
+  dlow = (scale * _mm("...o,ro->...r", dy, b.astype(dt))).astype(dt)
   # The barrier keeps XLA from folding the transpose into the dot, which would bring back
   # the slow [in, r] layout (f32: 1.4 ms vs 0.25 ms at [4, 128, 1536] r=8) and, in bf16, a
   # dot XLA:CPU's fallback cannot run at all (BF16 x BF16 = F32 unimplemented).
-  da = jax.lax.optimization_barrier(_mm("btr,bti->ri", dlow, x)).T
-  db = _mm("btr,bto->ro", low, dy)
-  dx = _mm("btr,ir->bti", dlow, a.astype(dt))
-  return dx.astype(dt), da.astype(a.dtype), db.astype(b.dtype)
+  da = jax.lax.optimization_barrier(_mm("...r,...i->ri", dlow, _dropped(x, keep, dropout))).T
+  db = scale * _mm("...r,...o->ro", low, dy)
+  dxl = _mm("...r,ir->...i", dlow, a.astype(dt))
+  if keep is not None:
+    dxl = jnp.where(keep, dxl / (1.0 - dropout), 0.0)
+  dx = (_base_matmul_t(dy, w) + dxl).astype(dt)
+  # The frozen base is never differentiated in training (XLA drops this dead dot).
+  dw = None if quant.is_quantized(w) else _mm("...i,...o->io", x, dy).astype(w.dtype)
+  return dx, dw, da.astype(a.dtype), db.astype(b.dtype), None
 
 
-_lora_branch.defvjp(_lora_branch_fwd, _lora_branch_bwd)
+_lora_linear.defvjp(_lora_linear_fwd, _lora_linear_bwd)
 
 
 def _project(x, w, lora_ab, scale, drop_key, dropout, dtype):
-  """x [B, T, in] @ w [in, out] + scale * dropout(x) @ a [in, r] @ b [r, out], in `dtype`
-  with float32 accumulation; the two terms are added in float32 and rounded once (in bf16,
-  rounding each first made three roundings, and XLA:CPU's conversions for them cost 6% of a
-  scoring call). w is a float array or an int8 {'q', 'scale'} (model/quant.py)."""
+  """x [B, T, in] @ w [in, out] (+ the LoRA branch, `_lora_linear`) in `dtype` with float32
+  accumulation. w is a float array or an int8 {'q', 'scale'} (model/quant.py)."""
   x = x.astype(dtype)
-  if quant.is_quantized(w):
-    y = quant.dense_int8(x, w["q"], w["scale"])
-  else:
-    y = L.dense(x, w, None if lora_ab is None else jnp.float32)
   if lora_ab is None:
-    return y
-  xl = x
+    if quant.is_quantized(w):
+      return quant.dense_int8(x, w["q"], w["scale"])
+    return L.dense(x, w)
+  keep = None
   if drop_key is not None and dropout > 0.0:
     keep = jax.random.bernoulli(drop_key, 1.0 - dropout, x.shape)
-    xl = jnp.where(keep, x / (1.0 - dropout), 0).astype(dtype)
-  lora = _lora_branch(xl, lora_ab["a"], lora_ab["b"])
-  return (y.astype(jnp.float32) + scale * lora.astype(jnp.float32)).astype(dtype)
+  return _lora_linear(x, w, lora_ab["a"], lora_ab["b"], float(scale), float(dropout), keep)
 
 
 def _layer(cfg: LlamaConfig, lora_scale, lora_dropout, x, layer, mask, cos, sin, kv_index):

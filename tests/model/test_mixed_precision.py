@@ -159,9 +159,9 @@ def test_bf16_swiglu_rounds_once():
 
 def test_bf16_projection_adds_its_lora_branch_in_f32_and_rounds_once():
   """llama._project in bf16: the frozen projection and the LoRA branch (each a float32
-  accumulation; the branch's output in bf16, as its matmuls run) are summed in float32 and
-  rounded to bf16 once. Rounding the projection to bf16 first, as before, added up to half
-  a bf16 unit of the projection to each output's error (the old form fails this bound)."""
+  accumulation) are summed in float32 and rounded to bf16 once. Rounding the projection to
+  bf16 first, as an earlier version did, added up to half a bf16 unit of the projection to
+  each output's error (that form fails this bound)."""
   from flock_jax.model import llama
 
   k = jax.random.split(jax.random.key(9), 4)
@@ -177,9 +177,85 @@ def test_bf16_projection_adds_its_lora_branch_in_f32_and_rounds_once():
   lora = 0.5 * low @ f64(ab["b"].astype(jnp.bfloat16))
   exact = y + lora
   err = np.abs(f64(got) - exact)
-  # half a bf16 unit of the result; of the branch, its bf16 output's rounding and one unit
-  # of slack for its bf16 rank-r activations (rounded here from float64, there from float32
-  # sums: a near tie can round either way); float32's accumulation error (32- and 4-term
-  # dots) is far below 2^-12 of the terms' scale
-  bound = U_BF16 * (np.abs(exact) + 3 * np.abs(lora)) + 2**-12 * (np.abs(y) + np.abs(lora))
+  # half a bf16 unit of the result; one bf16 unit (2u) of slack in each rank-r activation
+  # (rounded here from float64, there from a float32 sum: a near tie can round either way);
+  # float32's accumulation error (32- and 4-term dots) is far below 2^-12 of the terms
+  slack = 0.5 * np.abs(low) @ np.abs(f64(ab["b"].astype(jnp.bfloat16)))
+  bound = U_BF16 * (np.abs(exact) + 2 * slack) + 2**-12 * (np.abs(y) + np.abs(lora))
   assert np.all(err <= bound), (err - bound).max()
+
+
+def _bf16(t):
+  return np.asarray(np.asarray(t, np.float32).astype(jnp.bfloat16), np.float64)
+
+
+def test_bf16_projection_backward_rounds_dx_once():
+  """The backward of llama._project in bf16: the output's bf16 cotangent goes into every
+  backward matmul as it came, and dX (the frozen projection's and the LoRA branch's, each a
+  float32 accumulation) is summed in float32 and rounded once. Rounding each part to bf16
+  and adding them in bf16 (autodiff of the two functions, as before) fails the bound;
+  LoRA's gradients come back float32, within float32's accumulation error of the formula."""
+  from flock_jax.model import llama
+
+  k = jax.random.split(jax.random.key(10), 5)
+  x = jax.random.normal(k[0], (2, 8, 32)).astype(jnp.bfloat16)
+  w = (jax.random.normal(k[1], (32, 48)) / 6).astype(jnp.bfloat16)
+  ab = {"a": jax.random.normal(k[2], (32, 4)) / 6, "b": jax.random.normal(k[3], (4, 48)) / 5}
+  dy = jax.random.normal(k[4], (2, 8, 48)).astype(jnp.bfloat16)
+  scale = 0.5
+  _, vjp = jax.vjp(lambda x, ab: llama._project(x, w, ab, scale, None, 0.0, jnp.bfloat16), x, ab)
+  dx, dab = vjp(dy)
+  assert dx.dtype == jnp.bfloat16 and dab["a"].dtype == dab["b"].dtype == jnp.float32
+  f64 = lambda t: np.asarray(t, np.float64)
+  a16, b16 = _bf16(ab["a"]), _bf16(ab["b"])
+  dxb = f64(dy) @ f64(w).T
+  dlow = _bf16(scale * np.asarray(f64(dy) @ b16.T, np.float32))  # bf16, as the matmul takes it
+  dxl = dlow @ a16.T
+  exact = dxb + dxl
+  # half a bf16 unit of the result; one unit of slack in each rank-r cotangent (a near tie
+  # can round either way); float32's accumulation far below 2^-12 of the terms
+  bound = U_BF16 * (np.abs(exact) + 2 * np.abs(dlow) @ np.abs(a16).T) + 2**-12 * (
+      np.abs(dxb) + np.abs(dxl)
+  )
+  assert np.all(np.abs(f64(dx) - exact) <= bound), (np.abs(f64(dx) - exact) - bound).max()
+  three_roundings = _bf16(_bf16(dxb) + _bf16(dxl))
+  assert np.any(np.abs(three_roundings - exact) > bound)
+  # LoRA's gradients: dA = x^T dlow, dB = scale low^T dy (low = x A in bf16)
+  low = _bf16(np.asarray(f64(x) @ a16, np.float32))
+  xs, dys, dls, ls = (t.reshape(-1, t.shape[-1]) for t in (f64(x), f64(dy), dlow, low))
+  da, db = xs.T @ dls, scale * ls.T @ dys
+  np.testing.assert_allclose(f64(dab["a"]), da, rtol=1e-5, atol=1e-5 * np.abs(da).max())
+  # low's own bf16 rounding can differ by a near tie (as above): one unit of it
+  db_tol = 2 * U_BF16 * scale * np.abs(ls).T @ np.abs(dys) + 1e-5 * np.abs(db).max()
+  assert np.all(np.abs(f64(dab["b"]) - db) <= db_tol)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_projection_custom_backward_equals_autodiff(quantized, dropout):
+  """llama._lora_linear's hand-written backward against autodiff of the plain formula
+  x w + s dropped(x) A B, in float64 (x64 on: the formulas, not roundings), for a float and
+  an int8 base, with and without LoRA dropout."""
+  from flock_jax.model import llama, quant
+
+  with jax.enable_x64(True):
+    k = jax.random.split(jax.random.key(11), 6)
+    x = jax.random.normal(k[0], (2, 5, 16), jnp.float64)
+    w = jax.random.normal(k[1], (16, 24), jnp.float64)
+    if quantized:
+      qw = quant.quantize(w)
+      w = {"q": qw["q"], "scale": qw["scale"].astype(jnp.float64)}
+    a = jax.random.normal(k[2], (16, 4), jnp.float64)
+    b = jax.random.normal(k[3], (4, 24), jnp.float64)
+    keep = jax.random.bernoulli(k[4], 0.75, x.shape) if dropout else None
+    c = jax.random.normal(k[5], (2, 5, 24), jnp.float64)
+
+    def plain(x, a, b):
+      base = (x @ w["q"].astype(x.dtype)) * w["scale"] if quantized else x @ w
+      xl = x if keep is None else jnp.where(keep, x / (1 - dropout), 0)
+      return jnp.sum(c * (base + 0.5 * (xl @ a) @ b))
+
+    ours = lambda x, a, b: jnp.sum(c * llama._lora_linear(x, w, a, b, 0.5, dropout, keep))
+    np.testing.assert_allclose(float(ours(x, a, b)), float(plain(x, a, b)), rtol=1e-13)
+    for r, o in zip(jax.grad(plain, (0, 1, 2))(x, a, b), jax.grad(ours, (0, 1, 2))(x, a, b)):
+      np.testing.assert_allclose(np.asarray(o), np.asarray(r), rtol=1e-12, atol=1e-12)
