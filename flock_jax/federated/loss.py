@@ -35,8 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flock_jax.model.config import LlamaConfig
-from flock_jax.model.layers import dense
-from flock_jax.model.llama import Params, hidden_states, lm_head
+from flock_jax.model.llama import Params, head_logits, head_weights, hidden_states
 from flock_jax.model.lora import LoraConfig
 
 Batch = Mapping[str, jax.Array]
@@ -146,8 +145,9 @@ def _at_targets(hidden, targets, weights, capacity: int):
 
 
 def _nll_sum(hidden, w_head, targets, weights):
-  """sum of weights * -log p(target): hidden [B, c, D], w_head [D, V] -> float32 scalar."""
-  logits = dense(hidden, w_head, jnp.float32)  # its backward: dhidden in the compute dtype
+  """sum of weights * -log p(target): hidden [B, c, D], w_head the [D, V] head
+  (`llama.head_weights`) -> float32 scalar."""
+  logits = head_logits(hidden, w_head)  # its backward: dhidden in the compute dtype
   lse = jax.nn.logsumexp(logits, axis=-1)
   tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return jnp.sum((lse - tgt) * weights)
@@ -164,7 +164,7 @@ def nll_from_hidden(
 ) -> jax.Array:
   """Weighted NLL sum (float32 scalar) of hidden [B, T, D] under the lm head; with `capacity`,
   at that many positions (which must hold every weighted target)."""
-  w_head = lm_head(params, cfg)
+  w_head = head_weights(params, cfg)
   b, t, d = hidden.shape
   if capacity is not None and capacity < b * t:
     hidden, targets, weights = _at_targets(hidden, targets, weights, capacity)

@@ -266,11 +266,17 @@ def scan_ready(params: Params, cfg: LlamaConfig) -> Params:
   """params with its stacked layer weights packed once for the layer scan, where that scan
   packs them (16-bit compute on the CPU), else params itself. Packing inside every call
   materialized a copy of each whole [L, ...] stack per call (10% of a bf16 SmolLM2 scoring
-  call). For the training and scoring functions only: autodiff cannot reach packed weights,
-  and the KV-cache path reads plain ones."""
+  call). A tied embedding also gets its transpose stored once (`HEAD_T`, [D, V]): XLA:CPU's
+  16-bit dot copied [V, D] into the head's layout at every call (5% of a bf16 SmolLM2
+  scoring call); `head_logits` takes that layout forward and the embedding's backward. For
+  the training and scoring functions only: autodiff cannot reach packed weights, and the
+  KV-cache path reads plain ones."""
   if not _stacks_bf16_by_copy(cfg):
     return params
-  return {**params, "layers": jax.jit(_weights_as_bits)(params["layers"])}
+  ready = {**params, "layers": jax.jit(_weights_as_bits)(params["layers"])}
+  if cfg.tie_word_embeddings:
+    ready[HEAD_T] = jax.jit(lambda e: e.T.copy())(params["embed"])
+  return ready
 
 
 class _Static:
@@ -442,15 +448,58 @@ def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, 
   return L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_kv
 
 
+# scan_ready's copy of a tied embedding's transpose, [D, V].
+HEAD_T = "embed_t"
+
+
 def lm_head(params: Params, cfg: LlamaConfig):
   """The output projection [D, V] (the transposed embedding when tied)."""
   return params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
 
 
+def head_weights(params: Params, cfg: LlamaConfig):
+  """What `head_logits` takes: the [D, V] projection, or for a tied embedding whose
+  transpose `scan_ready` stored, the pair (embed_t [D, V], embed [V, D])."""
+  if cfg.tie_word_embeddings and HEAD_T in params:
+    return (params[HEAD_T], params["embed"])
+  return lm_head(params, cfg)
+
+
+def head_logits(hidden, head):
+  """hidden [..., D] (compute dtype) -> float32 logits [..., V] under `head_weights`."""
+  if isinstance(head, tuple):
+    return _tied_head(hidden, *head)
+  return L.dense(hidden, head, jnp.float32)
+
+
+@jax.custom_vjp
+def _tied_head(x, w_t, w):
+  """x [..., D] @ w_t [D, V] in float32 (x's dtype, float32 accumulation), w = w_t^T [V, D]
+  held as its own array: the backward's dX = dy @ w reads w in its stored layout, as the
+  forward reads w_t, so neither is copied into the other's. The same values as `L.dense`."""
+  return _mm("...d,dv->...v", x, w_t.astype(x.dtype))
+
+
+def _tied_head_fwd(x, w_t, w):
+  return _tied_head(x, w_t, w), (x, w_t, w)
+
+
+def _tied_head_bwd(res, dy):
+  x, w_t, w = res
+  dy = dy.astype(x.dtype)
+  dx = _mm("...v,vd->...d", dy, w.astype(x.dtype)).astype(x.dtype)
+  # The head's gradient goes to w, the parameter; w_t is its copy, a constant here. (The
+  # head is frozen in training: XLA drops this dead dot.)
+  dw = _mm("...d,...v->vd", x, dy)
+  return dx, None, dw.astype(w.dtype)
+
+
+_tied_head.defvjp(_tied_head_fwd, _tied_head_bwd)
+
+
 def logits_from_hidden(params, hidden, cfg: LlamaConfig):
   """hidden [B, T, D] -> float32 logits [B, T, V]."""
-  w = lm_head(params, cfg)
-  logits = L.dense(hidden.astype(cfg.compute_dtype), w, jnp.float32)
+  logits = head_logits(hidden.astype(cfg.compute_dtype), head_weights(params, cfg))
   return with_logical_constraint(logits, ("batch", "length", "act_vocab"))
 
 

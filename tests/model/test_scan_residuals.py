@@ -169,6 +169,61 @@ def test_a_base_packed_once_per_run_gives_the_same_gradients_without_the_stack_c
   assert llama.scan_ready(p32, f32) is p32
 
 
+def test_scan_ready_stores_the_tied_heads_transpose_and_scoring_copies_no_head():
+  """A tied embedding's transpose is stored once by scan_ready (llama.HEAD_T). With it, the
+  compiled scoring program of a SmolLM2-shaped head ([576, 49152]: XLA:CPU copied the
+  embedding into that layout at every bf16 call) copies no [D, V] head, and the loss and
+  LoRA gradients equal those of the plain embedding to float32's reordered sums (a bf16
+  rounding of dX may flip: the gradients' budget is one bf16 unit, relative RMS)."""
+  from flock_jax.federated.evaluation import make_heldout_loss
+
+  cfg = tiny(num_layers=1, hidden_size=576, intermediate_size=64, vocab_size=49152)
+  cfg = cfg.replace(
+      dtype="bfloat16",
+      param_dtype="bfloat16",
+      num_heads=9,
+      num_kv_heads=3,
+      tie_word_embeddings=True,
+  )
+  base = init_params(cfg, jax.random.key(0))
+  ready = llama.scan_ready(base, cfg)
+  assert ready[llama.HEAD_T].shape == (576, 49152)
+  np.testing.assert_array_equal(np.asarray(ready[llama.HEAD_T]), np.asarray(base["embed"]).T)
+  lcfg = LoraConfig(rank=4, alpha=8.0)
+  lora = jax.tree.map(lambda x: x[None], init_lora(cfg, lcfg, jax.random.key(1)))
+  # [4, 128]: at a few positions XLA:CPU reads the head in place, at these it copied it
+  batch = {k: np.asarray(v)[None, None] for k, v in _batch(cfg, b=4, t=128).items()}
+  score = make_heldout_loss(cfg, lcfg)  # no target fraction: the whole-sequence program
+  head_copy = re.compile(r"= bf16\[576,49152\]\S* (?:copy|fusion)\(")
+  assert head_copy.findall(score.lower(ready, lora, batch).compile().as_text()) == []
+  unpacked = {k: v for k, v in ready.items() if k != llama.HEAD_T}
+  np.testing.assert_allclose(
+      np.asarray(score(ready, lora, batch)), np.asarray(score(unpacked, lora, batch)), rtol=1e-5
+  )
+  one = {k: v[0, 0] for k, v in batch.items()}
+  lora1 = jax.tree.map(lambda x: x[0], lora)
+  grad = jax.jit(jax.grad(lambda l, b: token_loss(b, l, one, cfg, lcfg)))
+  a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad(lora1, ready))])
+  b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad(lora1, unpacked))])
+  assert np.abs(b).max() > 0 and rel_rms(a, b) <= U_BF16, rel_rms(a, b)
+
+
+def test_tied_head_backward_equals_autodiff():
+  """llama._tied_head (x @ w_t, the backward reading w = w_t^T as stored) against autodiff
+  of x @ w_t, in float64 (x64 on: the formulas, not roundings). w_t is w's copy: the
+  head's gradient is w's, counted once."""
+  with jax.enable_x64(True):
+    k = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(k[0], (2, 5, 8), np.float64)
+    w = jax.random.normal(k[1], (12, 8), np.float64)
+    c = jax.random.normal(k[2], (2, 5, 12), np.float64)
+    ref = lambda x, w: (c * (x @ w.T)).sum()
+    ours = lambda x, w: (c * llama._tied_head(x, w.T, w)).sum()
+    np.testing.assert_allclose(float(ours(x, w)), float(ref(x, w)), rtol=1e-13)
+    for r, o in zip(jax.grad(ref, (0, 1))(x, w), jax.grad(ours, (0, 1))(x, w)):
+      np.testing.assert_allclose(np.asarray(o), np.asarray(r), rtol=1e-12, atol=1e-12)
+
+
 def test_only_16_bit_compute_on_the_cpu_takes_the_integer_path():
   assert not llama._stacks_bf16_by_copy(tiny())
   assert llama._stacks_bf16_by_copy(tiny().replace(dtype="bfloat16"))
