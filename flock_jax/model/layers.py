@@ -23,6 +23,11 @@ from flock_jax.model.config import LlamaConfig, RopeScaling
 F32 = jnp.float32
 
 
+def acc_dtype(dtype):
+  """The accumulation dtype for a compute dtype: float32, or wider (float64 under x64)."""
+  return jnp.promote_types(dtype, F32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def dense(x, w, out_dtype=None):
   """x [..., in] @ w [in, out] -> [..., out] in out_dtype (default x.dtype), f32 accumulation.

@@ -275,7 +275,7 @@ def scan_ready(params: Params, cfg: LlamaConfig) -> Params:
     return params
   ready = {**params, "layers": jax.jit(_weights_as_bits)(params["layers"])}
   if cfg.tie_word_embeddings:
-    ready[HEAD_T] = jax.jit(lambda e: e.T.copy())(params["embed"])
+    ready[HEAD_T] = jax.jit(jnp.transpose)(params["embed"])
   return ready
 
 
@@ -294,28 +294,22 @@ def _stacks_bf16_by_copy(cfg: LlamaConfig) -> bool:
   return jnp.dtype(cfg.compute_dtype) in _BITS and jax.default_backend() == "cpu"
 
 
-def _acc(dtype):
-  """The accumulation dtype for a compute dtype: float32, or wider (float64 under x64)."""
-  return jnp.promote_types(dtype, jnp.float32)
-
-
 def _mm(spec, u, v):
-  return jnp.einsum(spec, u, v, preferred_element_type=_acc(jnp.result_type(u, v)))
+  return jnp.einsum(spec, u, v, preferred_element_type=L.acc_dtype(jnp.result_type(u, v)))
 
 
 def _base_matmul(x, w):
   """x [..., in] @ w [in, out] in float32 (float32 accumulation); w a float array or an int8
-  {'q', 'scale'} (model/quant.py), dequantized as (x @ q) * scale."""
+  {'q', 'scale'} (model/quant.py)."""
   if quant.is_quantized(w):
-    return _mm("...i,io->...o", x, w["q"].astype(x.dtype)) * w["scale"].astype(_acc(x.dtype))
+    return quant.int8_matmul(x, w["q"], w["scale"])
   return _mm("...i,io->...o", x, w.astype(x.dtype))
 
 
 def _base_matmul_t(dy, w):
   """dy [..., out] @ w^T in float32: the base projection's dX."""
   if quant.is_quantized(w):
-    dy = (dy.astype(_acc(dy.dtype)) * w["scale"].astype(_acc(dy.dtype))).astype(dy.dtype)
-    return _mm("...o,io->...i", dy, w["q"].astype(dy.dtype))
+    return quant.int8_matmul_t(dy, w["q"], w["scale"])
   return _mm("...o,io->...i", dy, w.astype(dy.dtype))
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from flock_jax.model.layers import acc_dtype
+
 QMAX = 127.0
 
 
@@ -79,6 +81,22 @@ def prepare_base(cfg, loaded_cfg, base: dict):
   return cfg, base
 
 
+def int8_matmul(x, q, scale):
+  """x [..., in] @ (q int8 [in, out] * scale [out]) -> [..., out], unrounded: q converted
+  to x.dtype, the dot accumulated in float32 (or wider) and the scale applied to its result."""
+  acc = acc_dtype(x.dtype)
+  y = jnp.einsum("...i,io->...o", x, q.astype(x.dtype), preferred_element_type=acc)
+  return y * scale.astype(acc)
+
+
+def int8_matmul_t(dy, q, scale):
+  """dy [..., out] @ (q * scale)^T -> [..., in], unrounded: dX of `int8_matmul`, the scale
+  applied to dy (rounded to dy's dtype for the matmul)."""
+  acc = acc_dtype(dy.dtype)
+  ds = (dy.astype(acc) * scale.astype(acc)).astype(dy.dtype)
+  return jnp.einsum("...o,io->...i", ds, q.astype(dy.dtype), preferred_element_type=acc)
+
+
 @jax.custom_vjp
 def dense_int8(x, q, scale):
   """x [..., in] @ (q int8 [in, out] * scale [out]) -> [..., out] in x.dtype.
@@ -87,8 +105,7 @@ def dense_int8(x, q, scale):
   CPU, so one [in, out] compute-dtype copy lives per layer, never the whole
   base), the dot accumulates in float32 and the scale multiplies its result.
   """
-  y = jnp.einsum("...i,io->...o", x, q.astype(x.dtype), preferred_element_type=jnp.float32)
-  return (y * scale.astype(jnp.float32)).astype(x.dtype)
+  return int8_matmul(x, q, scale).astype(x.dtype)
 
 
 def _dense_int8_fwd(x, q, scale):
@@ -97,10 +114,8 @@ def _dense_int8_fwd(x, q, scale):
 
 def _dense_int8_bwd(res, dy):
   q, scale = res
-  dt = dy.dtype
-  ds = (dy.astype(jnp.float32) * scale.astype(jnp.float32)).astype(dt)
-  dx = jnp.einsum("...o,io->...i", ds, q.astype(dt), preferred_element_type=jnp.float32)
-  return dx.astype(dt), None, None  # the base is frozen: no gradient for q or its scales
+  # the base is frozen: no gradient for q or its scales
+  return int8_matmul_t(dy, q, scale).astype(dy.dtype), None, None
 
 
 dense_int8.defvjp(_dense_int8_fwd, _dense_int8_bwd)
