@@ -24,7 +24,12 @@ import optax
 
 from flock_jax import sharding as shd
 from flock_jax.federated.aggregators import fedprox_penalty
-from flock_jax.federated.loss import target_capacity, token_loss, with_target_capacity
+from flock_jax.federated.loss import (
+    cpu_train_block,
+    target_capacity,
+    token_loss,
+    with_target_capacity,
+)
 from flock_jax.model.config import LlamaConfig
 from flock_jax.model.llama import Params
 from flock_jax.model.lora import LoraConfig, init_lora, lora_axes
@@ -137,12 +142,22 @@ def _client_steps(
     mu: float,
     chunk_size: int | None,
     target_fraction: float | None = None,
+    side_by_side: int = 1,
+    fused_head: bool | None = None,
 ):
   """One client, E steps from `start`: batches leaves [E, B, T] ->
   (adapter, delta = adapter - start, opt_state, losses [E]). `target_fraction`: the lm head
-  at target_capacity(target_fraction, B, T) positions (every batch's targets must fit)."""
+  at target_capacity(target_fraction, B, T) positions (every batch's targets must fit).
+  `fused_head`: the lm head's gradient formed in its forward pass, in blocks of positions
+  (loss.fused_nll_sum; None: on the CPU, where the blocks' logits stay in cache, not on
+  accelerators); `side_by_side`: clients vmapped beside this one on its device (the
+  blocks' size counts them)."""
   num_steps, b, t = batches["tokens"].shape
   capacity = target_capacity(target_fraction, b, t)
+  if fused_head is None:
+    fused_head = jax.default_backend() == "cpu"
+  fused = fused_head and chunk_size is None  # loss_chunk: its own blocks, recomputed
+  head_block = cpu_train_block(cfg, side_by_side, capacity or b * t) if fused else None
 
   def step(carry, xs):
     lora, opt = carry
@@ -151,7 +166,16 @@ def _client_steps(
 
     def objective(l):
       loss = token_loss(
-          base, l, batch, cfg, lcfg, dropout_key=drop, chunk_size=chunk_size, capacity=capacity
+          base,
+          l,
+          batch,
+          cfg,
+          lcfg,
+          dropout_key=drop,
+          chunk_size=chunk_size,
+          capacity=capacity,
+          fused=fused,
+          head_block=head_block,
       )
       total = (loss + fedprox_penalty(l, start, mu)) if mu > 0 else loss
       return total, loss
@@ -175,6 +199,7 @@ def make_local_train(
     chunk_size: int | None = None,
     donate: bool = True,
     target_fraction: float | None = None,
+    fused_head: bool | None = None,
 ) -> Callable:
   """The jitted local training of K clients at once:
 
@@ -190,6 +215,7 @@ def make_local_train(
   `target_fraction` (the most weighted targets a batch of the run holds, over B*T;
   Population.target_fraction): the lm head at the targets only, wherever a call's batches
   fit (loss.with_target_capacity; the whole sequence otherwise, a second program).
+  `fused_head`: see `_client_steps` (None: on the CPU).
   """
 
   def jitted(fraction):
@@ -201,13 +227,16 @@ def make_local_train(
         mu=mu,
         chunk_size=chunk_size,
         target_fraction=fraction,
+        fused_head=fused_head,
     )
 
     def local_train(base, start, opt_states, batches, keys, start_stacked: bool = False):
+      axis = shd.clients_axis_for(keys.shape[0])
+      split = jax.sharding.get_abstract_mesh().shape["clients"] if axis else 1
       fn = jax.vmap(
-          one,
+          functools.partial(one, side_by_side=keys.shape[0] // split),
           in_axes=(None, 0 if start_stacked else None, 0, 0, 0),
-          spmd_axis_name=shd.clients_axis_for(keys.shape[0]),
+          spmd_axis_name=axis,
       )
       return fn(base, start, opt_states, batches, keys)
 

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flock_jax.model.config import LlamaConfig
+from flock_jax.model.layers import acc_dtype
 from flock_jax.model.llama import Params, head_logits, head_weights, hidden_states
 from flock_jax.model.lora import LoraConfig
 
@@ -153,6 +154,97 @@ def _nll_sum(hidden, w_head, targets, weights):
   return jnp.sum((lse - tgt) * weights)
 
 
+# ------------------------------------------------------------------ the training head, fused
+# Bytes of float32 logits one block of the fused training head holds on the CPU (K clients
+# of a device vmapped beside each other count). Smaller blocks read the [V, D] head twice
+# per block from memory; larger ones send their logits to memory and back.
+CPU_TRAIN_BLOCK_BYTES = 48 << 20
+
+
+def cpu_train_block(cfg: LlamaConfig, rows: int, positions: int) -> int | None:
+  """Positions per block of the fused training head on the CPU (`fused_nll_sum`): `rows`
+  clients' heads run side by side on one device (vmapped), each over `positions`. None
+  where one block holds them all."""
+  c = max(1, CPU_TRAIN_BLOCK_BYTES // (4 * cfg.vocab_size * max(rows, 1)))
+  return c if c < positions else None
+
+
+def fused_nll_sum(hidden, w_head, targets, weights, block: int | None = None):
+  """`_nll_sum` of hidden [N, D] (targets, weights [N]) whose gradient is formed in the
+  forward pass, in blocks of `block` positions (None: one block): each block's float32
+  logits, their softmax, `weights * (softmax - onehot)` and its product with the head are
+  made one after the other while the block is in cache, and only dhidden [N, D] is kept for
+  the backward. Autodiff's form writes [N, V] logits, exponentials and their gradient to
+  memory and reads each back (about a fifth of a bf16 SmolLM2 training step on the CPU).
+  The head is frozen here: differentiating it falls back to autodiff's form."""
+  return _fused(hidden, w_head, targets, weights, block, hidden.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _fused(hidden, w_head, targets, weights, block, dtype):
+  del block, dtype
+  return _nll_sum(hidden, w_head, targets, weights)
+
+
+def _fused_fwd(hidden, w_head, targets, weights, block, dtype):
+  del dtype
+  perturbed = any(p.perturbed for p in jax.tree.leaves(w_head, is_leaf=_is_primal))
+  x, w_head, t, w = jax.tree.map(
+      lambda p: p.value, (hidden, w_head, targets, weights), is_leaf=_is_primal
+  )
+  if perturbed:
+    nll, pullback = jax.vjp(_nll_sum, x, w_head, t, w)
+    return nll, (pullback,)
+  w_t, w_vd = w_head if isinstance(w_head, tuple) else (w_head, None)
+  n, d = x.shape
+  nb = -(-n // min(block or n, n))
+  r = -(-n // nb)  # blocks of equal size, at most `block`, the least padding
+  if nb * r > n:  # padded positions carry weight 0
+    x = jnp.pad(x, ((0, nb * r - n), (0, 0)))
+    t, w = jnp.pad(t, (0, nb * r - n)), jnp.pad(w, (0, nb * r - n))
+
+  def one(xb, tb, wb):
+    logits = _mm("rd,dv->rv", xb, w_t.astype(xb.dtype))
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.exp(logits - m)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    nll = m[:, 0] + jnp.log(s[:, 0]) - jnp.take_along_axis(logits, tb[:, None], axis=-1)[:, 0]
+    onehot = jax.lax.broadcasted_iota(tb.dtype, logits.shape, 1) == tb[:, None]
+    dlogits = (wb[:, None] * (e / s - onehot.astype(e.dtype))).astype(xb.dtype)
+    if w_vd is None:
+      dx = _mm("rv,dv->rd", dlogits, w_t.astype(xb.dtype))
+    else:
+      dx = _mm("rv,vd->rd", dlogits, w_vd.astype(xb.dtype))
+    return jnp.sum(nll * wb), dx
+
+  if nb == 1:
+    total, dx = one(x, t, w)
+  else:
+    sums, dx = jax.lax.map(
+        lambda b: one(*b), (x.reshape(nb, r, d), t.reshape(nb, r), w.reshape(nb, r))
+    )
+    total, dx = jnp.sum(sums), dx.reshape(nb * r, d)
+  return total, (dx[:n],)
+
+
+def _fused_bwd(block, dtype, res, g):
+  del block
+  if not isinstance(res[0], jax.Array):  # the head was differentiated: autodiff's form
+    return res[0](g)
+  return (g * res[0]).astype(dtype), None, None, None
+
+
+def _is_primal(x):
+  return isinstance(x, jax.custom_derivatives.CustomVJPPrimal)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
+
+
+def _mm(spec, u, v):
+  return jnp.einsum(spec, u, v, preferred_element_type=acc_dtype(jnp.result_type(u, v)))
+
+
 def nll_from_hidden(
     params: Params,
     hidden,
@@ -161,15 +253,21 @@ def nll_from_hidden(
     cfg: LlamaConfig,
     chunk_size: int | None = None,
     capacity: int | None = None,
+    fused: bool = False,
+    head_block: int | None = None,
 ) -> jax.Array:
   """Weighted NLL sum (float32 scalar) of hidden [B, T, D] under the lm head; with `capacity`,
-  at that many positions (which must hold every weighted target)."""
+  at that many positions (which must hold every weighted target). `fused`: the gradient is
+  formed in the forward pass (`fused_nll_sum`, in blocks of `head_block` positions)."""
   w_head = head_weights(params, cfg)
   b, t, d = hidden.shape
   if capacity is not None and capacity < b * t:
     hidden, targets, weights = _at_targets(hidden, targets, weights, capacity)
     chunk_size = chunk_size and chunk_size * b  # the same block of positions as B rows had
     b, t = 1, capacity
+  if fused:
+    flat = lambda x: x.reshape((b * t,) + x.shape[2:])
+    return fused_nll_sum(flat(hidden), w_head, flat(targets), flat(weights), head_block)
   if not chunk_size or chunk_size >= t:
     return _nll_sum(hidden, w_head, targets, weights)
   n = -(-t // chunk_size)
@@ -197,6 +295,8 @@ def token_loss_sums(
     dropout_key=None,
     chunk_size: int | None = None,
     capacity: int | None = None,
+    fused: bool = False,
+    head_block: int | None = None,
 ):
   """(weighted NLL sum, number of weighted targets), both float32 scalars."""
   hidden = hidden_states(
@@ -210,7 +310,9 @@ def token_loss_sums(
       dropout_key=dropout_key,
   )
   targets, weights = next_token_targets(batch)
-  nll = nll_from_hidden(params, hidden, targets, weights, cfg, chunk_size, capacity)
+  nll = nll_from_hidden(
+      params, hidden, targets, weights, cfg, chunk_size, capacity, fused, head_block
+  )
   return nll, jnp.sum(weights)
 
 
@@ -224,6 +326,8 @@ def token_loss(
     dropout_key=None,
     chunk_size: int | None = None,
     capacity: int | None = None,
+    fused: bool = False,
+    head_block: int | None = None,
 ) -> jax.Array:
   """Mean masked next-token cross-entropy (float32 scalar; 0 if nothing is masked in)."""
   total, count = token_loss_sums(
@@ -235,5 +339,7 @@ def token_loss(
       dropout_key=dropout_key,
       chunk_size=chunk_size,
       capacity=capacity,
+      fused=fused,
+      head_block=head_block,
   )
   return total / jnp.maximum(count, 1.0)
