@@ -129,6 +129,18 @@ def fresh_opt_state(tx: optax.GradientTransformation, global_lora: PyTree, num_c
 
 
 # ------------------------------------------------------------------ local training
+def fuses_head(fused_head: bool | None = None) -> bool:
+  """Whether local training forms the lm head's gradient in its forward pass
+  (loss.fused_nll_sum): as asked, or by default on the CPU, where a block's logits stay in
+  cache, unless the current mesh splits a client's rows (data or fsdp > 1), which the blocks
+  would cross. Accelerators keep autodiff's form."""
+  if fused_head is not None:
+    return fused_head
+  mesh = jax.sharding.get_abstract_mesh()
+  split = 1 if mesh.empty else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+  return jax.default_backend() == "cpu" and split == 1
+
+
 def _client_steps(
     base: Params,
     start: PyTree,
@@ -149,14 +161,11 @@ def _client_steps(
   (adapter, delta = adapter - start, opt_state, losses [E]). `target_fraction`: the lm head
   at target_capacity(target_fraction, B, T) positions (every batch's targets must fit).
   `fused_head`: the lm head's gradient formed in its forward pass, in blocks of positions
-  (loss.fused_nll_sum; None: on the CPU, where the blocks' logits stay in cache, not on
-  accelerators); `side_by_side`: clients vmapped beside this one on its device (the
-  blocks' size counts them)."""
+  (`fuses_head`; None: where it pays); `side_by_side`: clients vmapped beside this one on
+  its device (the blocks' size counts them)."""
   num_steps, b, t = batches["tokens"].shape
   capacity = target_capacity(target_fraction, b, t)
-  if fused_head is None:
-    fused_head = jax.default_backend() == "cpu"
-  fused = fused_head and chunk_size is None  # loss_chunk: its own blocks, recomputed
+  fused = fuses_head(fused_head) and chunk_size is None  # loss_chunk: its own blocks
   head_block = cpu_train_block(cfg, side_by_side, capacity or b * t) if fused else None
 
   def step(carry, xs):

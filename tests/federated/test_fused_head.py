@@ -154,3 +154,15 @@ def test_local_train_on_the_cpu_runs_the_fused_head():
   tol = _train_tol(steps=e, lr=1e-2, n=b * t * cfg.hidden_size)  # reordered float32 sums
   for a, r in zip(jax.tree.leaves(out[1]), jax.tree.leaves(ref[1])):  # deltas
     np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=tol, atol=tol)
+
+
+def test_the_cpu_fuses_unless_a_mesh_splits_a_clients_rows():
+  from flock_jax import sharding as shd
+
+  assert cl.fuses_head() == (jax.default_backend() == "cpu")
+  assert not cl.fuses_head(False) and cl.fuses_head(True)
+  with jax.set_mesh(shd.make_mesh({"clients": 2, "tensor": 4})):
+    assert cl.fuses_head()
+  for axis in ("data", "fsdp"):  # the blocks would cross the rows' devices
+    with jax.set_mesh(shd.make_mesh({"clients": 2, axis: 4})):
+      assert not cl.fuses_head()
