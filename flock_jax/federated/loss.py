@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flock_jax.model.config import LlamaConfig
-from flock_jax.model.layers import acc_dtype
+from flock_jax.model.layers import einsum_acc as _mm
 from flock_jax.model.llama import Params, head_logits, head_weights, hidden_states
 from flock_jax.model.lora import LoraConfig
 
@@ -239,10 +239,6 @@ def _is_primal(x):
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
-
-
-def _mm(spec, u, v):
-  return jnp.einsum(spec, u, v, preferred_element_type=acc_dtype(jnp.result_type(u, v)))
 
 
 def nll_from_hidden(

@@ -28,6 +28,11 @@ def acc_dtype(dtype):
   return jnp.promote_types(dtype, F32)
 
 
+def einsum_acc(spec, u, v):
+  """jnp.einsum accumulating (and returning) in acc_dtype of the operands' dtype."""
+  return jnp.einsum(spec, u, v, preferred_element_type=acc_dtype(jnp.result_type(u, v)))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def dense(x, w, out_dtype=None):
   """x [..., in] @ w [in, out] -> [..., out] in out_dtype (default x.dtype), f32 accumulation.

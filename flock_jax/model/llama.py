@@ -294,8 +294,7 @@ def _stacks_bf16_by_copy(cfg: LlamaConfig) -> bool:
   return jnp.dtype(cfg.compute_dtype) in _BITS and jax.default_backend() == "cpu"
 
 
-def _mm(spec, u, v):
-  return jnp.einsum(spec, u, v, preferred_element_type=L.acc_dtype(jnp.result_type(u, v)))
+_mm = L.einsum_acc
 
 
 def _base_matmul(x, w):
