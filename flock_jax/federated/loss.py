@@ -36,7 +36,16 @@ import numpy as np
 
 from flock_jax.model.config import LlamaConfig
 from flock_jax.model.layers import einsum_acc as _mm
-from flock_jax.model.llama import Params, head_logits, head_weights, hidden_states
+from flock_jax.model.layers import acc_dtype
+from flock_jax.model.llama import (
+    Params,
+    head_logits,
+    head_weights,
+    hidden_states,
+    slice_logits,
+    slice_logits_vjp,
+    take_rows,
+)
 from flock_jax.model.lora import LoraConfig
 
 Batch = Mapping[str, jax.Array]
@@ -146,12 +155,59 @@ def _at_targets(hidden, targets, weights, capacity: int):
 
 
 def _nll_sum(hidden, w_head, targets, weights):
-  """sum of weights * -log p(target): hidden [B, c, D], w_head the [D, V] head
-  (`llama.head_weights`) -> float32 scalar."""
-  logits = head_logits(hidden, w_head)  # its backward: dhidden in the compute dtype
+  """sum of weights * -log p(target): hidden [B, c, D], w_head the [D, V] head or the tied
+  head in vocabulary slices (`llama.head_weights`) -> float32 scalar."""
+  if isinstance(w_head, tuple):
+    logits, tgt = _sliced_head_terms(hidden, *w_head, targets)
+    m, s = _max_and_sum_exp(logits)
+    return jnp.sum((m + jnp.log(s) - tgt) * weights)
+  logits = head_logits(hidden, w_head)
   lse = jax.nn.logsumexp(logits, axis=-1)
   tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return jnp.sum((lse - tgt) * weights)
+
+
+def _max_and_sum_exp(logits):
+  """Slices of logits [[..., Vc], ...] -> (m, sum exp(logits - m)) [...] over all of them,
+  m the rows' maximum (a constant to autodiff: the log-sum-exp's gradient does not see it)."""
+  m = jax.lax.stop_gradient(functools.reduce(jnp.maximum, [jnp.max(l, axis=-1) for l in logits]))
+  return m, sum(jnp.sum(jnp.exp(l - m[..., None]), axis=-1) for l in logits)
+
+
+@jax.custom_vjp
+def _sliced_head_terms(hidden, slices, table, targets):
+  """hidden [..., D] under the tied head in vocabulary slices (`llama.slice_logits`) ->
+  (float32 logits of each slice, each target's logit [...]). The backward adds the two
+  parts of dhidden in float32 and rounds once to the compute dtype."""
+  rows = _target_rows(table, targets, hidden.dtype)
+  tgt = jnp.sum(hidden.astype(rows.dtype) * rows, axis=-1)
+  return slice_logits(hidden, slices, table), tgt
+
+
+def _sliced_head_terms_fwd(hidden, slices, table, targets):
+  return _sliced_head_terms(hidden, slices, table, targets), (hidden, slices, table, targets)
+
+
+def _sliced_head_terms_bwd(res, cts):
+  hidden, slices, table, targets = res
+  dys, dtgt = cts
+  dx, dw = slice_logits_vjp(hidden, slices, dys)
+  dx = dx + dtgt[..., None] * _target_rows(table, targets, hidden.dtype)
+  if not isinstance(table, jax.Array):  # scan_ready's packed embedding: frozen
+    return dx.astype(hidden.dtype), None, None, None
+  x = hidden.astype(dx.dtype).reshape(-1, hidden.shape[-1])
+  dw = dw.at[targets.reshape(-1)].add(dtgt.reshape(-1, 1) * x)  # dead in training
+  return dx.astype(hidden.dtype), None, dw.astype(table.dtype), None
+
+
+_sliced_head_terms.defvjp(_sliced_head_terms_fwd, _sliced_head_terms_bwd)
+
+
+def _target_rows(table, targets, dtype):
+  """table [V, D] at targets [...], rounded to the compute dtype as the head's dot rounds
+  it, in its accumulation dtype (float32) [..., D]: hidden · row is the target's logit,
+  with no pass over [..., V] logits."""
+  return take_rows(table, targets).astype(dtype).astype(acc_dtype(dtype))
 
 
 # ------------------------------------------------------------------ the training head, fused
@@ -173,8 +229,9 @@ def fused_nll_sum(hidden, w_head, targets, weights, block: int | None = None):
   """`_nll_sum` of hidden [N, D] (targets, weights [N]) whose gradient is formed in the
   forward pass, in blocks of `block` positions (None: one block): each block's float32
   logits, their softmax, `weights * (softmax - onehot)` and its product with the head are
-  made one after the other while the block is in cache, and only dhidden [N, D] is kept for
-  the backward. Autodiff's form writes [N, V] logits, exponentials and their gradient to
+  made one after the other while the block is in cache (a head in vocabulary slices: slice
+  by slice, the onehot's part of dhidden being the target's row), and only dhidden [N, D]
+  is kept for the backward. Autodiff's form writes [N, V] logits, exponentials and their gradient to
   memory and reads each back (about a fifth of a bf16 SmolLM2 training step on the CPU).
   The head is frozen here: differentiating it falls back to autodiff's form."""
   return _fused(hidden, w_head, targets, weights, block, hidden.dtype)
@@ -204,6 +261,18 @@ def _fused_fwd(hidden, w_head, targets, weights, block, dtype):
     t, w = jnp.pad(t, (0, nb * r - n)), jnp.pad(w, (0, nb * r - n))
 
   def one(xb, tb, wb):
+    if isinstance(w_t, tuple):  # the tied head in vocabulary slices
+      logits = slice_logits(xb, w_t, w_vd)
+      m, s = _max_and_sum_exp(logits)
+      rows = _target_rows(w_vd, tb, xb.dtype)
+      nll = m + jnp.log(s) - jnp.sum(xb.astype(rows.dtype) * rows, axis=-1)
+      # d nll / d logits = softmax - onehot: the onehot's part of dX is the target's row
+      scale = (wb / s)[:, None]
+      dx = -wb[:, None] * rows
+      for l, (_, w_s) in zip(logits, w_t):
+        p = (scale * jnp.exp(l - m[:, None])).astype(xb.dtype)
+        dx = dx + _mm("rv,vd->rd", p, w_s.astype(xb.dtype))
+      return jnp.sum(nll * wb), dx
     logits = _mm("rd,dv->rv", xb, w_t.astype(xb.dtype))
     m = jnp.max(logits, axis=-1, keepdims=True)
     e = jnp.exp(logits - m)
@@ -211,11 +280,7 @@ def _fused_fwd(hidden, w_head, targets, weights, block, dtype):
     nll = m[:, 0] + jnp.log(s[:, 0]) - jnp.take_along_axis(logits, tb[:, None], axis=-1)[:, 0]
     onehot = jax.lax.broadcasted_iota(tb.dtype, logits.shape, 1) == tb[:, None]
     dlogits = (wb[:, None] * (e / s - onehot.astype(e.dtype))).astype(xb.dtype)
-    if w_vd is None:
-      dx = _mm("rv,dv->rd", dlogits, w_t.astype(xb.dtype))
-    else:
-      dx = _mm("rv,vd->rd", dlogits, w_vd.astype(xb.dtype))
-    return jnp.sum(nll * wb), dx
+    return jnp.sum(nll * wb), _mm("rv,dv->rd", dlogits, w_t.astype(xb.dtype))
 
   if nb == 1:
     total, dx = one(x, t, w)

@@ -236,6 +236,15 @@ def _unpack(tree):
   )
 
 
+def take_rows(table, idx):
+  """table [V, D] at rows idx [...] -> [..., D]; a `_Packed` table (`scan_ready`'s
+  embedding) is gathered as its bits. XLA:CPU gathered a bf16 table, or cast it to its bits,
+  by copying the whole table at every call where two gathers read it."""
+  if _is_packed(table):
+    return jax.lax.bitcast_convert_type(jnp.take(table.bits, idx, axis=0), table.dtype)
+  return jnp.take(table, idx, axis=0)
+
+
 @jax.custom_jvp
 def _bits_of(w):
   return jax.lax.bitcast_convert_type(w, _BITS[w.dtype])
@@ -263,20 +272,23 @@ def _weights_as_bits(layers):
 
 
 def scan_ready(params: Params, cfg: LlamaConfig) -> Params:
-  """params with its stacked layer weights packed once for the layer scan, where that scan
-  packs them (16-bit compute on the CPU), else params itself. Packing inside every call
+  """params as the training and scoring functions take them on the CPU, else params itself.
+  16-bit layer stacks are packed once for the layer scan: packing inside every call
   materialized a copy of each whole [L, ...] stack per call (10% of a bf16 SmolLM2 scoring
-  call). A tied embedding also gets its transpose stored once (`HEAD_T`, [D, V]): XLA:CPU's
-  16-bit dot copied [V, D] into the head's layout at every call (5% of a bf16 SmolLM2
-  scoring call); `head_logits` takes that layout forward and the embedding's backward. For
-  the training and scoring functions only: autodiff cannot reach packed weights, and the
-  KV-cache path reads plain ones."""
-  if not _stacks_bf16_by_copy(cfg):
+  call); so is the embedding, which its lookups gather (`take_rows`). A tied embedding's lm head is stored once in vocabulary slices (`HEAD_T`,
+  `head_slices`): XLA:CPU's dots are faster on narrower outputs, and its 16-bit dot had
+  copied [V, D] into the head's layout at every call. For the training and scoring
+  functions only: autodiff cannot reach packed weights, and the KV-cache path reads plain
+  ones."""
+  if jax.default_backend() != "cpu":
     return params
-  ready = {**params, "layers": jax.jit(_weights_as_bits)(params["layers"])}
+  ready = dict(params)
+  if _stacks_bf16_by_copy(cfg):
+    ready["layers"] = jax.jit(_weights_as_bits)(params["layers"])
+    ready["embed"] = jax.jit(_weights_as_bits)(params["embed"])
   if cfg.tie_word_embeddings:
-    ready[HEAD_T] = jax.jit(jnp.transpose)(params["embed"])
-  return ready
+    ready[HEAD_T] = jax.jit(head_slices, static_argnums=1)(params["embed"], CPU_HEAD_SLICE)
+  return ready if ready.keys() != params.keys() or _stacks_bf16_by_copy(cfg) else params
 
 
 class _Static:
@@ -421,7 +433,7 @@ def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, 
   if jnp.issubdtype(tokens.dtype, jnp.floating):
     x = tokens.astype(dtype)
   else:  # the lookup would inherit the table's fsdp split of D; shard the batch instead
-    x = jnp.take(params["embed"], tokens, axis=0).astype(dtype)
+    x = take_rows(params["embed"], tokens).astype(dtype)
   x = with_logical_constraint(x, _RESIDUAL)
   cos, sin = L.rope_tables(positions, cfg)
   scale = 0.0 if lora_cfg is None else lora_cfg.scale
@@ -441,8 +453,21 @@ def _decoder(params, tokens, cfg, mask, positions, lora, lora_cfg, dropout_key, 
   return L.rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_kv
 
 
-# scan_ready's copy of a tied embedding's transpose, [D, V].
-HEAD_T = "embed_t"
+# scan_ready's copy of a tied lm head on the CPU, in vocabulary slices: a pair
+# (w_t [D, Vc], w [Vc, D]) per slice (`head_slices`).
+HEAD_T = "head_slices"
+# Vocabulary columns per slice. XLA:CPU's dots slow down as their float32 output widens:
+# [256, 576] x [576, 49152] ran at a third of the speed of [576, 8192] (bf16, one core).
+CPU_HEAD_SLICE = 8192
+
+
+def head_slices(embed, width: int = CPU_HEAD_SLICE):
+  """A tied embedding [V, D] -> its lm head in equal slices of at most `width` vocabulary
+  columns: ((w_t [D, Vc], w [Vc, D]), ...), each slice in both layouts (the forward's dot
+  reads w_t, the backward's w; a slice taken inside a call is a copy at every call)."""
+  v = embed.shape[0]
+  step = -(-v // -(-v // width))
+  return tuple((embed[a : a + step].T, embed[a : a + step]) for a in range(0, v, step))
 
 
 def lm_head(params: Params, cfg: LlamaConfig):
@@ -451,8 +476,8 @@ def lm_head(params: Params, cfg: LlamaConfig):
 
 
 def head_weights(params: Params, cfg: LlamaConfig):
-  """What `head_logits` takes: the [D, V] projection, or for a tied embedding whose
-  transpose `scan_ready` stored, the pair (embed_t [D, V], embed [V, D])."""
+  """What `head_logits` takes: the [D, V] projection, or for a tied embedding whose slices
+  `scan_ready` stored, the pair (those slices, embed [V, D])."""
   if cfg.tie_word_embeddings and HEAD_T in params:
     return (params[HEAD_T], params["embed"])
   return lm_head(params, cfg)
@@ -461,33 +486,40 @@ def head_weights(params: Params, cfg: LlamaConfig):
 def head_logits(hidden, head):
   """hidden [..., D] (compute dtype) -> float32 logits [..., V] under `head_weights`."""
   if isinstance(head, tuple):
-    return _tied_head(hidden, *head)
+    return jnp.concatenate(slice_logits(hidden, *head), axis=-1)
   return L.dense(hidden, head, jnp.float32)
 
 
 @jax.custom_vjp
-def _tied_head(x, w_t, w):
-  """x [..., D] @ w_t [D, V] in float32 (x's dtype, float32 accumulation), w = w_t^T [V, D]
-  held as its own array: the backward's dX = dy @ w reads w in its stored layout, as the
-  forward reads w_t, so neither is copied into the other's. The same values as `L.dense`."""
-  return _mm("...d,dv->...v", x, w_t.astype(x.dtype))
+def slice_logits(x, slices, w):
+  """x [..., D] -> float32 logits of each vocabulary slice of a tied head, [[..., Vc], ...]
+  (x's dtype, float32 accumulation). `slices` are `head_slices(w)`: copies, constants here;
+  the head's gradient goes to w [V, D], the parameter (none where `scan_ready` packed it).
+  The same values as `L.dense`."""
+  return [_mm("...d,dv->...v", x, w_t.astype(x.dtype)) for w_t, _ in slices]
 
 
-def _tied_head_fwd(x, w_t, w):
-  return _tied_head(x, w_t, w), (x, w_t, w)
+def _slice_logits_fwd(x, slices, w):
+  return slice_logits(x, slices, w), (x, slices, w)
 
 
-def _tied_head_bwd(res, dy):
-  x, w_t, w = res
-  dy = dy.astype(x.dtype)
-  dx = _mm("...v,vd->...d", dy, w.astype(x.dtype)).astype(x.dtype)
-  # The head's gradient goes to w, the parameter; w_t is its copy, a constant here. (The
-  # head is frozen in training: XLA drops this dead dot.)
-  dw = _mm("...d,...v->vd", x, dy)
-  return dx, None, dw.astype(w.dtype)
+def slice_logits_vjp(x, slices, dys):
+  """The pullback of `slice_logits` before its roundings: (dx [..., D], dw [V, D]) in
+  float32 (the accumulation dtype), each dy rounded to x's dtype as the dots take it."""
+  dys = [dy.astype(x.dtype) for dy in dys]
+  dx = sum(_mm("...v,vd->...d", dy, w_s.astype(x.dtype)) for dy, (_, w_s) in zip(dys, slices))
+  # The head is frozen in training: XLA drops these dead dots.
+  dw = jnp.concatenate([_mm("...d,...v->vd", x, dy) for dy in dys], axis=0)
+  return dx, dw
 
 
-_tied_head.defvjp(_tied_head_fwd, _tied_head_bwd)
+def _slice_logits_bwd(res, dys):
+  x, slices, w = res
+  dx, dw = slice_logits_vjp(x, slices, dys)
+  return dx.astype(x.dtype), None, None if _is_packed(w) else dw.astype(w.dtype)
+
+
+slice_logits.defvjp(_slice_logits_fwd, _slice_logits_bwd)
 
 
 def logits_from_hidden(params, hidden, cfg: LlamaConfig):

@@ -10,7 +10,7 @@ import pytest
 from flock_jax.federated import clients as cl
 from flock_jax.federated import loss as L
 from flock_jax.model.config import preset
-from flock_jax.model.llama import init_params
+from flock_jax.model.llama import head_slices, init_params
 from flock_jax.model.lora import LoraConfig, init_lora
 from tests.federated.test_head_at_targets import U32, _opt, _train_tol
 from tests.model.test_mixed_precision import U_BF16
@@ -40,15 +40,23 @@ def _reference(x, emb, t, w):
   return -jnp.sum(w * jnp.take_along_axis(logp, t[:, None], axis=-1)[:, 0])
 
 
-@pytest.mark.parametrize("tied", [False, True])
+def _head(form, emb):
+  """The heads loss.py takes: the [D, V] projection, or a tied embedding's in vocabulary
+  slices (`llama.head_slices`: of at most 16 columns, V = 50 in four; or one slice)."""
+  if form == "plain":
+    return emb.T
+  return (head_slices(emb, 16 if form == "slices" else emb.shape[0]), emb)
+
+
+@pytest.mark.parametrize("form", ["plain", "slices", "one slice"])
 @pytest.mark.parametrize("block", [None, 8, 37, 100])
-def test_loss_and_gradient_equal_the_formula_in_float64(tied, block):
+def test_loss_and_gradient_equal_the_formula_in_float64(form, block):
   """Every block size (8: five blocks, the last padded; 37 and 100: one), the [D, V] head
-  and the tied pair (embed_t, embed): the formula's value and gradient in float64 (x64 on:
-  the formulas are compared, not roundings). The cotangent is not 1, as in a mean loss."""
+  and the tied head in slices: the formula's value and gradient in float64 (x64 on: the
+  formulas are compared, not roundings). The cotangent is not 1, as in a mean loss."""
   with jax.enable_x64(True):
     x, emb, t, w = _problem(37, 16, 50, jnp.float64)
-    head = (emb.T, emb) if tied else emb.T
+    head = _head(form, emb)
     ours = lambda x: 0.3 * L.fused_nll_sum(x, head, t, w, block)
     ref = lambda x: 0.3 * _reference(x, emb, t, w)
     (v, g), (v0, g0) = jax.value_and_grad(ours)(x), jax.value_and_grad(ref)(x)
@@ -59,15 +67,35 @@ def test_loss_and_gradient_equal_the_formula_in_float64(tied, block):
     assert np.abs(np.asarray(g_bad) - np.asarray(g0)).max() > 1e-3
 
 
-def test_a_differentiated_head_gets_autodiffs_gradient():
+@pytest.mark.parametrize("form", ["plain", "slices"])
+def test_a_differentiated_head_gets_autodiffs_gradient(form):
   """The fused form keeps no logits, so it cannot give the head's gradient; where the head
-  is differentiated it falls back to autodiff's form, for the head and the hidden states."""
+  is differentiated it falls back to autodiff's form, for the head and the hidden states
+  (a tied head in slices: the embedding's gradient, the slices being its copies)."""
   x, emb, t, w = _problem(20, 8, 30, jnp.float32, seed=1)
-  ours = jax.grad(lambda x, h: L.fused_nll_sum(x, h, t, w, 8), (0, 1))(x, emb.T)
-  ref = jax.grad(lambda x, h: L._nll_sum(x, h, t, w), (0, 1))(x, emb.T)
+  if form == "plain":
+    ours = jax.grad(lambda x, e: L.fused_nll_sum(x, e.T, t, w, 8), (0, 1))(x, emb)
+  else:
+    sl = head_slices(emb, 16)
+    ours = jax.grad(lambda x, e: L.fused_nll_sum(x, (sl, e), t, w, 8), (0, 1))(x, emb)
+  ref = jax.grad(lambda x, e: _reference(x, e, t, w), (0, 1))(x, emb)
   for a, b in zip(ours, ref):  # dhidden sums V = 30 terms, dhead N = 20
     _close_to_scale(a, b, terms=30 + 20 + 8)
   assert float(jnp.abs(ours[1]).max()) > 0  # not a zero stand-in
+
+
+def test_autodiffs_sliced_loss_equals_the_formula_in_float64():
+  """`_nll_sum` under the tied head in slices (scoring, and training where the head is not
+  fused): its value and autodiff's gradients for the hidden states and the embedding (the
+  custom backward of `_sliced_head_terms`) equal the formula's in float64."""
+  with jax.enable_x64(True):
+    x, emb, t, w = _problem(37, 16, 50, jnp.float64, seed=3)
+    ours = lambda x, e: 0.3 * L._nll_sum(x, (head_slices(e, 16), e), t, w)
+    ref = lambda x, e: 0.3 * _reference(x, e, t, w)
+    (v, g), (v0, g0) = [jax.value_and_grad(f, (0, 1))(x, emb) for f in (ours, ref)]
+    np.testing.assert_allclose(float(v), float(v0), rtol=1e-13)
+    for a, b in zip(g, g0):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
 
 
 def test_bf16_dhidden_within_its_rounding_budget():
@@ -78,7 +106,8 @@ def test_bf16_dhidden_within_its_rounding_budget():
   magnitudes) and the last rounding's relative error on top of the first's."""
   x, emb, t, w = _problem(64, 32, 512, jnp.float32, seed=2)
   xb, eb = x.astype(jnp.bfloat16), emb.astype(jnp.bfloat16)
-  g = jax.grad(lambda x: L.fused_nll_sum(x, (eb.T, eb), t, w, 16).astype(jnp.float32))(xb)
+  head = (head_slices(eb, 128), eb)  # four slices
+  g = jax.grad(lambda x: L.fused_nll_sum(x, head, t, w, 16).astype(jnp.float32))(xb)
   assert g.dtype == jnp.bfloat16
   f64 = lambda a: np.asarray(a, np.float64)
   logits = f64(xb) @ f64(eb).T

@@ -154,7 +154,8 @@ def test_a_base_packed_once_per_run_gives_the_same_gradients_without_the_stack_c
   base = init_params(cfg, jax.random.key(0))
   ready = llama.scan_ready(base, cfg)
   assert all(isinstance(n, llama._Packed) for n in llama._leaves(ready["layers"]))
-  assert ready["embed"] is base["embed"]
+  assert isinstance(ready["embed"], llama._Packed)  # its lookups gather the bits
+  np.testing.assert_array_equal(llama._unpack(ready["embed"]), base["embed"])
   step, lora = _grad_step_of_base(cfg)
   dims = {",".join(map(str, w.shape)) for w in jax.tree.leaves(base["layers"])}
   made = re.compile(r"= [us]16\[([\d,]+)\]\S* (?:fusion|bitcast-convert|copy)\(")
@@ -169,12 +170,13 @@ def test_a_base_packed_once_per_run_gives_the_same_gradients_without_the_stack_c
   assert llama.scan_ready(p32, f32) is p32
 
 
-def test_scan_ready_stores_the_tied_heads_transpose_and_scoring_copies_no_head():
-  """A tied embedding's transpose is stored once by scan_ready (llama.HEAD_T). With it, the
-  compiled scoring program of a SmolLM2-shaped head ([576, 49152]: XLA:CPU copied the
-  embedding into that layout at every bf16 call) copies no [D, V] head, and the loss and
-  LoRA gradients equal those of the plain embedding to float32's reordered sums (a bf16
-  rounding of dX may flip: the gradients' budget is one bf16 unit, relative RMS)."""
+def test_scan_ready_stores_the_tied_head_in_slices_and_scoring_copies_no_head():
+  """A tied embedding's lm head is stored once by scan_ready in vocabulary slices
+  (llama.HEAD_T: each slice in both layouts, [D, Vc] and [Vc, D]). With it, the compiled
+  scoring program of a SmolLM2-shaped head ([49152, 576]: XLA:CPU copied the embedding into
+  the head's layout at every bf16 call) copies no head slice, and the loss and LoRA
+  gradients equal those of the plain embedding to float32's reordered sums (a bf16 rounding
+  of dX may flip: the gradients' budget is one bf16 unit, relative RMS)."""
   from flock_jax.federated.evaluation import make_heldout_loss
 
   cfg = tiny(num_layers=1, hidden_size=576, intermediate_size=64, vocab_size=49152)
@@ -187,38 +189,45 @@ def test_scan_ready_stores_the_tied_heads_transpose_and_scoring_copies_no_head()
   )
   base = init_params(cfg, jax.random.key(0))
   ready = llama.scan_ready(base, cfg)
-  assert ready[llama.HEAD_T].shape == (576, 49152)
-  np.testing.assert_array_equal(np.asarray(ready[llama.HEAD_T]), np.asarray(base["embed"]).T)
+  slices = ready[llama.HEAD_T]
+  assert len(slices) == 49152 // llama.CPU_HEAD_SLICE
+  embed = np.asarray(base["embed"])
+  np.testing.assert_array_equal(np.concatenate([np.asarray(t) for t, _ in slices], 1), embed.T)
+  np.testing.assert_array_equal(np.concatenate([np.asarray(w) for _, w in slices], 0), embed)
   lcfg = LoraConfig(rank=4, alpha=8.0)
   lora = jax.tree.map(lambda x: x[None], init_lora(cfg, lcfg, jax.random.key(1)))
   # [4, 128]: at a few positions XLA:CPU reads the head in place, at these it copied it
   batch = {k: np.asarray(v)[None, None] for k, v in _batch(cfg, b=4, t=128).items()}
   score = make_heldout_loss(cfg, lcfg)  # no target fraction: the whole-sequence program
-  head_copy = re.compile(r"= bf16\[576,49152\]\S* (?:copy|fusion)\(")
+  head_copy = re.compile(r"= bf16\[(?:576,8192|8192,576|576,49152)\]\S* (?:copy|fusion)\(")
   assert head_copy.findall(score.lower(ready, lora, batch).compile().as_text()) == []
-  unpacked = {k: v for k, v in ready.items() if k != llama.HEAD_T}
+  plain = {**{k: v for k, v in ready.items() if k != llama.HEAD_T}, "embed": base["embed"]}
   np.testing.assert_allclose(
-      np.asarray(score(ready, lora, batch)), np.asarray(score(unpacked, lora, batch)), rtol=1e-5
+      np.asarray(score(ready, lora, batch)), np.asarray(score(plain, lora, batch)), rtol=1e-5
   )
   one = {k: v[0, 0] for k, v in batch.items()}
   lora1 = jax.tree.map(lambda x: x[0], lora)
   grad = jax.jit(jax.grad(lambda l, b: token_loss(b, l, one, cfg, lcfg)))
   a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad(lora1, ready))])
-  b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad(lora1, unpacked))])
+  b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad(lora1, plain))])
   assert np.abs(b).max() > 0 and rel_rms(a, b) <= U_BF16, rel_rms(a, b)
 
 
-def test_tied_head_backward_equals_autodiff():
-  """llama._tied_head (x @ w_t, the backward reading w = w_t^T as stored) against autodiff
-  of x @ w_t, in float64 (x64 on: the formulas, not roundings). w_t is w's copy: the
-  head's gradient is w's, counted once."""
+@pytest.mark.parametrize("width", [4, 5, 12])
+def test_sliced_head_and_its_backward_equal_autodiff(width):
+  """llama.slice_logits over llama.head_slices(w, width) (equal slices of at most `width`
+  of V = 12 columns, each read in its stored layouts) against autodiff of x @ w^T, in
+  float64 (x64 on: the formulas, not roundings). The slices are w's copies: the head's
+  gradient is w's, counted once."""
   with jax.enable_x64(True):
     k = jax.random.split(jax.random.key(3), 3)
     x = jax.random.normal(k[0], (2, 5, 8), np.float64)
     w = jax.random.normal(k[1], (12, 8), np.float64)
     c = jax.random.normal(k[2], (2, 5, 12), np.float64)
+    slices = llama.head_slices(w, width)
+    assert len(slices) == -(-12 // width) and max(t.shape[1] for t, _ in slices) <= width
     ref = lambda x, w: (c * (x @ w.T)).sum()
-    ours = lambda x, w: (c * llama._tied_head(x, w.T, w)).sum()
+    ours = lambda x, w: (c * llama.head_logits(x, (llama.head_slices(w, width), w))).sum()
     np.testing.assert_allclose(float(ours(x, w)), float(ref(x, w)), rtol=1e-13)
     for r, o in zip(jax.grad(ref, (0, 1))(x, w), jax.grad(ours, (0, 1))(x, w)):
       np.testing.assert_allclose(np.asarray(o), np.asarray(r), rtol=1e-12, atol=1e-12)
