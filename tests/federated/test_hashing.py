@@ -125,14 +125,24 @@ def test_bad_keys_rejected():
     hashing.canonical_bytes({"a/b": jnp.zeros(1)})
 
 
-def test_tree_hashes_on_threads_equal_one_by_one_in_order():
-  """A round's proposals hash on a few threads: same digests, same order, every dtype."""
+@pytest.mark.parametrize("threaded_bytes", [0, hashing.THREADED_HASH_BYTES])
+def test_tree_hashes_on_threads_equal_one_by_one_in_order(monkeypatch, threaded_bytes):
+  """A round's proposals hash on a few threads (trees of THREADED_HASH_BYTES or more; these
+  are smaller, and hash in turn unless the bound is 0): same digests, same order, every
+  dtype."""
+  monkeypatch.setattr(hashing, "THREADED_HASH_BYTES", threaded_bytes)
+  pools = []
+  real = hashing.concurrent.futures.ThreadPoolExecutor
+  monkeypatch.setattr(
+      hashing.concurrent.futures, "ThreadPoolExecutor", lambda n: pools.append(n) or real(n)
+  )
   r = np.random.default_rng(3)
   trees = [
       {"a": jnp.asarray(r.normal(size=(4, 5)), dt), "b": {"c": jnp.asarray(r.normal(size=7), dt)}}
       for dt in (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float32, jnp.float32)
   ]
   got = hashing.tree_hashes(trees)
+  assert len(pools) == (threaded_bytes == 0)
   assert got == [hashing.tree_hash(t) for t in trees]
   assert len(set(got)) == len(trees)
   assert hashing.tree_hashes(trees[:1]) == [hashing.tree_hash(trees[0])]
