@@ -231,8 +231,9 @@ def fused_nll_sum(hidden, w_head, targets, weights, block: int | None = None):
   logits, their softmax, `weights * (softmax - onehot)` and its product with the head are
   made one after the other while the block is in cache (a head in vocabulary slices: slice
   by slice, the onehot's part of dhidden being the target's row), and only dhidden [N, D]
-  is kept for the backward. Autodiff's form writes [N, V] logits, exponentials and their gradient to
-  memory and reads each back (about a fifth of a bf16 SmolLM2 training step on the CPU).
+  is kept for the backward. Autodiff's form writes [N, V] logits, exponentials and their
+  gradient to memory and reads each back (about a fifth of a bf16 SmolLM2 training step on
+  the CPU).
   The head is frozen here: differentiating it falls back to autodiff's form."""
   return _fused(hidden, w_head, targets, weights, block, hidden.dtype)
 
@@ -262,13 +263,12 @@ def _fused_fwd(hidden, w_head, targets, weights, block, dtype):
 
   def one(xb, tb, wb):
     if isinstance(w_t, tuple):  # the tied head in vocabulary slices
-      logits = slice_logits(xb, w_t, w_vd)
+      logits, tgt = _sliced_head_terms(xb, w_t, w_vd, tb)
       m, s = _max_and_sum_exp(logits)
-      rows = _target_rows(w_vd, tb, xb.dtype)
-      nll = m + jnp.log(s) - jnp.sum(xb.astype(rows.dtype) * rows, axis=-1)
+      nll = m + jnp.log(s) - tgt
       # d nll / d logits = softmax - onehot: the onehot's part of dX is the target's row
       scale = (wb / s)[:, None]
-      dx = -wb[:, None] * rows
+      dx = -wb[:, None] * _target_rows(w_vd, tb, xb.dtype)
       for l, (_, w_s) in zip(logits, w_t):
         p = (scale * jnp.exp(l - m[:, None])).astype(xb.dtype)
         dx = dx + _mm("rv,vd->rd", p, w_s.astype(xb.dtype))

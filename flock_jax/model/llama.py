@@ -275,20 +275,21 @@ def scan_ready(params: Params, cfg: LlamaConfig) -> Params:
   """params as the training and scoring functions take them on the CPU, else params itself.
   16-bit layer stacks are packed once for the layer scan: packing inside every call
   materialized a copy of each whole [L, ...] stack per call (10% of a bf16 SmolLM2 scoring
-  call); so is the embedding, which its lookups gather (`take_rows`). A tied embedding's lm head is stored once in vocabulary slices (`HEAD_T`,
-  `head_slices`): XLA:CPU's dots are faster on narrower outputs, and its 16-bit dot had
-  copied [V, D] into the head's layout at every call. For the training and scoring
-  functions only: autodiff cannot reach packed weights, and the KV-cache path reads plain
-  ones."""
-  if jax.default_backend() != "cpu":
+  call); so is the embedding, which its lookups gather (`take_rows`). A tied embedding's lm
+  head is stored once in vocabulary slices (`HEAD_T`, `head_slices`): XLA:CPU's dots are
+  faster on narrower outputs, and its 16-bit dot had copied [V, D] into the head's layout
+  at every call. For the training and scoring functions only: autodiff cannot reach packed
+  weights, and the KV-cache path reads plain ones."""
+  packs = _stacks_bf16_by_copy(cfg)
+  if jax.default_backend() != "cpu" or not (packs or cfg.tie_word_embeddings):
     return params
   ready = dict(params)
-  if _stacks_bf16_by_copy(cfg):
+  if packs:
     ready["layers"] = jax.jit(_weights_as_bits)(params["layers"])
     ready["embed"] = jax.jit(_weights_as_bits)(params["embed"])
   if cfg.tie_word_embeddings:
     ready[HEAD_T] = jax.jit(head_slices, static_argnums=1)(params["embed"], CPU_HEAD_SLICE)
-  return ready if ready.keys() != params.keys() or _stacks_bf16_by_copy(cfg) else params
+  return ready
 
 
 class _Static:
